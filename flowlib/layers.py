@@ -1,0 +1,448 @@
+"""The invertible layers a flow step is made of, and the small networks inside them.
+
+Contract for every invertible layer here:
+
+    y, logdet = layer(x)      # logdet: [B], log |det dy/dx| per example, in nats
+    x = layer.inverse(y)
+
+No ``reverse=`` flags and no tuple-or-tensor returns: forward always gives ``(y, logdet)``,
+inverse always gives the tensor. A flow's log-likelihood is the sum of the layers' logdets
+plus the log-density of the final latent under its prior (see ``model.py``).
+
+One flow step (Glow) is  ActNorm -> permutation -> coupling:
+
+* ActNorm normalises each channel with a learned scale and shift, started from the first
+  batch's statistics so the step begins with well-scaled activations.
+* The permutation mixes channels so that the next coupling conditions on different values
+  than the last one did. Options, from the article: reverse the channel order (RealNVP),
+  a fixed random shuffle, or a learned invertible 1×1 convolution (Glow), optionally
+  parameterised by its LU decomposition so its log-determinant is a cheap sum.
+* The coupling splits its input into x1 and x2 and changes only x2, by an amount that
+  depends on x1. Its Jacobian is triangular, so the log-determinant is a sum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import channel_split_sizes, checkerboard_mask
+
+__all__ = [
+    "ActNorm", "ReversePermutation", "ShufflePermutation", "InvConv1x1", "InvConv1x1LU",
+    "ZeroConv2d", "CouplingNet", "Coupling", "FlowStep", "make_permutation",
+]
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine normalisation: ``y = (x + bias) * exp(log_scale)``.
+
+    The first batch that passes through sets ``bias = -mean`` and ``log_scale = -log(std)``
+    per channel, so that batch leaves with zero mean and unit variance. Whether that has
+    happened is the ``initialized`` buffer, which lives in the state dict: a model loaded
+    from a checkpoint is never re-initialised from whatever batch it sees next.
+
+    logdet = H · W · Σ_c log_scale_c  (every pixel of a channel is scaled the same way).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.channels = channels
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, initialized={bool(self.initialized)}"
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Set bias and scale from this batch's per-channel mean and standard deviation."""
+        flat = x.transpose(0, 1).reshape(self.channels, -1).float()
+        mean = flat.mean(dim=1)
+        std = flat.std(dim=1, unbiased=False)
+        # A channel that is constant over the batch (e.g. a coupling net's input where a
+        # checkerboard on a 1×1 grid masks everything) has nothing to normalise: keep its
+        # scale at 1 rather than multiplying by 1/eps.
+        log_scale = torch.where(std > self.eps, -torch.log(std + self.eps), torch.zeros_like(std))
+        self.bias.copy_((-mean).view(1, -1, 1, 1))
+        self.log_scale.copy_(log_scale.view(1, -1, 1, 1))
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.initialized:
+            self.initialize(x)
+        h, w = x.shape[2], x.shape[3]
+        y = (x + self.bias) * torch.exp(self.log_scale)
+        logdet = (h * w) * self.log_scale.sum()
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.exp(-self.log_scale) - self.bias
+
+
+class ReversePermutation(nn.Module):
+    """Reverse the channel order (RealNVP). Volume preserving: logdet = 0."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+    def channel_order(self) -> torch.Tensor:
+        """Output channel i is input channel ``order[i]``."""
+        return torch.arange(self.channels - 1, -1, -1)
+
+    def forward(self, x):
+        return x.flip(1), x.new_zeros(x.shape[0])
+
+    def inverse(self, y):
+        return y.flip(1)
+
+
+class ShufflePermutation(nn.Module):
+    """A fixed random channel shuffle (the article's Keras demo). logdet = 0.
+
+    The permutation is drawn once from the model's seed and kept as a buffer, so it is saved
+    with the model and a reloaded model shuffles exactly the same way.
+    """
+
+    def __init__(self, channels: int, generator: torch.Generator):
+        super().__init__()
+        self.channels = channels
+        perm = torch.randperm(channels, generator=generator)
+        self.register_buffer("perm", perm)
+        self.register_buffer("inv_perm", torch.argsort(perm))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, perm={self.perm.tolist()}"
+
+    def channel_order(self) -> torch.Tensor:
+        return self.perm.cpu()
+
+    def forward(self, x):
+        return x[:, self.perm], x.new_zeros(x.shape[0])
+
+    def inverse(self, y):
+        return y[:, self.inv_perm]
+
+
+def _random_rotation(channels: int, generator: torch.Generator) -> torch.Tensor:
+    """A random orthogonal matrix (QR of a Gaussian matrix): |det| = 1, a neutral start."""
+    q, r = torch.linalg.qr(torch.randn(channels, channels, generator=generator, dtype=torch.float64))
+    # Fix the signs so the distribution is uniform over rotations, not biased by QR's convention.
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    return q.float()
+
+
+class _CachedWeightMixin:
+    """Reuse the assembled weight and its inverse while the parameters do not change.
+
+    Assembling W (and inverting it) every call is wasted work when sampling or evaluating
+    with frozen parameters. The cache is keyed on the parameters' version counters, which
+    every in-place update (optimizer step, ``load_state_dict``) bumps, and it is only used
+    when autograd is off, so training always builds W afresh inside the graph.
+    """
+
+    def _cache_key(self, x: torch.Tensor):
+        return (tuple(p._version for p in self.parameters()), x.device, x.dtype)
+
+    def _weight_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if torch.is_grad_enabled():
+            return self.weight_matrix(), None
+        key = self._cache_key(x)
+        cache = getattr(self, "_cache", None)
+        if cache is None or cache[0] != key:
+            w = self.weight_matrix()
+            w_inv = torch.linalg.inv(w.double()).to(w.dtype)
+            cache = (key, w.to(x.dtype), w_inv.to(x.dtype))
+            self._cache = cache
+        return cache[1], cache[2]
+
+
+class InvConv1x1(_CachedWeightMixin, nn.Module):
+    """Glow's invertible 1×1 convolution with an unconstrained weight W (C×C).
+
+    Each pixel's channel vector is multiplied by W, so logdet = H · W_img · log|det W|,
+    computed with ``slogdet``. Starts as a random rotation (log|det| = 0).
+    """
+
+    def __init__(self, channels: int, generator: torch.Generator):
+        super().__init__()
+        self.channels = channels
+        self.weight = nn.Parameter(_random_rotation(channels, generator))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+    def weight_matrix(self) -> torch.Tensor:
+        return self.weight
+
+    def log_abs_det(self) -> torch.Tensor:
+        return torch.linalg.slogdet(self.weight.double())[1].to(self.weight.dtype)
+
+    def forward(self, x):
+        w, _ = self._weight_pair(x)
+        y = F.conv2d(x, w.view(self.channels, self.channels, 1, 1))
+        logdet = (x.shape[2] * x.shape[3]) * self.log_abs_det()
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y):
+        _, w_inv = self._weight_pair(y)
+        if w_inv is None:
+            w_inv = torch.linalg.inv(self.weight)
+        return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1))
+
+
+class InvConv1x1LU(_CachedWeightMixin, nn.Module):
+    """The 1×1 convolution parameterised as ``W = P · L · (U + diag(sign_s · exp(log_s)))``.
+
+    P is a fixed permutation, L is unit lower-triangular and U strictly upper-triangular
+    (both learned), and the diagonal is learned through ``log_s`` with a fixed sign. The
+    determinant of a triangular matrix is the product of its diagonal, so
+    ``log|det W| = Σ log|s|`` — no O(C³) ``slogdet`` per step. Starts from the LU
+    decomposition of a random rotation.
+    """
+
+    def __init__(self, channels: int, generator: torch.Generator):
+        super().__init__()
+        self.channels = channels
+        w0 = _random_rotation(channels, generator).double()
+        p, lower, upper = torch.linalg.lu(w0)
+        s = torch.diagonal(upper)
+        self.register_buffer("p", p.float())
+        self.register_buffer("sign_s", torch.sign(s).float())
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.register_buffer("eye", torch.eye(channels))
+        self.lower = nn.Parameter((lower * self.lower_mask.double()).float())
+        self.upper = nn.Parameter(torch.triu(upper, 1).float())
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+    def factors(self) -> dict[str, torch.Tensor]:
+        """P, L, U (with its diagonal) as dense matrices, for display."""
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return {"P": self.p, "L": lower, "U": upper}
+
+    def weight_matrix(self) -> torch.Tensor:
+        f = self.factors()
+        return f["P"] @ f["L"] @ f["U"]
+
+    def log_abs_det(self) -> torch.Tensor:
+        return self.log_s.sum()
+
+    def forward(self, x):
+        w, _ = self._weight_pair(x)
+        y = F.conv2d(x, w.view(self.channels, self.channels, 1, 1))
+        logdet = (x.shape[2] * x.shape[3]) * self.log_s.sum()
+        return y, logdet.expand(x.shape[0])
+
+    def inverse(self, y):
+        _, w_inv = self._weight_pair(y)
+        if w_inv is None:
+            w_inv = torch.linalg.inv(self.weight_matrix())
+        return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1))
+
+
+def make_permutation(kind: str, channels: int, generator: torch.Generator) -> nn.Module:
+    if kind == "reverse":
+        return ReversePermutation(channels)
+    if kind == "shuffle":
+        return ShufflePermutation(channels, generator)
+    if kind == "conv1x1":
+        return InvConv1x1(channels, generator)
+    if kind == "conv1x1_lu":
+        return InvConv1x1LU(channels, generator)
+    raise ValueError(f"unknown permutation {kind!r}")
+
+
+class ZeroConv2d(nn.Module):
+    """A 3×3 convolution that starts as exactly zero, with a learned per-channel gain.
+
+    Used as the last layer of every coupling network and of the learned priors: a zero
+    output means s = 0 and t = 0, so every coupling starts as the identity and every
+    learned prior starts as N(0, I). The gain ``exp(3 · log_gain)`` (Glow's Conv2dZeros)
+    lets the output grow quickly once training moves it away from zero.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.log_gain = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * torch.exp(self.log_gain * 3)
+
+
+class CouplingNet(nn.Module):
+    """The coupling's network: conv3×3 -> ReLU -> conv1×1 -> ReLU -> ZeroConv2d.
+
+    It never has to be inverted, so it can be any network; three convolutions is the
+    Glow / article recipe. With ``actnorm=True`` each hidden convolution is followed by an
+    ActNorm (as in Glow), which keeps activations well scaled from the first step.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, actnorm: bool = False):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, hidden, 3, padding=1, bias=not actnorm)
+        self.conv_mid = nn.Conv2d(hidden, hidden, 1, bias=not actnorm)
+        self.norm_in = ActNorm(hidden) if actnorm else None
+        self.norm_mid = ActNorm(hidden) if actnorm else None
+        self.conv_out = ZeroConv2d(hidden, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        if self.norm_in is not None:
+            h = self.norm_in(h)[0]
+        h = F.relu(h)
+        h = self.conv_mid(h)
+        if self.norm_mid is not None:
+            h = self.norm_mid(h)[0]
+        h = F.relu(h)
+        return self.conv_out(h)
+
+
+class Coupling(nn.Module):
+    """Affine (RealNVP / Glow) or additive (NICE) coupling with a channel or checkerboard mask.
+
+    Notation:
+        x1  the values the coupling conditions on; they pass through unchanged (y1 = x1)
+        x2  the values it transforms
+        s, t = NN(x1)                     log-scale and shift, one per value of x2
+        affine:    y2 = x2 · exp(s) + t   logdet = Σ s
+        additive:  y2 = x2 + t            logdet = 0   (s is never computed)
+
+    Because y1 = x1 and y2 depends on x2 only elementwise, the Jacobian is triangular with
+    exp(s) on its diagonal: its log-determinant is just the sum of s.
+
+    ``s`` is soft-clamped, ``s = c · tanh(raw / c)`` with c = ``clamp``. Unlike Glow's
+    ``sigmoid(raw + 2)`` it is exactly 0 when the network outputs 0, so a fresh coupling is
+    the identity; unlike a hard clamp its gradient never vanishes abruptly; and |s| ≤ c keeps
+    exp(s) from overflowing, the usual source of early NaNs.
+
+    Masks:
+        channel       x1 = the first C//2 channels, x2 = the rest
+        checkerboard  x1 = pixels where (i + j) % 2 == parity, in every channel; x2 = the others.
+                      The network sees the masked input (zeros at x2) plus the mask itself,
+                      and s, t are zeroed on x1's pixels, so y = x · exp(s) + t reduces to
+                      y1 = x1 there.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, hidden: int,
+                 kind: str = "affine", mask: str = "channel", parity: int = 0,
+                 clamp: float = 2.0, net_actnorm: bool = False):
+        super().__init__()
+        if kind not in ("affine", "additive"):
+            raise ValueError(f"unknown coupling {kind!r}; expected 'affine' or 'additive'")
+        if mask not in ("channel", "checkerboard"):
+            raise ValueError(f"unknown coupling mask {mask!r}; expected 'channel' or 'checkerboard'")
+        self.kind, self.mask_type, self.parity = kind, mask, parity
+        self.channels, self.clamp = channels, clamp
+        per_value = 2 if kind == "affine" else 1
+        if mask == "channel":
+            self.c1, self.c2 = channel_split_sizes(channels)
+            self.net = CouplingNet(self.c1, per_value * self.c2, hidden, net_actnorm)
+            self.register_buffer("mask", None)
+        else:
+            self.register_buffer("mask", checkerboard_mask(height, width, parity))
+            self.net = CouplingNet(channels + 1, per_value * channels, hidden, net_actnorm)
+
+    def extra_repr(self) -> str:
+        if self.mask_type == "channel":
+            split = f"x1=channels[:{self.c1}], x2=channels[{self.c1}:]"
+        else:
+            split = f"x1=checkerboard(parity={self.parity}) of {tuple(self.mask.shape[2:])}"
+        return f"kind={self.kind}, mask={self.mask_type}, {split}"
+
+    def _log_scale(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.clamp * torch.tanh(raw / self.clamp)
+
+    def _shift_and_log_scale(self, x1_view: torch.Tensor):
+        """Run the network on the conditioning values; return (t, s) shaped like x2."""
+        if self.mask_type == "channel":
+            h = self.net(x1_view)
+        else:
+            b = self.mask.expand(x1_view.shape[0], 1, -1, -1)
+            h = self.net(torch.cat([x1_view * self.mask, b], dim=1))
+        if self.kind == "additive":
+            t, s = h, None
+        else:
+            raw_s, t = h.chunk(2, dim=1)
+            s = self._log_scale(raw_s)
+        if self.mask_type == "checkerboard":
+            keep = 1 - self.mask  # s and t act only where x2 lives
+            t = t * keep
+            s = None if s is None else s * keep
+        return t, s
+
+    def forward(self, x):
+        if self.mask_type == "channel":
+            x1, x2 = x[:, :self.c1], x[:, self.c1:]
+            t, s = self._shift_and_log_scale(x1)
+        else:
+            x2 = x
+            t, s = self._shift_and_log_scale(x)
+        if s is None:
+            y2 = x2 + t
+            logdet = x.new_zeros(x.shape[0])
+        else:
+            y2 = x2 * torch.exp(s) + t
+            logdet = s.flatten(1).sum(1)
+        y = torch.cat([x1, y2], dim=1) if self.mask_type == "channel" else y2
+        return y, logdet
+
+    def inverse(self, y):
+        if self.mask_type == "channel":
+            y1, y2 = y[:, :self.c1], y[:, self.c1:]
+            t, s = self._shift_and_log_scale(y1)
+        else:
+            y2 = y
+            t, s = self._shift_and_log_scale(y)  # y1 == x1 on the mask, and only that is read
+        x2 = y2 - t if s is None else (y2 - t) * torch.exp(-s)
+        return torch.cat([y1, x2], dim=1) if self.mask_type == "channel" else x2
+
+
+class FlowStep(nn.Module):
+    """One step of flow: [ActNorm] -> permutation -> coupling."""
+
+    def __init__(self, channels: int, height: int, width: int, *, hidden: int, coupling: str,
+                 permutation: str, mask: str, parity: int, actnorm: bool, net_actnorm: bool,
+                 clamp: float, generator: torch.Generator):
+        super().__init__()
+        self.actnorm = ActNorm(channels) if actnorm else None
+        self.permutation = make_permutation(permutation, channels, generator)
+        self.coupling = Coupling(channels, height, width, hidden, kind=coupling, mask=mask,
+                                 parity=parity, clamp=clamp, net_actnorm=net_actnorm)
+
+    def layers(self) -> list[nn.Module]:
+        return [m for m in (self.actnorm, self.permutation, self.coupling) if m is not None]
+
+    def forward(self, x):
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers():
+            x, ld = layer(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y):
+        for layer in reversed(self.layers()):
+            y = layer.inverse(y)
+        return y
+
+
+def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, exp(log_scale)²) summed over all but the batch axis: [B] nats."""
+    normalised = (z - mean) * torch.exp(-log_scale)
+    per_value = -0.5 * (math.log(2 * math.pi) + normalised ** 2) - log_scale
+    return per_value.flatten(1).sum(1)

@@ -1,0 +1,330 @@
+"""Exact maths of flowlib against brute force: Jacobians, inverses, masks, bits/dim by hand."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from flowlib import PRESETS, FlowConfig, FlowModel, preset
+from flowlib.layers import ActNorm, Coupling, InvConv1x1, InvConv1x1LU
+from flowlib.ops import channel_split_sizes, checkerboard_mask, squeeze2d, unsqueeze2d
+
+COUPLINGS = ["affine", "additive"]
+PERMUTATIONS = ["reverse", "shuffle", "conv1x1", "conv1x1_lu"]
+MASKS = ["channel", "checkerboard", "realnvp"]
+PRIORS = ["learned", "standard"]
+SHAPES = [(1, 4, 4), (2, 8, 8)]
+COMBOS = list(itertools.product(COUPLINGS, PERMUTATIONS, MASKS, PRIORS))
+
+
+def make_model(shape, coupling="affine", permutation="conv1x1_lu", mask="channel",
+               prior="learned", dtype=torch.float64, noise=0.2, **kw):
+    cfg = FlowConfig(image_shape=shape, levels=2, steps=2, hidden=8, coupling=coupling,
+                     permutation=permutation, mask=mask, actnorm=True, split_prior=prior,
+                     top_prior=prior, seed=3, **kw)
+    model = FlowModel(cfg).to(dtype)
+    gen = torch.Generator().manual_seed(0)
+    # ActNorm init from a real batch, then perturb every parameter: a zero-initialised coupling
+    # is the identity, and a test of the identity proves little.
+    model.initialize(torch.rand(16, *shape, generator=gen, dtype=dtype) - 0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=dtype))
+    return model
+
+
+def flat_latents(model, x):
+    return torch.cat([z.flatten() for z in model.encode(x).zs])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("coupling,permutation,mask,prior", COMBOS)
+def test_inverse_and_logdet_match_brute_force(shape, coupling, permutation, mask, prior):
+    model = make_model(shape, coupling, permutation, mask, prior)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, *shape, generator=gen, dtype=torch.float64) - 0.5
+
+    out = model.encode(x)
+    assert out.logdet.shape == (3,) and out.log_pz.shape == (3,)
+    assert [tuple(z.shape[1:]) for z in out.zs] == model.latent_shapes
+    assert torch.allclose(model.decode(out.zs), x, atol=1e-10)
+    assert torch.allclose(sum(out.log_pz_levels), out.log_pz)
+
+    # log|det J| of x -> concat(zs), by autograd, for each example separately.
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda v: flat_latents(model, v.view(1, *shape)),
+                                                 x[i].flatten())
+        sign, logabsdet = torch.linalg.slogdet(jac)
+        assert sign != 0
+        assert torch.allclose(out.logdet[i], logabsdet, rtol=1e-6, atol=1e-8), (out.logdet[i], logabsdet)
+
+
+@pytest.mark.parametrize("coupling,permutation,mask,prior", COMBOS)
+def test_float32_roundtrip_and_sample_then_encode(coupling, permutation, mask, prior):
+    # Milder weights than the float64 test: sampling from a prior whose scale is exp(large)
+    # is ill-conditioned in float32 for reasons that have nothing to do with the flow.
+    model = make_model((2, 8, 8), coupling, permutation, mask, prior, dtype=torch.float32, noise=0.05)
+    x = torch.rand(4, 2, 8, 8) - 0.5
+    assert (model.decode(model.encode(x).zs) - x).abs().max() < 1e-4
+
+    eps = model.sample_eps(4, torch.Generator().manual_seed(5))
+    samples = model.sample(4, temperature=0.8, eps=eps)
+    back = model.encode(samples)
+    for level_eps, got in zip(eps, back.eps):
+        assert torch.allclose(got, level_eps * 0.8, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("coupling,permutation,mask", list(itertools.product(COUPLINGS, PERMUTATIONS, MASKS)))
+def test_gradients_reach_every_parameter(coupling, permutation, mask):
+    # 8×8 so that even the last level's checkerboard (2×2) conditions on something.
+    model = make_model((1, 8, 8), coupling, permutation, mask, "learned", dtype=torch.float32,
+                       coupling_actnorm=True, noise=0.05)
+    x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    model.bits_per_dim(x).mean().backward()
+    for name, p in model.named_parameters():
+        if name.endswith(("lower", "upper")) and p.shape == (1, 1):
+            continue  # a 1-channel LU conv has no off-diagonal entries to learn
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_config_round_trips_through_json():
+    cfg = FlowConfig(image_shape=(3, 32, 32), levels=3, steps=5, hidden=32, coupling="additive",
+                     permutation="shuffle", mask="realnvp", actnorm=False, split_prior="standard",
+                     top_prior="learned", n_bits=5, seed=7)
+    again = FlowConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg and again.image_shape == (3, 32, 32)
+    assert FlowConfig(**cfg.to_dict()) == cfg
+
+
+def test_state_dict_round_trip_gives_identical_outputs_without_actnorm_reinit():
+    model = make_model((2, 8, 8), "affine", "shuffle", "realnvp", "learned", dtype=torch.float32)
+    buffer = io.BytesIO()
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    ckpt = torch.load(buffer, weights_only=True)
+    loaded = FlowModel(FlowConfig.from_dict(ckpt["config"]))
+    assert not loaded.is_initialized
+    loaded.load_state_dict(ckpt["model"])
+    assert loaded.is_initialized
+    # Data with very different statistics: a re-initialised ActNorm would change the output.
+    x = (torch.rand(4, 2, 8, 8) - 0.5) * 0.01 + 0.3
+    a, b = model.encode(x), loaded.encode(x)
+    for za, zb in zip(a.zs, b.zs):
+        assert torch.equal(za, zb)
+    assert torch.equal(a.logdet, b.logdet) and torch.equal(a.log_pz, b.log_pz)
+    # The shuffle permutations come back from the state dict, not from a new draw.
+    other_seed = FlowModel(FlowConfig.from_dict({**ckpt["config"], "seed": 99}))
+    other_seed.load_state_dict(ckpt["model"])
+    assert torch.equal(other_seed.encode(x).zs[0], a.zs[0])
+
+
+def test_squeeze_on_arange_matches_exact_layout():
+    x = torch.arange(2 * 4 * 4).view(1, 2, 4, 4)
+    y = squeeze2d(x)
+    assert y.shape == (1, 8, 2, 2)
+    # channel 4c + 2di + dj at (i, j) is pixel (c, 2i+di, 2j+dj)
+    assert y[0, :4, 0, 0].tolist() == [0, 1, 4, 5]
+    assert y[0, :4, 1, 1].tolist() == [10, 11, 14, 15]
+    assert y[0, 4:, 0, 1].tolist() == [18, 19, 22, 23]
+    for c, i, j, di, dj in itertools.product(range(2), range(2), range(2), range(2), range(2)):
+        assert y[0, 4 * c + 2 * di + dj, i, j] == x[0, c, 2 * i + di, 2 * j + dj]
+    assert torch.equal(unsqueeze2d(y), x)
+
+
+def test_squeeze_rejects_bad_shapes_with_message():
+    with pytest.raises(ValueError, match="even height and width"):
+        squeeze2d(torch.zeros(1, 1, 3, 4))
+    with pytest.raises(ValueError, match=r"4-d tensor \[B, C, H, W\], got shape \(4, 4\)"):
+        squeeze2d(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        unsqueeze2d(torch.zeros(1, 3, 2, 2))
+
+
+def test_mask_patterns_are_exact():
+    assert checkerboard_mask(3, 4, 0)[0, 0].tolist() == [[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]]
+    assert checkerboard_mask(3, 4, 1)[0, 0].tolist() == [[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]]
+    assert channel_split_sizes(4) == (2, 2) and channel_split_sizes(5) == (2, 3)
+
+
+@pytest.mark.parametrize("kind", COUPLINGS)
+@pytest.mark.parametrize("mask", ["channel", "checkerboard"])
+def test_coupling_leaves_x1_untouched_and_changes_x2(kind, mask):
+    torch.manual_seed(0)
+    coupling = Coupling(4, 4, 4, hidden=8, kind=kind, mask=mask, parity=1)
+    with torch.no_grad():
+        for p in coupling.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 4, 4, 4)
+    y, logdet = coupling(x)
+    if mask == "channel":
+        x1_sel = torch.zeros(1, 4, 1, 1, dtype=torch.bool)
+        x1_sel[:, :2] = True
+    else:
+        x1_sel = checkerboard_mask(4, 4, 1).bool()
+    x1_sel = x1_sel.expand_as(x)
+    assert torch.equal(y[x1_sel], x[x1_sel])
+    assert (y[~x1_sel] - x[~x1_sel]).abs().min() > 0
+    if kind == "additive":
+        assert torch.equal(logdet, torch.zeros(2))
+    assert torch.allclose(coupling.inverse(y), x, atol=1e-5)
+
+
+def test_actnorm_initialises_from_first_batch_only():
+    layer = ActNorm(3)
+    x = torch.randn(64, 3, 5, 5) * torch.tensor([2.0, 0.5, 7.0]).view(1, 3, 1, 1) + 3
+    y, logdet = layer(x)
+    assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
+    assert torch.allclose(logdet, torch.full((64,), 25 * layer.log_scale.sum().item()))
+    before = layer.log_scale.detach().clone()
+    layer(torch.randn(8, 3, 5, 5) * 100)
+    assert torch.equal(layer.log_scale, before) and bool(layer.initialized)
+
+
+@pytest.mark.parametrize("cls", [InvConv1x1LU, InvConv1x1])
+def test_1x1_conv_logdet_equals_slogdet_of_assembled_weight(cls):
+    gen = torch.Generator().manual_seed(2)
+    layer = cls(6, gen)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    w = layer.weight_matrix().double()
+    x = torch.randn(2, 6, 3, 5)
+    _, logdet = layer(x)
+    expected = 15 * torch.linalg.slogdet(w)[1]
+    assert torch.allclose(logdet.double(), expected.expand(2), rtol=1e-5)
+    if cls is InvConv1x1LU:
+        f = layer.factors()
+        assert torch.allclose(f["P"] @ f["L"] @ f["U"], layer.weight_matrix())
+        assert torch.equal(torch.triu(f["L"], 1), torch.zeros(6, 6))
+        assert torch.equal(torch.diagonal(f["L"]), torch.ones(6))
+    # the cached inverse (autograd off) still follows parameter updates
+    with torch.no_grad():
+        y, _ = layer(x)
+        assert torch.allclose(layer.inverse(y), x, atol=1e-5)
+        for p in layer.parameters():
+            p.mul_(1.1)
+        y, _ = layer(x)
+        assert torch.allclose(layer.inverse(y), x, atol=1e-5)
+
+
+def test_temperature_zero_returns_the_prior_mean():
+    model = make_model((1, 4, 4), dtype=torch.float32)
+    a = model.sample(3, temperature=0.0, eps=model.sample_eps(3, torch.Generator().manual_seed(0)))
+    b = model.sample(3, temperature=0.0, eps=model.sample_eps(3, torch.Generator().manual_seed(1)))
+    assert torch.allclose(a, b)
+    # Encoding the mean image gives latents equal to their prior means: eps == 0 everywhere.
+    out = model.encode(a)
+    for e in out.eps:
+        assert e.abs().max() < 1e-4
+
+
+def test_per_level_temperature_changes_only_what_it_should():
+    model = make_model((1, 4, 4), dtype=torch.float32)
+    eps = model.sample_eps(2, torch.Generator().manual_seed(0))
+    a = model.sample(2, temperature=[0.0, 1.0], eps=eps)
+    out = model.encode(a)
+    assert out.eps[0].abs().max() < 1e-4
+    assert torch.allclose(out.eps[1], eps[1], atol=1e-4)
+    with pytest.raises(ValueError, match="one temperature per level"):
+        model.sample(2, temperature=[0.5])
+
+
+def _hand_bpd(pixel: int, n_bits: int) -> float:
+    """Bits/dim of a constant image under an identity flow with an N(0, 1) prior, by hand."""
+    n_bins = 2 ** n_bits
+    x = (pixel // 2 ** (8 - n_bits) + 0.5) / n_bins - 0.5  # u = 0.5: the bin's centre
+    log_density = -0.5 * math.log(2 * math.pi) - 0.5 * x * x  # per dimension
+    return -(log_density - math.log(n_bins)) / math.log(2)
+
+
+@pytest.mark.parametrize("n_bits,pixel", [(8, 0), (8, 255), (8, 77), (5, 0), (5, 200), (1, 128)])
+def test_bits_per_dim_of_identity_model_equals_hand_computation(n_bits, pixel):
+    # Additive couplings and priors start at zero, reversal has logdet 0, no ActNorm:
+    # the whole flow is a volume-preserving rearrangement of the pixels.
+    cfg = FlowConfig(image_shape=(1, 4, 4), levels=2, steps=2, hidden=4, coupling="additive",
+                     permutation="reverse", mask="channel", actnorm=False,
+                     split_prior="standard", top_prior="standard", n_bits=n_bits)
+    model = FlowModel(cfg)
+    x = torch.full((2, 1, 4, 4), pixel, dtype=torch.uint8)
+    bpd = model.bits_per_dim(x, noise=False)
+    assert torch.allclose(bpd, torch.full((2,), _hand_bpd(pixel, n_bits), dtype=torch.float32), atol=1e-5)
+    if (n_bits, pixel) == (8, 0):
+        assert abs(bpd[0].item() - 9.504679) < 1e-5  # (0.5·log 2π + 0.5·0.498046875² + log 256) / ln 2
+    terms = model.bits_per_dim_terms(x, noise=False)
+    assert torch.allclose(terms.prior_levels.sum(1) + terms.logdet + terms.quantisation, terms.total)
+    assert torch.equal(terms.logdet, torch.zeros(2))
+
+
+def test_dequantisation_noise_stays_inside_the_bin():
+    model = FlowModel(FlowConfig(image_shape=(1, 4, 4), levels=1, n_bits=5))
+    x = torch.tensor([0, 7, 8, 255], dtype=torch.uint8).repeat(4).view(1, 1, 4, 4)
+    for _ in range(20):
+        v = (model.preprocess(x) + 0.5) * 32  # back to bin units
+        bins = torch.floor(v)
+        assert torch.equal(bins, torch.floor(x.float() / 8))
+        assert v.max() < 32
+
+
+def test_bad_inputs_raise_value_errors_naming_what_is_expected():
+    model = FlowModel(FlowConfig(image_shape=(1, 8, 8), levels=2))
+    with pytest.raises(ValueError, match="NaN"):
+        model.encode(torch.full((1, 1, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match=r"expected input of shape \[B, 1, 8, 8\], got \[1, 3, 8, 8\]"):
+        model.encode(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        model.encode(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="0..255"):
+        model.bits_per_dim(torch.full((1, 1, 8, 8), 300, dtype=torch.int32))
+    with pytest.raises(ValueError, match="integer pixels"):
+        model.bits_per_dim(torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(levels=0), "levels must be in 1..8, got 0"),
+    (dict(hidden=0), "hidden must be in 1..2048, got 0"),
+    (dict(n_bits=9), "n_bits must be in 1..8, got 9"),
+    (dict(n_bits=0), "n_bits must be in 1..8, got 0"),
+    (dict(steps=2.5), "steps must be an integer"),
+    (dict(permutation="lu"), "permutation must be one of reverse, shuffle, conv1x1, conv1x1_lu; got 'lu'"),
+    (dict(coupling="affline"), "coupling must be one of affine, additive"),
+    (dict(mask="stripes"), "mask must be one of"),
+    (dict(split_prior="gauss"), "split_prior must be one of learned, standard"),
+    (dict(levels=3), r"divisible by 2\*\*levels = 8, but the image is 28×28; use levels ≤ 2"),
+    (dict(image_shape=(1, 28)), "three integers"),
+    (dict(actnorm="yes"), "actnorm must be True or False"),
+    (dict(affine_clamp=float("nan")), "affine_clamp"),
+])
+def test_config_validation_messages(kwargs, message):
+    base = dict(image_shape=(1, 28, 28), levels=2)
+    with pytest.raises(ValueError, match=message):
+        FlowConfig(**{**base, **kwargs})
+
+
+def test_unknown_config_field_is_named():
+    with pytest.raises(ValueError, match=r"unknown FlowConfig field\(s\) \['depth'\]"):
+        FlowConfig.from_dict({"depth": 3})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_and_run(name):
+    cfg = PRESETS[name]
+    small = cfg.replace(steps=min(cfg.steps, 2), hidden=8)
+    model = FlowModel(small)
+    x = torch.randint(0, 256, (2, *small.image_shape), dtype=torch.uint8)
+    bpd = model.bits_per_dim(x)
+    assert bpd.shape == (2,) and torch.isfinite(bpd).all()
+    assert preset(name, image_shape=(1, 32, 32)).image_shape == (1, 32, 32)
+
+
+def test_same_seed_same_model():
+    a, b = FlowModel(PRESETS["faces-fast"]), FlowModel(PRESETS["faces-fast"])
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
