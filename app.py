@@ -1,0 +1,31 @@
+"""Flow Lab: router only. Every page lives in pages/; the library in flowlib/.
+
+Run with `streamlit run app.py`. The page list is explicit so the sidebar order is the
+teaching order: start, train and compare, then look inside a trained flow.
+"""
+
+import streamlit as st
+
+from pages import ui
+
+st.set_page_config(page_title="Flow Lab", page_icon="🌊", layout="wide")
+
+PAGES = {
+    "Flow Lab": [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    ],
+    "Train": [
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/runs.py", title="Runs", icon=":material/stacked_line_chart:"),
+    ],
+    "Look inside": [
+        st.Page("pages/masks.py", title="Masks & squeeze", icon=":material/grid_on:"),
+        st.Page("pages/latents.py", title="Latents", icon=":material/layers:"),
+        st.Page("pages/sampling.py", title="Sampling", icon=":material/auto_awesome:"),
+    ],
+}
+
+navigation = st.navigation(PAGES)
+ui.visitor_id()
+ui.render_sidebar_status()
+ui.run_page(navigation)

@@ -1,0 +1,61 @@
+"""Home: what a normalizing flow is, what each page shows, and the two quickest paths."""
+
+import streamlit as st
+
+from pages import ui
+
+st.title("Flow Lab")
+st.markdown(
+    "#### Train a normalizing flow on handwritten digits or faces, watch it learn live, "
+    "and look inside it."
+)
+
+left, right = st.columns([3, 2], gap="large")
+with left:
+    st.markdown(
+        """
+A **normalizing flow** is a neural network that can be run **backwards exactly**. Forwards it
+turns an image into a pile of Gaussian noise of the same size; backwards it turns fresh noise
+into a new image. Every layer is invertible and we know how much it stretches space (its
+*log-determinant*), so the model gives the **exact probability** of any image: that is the
+number you will watch fall, measured in **bits per dimension** (8 = random noise, lower is
+better). Glow and RealNVP build such networks from simple *coupling* layers: half of the
+pixels decide how to shift and scale the other half.
+"""
+    )
+with right:
+    st.markdown("##### Quickest paths")
+    if st.button("Train MNIST now", icon=":material/play_circle:", type="primary",
+                 width="stretch", key="home_train"):
+        st.switch_page("pages/train.py", query_params={"dataset": "mnist", "preset": "mnist-fast"})
+    st.caption("Opens **Train** with the MNIST digits and the small Glow preset picked. Press "
+               "**Start**: bits/dim starts near 8 and falls below 2 within minutes.")
+    if st.button("Explore a trained model", icon=":material/auto_awesome:", width="stretch",
+                 key="home_explore"):
+        st.switch_page("pages/sampling.py")
+    st.caption("Sample new digits at several temperatures and see what each scale of the "
+               "latent holds.")
+    st.markdown(f"**Training on:** {ui.device_line()}")
+
+st.divider()
+st.markdown("##### What each page shows")
+PAGES = [
+    (":material/model_training:", "Train",
+     "Pick a dataset and a preset, change any knob, press Start. Loss, bits/dim, its split "
+     "into each level's prior and the log-determinant, and a grid of samples update live."),
+    (":material/stacked_line_chart:", "Runs",
+     "Every run in one table. Tick several to lay their curves over each other and see which "
+     "settings differ; one click starts the Glow paper's permutation study."),
+    (":material/grid_on:", "Masks & squeeze",
+     "How a flow splits an image: squeeze, checkerboard and channel masks, permutations."),
+    (":material/layers:", "Latents",
+     "One image's latent at each scale, and where its bits go."),
+    (":material/auto_awesome:", "Sampling",
+     "The same samples at temperatures 0 … 1, per-level temperatures, interpolations."),
+]
+cols = st.columns(len(PAGES))
+for col, (icon, name, text) in zip(cols, PAGES):
+    with col:
+        with st.container(border=True, height="stretch"):
+            st.markdown(f"**{icon} {name}**")
+            st.markdown(text)

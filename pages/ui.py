@@ -1,0 +1,173 @@
+"""Shared pieces of the Streamlit pages: sidebar status, error guard, classroom mode, store.
+
+Everything a page needs from the outside world goes through here, so the pages stay short:
+
+    from pages import ui
+    with ui.guard("loading the runs"):      # an error becomes a sentence, not a stack trace
+        store = ui.get_store()
+    ui.visitor_id()                         # who "owns" the runs this browser starts
+    ui.classroom_mode()                     # FLOWLAB_CLASSROOM=1: caps, no foreign deletes
+
+Pages never train in-process: they ask ``flowlib.worker`` to start a separate process and
+then only read the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+import traceback
+
+import streamlit as st
+
+log = logging.getLogger("flowlab.app")
+
+# One line per number the app shows, reused in tooltips and captions.
+BPD_HELP = (
+    "bits per dimension: the average number of bits needed to encode one pixel value under "
+    "the model. 8 = no better than uniform noise for 8-bit images; lower is better. "
+    "Glow reaches 1.05 on MNIST."
+)
+LOSS_HELP = ("training loss: the negative log-likelihood of a batch, −log p(x), in nats per "
+             "image; bits/dim is the same number divided by (pixels · ln 2), minus the "
+             "quantisation offset")
+IMAGES_PER_S_HELP = "images per second: training throughput on this device (higher is faster)"
+LR_HELP = "learning rate: the Adam step size at this step (it warms up linearly, then stays)"
+SAMPLE_CAPTION = ("Rows: temperature 0, 0.5, 0.7, 1.0 (top to bottom); the same latent noise "
+                  "every time, so you watch the same samples sharpen as the model learns.")
+
+ACTIVE_STATUSES = ("queued", "running", "stopping")
+STATUS_ICONS = {
+    "queued": "⏳", "running": "🟢", "stopping": "🟠", "stopped": "⏸️",
+    "finished": "✅", "failed": "❌", "lost": "⚠️",
+}
+STATUS_WORDS = {
+    "queued": "waiting to start", "running": "training", "stopping": "stopping after this step",
+    "stopped": "stopped (can be resumed)", "finished": "finished", "failed": "failed",
+    "lost": "lost (its process stopped answering)",
+}
+
+VISITOR_PARAM = "visitor"
+# The Runs page sets this before switching to an exploration page: a checkpoint path.
+EXPLORE_KEY = "explore_checkpoint"
+EXPLORE_RUN_KEY = "explore_run_id"
+
+
+# -- errors --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def guard(what: str):
+    """Turn an unexpected error into one sentence on screen and a traceback in the server log.
+
+    Streamlit's own control flow (st.rerun, st.switch_page, st.stop) derives from
+    BaseException and passes through untouched.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - this is the last line of defence on screen
+        log.error("Flow Lab: error while %s\n%s", what, traceback.format_exc())
+        message = str(exc).strip() or type(exc).__name__
+        st.error(f"Something went wrong while {what}: {message}\n\n"
+                 "The details are in the server's log; the rest of the app still works.",
+                 icon=":material/error:")
+
+
+def run_page(navigation) -> None:
+    """Run the selected page inside :func:`guard` (used by app.py)."""
+    with guard(f"showing the {navigation.title} page"):
+        navigation.run()
+
+
+# -- classroom mode ------------------------------------------------------------------------
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def classroom_mode() -> bool:
+    """FLOWLAB_CLASSROOM=1: one GPU served to a class (caps, no foreign deletes, no paths)."""
+    return _env_flag("FLOWLAB_CLASSROOM")
+
+
+def upload_cap_mb() -> int:
+    """Largest upload accepted, in MB (classroom default 20; otherwise the server's limit)."""
+    default = "20" if classroom_mode() else "50"
+    try:
+        return max(1, int(os.environ.get("FLOWLAB_MAX_UPLOAD_MB", default)))
+    except ValueError:
+        return int(default)
+
+
+def visitor_id() -> str:
+    """This browser's identity: kept in session state and in the URL (?visitor=…).
+
+    The URL copy survives a refresh, so a student still owns the runs they started. It is a
+    classroom convenience, not a password: anyone given the URL is the same visitor.
+    """
+    vid = st.session_state.get("visitor_id")
+    from_url = st.query_params.get(VISITOR_PARAM)
+    if not vid:
+        vid = from_url if _valid_visitor(from_url) else secrets.token_hex(6)
+        st.session_state["visitor_id"] = vid
+    if from_url != vid:
+        st.query_params[VISITOR_PARAM] = vid
+    return vid
+
+
+def _valid_visitor(value) -> bool:
+    return isinstance(value, str) and 4 <= len(value) <= 32 and value.isalnum()
+
+
+def may_modify(run) -> bool:
+    """Rename/delete rights: everyone outside classroom mode; the starter inside it."""
+    if not classroom_mode():
+        return True
+    owner = _get(run, "owner")
+    return bool(owner) and owner == visitor_id()
+
+
+def _get(run, name, default=None):
+    if isinstance(run, dict):
+        return run.get(name, default)
+    return getattr(run, name, default)
+
+
+# -- device --------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def device_line() -> str:
+    """'NVIDIA H100 …, 79.1 GiB' or 'CPU, 2 threads' (computed once per server)."""
+    try:
+        from flowlib.device import describe_device
+        return describe_device()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("describe_device failed: %s", exc)
+        return f"CPU, {os.cpu_count() or 1} threads"
+
+
+# -- formatting ----------------------------------------------------------------------------
+def fmt_duration(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, int(round(float(seconds))))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+
+
+def fmt_ago(timestamp) -> str:
+    if not timestamp:
+        return "–"
+    return fmt_duration(time.time() - float(timestamp)) + " ago"
+
+
+# -- sidebar -------------------------------------------------------------------------------
+def render_sidebar_status() -> None:
+    """Device in use, classroom mode, and the active run with a link to its dashboard."""
+    with st.sidebar:
+        st.markdown(f"**Device** · {device_line()}")
+        if classroom_mode():
+            st.caption("Classroom mode: runs are capped; you can rename or delete only "
+                       "the runs you started.")
