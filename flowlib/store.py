@@ -1,0 +1,727 @@
+"""The run store: one SQLite file (WAL) and one folder per run. The app reads only this.
+
+    from flowlib.store import RunStore
+    store = RunStore()                       # root: arg, else $FLOWLAB_RUNS_DIR, else <repo>/checkpoints/runs
+    run_id = store.create_run("mnist-a", "mnist", config_dict, train_dict, owner=visitor_id)
+    store.list_runs()                        # newest first; stale heartbeats are marked lost here
+    store.metrics(run_id, keys=["train_bpd", "test_bpd"])   # {key: {"step": [...], "wall": [...], "value": [...]}}
+    store.events(run_id)                     # nan_skip / rollback / lr_drop / eval / checkpoint / error / stop / resume ...
+    store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
+
+Layout under the root::
+
+    runs.sqlite            runs, metrics, events, samples tables (WAL journal)
+    run-00001/             checkpoint.pt, samples_step0000050.png, worker.log
+    run-00002/ ...
+
+Folder names come from the integer id, never from the user's run name, so a name such as
+``../../etc`` can only ever be a label. Names are still sanitised for display (see
+:func:`sanitize_name`).
+
+Run status moves through::
+
+    created --start--> queued --worker up--> running --stop--> stopping --> stopped
+                                                      \\--> finished | failed
+    queued / running / stopping with a stale heartbeat --> lost
+
+``queued``, ``running`` and ``stopping`` are *active*: they hold one of the concurrency slots.
+A start claims a slot inside one ``BEGIN IMMEDIATE`` transaction, so two tabs pressing Start
+at the same moment cannot both get one.
+
+Concurrency: every call opens its own short-lived connection (safe from any thread, nothing
+to leak), sets ``busy_timeout``, and keeps transactions to a few statements. WAL means readers
+never block the trainer's writes. A write that still finds the database locked is retried
+with back-off for a bounded time, then raises :class:`StoreBusyError`; the trainer treats that
+as "try again at the next flush", never as a reason to die.
+
+Environment (read when a ``RunStore`` is made, via :meth:`Limits.from_env`):
+
+``FLOWLAB_RUNS_DIR``          where the store lives (default ``<repo>/checkpoints/runs``)
+``FLOWLAB_MAX_CONCURRENT``    active runs allowed on this server (default 1)
+``FLOWLAB_CLASSROOM=1``       classroom mode: caps below default to 5000 steps, batch 256,
+                              60 minutes, 1 concurrent run, unless set explicitly
+``FLOWLAB_MAX_STEPS``         most training steps a run may ask for
+``FLOWLAB_MAX_BATCH``         largest batch size a run may ask for
+``FLOWLAB_MAX_MINUTES``       longest time budget a run may ask for
+``FLOWLAB_HEARTBEAT_STALE_S`` seconds without a heartbeat before a running run is ``lost`` (30)
+``FLOWLAB_START_TIMEOUT_S``   seconds a queued run may wait for its process to come up (120)
+``FLOWLAB_DB_TIMEOUT_S``      SQLite busy timeout and the write-retry bound, seconds (5)
+
+Owners: ``owner`` is an opaque visitor id the app passes. A run created with an owner can be
+started, stopped, renamed or deleted only by a caller passing the same owner, or by a caller
+passing ``owner=None`` (trusted: the CLI, the teacher). The app must always pass the visitor id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+__all__ = ["RunStore", "Limits", "StoreBusyError", "RunLimitError", "RunStateError",
+           "sanitize_name", "STATUSES", "ACTIVE_STATUSES", "STARTABLE_STATUSES",
+           "EVENT_KINDS", "default_root"]
+
+STATUSES = ("created", "queued", "running", "stopping", "stopped", "finished", "failed", "lost")
+ACTIVE_STATUSES = ("queued", "running", "stopping")
+STARTABLE_STATUSES = ("created", "stopped", "failed", "lost")
+EVENT_KINDS = ("start", "resume", "nan_skip", "rollback", "lr_drop", "eval", "checkpoint",
+               "samples", "warning", "error", "stop", "finish", "lost")
+
+MAX_NAME = 80
+MAX_OWNER = 200
+DB_NAME = "runs.sqlite"
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "worker.log"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    dataset TEXT NOT NULL,
+    preset TEXT,
+    config TEXT NOT NULL,            -- FlowConfig.to_dict() as JSON
+    train TEXT NOT NULL,             -- TrainConfig.to_dict() as JSON
+    status TEXT NOT NULL,
+    pid INTEGER,
+    heartbeat REAL,                  -- unix time of the worker's last sign of life
+    step INTEGER NOT NULL DEFAULT 0, -- last step the worker reported
+    message TEXT NOT NULL DEFAULT '',
+    owner TEXT,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    ended REAL,
+    best_test_bpd REAL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    wall REAL NOT NULL,
+    key TEXT NOT NULL,
+    value REAL
+);
+CREATE INDEX IF NOT EXISTS metrics_run_key_step ON metrics (run_id, key, step);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    step INTEGER,
+    wall REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    wall REAL NOT NULL,
+    path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_run ON samples (run_id, step);
+"""
+
+
+class StoreBusyError(RuntimeError):
+    """The database stayed locked by another program for longer than the retry bound."""
+
+
+class RunLimitError(ValueError):
+    """Starting would exceed the concurrent-run limit; the message names the run in the way."""
+
+
+class RunStateError(ValueError):
+    """The run is in a state that does not allow the request (e.g. deleting a running run)."""
+
+
+def default_root() -> Path:
+    env = os.environ.get("FLOWLAB_RUNS_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "checkpoints" / "runs"
+
+
+def sanitize_name(name: Any, fallback: str = "run") -> str:
+    """A display name made safe: [A-Za-z0-9 _.-] only, runs collapsed, trimmed, ≤ 80 chars.
+
+    ``"../../etc/passwd"`` -> ``"etc-passwd"``; ``"a\\x00b"`` -> ``"a-b"``; ``""`` -> ``"run"``.
+    """
+    text = "" if name is None else str(name)
+    text = re.sub(r"[^A-Za-z0-9 _.\-]+", "-", text)
+    text = re.sub(r"\.{2,}", "-", text)          # no "..": never looks like a parent folder
+    text = re.sub(r" {2,}", " ", text)
+    text = re.sub(r"-{2,}", "-", text)
+    text = re.sub(r"^[\s.\-_]+|[\s.\-_]+$", "", text)[:MAX_NAME]
+    text = re.sub(r"[\s.\-_]+$", "", text)
+    return text or fallback
+
+
+def _env_int(name: str, default: int | None, lo: int = 1) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer ≥ {lo}, got {raw!r}") from None
+    if value < lo:
+        raise ValueError(f"environment variable {name} must be an integer ≥ {lo}, got {value}")
+    return value
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"environment variable {name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-wide caps and timing windows (see the module docstring for the variables)."""
+
+    max_concurrent: int = 1           # active runs at once; 1 keeps a CPU server responsive
+    max_steps: int | None = None      # classroom cap on a run's step budget
+    max_batch: int | None = None      # classroom cap on batch size (memory, fairness)
+    max_minutes: float | None = None  # classroom cap on a run's time budget
+    classroom: bool = False           # classroom mode: runs must have a capped budget
+    stale_after_s: float = 30.0       # heartbeat age that marks a running run lost
+    start_timeout_s: float = 120.0    # a queued run whose process never came up is lost after this
+    db_timeout_s: float = 5.0         # SQLite busy timeout, and the bound on write retries
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        classroom = os.environ.get("FLOWLAB_CLASSROOM", "").strip().lower() in ("1", "true", "yes", "on")
+        minutes_raw = os.environ.get("FLOWLAB_MAX_MINUTES", "").strip()
+        max_minutes = _env_float("FLOWLAB_MAX_MINUTES", 60.0) if (classroom or minutes_raw) else None
+        return cls(
+            max_concurrent=_env_int("FLOWLAB_MAX_CONCURRENT", 1),
+            max_steps=_env_int("FLOWLAB_MAX_STEPS", 5000 if classroom else None),
+            max_batch=_env_int("FLOWLAB_MAX_BATCH", 256 if classroom else None),
+            max_minutes=max_minutes,
+            classroom=classroom,
+            stale_after_s=_env_float("FLOWLAB_HEARTBEAT_STALE_S", 30.0),
+            start_timeout_s=_env_float("FLOWLAB_START_TIMEOUT_S", 120.0),
+            db_timeout_s=_env_float("FLOWLAB_DB_TIMEOUT_S", 5.0),
+        )
+
+    def check_train(self, train: dict) -> None:
+        """Refuse a training config over this server's caps (ValueError naming cap and variable)."""
+        steps, batch, minutes = train.get("max_steps"), train.get("batch_size"), train.get("max_minutes")
+        if self.max_batch is not None and isinstance(batch, int) and batch > self.max_batch:
+            raise ValueError(f"batch_size {batch} is above this server's limit of {self.max_batch} "
+                             "(FLOWLAB_MAX_BATCH)")
+        if self.max_steps is not None:
+            if steps is None and (self.classroom or minutes is None):
+                raise ValueError(f"a step budget (max_steps) of at most {self.max_steps} is required on "
+                                 "this server (FLOWLAB_MAX_STEPS)")
+            if isinstance(steps, int) and steps > self.max_steps:
+                raise ValueError(f"max_steps {steps} is above this server's limit of {self.max_steps} "
+                                 "steps per run (FLOWLAB_MAX_STEPS)")
+        if self.max_minutes is not None and isinstance(minutes, (int, float)) and minutes > self.max_minutes:
+            raise ValueError(f"max_minutes {minutes} is above this server's limit of {self.max_minutes:g} "
+                             "minutes per run (FLOWLAB_MAX_MINUTES)")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    run = dict(row)
+    for key in ("config", "train"):
+        try:
+            run[key] = json.loads(run[key])
+        except (TypeError, ValueError):
+            run[key] = {}
+    run.pop("stop_requested", None)
+    return run
+
+
+class RunStore:
+    """Runs, metrics, events and sample grids of one server, in ``<root>/runs.sqlite``."""
+
+    def __init__(self, root: str | os.PathLike | None = None, limits: Limits | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.limits = limits if limits is not None else Limits.from_env()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / DB_NAME
+
+        def init(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+
+        self._retry(lambda: self._with_conn(init))
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.root)!r})"
+
+    # -- connections, transactions, retries --------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=self.limits.db_timeout_s, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _with_conn(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn = self._connect()
+        try:
+            return fn(conn)
+        finally:
+            conn.close()
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self.limits.db_timeout_s
+        delay = 0.02
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreBusyError(
+                        f"the run database {self.db_path} stayed locked by another program for "
+                        f"{self.limits.db_timeout_s:g} s; try again") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run fn inside one short BEGIN IMMEDIATE transaction, retried while locked."""
+        def attempt():
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+            finally:
+                conn.close()
+        return self._retry(attempt)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return self._retry(lambda: self._with_conn(fn))
+
+    # -- paths ------------------------------------------------------------------------
+    def run_dir(self, run_id: int) -> Path:
+        """The run's folder (named from its integer id only)."""
+        return self.root / f"run-{int(run_id):05d}"
+
+    def checkpoint_path(self, run_id: int) -> Path:
+        return self.run_dir(run_id) / CHECKPOINT_NAME
+
+    def log_path(self, run_id: int) -> Path:
+        return self.run_dir(run_id) / LOG_NAME
+
+    # -- runs ---------------------------------------------------------------------------
+    def create_run(self, name: Any, dataset: str, config: dict, train: dict,
+                   owner: str | None = None, preset: str | None = None) -> int:
+        """Register a run (status ``created``) and make its folder; returns the run id.
+
+        The name is sanitised and made unique by a ``-2``, ``-3`` … suffix.
+        """
+        if not isinstance(config, dict) or not isinstance(train, dict):
+            raise ValueError("config and train must be dicts (FlowConfig.to_dict(), TrainConfig.to_dict())")
+        self.limits.check_train(train)
+        base = sanitize_name(name)
+        owner = None if owner is None else str(owner)[:MAX_OWNER]
+        config_json, train_json = json.dumps(config), json.dumps(train)
+
+        def insert(conn):
+            taken = {r[0] for r in conn.execute("SELECT name FROM runs")}
+            unique, n = base, 2
+            while unique in taken:
+                suffix = f"-{n}"
+                unique, n = base[:MAX_NAME - len(suffix)] + suffix, n + 1
+            cur = conn.execute(
+                "INSERT INTO runs (name, created, dataset, preset, config, train, status, owner, message)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'created', ?, 'not started yet')",
+                (unique, time.time(), str(dataset), preset, config_json, train_json, owner))
+            return cur.lastrowid
+
+        run_id = self._tx(insert)
+        self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        return run_id
+
+    def _stale_ids(self, rows: Iterable[sqlite3.Row], now: float) -> list[int]:
+        out = []
+        for r in rows:
+            if r["status"] not in ACTIVE_STATUSES:
+                continue
+            window = self.limits.start_timeout_s if r["status"] == "queued" else self.limits.stale_after_s
+            if r["heartbeat"] is None or now - r["heartbeat"] > window:
+                out.append(r["id"])
+        return out
+
+    def _mark_lost(self, conn: sqlite3.Connection, now: float) -> list[int]:
+        rows = conn.execute("SELECT id, status, heartbeat, step FROM runs WHERE status IN "
+                            "('queued', 'running', 'stopping')").fetchall()
+        lost = self._stale_ids(rows, now)
+        for r in rows:
+            if r["id"] not in lost:
+                continue
+            if r["status"] == "queued":
+                msg = (f"The training process never started (nothing heard for "
+                       f"{self.limits.start_timeout_s:g} s). Start the run again.")
+            else:
+                msg = (f"The training process stopped responding (no heartbeat for "
+                       f"{self.limits.stale_after_s:g} s) at step {r['step']}. The last checkpoint "
+                       "is kept: resume to continue from it.")
+            conn.execute("UPDATE runs SET status='lost', message=?, ended=?, stop_requested=0 "
+                         "WHERE id=?", (msg, now, r["id"]))
+            conn.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, 'lost', ?)",
+                         (r["id"], r["step"], now, msg))
+        return lost
+
+    def reap_lost(self) -> list[int]:
+        """Mark active runs with a stale heartbeat as ``lost``; returns their ids."""
+        return self._tx(lambda conn: self._mark_lost(conn, time.time()))
+
+    def _maybe_reap(self, rows: list[sqlite3.Row]) -> bool:
+        if self._stale_ids(rows, time.time()):
+            try:
+                self.reap_lost()
+            except StoreBusyError:
+                return False
+            return True
+        return False
+
+    def get_run(self, run_id: int) -> dict | None:
+        """One run as a dict (config and train decoded), or None. Reaps it if stale."""
+        query = "SELECT * FROM runs WHERE id=?"
+        row = self._read(lambda c: c.execute(query, (int(run_id),)).fetchone())
+        if row is None:
+            return None
+        if self._maybe_reap([row]):
+            row = self._read(lambda c: c.execute(query, (int(run_id),)).fetchone())
+        return _decode(row)
+
+    def list_runs(self, owner: str | None = None) -> list[dict]:
+        """Every run (or one owner's), newest first. Cheap: one SELECT; reaps stale runs."""
+        def read(c):
+            if owner is None:
+                return c.execute("SELECT * FROM runs ORDER BY id DESC").fetchall()
+            return c.execute("SELECT * FROM runs WHERE owner=? ORDER BY id DESC", (owner,)).fetchall()
+        rows = self._read(read)
+        if self._maybe_reap(rows):
+            rows = self._read(read)
+        return [_decode(r) for r in rows]
+
+    def find_run(self, ref: Any) -> dict | None:
+        """A run by id (int or digits) or by exact name (the newest with that name)."""
+        text = str(ref).strip()
+        if text.isdigit():
+            run = self.get_run(int(text))
+            if run is not None:
+                return run
+        row = self._read(lambda c: c.execute("SELECT id FROM runs WHERE name=? ORDER BY id DESC",
+                                             (text,)).fetchone())
+        return None if row is None else self.get_run(row[0])
+
+    def active_runs(self) -> list[dict]:
+        return [r for r in self.list_runs() if r["status"] in ACTIVE_STATUSES]
+
+    @staticmethod
+    def _check_owner(run: sqlite3.Row | dict, owner: str | None, action: str) -> None:
+        if owner is not None and run["owner"] is not None and str(owner) != run["owner"]:
+            raise PermissionError(f"run {run['id']} '{run['name']}' belongs to someone else; "
+                                  f"only its owner can {action} it")
+
+    def _get_row(self, conn, run_id) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM runs WHERE id=?", (int(run_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no run with id {run_id}")
+        return row
+
+    def request_start(self, run_id: int, owner: str | None = None) -> dict:
+        """Claim a concurrency slot and mark the run ``queued``, atomically.
+
+        Raises RunLimitError when the server's limit of active runs is reached (naming the
+        run in the way), RunStateError when the run is already active or finished,
+        PermissionError for a non-owner, KeyError for an unknown id.
+        """
+        def claim(conn):
+            now = time.time()
+            self._mark_lost(conn, now)
+            row = self._get_row(conn, run_id)
+            self._check_owner(row, owner, "start")
+            if row["status"] in ACTIVE_STATUSES:
+                raise RunStateError(f"run {row['id']} '{row['name']}' is already {row['status']}")
+            if row["status"] not in STARTABLE_STATUSES:
+                raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; "
+                                    "raise its step or time budget to train it further")
+            self.limits.check_train(json.loads(row["train"]))
+            active = conn.execute("SELECT id, name, status FROM runs WHERE status IN "
+                                  "('queued', 'running', 'stopping') ORDER BY id").fetchall()
+            limit = self.limits.max_concurrent
+            if len(active) >= limit:
+                other = active[0]
+                if limit == 1:
+                    raise RunLimitError(
+                        f"Another run is training (run {other['id']} '{other['name']}'); stop it "
+                        "first or raise FLOWLAB_MAX_CONCURRENT")
+                raise RunLimitError(
+                    f"{len(active)} runs are already training (the limit is {limit}), e.g. run "
+                    f"{other['id']} '{other['name']}'; stop one first or raise FLOWLAB_MAX_CONCURRENT")
+            conn.execute("UPDATE runs SET status='queued', heartbeat=?, pid=NULL, stop_requested=0, "
+                         "ended=NULL, message='waiting for the training process to start' WHERE id=?",
+                         (now, row["id"]))
+            return dict(row)
+        self._tx(claim)
+        return self.get_run(run_id)
+
+    def set_pid(self, run_id: int, pid: int) -> None:
+        self._tx(lambda c: c.execute("UPDATE runs SET pid=? WHERE id=? AND status IN "
+                                     "('queued', 'running', 'stopping')", (int(pid), int(run_id))))
+
+    def begin_run(self, run_id: int, pid: int) -> str:
+        """The worker's first call: ``queued`` -> ``running``. Returns the status it found.
+
+        Anything but ``"queued"`` means: do not train (``"stopping"``: a stop came before the
+        process was up; mark it stopped).
+        """
+        def begin(conn):
+            row = self._get_row(conn, run_id)
+            if row["status"] == "queued":
+                now = time.time()
+                conn.execute("UPDATE runs SET status='running', pid=?, heartbeat=?, started=?, "
+                             "message='training' WHERE id=?", (int(pid), now, now, int(run_id)))
+            return row["status"]
+        return self._tx(begin)
+
+    def heartbeat(self, run_id: int, step: int | None = None) -> tuple[str | None, bool]:
+        """The worker is alive at ``step``. Returns (status, stop_requested) in the same call."""
+        def beat(conn):
+            conn.execute("UPDATE runs SET heartbeat=?, step=COALESCE(?, step) WHERE id=? AND "
+                         "status IN ('running', 'stopping')", (time.time(), step, int(run_id)))
+            row = conn.execute("SELECT status, stop_requested FROM runs WHERE id=?", (int(run_id),)).fetchone()
+            return (None, True) if row is None else (row["status"], bool(row["stop_requested"]))
+        return self._tx(beat)
+
+    def request_stop(self, run_id: int, owner: str | None = None) -> bool:
+        """Ask an active run to stop. Idempotent: True only if this call requested it."""
+        def stop(conn):
+            row = self._get_row(conn, run_id)
+            self._check_owner(row, owner, "stop")
+            if row["status"] not in ("queued", "running") or row["stop_requested"]:
+                return False
+            conn.execute("UPDATE runs SET status='stopping', stop_requested=1, "
+                         "message='stopping: finishing the step and saving a checkpoint' WHERE id=?",
+                         (int(run_id),))
+            return True
+        return self._tx(stop)
+
+    def poll_stop(self, run_id: int) -> tuple[str | None, bool]:
+        """(status, stop_requested) of a run, one indexed read; (None, True) if it is gone."""
+        row = self._read(lambda c: c.execute("SELECT status, stop_requested FROM runs WHERE id=?",
+                                             (int(run_id),)).fetchone())
+        return (None, True) if row is None else (row["status"], bool(row["stop_requested"]))
+
+    def stop_requested(self, run_id: int) -> bool:
+        row = self._read(lambda c: c.execute("SELECT stop_requested, status FROM runs WHERE id=?",
+                                             (int(run_id),)).fetchone())
+        return row is None or bool(row["stop_requested"])
+
+    def finish_run(self, run_id: int, status: str, message: str, step: int | None = None) -> bool:
+        """The worker's last call: stopped / finished / failed with a message in words.
+
+        Also overwrites ``lost`` (a slow worker wrongly presumed dead knows better). Returns
+        False if the run is gone or already ended.
+        """
+        if status not in ("stopped", "finished", "failed", "lost"):
+            raise ValueError(f"finish_run status must be stopped, finished, failed or lost; got {status!r}")
+
+        def finish(conn):
+            cur = conn.execute(
+                "UPDATE runs SET status=?, message=?, step=COALESCE(?, step), ended=?, "
+                "stop_requested=0 WHERE id=? AND status IN ('queued', 'running', 'stopping', 'lost')",
+                (status, str(message), step, time.time(), int(run_id)))
+            return cur.rowcount > 0
+        return self._tx(finish)
+
+    def mark_exited(self, run_id: int, pid: int, returncode: int) -> bool:
+        """Called when a worker process we launched exits: if its run still looks active, it is lost."""
+        if returncode < 0:
+            how = f"was killed by signal {-returncode}"
+        else:
+            how = f"exited with code {returncode}"
+        msg = (f"The training process {how} without finishing. The last checkpoint is kept: "
+               "resume to continue from it.")
+
+        def check(conn):
+            row = conn.execute("SELECT status, pid, step FROM runs WHERE id=?", (int(run_id),)).fetchone()
+            if row is None or row["status"] not in ACTIVE_STATUSES or row["pid"] not in (None, pid):
+                return False
+            now = time.time()
+            conn.execute("UPDATE runs SET status='lost', message=?, ended=?, stop_requested=0 WHERE id=?",
+                         (msg, now, int(run_id)))
+            conn.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, 'lost', ?)",
+                         (int(run_id), row["step"], now, msg))
+            return True
+        return self._tx(check)
+
+    def set_best_test_bpd(self, run_id: int, value: float) -> None:
+        self._tx(lambda c: c.execute(
+            "UPDATE runs SET best_test_bpd = CASE WHEN best_test_bpd IS NULL OR ? < best_test_bpd "
+            "THEN ? ELSE best_test_bpd END WHERE id=?", (value, value, int(run_id))))
+
+    def update_train(self, run_id: int, train: dict, owner: str | None = None) -> None:
+        """Replace a non-active run's training config (e.g. a larger budget before resuming)."""
+        self.limits.check_train(train)
+
+        def update(conn):
+            row = self._get_row(conn, run_id)
+            self._check_owner(row, owner, "change")
+            if row["status"] in ACTIVE_STATUSES:
+                raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; stop it first")
+            conn.execute("UPDATE runs SET train=?, status=CASE WHEN status='finished' THEN 'stopped' "
+                         "ELSE status END WHERE id=?", (json.dumps(train), int(run_id)))
+        self._tx(update)
+
+    def rename_run(self, run_id: int, name: Any, owner: str | None = None) -> str:
+        """Give a run a new (sanitised) name; returns it. Refuses a name another run has."""
+        new = sanitize_name(name)
+
+        def rename(conn):
+            row = self._get_row(conn, run_id)
+            self._check_owner(row, owner, "rename")
+            clash = conn.execute("SELECT id FROM runs WHERE name=? AND id<>?", (new, int(run_id))).fetchone()
+            if clash is not None:
+                raise ValueError(f"another run (run {clash[0]}) is already called '{new}'")
+            conn.execute("UPDATE runs SET name=? WHERE id=?", (new, int(run_id)))
+            return new
+        return self._tx(rename)
+
+    def delete_run(self, run_id: int, owner: str | None = None) -> None:
+        """Delete a run's rows and its folder. Refuses an active run (stop it first)."""
+        def delete(conn):
+            row = self._get_row(conn, run_id)
+            self._check_owner(row, owner, "delete")
+            if row["status"] in ACTIVE_STATUSES:
+                raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; stop it before deleting")
+            for table in ("metrics", "events", "samples"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id=?", (int(run_id),))
+            conn.execute("DELETE FROM runs WHERE id=?", (int(run_id),))
+        self._tx(delete)
+        folder = self.run_dir(run_id)
+        if folder.parent == self.root and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- metrics ------------------------------------------------------------------------
+    def append_metrics(self, run_id: int, rows: Iterable[tuple[int, float, str, float]]) -> int:
+        """Insert (step, wall, key, value) rows in one transaction; returns how many."""
+        rows = [(int(run_id), int(s), float(w), str(k), None if v is None else float(v))
+                for s, w, k, v in rows]
+        if rows:
+            self._tx(lambda c: c.executemany(
+                "INSERT INTO metrics (run_id, step, wall, key, value) VALUES (?, ?, ?, ?, ?)", rows))
+        return len(rows)
+
+    def metrics(self, run_id: int, keys: Iterable[str] | None = None,
+                after_step: int | None = None) -> dict[str, dict[str, list]]:
+        """Curves for charts: ``{key: {"step": [...], "wall": [...], "value": [...]}}``, step order.
+
+        ``after_step`` returns only newer points (for incremental polling).
+        """
+        sql = "SELECT key, step, wall, value FROM metrics WHERE run_id=?"
+        params: list = [int(run_id)]
+        if keys is not None:
+            keys = list(keys)
+            if not keys:
+                return {}
+            sql += f" AND key IN ({','.join('?' * len(keys))})"
+            params += keys
+        if after_step is not None:
+            sql += " AND step > ?"
+            params.append(int(after_step))
+        sql += " ORDER BY key, step"
+        out: dict[str, dict[str, list]] = {}
+        for key, step, wall, value in self._read(lambda c: c.execute(sql, params).fetchall()):
+            curve = out.get(key)
+            if curve is None:
+                curve = out[key] = {"step": [], "wall": [], "value": []}
+            curve["step"].append(step)
+            curve["wall"].append(wall)
+            curve["value"].append(value)
+        return out
+
+    def latest_metrics(self, run_id: int) -> dict[str, tuple[int, float]]:
+        """The newest value of each key: ``{key: (step, value)}`` (one indexed query)."""
+        rows = self._read(lambda c: c.execute(
+            "SELECT key, MAX(step) AS step, value FROM metrics WHERE run_id=? GROUP BY key",
+            (int(run_id),)).fetchall())
+        return {r["key"]: (r["step"], r["value"]) for r in rows}
+
+    def truncate_after(self, run_id: int, step: int) -> int:
+        """Forget metrics and sample grids after ``step`` (before re-training from a checkpoint there)."""
+        def trunc(conn):
+            paths = [r[0] for r in conn.execute("SELECT path FROM samples WHERE run_id=? AND step>?",
+                                                (int(run_id), int(step)))]
+            n = conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (int(run_id), int(step))).rowcount
+            conn.execute("DELETE FROM samples WHERE run_id=? AND step>?", (int(run_id), int(step)))
+            return n, paths
+        n, paths = self._tx(trunc)
+        for p in paths:
+            path = Path(p)
+            if path.parent == self.run_dir(run_id):
+                path.unlink(missing_ok=True)
+        return n
+
+    # -- events and samples ---------------------------------------------------------------
+    def add_event(self, run_id: int, kind: str, message: str, step: int | None = None) -> None:
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"event kind must be one of {', '.join(EVENT_KINDS)}; got {kind!r}")
+        self._tx(lambda c: c.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, ?, ?)",
+                                     (int(run_id), step, time.time(), kind, str(message))))
+
+    def events(self, run_id: int, kinds: Iterable[str] | None = None, after_id: int | None = None) -> list[dict]:
+        """Events in order: dicts with id, step, wall, kind, message."""
+        sql = "SELECT id, step, wall, kind, message FROM events WHERE run_id=?"
+        params: list = [int(run_id)]
+        if kinds is not None:
+            kinds = list(kinds)
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            params += kinds
+        if after_id is not None:
+            sql += " AND id > ?"
+            params.append(int(after_id))
+        sql += " ORDER BY id"
+        return [dict(r) for r in self._read(lambda c: c.execute(sql, params).fetchall())]
+
+    def add_samples(self, run_id: int, step: int, path: str | os.PathLike) -> None:
+        self._tx(lambda c: c.execute("INSERT INTO samples (run_id, step, wall, path) VALUES (?, ?, ?, ?)",
+                                     (int(run_id), int(step), time.time(), str(path))))
+
+    def samples(self, run_id: int) -> list[dict]:
+        """Every sample grid of a run, oldest first: dicts with step, wall, path."""
+        rows = self._read(lambda c: c.execute(
+            "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step, id", (int(run_id),)).fetchall())
+        return [dict(r) for r in rows]
+
+    def latest_samples(self, run_id: int) -> dict | None:
+        """The newest sample grid: {"step", "wall", "path"}, or None."""
+        row = self._read(lambda c: c.execute(
+            "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step DESC, id DESC LIMIT 1",
+            (int(run_id),)).fetchone())
+        return None if row is None else dict(row)
+
+    def integrity_check(self) -> str:
+        return self._read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])
