@@ -1,0 +1,960 @@
+"""The training loop, and ``python -m flowlib.train``: headless runs the app can watch.
+
+    from flowlib.store import RunStore
+    from flowlib.train import TrainConfig, train_run
+    store = RunStore()
+    run_id = store.create_run("mnist-a", "mnist", preset("mnist-fast").to_dict(),
+                              TrainConfig(dataset="mnist", max_steps=2000).to_dict())
+    store.request_start(run_id)          # claims a concurrency slot (the worker does this for the app)
+    train_run(store, run_id)             # trains in this process; everything lands in the store
+
+Every knob lives in :class:`TrainConfig` (the model's in ``FlowConfig``); ``train_run`` reads
+both from the store, so the app, the worker and the CLI train identically.
+
+What it logs (metric keys in the store, every ``log_every`` steps, means over those steps):
+
+``loss_nats``        discrete negative log-likelihood in nats per image: train_bpd · D · ln 2
+``train_bpd``        bits/dim of the training batches (dequantised with uniform noise)
+``bpd_prior_L{i}``   the part of train_bpd from level i's latent prior, finest first
+``bpd_logdet``       the part from Σ log|det J| (negative when the flow expands volume);
+                     train_bpd = Σ bpd_prior_L{i} + bpd_logdet + n_bits
+``grad_norm``        gradient norm before clipping
+``lr``               learning rate at the step (warm-up × rollback drops)
+``images_per_s``     training throughput over the window (eval and checkpoint time excluded)
+``elapsed_s``        training wall time of the run so far, across resumes
+``epoch``            images seen / epoch size
+``test_bpd``         every eval: bits/dim on a fixed held-out subset (fixed noise, comparable)
+``test_bpd_full``    once, at the end: bits/dim on the whole test split
+
+Events (kind, step, message): start, resume, nan_skip, rollback, lr_drop, eval, checkpoint,
+samples, warning, error, stop, finish.
+
+Non-finite loss or gradient: the step is skipped (no optimizer update) and recorded; after
+``nan_patience`` in a row the model, optimizer and sampler roll back to the last checkpoint
+(one is written right after ActNorm's init, so there always is one), the learning rate is
+multiplied by ``lr_drop``, and both are recorded. After ``MAX_ROLLBACKS`` rollbacks the run
+fails with a message saying so: it never trains on NaNs silently and never dies silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import io
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
+from .data import DATASETS, DatasetError, load_images
+from .device import DEVICE_CHOICES, configure_threads, describe_device, pick_device
+from .model import PRESETS, FlowConfig, FlowModel
+from .store import RunStore, StoreBusyError, sanitize_name
+
+__all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_sample_grid",
+           "evaluate_bpd", "TrainingDiverged", "main", "METRIC_KEYS", "MAX_ROLLBACKS"]
+
+MAX_ROLLBACKS = 8           # lr is then lr_drop**8 of the original (1/256 at 0.5): give up, say so
+SAMPLE_SEED = 1234          # fixed latents, so successive grids show the same samples improving
+EVAL_SEED = 0               # fixed eval subset and dequantisation noise: test points comparable
+EVAL_BATCH = 500
+HEARTBEAT_S = 1.0
+STOP_POLL_S = 0.5
+METRIC_KEYS = ("loss_nats", "train_bpd", "bpd_prior_L{i}", "bpd_logdet", "grad_norm", "lr",
+               "images_per_s", "elapsed_s", "epoch", "test_bpd", "test_bpd_full")
+
+
+class TrainingDiverged(RuntimeError):
+    """Non-finite losses kept coming back after every rollback and learning-rate drop."""
+
+
+# --------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the model's shape lives in FlowConfig). Round-trips through JSON."""
+
+    dataset: str = "mnist"          # registry name in flowlib.data (mnist, faces, folder, ...)
+    dataset_options: dict = field(default_factory=dict)  # source options, e.g. {"path": "~/faces.zip"}
+    batch_size: int = 64            # images per step; 64 keeps a 2-core CPU near its best images/s
+    lr: float = 1e-3                # Adam peak learning rate (Glow used 1e-3)
+    warmup_steps: int = 200         # linear LR warm-up: the usual cure for early NaNs in Glow ports
+    max_steps: int | None = 2000    # step budget (at least one of max_steps / max_minutes is required)
+    max_minutes: float | None = None  # wall-time budget across resumes, for "train for 10 minutes"
+    grad_clip: float | None = 50.0  # clip the grad norm; healthy mnist-fast norms measured 2–40, so only spikes are cut
+    seed: int = 0                   # batch order, dequantisation noise and torch's RNG
+    log_every: int = 10             # steps per metrics row (means over them); one DB write each
+    eval_every: int = 250           # steps between test-subset evals and sample grids
+    first_eval: int = 50            # an early eval, so a chart shows a test point within a minute (0: none)
+    eval_subset: int = 512          # fixed held-out images per eval (the full test set is used at the end)
+    epoch_size: int | None = None   # images per "epoch" for reporting; None = the dataset size (article: 32k)
+    sample_temperatures: tuple = (0.0, 0.5, 0.7, 1.0)  # one grid row per temperature
+    samples_per_temperature: int = 8  # grid columns
+    checkpoint_every_minutes: float = 2.0  # a kill loses at most this much training
+    nan_patience: int = 3           # non-finite steps in a row before rolling back to the checkpoint
+    lr_drop: float = 0.5            # LR multiplier applied at each rollback
+    device: str = "auto"            # auto = CUDA, else MPS, else CPU; or cuda / cuda:1 / mps / cpu
+    bf16: bool = False              # CUDA only: bf16 autocast for the flow; losses summed in float32
+    threads: int | None = None      # CPU torch threads; None = every core
+
+    def __post_init__(self):
+        if isinstance(self.sample_temperatures, list):
+            object.__setattr__(self, "sample_temperatures", tuple(self.sample_temperatures))
+        for name in ("lr", "max_minutes", "grad_clip", "checkpoint_every_minutes", "lr_drop"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        if not isinstance(self.dataset, str) or self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
+        opts = self.dataset_options
+        if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
+            raise ValueError(f"dataset_options must be a dict with string keys, got {opts!r}")
+        try:
+            json.dumps(opts, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"dataset_options must hold plain JSON values (str, number, bool), got {opts!r}") from None
+        ints = {  # name: (lo, hi, optional)
+            "batch_size": (1, 4096, False), "warmup_steps": (0, 10**7, False),
+            "max_steps": (1, 10**8, True), "seed": (0, 2**31 - 1, False),
+            "log_every": (1, 10**6, False), "eval_every": (1, 10**8, False),
+            "first_eval": (0, 10**8, False), "eval_subset": (1, 10**7, False),
+            "epoch_size": (1, 10**9, True), "samples_per_temperature": (1, 32, False),
+            "nan_patience": (1, 10**4, False), "threads": (1, 1024, True),
+        }
+        for name, (lo, hi, optional) in ints.items():
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if not is_int(value) or not lo <= value <= hi:
+                extra = " or None" if optional else ""
+                raise ValueError(f"{name} must be an integer in {lo}..{hi}{extra}, got {value!r}")
+        floats = {  # name: (lo, hi, lo_inclusive, optional)
+            "lr": (0.0, 1.0, False, False), "max_minutes": (0.0, 60.0 * 24 * 30, False, True),
+            "grad_clip": (0.0, 1e9, False, True), "checkpoint_every_minutes": (0.0, 60.0 * 24, False, False),
+            "lr_drop": (0.0, 1.0, False, False),
+        }
+        for name, (lo, hi, _, optional) in floats.items():
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            bad = not is_num(value) or not math.isfinite(value) or not lo < value <= hi
+            if name == "lr_drop" and not bad and value >= 1.0:
+                bad = True
+            if bad:
+                rng = "0 < value < 1" if name == "lr_drop" else f"0 < value ≤ {hi:g}"
+                extra = " or None" if optional else ""
+                raise ValueError(f"{name} must be a finite number with {rng}{extra}, got {value!r}")
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("a budget is required: set max_steps (1..100000000) or max_minutes, or both")
+        temps = self.sample_temperatures
+        if (not isinstance(temps, tuple) or not 1 <= len(temps) <= 8
+                or not all(is_num(t) and math.isfinite(t) and 0 <= t <= 2 for t in temps)):
+            raise ValueError(f"sample_temperatures must be 1..8 numbers in 0..2, got {temps!r}")
+        device = self.device
+        if not isinstance(device, str) or device.split(":", 1)[0] not in DEVICE_CHOICES or (
+                ":" in device and not (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {device!r}")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be True or False, got {self.bf16!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["sample_temperatures"] = list(self.sample_temperatures)
+        d["dataset_options"] = dict(self.dataset_options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict (the store's ``train`` column); unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a TrainConfig dict is needed, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str     # stopped | finished | failed
+    message: str    # in words, for the app
+    step: int
+
+
+# --------------------------------------------------------------------------------- failures
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or "out of memory" in str(exc).lower())
+
+
+def describe_failure(exc: BaseException, during: str = "", batch_size: int | None = None,
+                     last_checkpoint_step: int | None = None) -> str:
+    """A one-paragraph explanation of a failure for the app: what, when, what to do. No traceback."""
+    where = f" {during}" if during else ""
+    kept = (f" The previous checkpoint (step {last_checkpoint_step}) is intact."
+            if last_checkpoint_step is not None else "")
+    if _is_oom(exc):
+        smaller = f" (e.g. {max(1, batch_size // 2)} instead of {batch_size})" if batch_size else ""
+        return (f"Out of memory{where}. Try a smaller batch size{smaller} or a smaller model "
+                f"(fewer levels, steps or hidden channels).{kept}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"The disk is full (no space left on device){where}.{kept} Free some space, then resume."
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Permission denied{where} ({exc.filename or exc}).{kept}"
+    if isinstance(exc, TrainingDiverged):
+        return str(exc)
+    if isinstance(exc, (DatasetError, CheckpointError)):
+        return str(exc)
+    if isinstance(exc, StoreBusyError):
+        return f"The run database stayed locked{where}: {exc}"
+    if isinstance(exc, ValueError):
+        return f"Invalid setting{where}: {exc}"
+    text = str(exc).strip().splitlines()
+    detail = f": {text[0][:300]}" if text else ""
+    return f"Training failed{where} ({type(exc).__name__}{detail}).{kept}"
+
+
+# ---------------------------------------------------------------------------- pieces
+def _compute_terms(model: FlowModel, x_uint8: torch.Tensor, generator: torch.Generator, autocast):
+    """The model's bits/dim terms for one batch (tests patch this to inject NaN or OOM)."""
+    with autocast():
+        return model.bits_per_dim_terms(x_uint8, generator=generator)
+
+
+class _Sampler:
+    """Random batches without replacement: walk a seeded permutation, reshuffle when spent."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch = n, batch
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.batch >= self.n:
+            return torch.randint(self.n, (self.batch,), generator=self.gen)
+        if self.pos + self.batch > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return idx
+
+    def state(self) -> dict:
+        return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load(self, state: dict) -> None:
+        if int(state["perm"].numel()) != self.n:
+            raise CheckpointError(f"the checkpoint's batch order covers {state['perm'].numel()} images "
+                                  f"but the dataset now has {self.n}; the data changed since")
+        self.gen.set_state(state["gen"])
+        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+
+
+@torch.no_grad()
+def evaluate_bpd(model: FlowModel, images: torch.Tensor, batch: int = EVAL_BATCH,
+                 seed: int = EVAL_SEED) -> float:
+    """Mean bits/dim of uint8 images with fixed dequantisation noise (comparable across evals)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    try:
+        for start in range(0, images.shape[0], batch):
+            chunk = images[start:start + batch]
+            bpd = model.bits_per_dim(chunk, generator=gen)
+            total += float(bpd.double().sum())
+            count += chunk.shape[0]
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@torch.no_grad()
+def write_sample_grid(model: FlowModel, eps: list, temperatures, path: str | os.PathLike,
+                      gutter: int = 2) -> Path:
+    """PNG grid: one row per temperature, one column per fixed latent; small images upscaled ×2."""
+    from PIL import Image
+
+    was_training = model.training
+    model.eval()
+    try:
+        rows = []
+        for t in temperatures:
+            x = model.sample(eps[0].shape[0], temperature=float(t), eps=eps)
+            rows.append(model.to_uint8(torch.nan_to_num(x.float(), nan=0.0)).cpu())
+    finally:
+        model.train(was_training)
+    n = rows[0].shape[0]
+    c, h, w = rows[0].shape[1:]
+    scale = 2 if max(h, w) < 64 else 1
+    hh, ww = h * scale, w * scale
+    grid = torch.full((c, len(rows) * (hh + gutter) + gutter, n * (ww + gutter) + gutter), 255, dtype=torch.uint8)
+    for r, imgs in enumerate(rows):
+        if scale > 1:
+            imgs = imgs.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+        for i in range(n):
+            top, left = gutter + r * (hh + gutter), gutter + i * (ww + gutter)
+            grid[:, top:top + hh, left:left + ww] = imgs[i]
+    array = grid.permute(1, 2, 0).numpy()
+    image = Image.fromarray(array[:, :, 0] if c == 1 else array, mode="L" if c == 1 else "RGB")
+    path = Path(path)
+    _atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return path
+
+
+class _Monitor(threading.Thread):
+    """Heartbeat (every ~1 s, carrying the step) and stop-flag polling, off the training thread.
+
+    The training loop only reads ``stop_event.is_set()``. A database that stays locked costs
+    a skipped heartbeat, nothing more.
+    """
+
+    def __init__(self, store: RunStore, run_id: int):
+        super().__init__(daemon=True, name=f"flowlab-monitor-{run_id}")
+        self.store, self.run_id = store, run_id
+        self.step = 0
+        self.stop_event = threading.Event()   # stop requested (store flag, signal, or orphaned)
+        self.orphaned = False                 # the store no longer thinks we are running
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        last_beat = float("-inf")
+        while not self._done.wait(STOP_POLL_S):
+            now = time.monotonic()
+            try:
+                if now - last_beat >= HEARTBEAT_S - 0.05:
+                    status, stop = self.store.heartbeat(self.run_id, self.step)
+                    last_beat = now
+                else:
+                    status, stop = self.store.poll_stop(self.run_id)
+            except Exception:  # locked, disk trouble: skip this beat, the next one may work
+                continue
+            if stop:
+                self.stop_event.set()
+            if status not in ("running", "stopping"):
+                self.orphaned = True
+                self.stop_event.set()
+
+    def close(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join(timeout=5)
+
+
+@contextlib.contextmanager
+def _stop_signals(stop_event: threading.Event, enabled: bool):
+    """SIGTERM / SIGINT ask for a clean stop; a second SIGINT interrupts for real."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and stop_event.is_set():
+            raise KeyboardInterrupt
+        stop_event.set()
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _append_log(path: Path, text: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------- the run
+class _Training:
+    """One training session of one run. Internal: all knobs are in TrainConfig / FlowConfig."""
+
+    def __init__(self, store: RunStore, run: dict, monitor: _Monitor,
+                 should_stop: Callable[[], bool] | None, on_log: Callable[[dict], None] | None):
+        self.store, self.run_id, self.monitor = store, run["id"], monitor
+        self.should_stop, self.on_log = should_stop, on_log
+        self.tc = TrainConfig.from_dict(run["train"])
+        self.cfg = FlowConfig.from_dict(run["config"])
+        self.run_dir = store.run_dir(self.run_id)
+        self.ckpt_path = store.checkpoint_path(self.run_id)
+        self.stage = "while starting"
+        self.step = 0
+        self.last_ckpt_step: int | None = None
+        self.best = None
+        self.last_test = None
+        self.metric_buffer: list[tuple] = []
+
+    # -- helpers ----------------------------------------------------------------------
+    def event(self, kind: str, message: str, step: int | None = None) -> None:
+        try:
+            self.store.add_event(self.run_id, kind, message, self.step if step is None else step)
+        except StoreBusyError:
+            pass  # an event lost to a locked database is better than a dead run
+
+    def flush_metrics(self) -> None:
+        if not self.metric_buffer:
+            return
+        try:
+            self.store.append_metrics(self.run_id, self.metric_buffer)
+            self.metric_buffer = []
+        except StoreBusyError:
+            if len(self.metric_buffer) > 100_000:  # a day-long lock: keep the newest
+                self.metric_buffer = self.metric_buffer[-50_000:]
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.session_start)
+
+    # -- setup ----------------------------------------------------------------------
+    def setup(self) -> None:
+        tc, cfg = self.tc, self.cfg
+        self.store.limits.check_train(tc.to_dict())
+        self.stage = "while choosing the device"
+        self.device = pick_device(tc.device)
+        threads = configure_threads(self.device, tc.threads)
+        self.use_bf16 = tc.bf16 and self.device.type == "cuda"
+        torch.manual_seed(tc.seed)
+        self.stage = f"while loading the {tc.dataset} dataset"
+        train_set = load_images(tc.dataset, "train", **tc.dataset_options)
+        test_set = load_images(tc.dataset, "test", **tc.dataset_options)
+        shape = tuple(train_set.images.shape[1:])
+        if shape != tuple(cfg.image_shape):
+            c, h, w = cfg.image_shape
+            raise ValueError(f"the model expects {c}×{h}×{w} images but {tc.dataset} images are "
+                             f"{shape[0]}×{shape[1]}×{shape[2]}; set image_shape to match")
+        self.stage = f"while moving the data to {self.device.type}"
+        self.train_x = train_set.images.to(self.device).contiguous()
+        test = test_set.images
+        order = torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(EVAL_SEED))
+        self.eval_x = test[order[:min(tc.eval_subset, test.shape[0])]].to(self.device)
+        self.test_x = test
+        self.images_per_epoch = tc.epoch_size or self.train_x.shape[0]
+        self.stage = "while building the model"
+        self.model = FlowModel(cfg).to(self.device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=tc.lr)
+        self.sampler = _Sampler(self.train_x.shape[0], tc.batch_size, tc.seed)
+        self.noise_gen = torch.Generator().manual_seed(tc.seed + 1)
+        self.lr_scale, self.rollbacks = 1.0, 0
+        self.elapsed_before = 0.0
+        self.session_start = time.monotonic()
+        self.last_grid_step = None
+        for stale in self.run_dir.glob(".*.tmp"):  # left by a kill mid-write
+            stale.unlink(missing_ok=True)
+        where = describe_device(self.device)
+        if self.ckpt_path.is_file():
+            self.stage = "while loading the checkpoint"
+            self.restore(load_checkpoint(self.ckpt_path, map_location=self.device))
+            dropped = self.store.truncate_after(self.run_id, self.step)
+            note = f"; {dropped} metric rows after it will be re-trained" if dropped else ""
+            self.event("resume", f"resumed from the checkpoint at step {self.step} on {where}{note}")
+        else:
+            self.stage = "while initialising ActNorm"
+            gen = torch.Generator().manual_seed(tc.seed + 2)
+            n_init = min(self.train_x.shape[0], max(tc.batch_size, 512))
+            idx = torch.randperm(self.train_x.shape[0], generator=gen)[:n_init].to(self.device)
+            with torch.no_grad():
+                self.model.initialize(self.model.preprocess(self.train_x[idx], generator=gen))
+            self.event("start", f"training {cfg.summary()} on {tc.dataset} ({self.train_x.shape[0]:,} "
+                                f"images) on {where}; {self.model.num_parameters():,} parameters")
+            self.stage = "while saving the first checkpoint"
+            self.save_checkpoint(announce=False)
+        if tc.bf16 and not self.use_bf16:
+            self.event("warning", f"bf16 is only used on CUDA; training in float32 on {self.device.type}")
+        self.eps = self.model.sample_eps(tc.samples_per_temperature, torch.Generator().manual_seed(SAMPLE_SEED))
+        self.threads = threads
+
+    def payload(self) -> dict:
+        tc = self.tc
+        rng = {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {**model_payload(self.model), "optimizer": self.opt.state_dict(), "step": self.step,
+                "rng": rng, "sampler": self.sampler.state(), "dataset": tc.dataset,
+                "dataset_options": dict(tc.dataset_options), "train": tc.to_dict(),
+                "best_test_bpd": self.best, "elapsed_s": self.elapsed(), "lr_scale": self.lr_scale,
+                "rollbacks": self.rollbacks, "run_id": self.run_id, "saved": time.time()}
+
+    def save_checkpoint(self, announce: bool = True) -> None:
+        # model_payload holds live tensors; torch.save copies them to the file synchronously.
+        save_checkpoint(self.ckpt_path, self.payload())
+        self.last_ckpt_step = self.step
+        self.last_ckpt_time = time.monotonic()
+        if announce:
+            self.event("checkpoint", f"checkpoint saved at step {self.step}")
+
+    def restore(self, ckpt: dict) -> None:
+        if FlowConfig.from_dict(ckpt["config"]) != self.cfg:
+            raise CheckpointError(f"{self.ckpt_path}: its model config differs from this run's")
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.noise_gen.set_state(ckpt["rng"]["noise"])
+        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), self.device)
+        self.sampler.load(ckpt["sampler"])
+        self.best = ckpt.get("best_test_bpd")
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+        self.lr_scale = float(ckpt.get("lr_scale", 1.0))
+        self.rollbacks = int(ckpt.get("rollbacks", 0))
+        self.last_ckpt_step = self.step
+        self.monitor.step = self.step
+
+    # -- the loop -----------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.tc.warmup_steps) if self.tc.warmup_steps else 1.0
+        return self.tc.lr * self.lr_scale * warm
+
+    def budget_reached(self) -> bool:
+        tc = self.tc
+        if tc.max_steps is not None and self.step >= tc.max_steps:
+            return True
+        return tc.max_minutes is not None and self.elapsed() >= tc.max_minutes * 60
+
+    def stop_wanted(self, now: float) -> bool:
+        if self.monitor.stop_event.is_set():
+            return True
+        if self.should_stop is not None and now - self._last_stop_poll >= STOP_POLL_S:
+            self._last_stop_poll = now
+            if self.should_stop():
+                self.monitor.stop_event.set()
+                return True
+        return False
+
+    def run(self) -> RunResult:
+        tc = self.tc
+        self.session_start = time.monotonic()
+        self.last_ckpt_time = time.monotonic()
+        self._last_stop_poll = 0.0
+        autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.use_bf16
+                    else contextlib.nullcontext)
+        levels = self.cfg.levels
+        keys = ["loss_nats", "train_bpd"] + [f"bpd_prior_L{i}" for i in range(levels)] + ["bpd_logdet"]
+        scale_nats = self.cfg.dims * math.log(2)
+        window = [0.0] * (levels + 3)   # sums of: bpd, grad norm, priors..., logdet
+        good, bad_streak, window_images, window_time = 0, 0, 0, 0.0
+        clip = tc.grad_clip if tc.grad_clip is not None else float("inf")
+        self.stage = "while training"
+        while True:
+            now = time.monotonic()
+            if self.budget_reached():
+                return self.finish()
+            if self.stop_wanted(now):
+                return self.stop()
+            t0 = time.perf_counter()
+            lr = self.lr_at(self.step)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            x = self.train_x[self.sampler.next().to(self.device)]
+            terms = _compute_terms(self.model, x, self.noise_gen, autocast)
+            loss = terms.total.float().mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+            stats = torch.cat([loss.detach().reshape(1), gnorm.detach().float().reshape(1).to(loss.device),
+                               terms.prior_levels.detach().float().mean(0),
+                               terms.logdet.detach().float().mean().reshape(1)]).tolist()
+            finite = all(math.isfinite(v) for v in stats)
+            if finite:
+                self.opt.step()
+                bad_streak = 0
+                good += 1
+                for i, v in enumerate(stats):
+                    window[i] += v
+            self.step += 1
+            self.monitor.step = self.step
+            window_images += x.shape[0]
+            window_time += time.perf_counter() - t0
+            if not finite:
+                bad_streak += 1
+                what = "loss" if not math.isfinite(stats[0]) else "gradient norm"
+                self.event("nan_skip", f"step {self.step}: non-finite {what} ({stats[0]:.4g} bits/dim, "
+                                       f"grad norm {stats[1]:.4g}); step skipped, no update")
+                if bad_streak >= tc.nan_patience:
+                    self.rollback(bad_streak)
+                    bad_streak, good, window, window_images, window_time = 0, 0, [0.0] * len(window), 0, 0.0
+                    continue
+            if self.step % tc.log_every == 0:
+                wall = time.time()
+                rows = []
+                if good:
+                    means = [v / good for v in window]
+                    values = [means[0] * scale_nats, means[0]] + means[2:]
+                    rows += [(self.step, wall, k, v) for k, v in zip(keys, values)]
+                    rows.append((self.step, wall, "grad_norm", means[1]))
+                rows += [(self.step, wall, "lr", lr),
+                         (self.step, wall, "images_per_s", window_images / max(window_time, 1e-9)),
+                         (self.step, wall, "elapsed_s", self.elapsed()),
+                         (self.step, wall, "epoch", self.step * tc.batch_size / self.images_per_epoch)]
+                self.metric_buffer += rows
+                self.flush_metrics()
+                if self.on_log is not None:
+                    self.on_log({"step": self.step, **{k: v for _, _, k, v in rows},
+                                 "test_bpd": self.last_test, "max_steps": tc.max_steps})
+                good, window, window_images, window_time = 0, [0.0] * len(window), 0, 0.0
+            if self.step == tc.first_eval or self.step % tc.eval_every == 0:
+                self.evaluate()
+            if time.monotonic() - self.last_ckpt_time >= tc.checkpoint_every_minutes * 60 and bad_streak == 0:
+                self.stage = f"while saving the checkpoint at step {self.step}"
+                self.save_checkpoint()
+                self.stage = "while training"
+
+    def rollback(self, streak: int) -> None:
+        tc = self.tc
+        self.stage = "while rolling back to the last checkpoint"
+        bad_step = self.step
+        if self.rollbacks >= MAX_ROLLBACKS:
+            raise TrainingDiverged(
+                f"Training diverged: non-finite losses kept returning after {self.rollbacks} rollbacks "
+                f"(the learning rate is down to {self.lr_at(10**9):.3g}). Lower lr, raise warmup_steps, "
+                "lower affine_clamp, or try additive coupling. The last checkpoint "
+                f"(step {self.last_ckpt_step}) is intact.")
+        ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
+        rollbacks, lr_scale, elapsed = self.rollbacks + 1, self.lr_scale * tc.lr_drop, self.elapsed()
+        self.restore(ckpt)
+        self.rollbacks, self.lr_scale = rollbacks, lr_scale
+        self.elapsed_before, self.session_start = elapsed, time.monotonic()  # time keeps running
+        self.store.truncate_after(self.run_id, self.step)
+        self.metric_buffer = [r for r in self.metric_buffer if r[0] <= self.step]
+        self.event("rollback", f"{streak} non-finite steps in a row at step {bad_step}: rolled back "
+                               f"to the checkpoint at step {self.step}", step=bad_step)
+        self.event("lr_drop", f"learning rate lowered to {self.lr_at(10**9):.3g} "
+                              f"(×{tc.lr_drop:g} per rollback; rollback {self.rollbacks})", step=self.step)
+        self.stage = f"while saving the checkpoint at step {self.step}"
+        self.save_checkpoint(announce=False)
+        self.stage = "while training"
+
+    def evaluate(self, full: bool = False) -> float:
+        tc = self.tc
+        self.stage = f"while evaluating at step {self.step}"
+        t0 = time.monotonic()
+        images = self.test_x if full else self.eval_x
+        bpd = evaluate_bpd(self.model, images, batch=EVAL_BATCH)
+        key = "test_bpd_full" if full else "test_bpd"
+        self.metric_buffer.append((self.step, time.time(), key, bpd))
+        self.flush_metrics()
+        self.last_test = bpd
+        if math.isfinite(bpd) and (self.best is None or bpd < self.best):
+            self.best = bpd
+            try:
+                self.store.set_best_test_bpd(self.run_id, bpd)
+            except StoreBusyError:
+                pass
+        what = f"the full test set ({images.shape[0]:,} images)" if full else f"{images.shape[0]:,} held-out images"
+        self.event("eval", f"step {self.step}: test {bpd:.4f} bits/dim on {what}")
+        if self.last_grid_step != self.step:
+            self.stage = f"while saving the sample grid at step {self.step}"
+            path = write_sample_grid(self.model, self.eps, tc.sample_temperatures,
+                                     self.run_dir / f"samples_step{self.step:07d}.png")
+            self.last_grid_step = self.step
+            try:
+                self.store.add_samples(self.run_id, self.step, path)
+            except StoreBusyError:
+                pass
+        # time spent evaluating does not count against images/s (it is in elapsed_s)
+        self.stage = "while training"
+        return bpd
+
+    def finish(self) -> RunResult:
+        tc = self.tc
+        full = self.evaluate(full=True)
+        self.stage = f"while saving the final checkpoint at step {self.step}"
+        self.save_checkpoint()
+        self.flush_metrics()
+        budget = f"{self.step:,} steps" if tc.max_steps is not None and self.step >= tc.max_steps \
+            else f"{tc.max_minutes:g} minutes ({self.step:,} steps)"
+        message = f"Finished {budget}: {full:.4f} bits/dim on the full test set ({self.test_x.shape[0]:,} images)."
+        self.event("finish", message)
+        return RunResult("finished", message, self.step)
+
+    def stop(self) -> RunResult:
+        self.stage = f"while saving the checkpoint at step {self.step}"
+        self.save_checkpoint(announce=False)
+        self.flush_metrics()
+        message = f"Stopped at step {self.step:,}; checkpoint saved. Resume to continue."
+        self.event("stop", message)
+        return RunResult("stopped", message, self.step)
+
+
+def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] | None = None,
+              on_log: Callable[[dict], None] | None = None, handle_signals: bool = False) -> RunResult:
+    """Train a run the store knows (status ``queued``: claim it first with ``request_start``).
+
+    Sets ``running`` with this process's pid, heartbeats from a background thread, and ends
+    with ``stopped`` / ``finished`` / ``failed`` and a message in words. Never raises for a
+    training failure (the result and the store say what happened; the traceback goes to the
+    run's worker.log); raises KeyError for an unknown run. ``should_stop`` is polled at most
+    every 0.5 s; ``handle_signals`` turns SIGINT/SIGTERM into a clean stop (main thread only).
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run with id {run_id}")
+    found = store.begin_run(run_id, os.getpid())
+    if found != "queued":
+        if found == "stopping":
+            message = "Stopped before training began."
+            store.finish_run(run_id, "stopped", message)
+            return RunResult("stopped", message, run["step"])
+        message = f"run {run_id} is {found}, not queued: claim it with request_start first"
+        return RunResult(found, message, run["step"])
+    monitor = _Monitor(store, run_id)
+    monitor.start()
+    session = None
+    try:
+        with _stop_signals(monitor.stop_event, handle_signals):
+            session = _Training(store, run, monitor, should_stop, on_log)
+            session.setup()
+            result = session.run()
+    except BaseException as exc:  # noqa: BLE001 — every failure becomes a status and a message
+        during = session.stage if session is not None else "while starting"
+        batch = session.tc.batch_size if session is not None else run["train"].get("batch_size")
+        ckpt_step = session.last_ckpt_step if session is not None else None
+        if isinstance(exc, KeyboardInterrupt):
+            message = (f"Interrupted {during}, before a checkpoint could be saved"
+                       + (f"; the checkpoint at step {ckpt_step} is intact." if ckpt_step is not None else "."))
+            status = "stopped"
+        else:
+            message = describe_failure(exc, during, batch, ckpt_step)
+            status = "failed"
+        step = session.step if session is not None else run["step"]
+        _append_log(store.log_path(run_id), f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] run {run_id} "
+                                            f"{status} at step {step}: {message}\n" + traceback.format_exc())
+        if session is not None:
+            session.flush_metrics()
+        try:
+            store.add_event(run_id, "error" if status == "failed" else "stop", message, step)
+        except Exception:
+            pass
+        result = RunResult(status, message, step)
+    finally:
+        monitor.close()
+    store.finish_run(run_id, result.status, result.message, result.step)
+    return result
+
+
+# ---------------------------------------------------------------------------- the CLI
+_FLOW_FLAGS = {  # FlowConfig field -> (flag, type, help)
+    "levels": ("--levels", int, "L: number of scales (image side must divide by 2**L)"),
+    "steps": ("--flow-steps", int, "K: flow steps per level (named so because --steps is the training budget)"),
+    "hidden": ("--hidden", int, "channels of each coupling network"),
+    "coupling": ("--coupling", str, "affine | additive"),
+    "permutation": ("--permutation", str, "reverse | shuffle | conv1x1 | conv1x1_lu"),
+    "mask": ("--mask", str, "channel | checkerboard | realnvp"),
+    "actnorm": ("--actnorm", "bool", "ActNorm at the start of each flow step"),
+    "coupling_actnorm": ("--coupling-actnorm", "bool", "ActNorm inside the coupling networks too"),
+    "split_prior": ("--split-prior", str, "learned | standard prior of each split-off half"),
+    "top_prior": ("--top-prior", str, "learned | standard prior of the top latent"),
+    "n_bits": ("--n-bits", int, "bits per pixel modelled (8 = all 256 levels)"),
+    "affine_clamp": ("--affine-clamp", float, "bound on |s| in affine couplings"),
+    "seed": ("--model-seed", int, "seed of the initial weights and shuffles"),
+}
+_TRAIN_FLAGS = {  # TrainConfig field -> (flag, type, help)
+    "batch_size": ("--batch-size", int, "images per step (default 64)"),
+    "lr": ("--lr", float, "Adam peak learning rate (default 1e-3)"),
+    "warmup_steps": ("--warmup-steps", int, "linear learning-rate warm-up steps (default 200)"),
+    "max_steps": ("--steps", int, "training step budget (default 2000)"),
+    "max_minutes": ("--minutes", float, "wall-time budget in minutes, across resumes"),
+    "grad_clip": ("--grad-clip", float, "clip the gradient norm to this (0 = no clipping; default 50)"),
+    "seed": ("--seed", int, "seed of batch order, noise and torch's RNG (default 0)"),
+    "log_every": ("--log-every", int, "steps per logged metrics row (default 10)"),
+    "eval_every": ("--eval-every", int, "steps between test evals and sample grids (default 250)"),
+    "first_eval": ("--first-eval", int, "step of an early extra eval, 0 for none (default 50)"),
+    "eval_subset": ("--eval-subset", int, "held-out images per eval (default 512)"),
+    "epoch_size": ("--epoch-size", int, "images per reported epoch (default: dataset size)"),
+    "sample_temperatures": ("--sample-temperatures", "floats", "comma-separated grid temperatures (default 0,0.5,0.7,1)"),
+    "samples_per_temperature": ("--samples-per-temperature", int, "samples per grid row (default 8)"),
+    "checkpoint_every_minutes": ("--checkpoint-every-minutes", float, "minutes between checkpoints (default 2)"),
+    "nan_patience": ("--nan-patience", int, "non-finite steps in a row before a rollback (default 3)"),
+    "lr_drop": ("--lr-drop", float, "learning-rate factor at each rollback (default 0.5)"),
+    "device": ("--device", str, "auto | cuda | cuda:N | mps | cpu (default auto)"),
+    "bf16": ("--bf16", "bool", "bf16 autocast on CUDA"),
+    "threads": ("--threads", int, "CPU threads (default: all cores)"),
+}
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _shape(text: str) -> tuple:
+    try:
+        c, h, w = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, got {text!r}") from None
+    return (c, h, w)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m flowlib.train",
+        description="Train a normalizing flow headless; the run appears in the app's run list. "
+                    "Ctrl-C stops cleanly with a checkpoint (twice: at once).",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=36, width=130))
+    run = p.add_argument_group("run")
+    run.add_argument("--preset", default="mnist-fast", choices=sorted(PRESETS),
+                     help="model preset to start from (default mnist-fast)", metavar="NAME")
+    run.add_argument("--dataset", default=None, metavar="NAME", help=f"dataset: {', '.join(DATASETS)} (default mnist)")
+    run.add_argument("--data-path", default=None, metavar="PATH", help="folder or file for datasets that read one")
+    run.add_argument("--name", default=None, metavar="NAME", help="run name shown in the app (default: preset-dataset)")
+    run.add_argument("--runs-dir", default=None, metavar="DIR", help="run store folder (default $FLOWLAB_RUNS_DIR or checkpoints/runs)")
+    run.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped/lost/failed run by id or name")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    model = p.add_argument_group("model (FlowConfig; default: the preset's value)")
+    model.add_argument("--image-shape", type=_shape, default=None, metavar="C,H,W", help="C,H,W of the data (default: the dataset's)")
+    for name, (flag, kind, text) in _FLOW_FLAGS.items():
+        if kind == "bool":
+            model.add_argument(flag, dest=f"flow_{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            model.add_argument(flag, dest=f"flow_{name}", type=kind, default=None, help=text,
+                               metavar={int: "N", float: "X", str: "NAME"}[kind])
+    train = p.add_argument_group("training (TrainConfig)")
+    for name, (flag, kind, text) in _TRAIN_FLAGS.items():
+        if kind == "bool":
+            train.add_argument(flag, dest=f"train_{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind == "floats":
+            train.add_argument(flag, dest=f"train_{name}", type=_floats, default=None, help=text, metavar="T,T")
+        else:
+            train.add_argument(flag, dest=f"train_{name}", type=kind, default=None, help=text,
+                               metavar={int: "N", float: "X", str: "NAME"}[kind])
+    return p
+
+
+def _train_overrides(args) -> dict:
+    out = {name: getattr(args, f"train_{name}") for name in _TRAIN_FLAGS
+           if getattr(args, f"train_{name}") is not None}
+    if out.get("grad_clip") == 0:
+        out["grad_clip"] = None
+    return out
+
+
+class _Progress:
+    """A one-line text progress bar on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, stream=sys.stderr, quiet: bool = False):
+        self.stream, self.quiet = stream, quiet
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last_print = 0.0
+
+    def __call__(self, m: dict) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self.last_print < 5:
+            return
+        self.last_print = now
+        total = m.get("max_steps")
+        if total:
+            done = min(1.0, m["step"] / total)
+            bar = f"[{'#' * int(20 * done):<20}] {m['step']}/{total}"
+        else:
+            bar = f"step {m['step']}"
+        test = f"  test {m['test_bpd']:.3f}" if m.get("test_bpd") is not None else ""
+        loss = f"  loss {m['loss_nats']:.1f} nats  {m['train_bpd']:.3f} bpd" if "train_bpd" in m else ""
+        line = f"{bar}{loss}{test}  {m['images_per_s']:.0f} img/s  {m['elapsed_s'] / 60:.1f} min"
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and not self.quiet and self.last_print:
+            self.stream.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    err = sys.stderr
+    try:
+        store = RunStore(args.runs_dir)
+        overrides = _train_overrides(args)
+        if args.resume is not None:
+            run = store.find_run(args.resume)
+            if run is None:
+                parser.error(f"--resume: no run with id or name {args.resume!r} in {store.root}")
+            given = [f for n, (f, _, _) in _FLOW_FLAGS.items() if getattr(args, f"flow_{n}") is not None]
+            if given or args.image_shape or args.dataset or args.data_path:
+                parser.error(f"--resume keeps the run's model and data; drop {', '.join(given) or '--dataset/--data-path'}")
+            if overrides:
+                train = TrainConfig.from_dict({**run["train"], **overrides})
+                store.update_train(run["id"], train.to_dict())
+            run_id = run["id"]
+        else:
+            dataset = args.dataset or "mnist"
+            options = {"path": args.data_path} if args.data_path else {}
+            if "max_minutes" in overrides and "max_steps" not in overrides:
+                overrides["max_steps"] = None  # --minutes alone: a time budget only
+            train = TrainConfig(dataset=dataset, dataset_options=options).replace(**overrides)
+            flow = {n: getattr(args, f"flow_{n}") for n in _FLOW_FLAGS if getattr(args, f"flow_{n}") is not None}
+            shape = args.image_shape
+            if shape is None:
+                print(f"loading {dataset} to read its image shape ...", file=err)
+                shape = tuple(load_images(dataset, "test", **options).images.shape[1:])
+            config = PRESETS[args.preset].replace(image_shape=shape, **flow)
+            name = args.name or f"{args.preset}-{dataset}"
+            run_id = store.create_run(name, dataset, config.to_dict(), train.to_dict(), preset=args.preset)
+        run = store.request_start(run_id)
+    except (ValueError, KeyError, PermissionError, StoreBusyError) as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    print(f"run {run_id} '{run['name']}' -> {store.run_dir(run_id)}  (store {store.db_path})", file=err)
+    progress = _Progress(err, args.quiet)
+    try:
+        result = train_run(store, run_id, on_log=progress, handle_signals=True)
+    finally:
+        progress.close()
+    print(f"{result.status}: {result.message}", file=err)
+    return 0 if result.status in ("finished", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

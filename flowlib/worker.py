@@ -1,0 +1,161 @@
+"""Training processes: start, stop, resume, and the ``python -m flowlib.worker RUN_ID`` entry.
+
+    from flowlib import worker
+    pid = worker.start_run(store, run_id, owner=visitor)   # RunLimitError if a slot is taken
+    worker.stop_run(store, run_id, owner=visitor)          # True if this call asked; harmless twice
+    pid = worker.resume_run(store, run_id, owner=visitor)  # stopped / lost / failed -> training again
+
+A run trains in its own OS process, ``python -m flowlib.worker RUN_ID --runs-dir DIR``, started
+with ``subprocess.Popen(..., start_new_session=True)``: a browser refresh, a second tab or a
+Streamlit restart cannot take it down, and Ctrl-C in the server's terminal does not reach it.
+Not ``multiprocessing``: spawn re-runs the page script, fork after torch's threads hangs.
+
+The worker's stdout and stderr go to ``worker.log`` in the run folder (a file, never a pipe
+that could fill and block it). Each Popen handle is waited on by a tiny daemon thread, so
+no zombie is left in a long-lived server; if the process dies without saying how (``kill -9``,
+a segfault), that thread marks the run ``lost`` at once. If the server itself restarted, the
+stale heartbeat does the same (``RunStore`` reaps on read; window ``FLOWLAB_HEARTBEAT_STALE_S``).
+
+Stop is a flag in the store. The worker notices within ~0.5 s, finishes the step, saves a
+checkpoint and marks the run ``stopped``. SIGTERM to the worker does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .store import ACTIVE_STATUSES, RunLimitError, RunStateError, RunStore
+
+__all__ = ["start_run", "stop_run", "resume_run", "wait_for_run", "running_processes", "main",
+           "RunLimitError", "RunStateError"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_PROCS: dict[int, subprocess.Popen] = {}   # pid -> handle of workers this process started
+_LOCK = threading.Lock()
+
+
+def _reap(store: RunStore, run_id: int, proc: subprocess.Popen) -> None:
+    """Wait for a worker to exit (no zombie); if it left its run looking active, mark it lost."""
+    code = proc.wait()
+    with _LOCK:
+        _PROCS.pop(proc.pid, None)
+    try:
+        store.mark_exited(run_id, proc.pid, code)
+    except Exception:  # the heartbeat window will catch it instead
+        pass
+
+
+def running_processes() -> dict[int, int]:
+    """{pid: run_id} of worker processes this server started that have not exited yet."""
+    with _LOCK:
+        return {pid: getattr(p, "_flowlab_run_id", -1) for pid, p in _PROCS.items() if p.poll() is None}
+
+
+def _launch(store: RunStore, run_id: int) -> subprocess.Popen:
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["FLOWLAB_RUNS_DIR"] = str(store.root)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(store.log_path(run_id), "ab") as log:   # the child keeps its own copy of the fd
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting run {run_id}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            [sys.executable, "-m", "flowlib.worker", str(int(run_id)), "--runs-dir", str(store.root)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT), env=env, start_new_session=True, close_fds=True)
+
+
+def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
+    """Claim a concurrency slot for the run, then launch its worker process; returns the pid.
+
+    Raises RunLimitError ("Another run is training (run 3 'mnist-a'); stop it first or raise
+    FLOWLAB_MAX_CONCURRENT"), RunStateError (already active / finished), PermissionError
+    (not the owner), KeyError (no such run), ValueError (over a classroom cap).
+    """
+    store.request_start(run_id, owner)
+    try:
+        proc = _launch(store, run_id)
+    except Exception as exc:
+        store.finish_run(run_id, "failed", f"Could not start the training process: {exc}")
+        raise
+    proc._flowlab_run_id = int(run_id)  # type: ignore[attr-defined]
+    with _LOCK:
+        _PROCS[proc.pid] = proc
+    try:
+        store.set_pid(run_id, proc.pid)
+    except Exception:
+        pass  # the worker records its own pid too
+    threading.Thread(target=_reap, args=(store, int(run_id), proc), daemon=True,
+                     name=f"flowlab-reaper-{proc.pid}").start()
+    return proc.pid
+
+
+def stop_run(store: RunStore, run_id: int, owner: str | None = None) -> bool:
+    """Ask a run to stop (checkpoint, then ``stopped``). True if this call requested it; a
+    second press, or a run that is not active, returns False and changes nothing."""
+    return store.request_stop(run_id, owner)
+
+
+def resume_run(store: RunStore, run_id: int, owner: str | None = None,
+               max_steps: int | None = None, max_minutes: float | None = None) -> int:
+    """Continue a stopped / lost / failed (or finished, with a larger budget) run from its
+    checkpoint: same step count, optimizer state, LR schedule and curves. Returns the pid."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run with id {run_id}")
+    if max_steps is not None or max_minutes is not None:
+        from .train import TrainConfig  # validation lives with the config
+        changes = {k: v for k, v in (("max_steps", max_steps), ("max_minutes", max_minutes)) if v is not None}
+        store.update_train(run_id, TrainConfig.from_dict({**run["train"], **changes}).to_dict(), owner)
+    return start_run(store, run_id, owner)
+
+
+def wait_for_run(store: RunStore, run_id: int, statuses=("stopped", "finished", "failed", "lost"),
+                 timeout: float = 60.0, poll: float = 0.1) -> dict:
+    """Poll the store until the run reaches one of ``statuses``; returns the run (TimeoutError if not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = store.get_run(run_id)
+        if run is not None and run["status"] in statuses:
+            return run
+        if time.monotonic() > deadline:
+            status = None if run is None else run["status"]
+            raise TimeoutError(f"run {run_id} is still {status} after {timeout:g} s")
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flowlib.worker",
+                                     description="Train one run of the store (started by the app).")
+    parser.add_argument("run_id", type=int, help="id of a queued run in the store")
+    parser.add_argument("--runs-dir", default=None, help="run store folder (default $FLOWLAB_RUNS_DIR)")
+    args = parser.parse_args(argv)
+    store = RunStore(args.runs_dir)
+    print(f"worker pid {os.getpid()} for run {args.run_id} (store {store.root})", flush=True)
+    try:
+        from .train import train_run
+        result = train_run(store, args.run_id, handle_signals=True)
+    except BaseException as exc:  # noqa: BLE001 — even an import error must reach the app in words
+        traceback.print_exc()
+        message = f"The training process failed to start ({type(exc).__name__}: {str(exc)[:300]})."
+        try:
+            store.finish_run(args.run_id, "failed", message)
+        except Exception:
+            pass
+        return 1
+    print(f"run {args.run_id} {result.status}: {result.message}", flush=True)
+    return 0 if result.status in ("finished", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
