@@ -169,5 +169,132 @@ def render_sidebar_status() -> None:
     with st.sidebar:
         st.markdown(f"**Device** · {device_line()}")
         if classroom_mode():
-            st.caption("Classroom mode: runs are capped; you can rename or delete only "
+            st.caption("Classroom mode: runs are capped; you can stop, rename or delete only "
                        "the runs you started.")
+        try:
+            store = get_store()
+            runs = store.list_runs()  # one SELECT
+            if start_waiting_runs(store, runs):
+                runs = store.list_runs()
+        except Exception as exc:  # noqa: BLE001 - the sidebar must never take a page down
+            log.warning("sidebar: cannot read the run store: %s", exc)
+            st.caption("The run store cannot be read right now.")
+            return
+        active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
+        waiting = [r for r in runs if r["status"] == "created"]
+        if active:
+            for r in active[:3]:
+                st.markdown(f"**Training** · {STATUS_WORDS.get(r['status'], r['status'])}, "
+                            f"step {r['step'] or 0:,}")
+                st.page_link("pages/train.py", label=f"Run {r['id']} · {r['name']}",
+                             icon=":material/monitoring:", query_params={"run": str(r["id"])})
+        elif runs:
+            r = runs[0]
+            st.markdown(f"**Last run** · {STATUS_WORDS.get(r['status'], r['status'])}")
+            st.page_link("pages/train.py", label=f"Run {r['id']} · {r['name']}",
+                         icon=":material/monitoring:", query_params={"run": str(r["id"])})
+        else:
+            st.caption("No runs yet.")
+        if waiting:
+            st.caption(f"{len(waiting)} run{'s' if len(waiting) != 1 else ''} waiting for a free "
+                       "training slot.")
+
+
+# -- the run store -------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def _store(root: str, env_key: tuple):
+    from flowlib.store import RunStore
+    return RunStore(root)
+
+
+_LIMIT_VARS = ("FLOWLAB_CLASSROOM", "FLOWLAB_MAX_CONCURRENT", "FLOWLAB_MAX_STEPS",
+               "FLOWLAB_MAX_BATCH", "FLOWLAB_MAX_MINUTES", "FLOWLAB_HEARTBEAT_STALE_S")
+
+
+def get_store():
+    """The server's RunStore (one per runs folder and limit settings)."""
+    from flowlib.store import default_root
+    return _store(str(default_root()), tuple(os.environ.get(v, "") for v in _LIMIT_VARS))
+
+
+def control_owner() -> str | None:
+    """The owner passed to start/stop/rename/delete: the visitor in classroom mode, else
+    None (a single-user server trusts every tab, so a restarted server can stop any run)."""
+    return visitor_id() if classroom_mode() else None
+
+
+def status_label(run) -> str:
+    status = _get(run, "status", "")
+    return f"{status}"
+
+
+# -- charts --------------------------------------------------------------------------------
+CHART_FONT = dict(size=16)
+PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#1098ad", "#f08c00", "#c92a2a",
+           "#5c940d", "#495057", "#d6336c"]
+EVENT_STYLE = {  # kind -> (colour, words)
+    "nan_skip": ("#f08c00", "non-finite step skipped"),
+    "rollback": ("#c92a2a", "rolled back to the last checkpoint"),
+    "lr_drop": ("#ae3ec9", "learning rate lowered"),
+    "error": ("#c92a2a", "failed"),
+    "resume": ("#2b8a3e", "resumed"),
+    "stop": ("#495057", "stopped"),
+    "lost": ("#c92a2a", "process lost"),
+    "warning": ("#f08c00", "warning"),
+}
+
+
+def base_layout(fig, *, x_title: str, y_title: str, uirevision, height: int = 380,
+                title: str | None = None, legend: bool = True) -> None:
+    fig.update_layout(
+        height=height, uirevision=str(uirevision), font=CHART_FONT,
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+        title=dict(text=title, font=dict(size=18)) if title else None,
+        hovermode="x unified" if legend else "closest",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0,
+                    font=dict(size=15)),
+        showlegend=legend,
+    )
+    fig.update_xaxes(title=dict(text=x_title, font=dict(size=16)), showgrid=True)
+    fig.update_yaxes(title=dict(text=y_title, font=dict(size=16)), showgrid=True)
+
+
+def x_values(curve: dict, elapsed: dict | None, axis: str) -> list:
+    """A curve's x: its steps, or training seconds (elapsed_s interpolated at those steps)."""
+    if axis == "step" or not elapsed or not elapsed.get("step"):
+        return list(curve["step"])
+    import numpy as np
+    return [round(float(v), 2) for v in np.interp(curve["step"], elapsed["step"], elapsed["value"])]
+
+
+X_TITLES = {"step": "training step", "time": "training time (seconds)"}
+
+
+def start_waiting_runs(store, runs: list | None = None) -> bool:
+    """Start runs that wait for a slot (status ``created``), oldest first, while slots are free.
+
+    The permutation study creates three runs at once; on a server that trains one at a time
+    the next one starts when a page sees the slot free. Returns True if it started any.
+    """
+    from flowlib import worker
+    from flowlib.store import RunLimitError, RunStateError
+
+    runs = store.list_runs() if runs is None else runs
+    waiting = sorted((r for r in runs if r["status"] == "created"), key=lambda r: r["id"])
+    if not waiting:
+        return False
+    active = sum(r["status"] in ACTIVE_STATUSES for r in runs)
+    started = False
+    for r in waiting:
+        if active >= store.limits.max_concurrent:
+            break
+        try:
+            worker.start_run(store, r["id"])
+        except (RunLimitError, RunStateError, KeyError):
+            break
+        except (PermissionError, ValueError) as exc:
+            log.warning("could not start waiting run %s: %s", r["id"], exc)
+            continue
+        active += 1
+        started = True
+    return started

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,147 @@ def test_home_explains_and_offers_quick_paths(runs_dir):
     assert "Device" in text
     # the visitor id goes into the URL so a refresh keeps ownership in classroom mode
     assert at.query_params.get("visitor")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def store():
+    from flowlib.store import RunStore
+    return RunStore()
+
+
+def wait_status(run_id: int, statuses, timeout: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = store().get_run(run_id)
+        if run and run["status"] in statuses:
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} is {run and run['status']} after {timeout} s: "
+                                 f"{run and run['message']}")
+        time.sleep(0.5)
+
+
+def charts(at) -> dict:
+    """Plotly charts on screen by their key's stem: {'bpd_chart': spec, ...}."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        out[el.proto.id or str(len(out))] = spec
+    return out
+
+
+def chart_points(at, name: str) -> int:
+    """Points in the traces called `name` of every plotly chart on screen."""
+    n = 0
+    for el in at.get("plotly_chart"):
+        for trace in json.loads(el.proto.spec)["data"]:
+            if trace.get("name") == name:
+                n += len([y for y in trace.get("y", []) if y is not None])
+    return n
+
+
+def tiny_settings(at, steps: int = 20, eval_every: int = 10) -> None:
+    at.number_input(key="tr_hidden").set_value(8)
+    at.number_input(key="tr_steps").set_value(1)
+    at.number_input(key="tr_batch_size").set_value(16)
+    at.number_input(key="tr_warmup_steps").set_value(5)
+    at.number_input(key="tr_eval_every").set_value(eval_every)
+    at.number_input(key="tr_max_steps").set_value(steps)
+    at.run()
+
+
+def train_page(**query) -> AppTest:
+    at = app("pages/train.py", **query)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+# -- Train -------------------------------------------------------------------------------------
+def test_train_page_shows_data_parameters_and_estimate(runs_dir):
+    at = train_page(dataset="mnist", preset="mnist-fast")
+    text = " ".join(m.value for m in at.markdown)
+    assert "60,000" in text and "1×28×28" in text          # count and shape of the dataset
+    assert "parameters" in text and "images/s" in text      # parameter count and measured speed
+    assert at.selectbox(key="tr_dataset").value == "mnist"
+    assert at.selectbox(key="tr_preset").value == "mnist-fast"
+    assert not at.button(key="tr_start").disabled
+
+
+def test_bad_input_is_refused_next_to_the_field(runs_dir):
+    at = train_page()
+    at.number_input(key="tr_batch_size").set_value(0)
+    at.number_input(key="tr_lr").set_value(-0.001)
+    at.number_input(key="tr_levels").set_value(3)        # 28×28 allows at most 2
+    at.run()
+    assert not at.exception
+    errors = " | ".join(e.value for e in at.error)
+    assert "Batch_size must be an integer in 1..4096, got 0" in errors
+    assert "Lr must be a finite number with 0 < value ≤ 1" in errors
+    assert "levels=3 needs height and width divisible by 2**levels = 8" in errors.lower() \
+        or "Levels=3 needs" in errors
+    assert "use levels ≤ 2" in errors
+    assert at.button(key="tr_start").disabled
+    assert store().list_runs() == []
+
+
+def test_start_tiny_run_reaches_finished_with_points_in_the_chart(runs_dir):
+    at = train_page(dataset="mnist", preset="mnist-fast")
+    tiny_settings(at, steps=20, eval_every=10)
+    at.button(key="tr_start").click().run()
+    assert not at.exception, at.exception
+    runs = store().list_runs()
+    assert len(runs) == 1 and runs[0]["status"] in ("queued", "running", "finished")
+    run = wait_status(runs[0]["id"], ("finished", "failed"))
+    assert run["status"] == "finished", run["message"]
+    at.run()
+    assert not at.exception, at.exception
+    assert chart_points(at, "train (batches)") >= 2
+    assert chart_points(at, "test (held-out images)") >= 2
+    assert any("finished" in b.proto.label.lower() for b in at.get("badge")) or \
+        any("Finished" in s.value for s in at.success)
+    # the Runs page lists it with its best test bits/dim
+    runs_at = app("pages/runs.py")
+    runs_at.run()
+    assert not runs_at.exception, runs_at.exception
+    table = runs_at.dataframe[0].value
+    assert list(table["id"]) == [run["id"]]
+    assert table["status"].iloc[0] == "finished"
+    assert table["best test bits/dim"].iloc[0] < 8.5
+
+
+def test_stop_and_resume(runs_dir):
+    at = train_page()
+    tiny_settings(at, steps=100000, eval_every=1000)
+    at.button(key="tr_start").click().run()
+    run_id = store().list_runs()[0]["id"]
+    wait_status(run_id, ("running",))
+    at.run()
+    at.button(key=f"stop_{run_id}").click().run()
+    assert not at.exception, at.exception
+    run = wait_status(run_id, ("stopped",), timeout=120)
+    assert "Stopped at step" in run["message"]
+    at.run()
+    assert not at.exception
+    assert at.button(key=f"resume_{run_id}")  # the buttons follow the store
+    at.button(key=f"resume_{run_id}").click().run()
+    wait_status(run_id, ("running",))
+    from flowlib import worker
+    worker.stop_run(store(), run_id)
+    wait_status(run_id, ("stopped",), timeout=120)
+
+
+def test_a_failed_run_says_why_on_its_dashboard(runs_dir, tmp_path):
+    from flowlib import preset, worker
+    from flowlib.train import TrainConfig
+    s = store()
+    missing = tmp_path / "no-such-folder"
+    tc = TrainConfig(dataset="folder", dataset_options={"path": str(missing), "size": 32},
+                     max_steps=10)
+    run_id = s.create_run("broken", "folder", preset("faces-fast").to_dict(), tc.to_dict())
+    worker.start_run(s, run_id)
+    run = wait_status(run_id, ("failed",), timeout=120)
+    at = train_page(run=str(run_id))
+    shown = " ".join(e.value for e in at.error)
+    assert "This run failed" in shown and run["message"] in shown
+    assert "Traceback" not in shown
