@@ -569,6 +569,32 @@ class _Training:
                 return True
         return False
 
+    def reset_window(self) -> None:
+        self.win_sums = [0.0] * (self.cfg.levels + 3)   # sums of: bpd, grad norm, priors..., logdet
+        self.win_good, self.win_images, self.win_time = 0, 0, 0.0
+
+    def log_window(self) -> None:
+        """One metrics row per key: means over the good steps since the last row, one DB write."""
+        if not self.win_images:
+            return
+        tc, wall, step = self.tc, time.time(), self.step
+        rows = []
+        if self.win_good:
+            means = [v / self.win_good for v in self.win_sums]
+            keys = ["train_bpd", "grad_norm"] + [f"bpd_prior_L{i}" for i in range(self.cfg.levels)] + ["bpd_logdet"]
+            rows.append((step, wall, "loss_nats", means[0] * self.cfg.dims * math.log(2)))
+            rows += [(step, wall, k, v) for k, v in zip(keys, means)]
+        rows += [(step, wall, "lr", self.lr_at(step - 1)),
+                 (step, wall, "images_per_s", self.win_images / max(self.win_time, 1e-9)),
+                 (step, wall, "elapsed_s", self.elapsed()),
+                 (step, wall, "epoch", step * tc.batch_size / self.images_per_epoch)]
+        self.metric_buffer += rows
+        self.flush_metrics()
+        self.reset_window()
+        if self.on_log is not None:
+            self.on_log({"step": step, **{k: v for _, _, k, v in rows}, "test_bpd": self.last_test,
+                         "max_steps": tc.max_steps})
+
     def run(self) -> RunResult:
         tc = self.tc
         self.session_start = time.monotonic()
@@ -576,18 +602,14 @@ class _Training:
         self._last_stop_poll = 0.0
         autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.use_bf16
                     else contextlib.nullcontext)
-        levels = self.cfg.levels
-        keys = ["loss_nats", "train_bpd"] + [f"bpd_prior_L{i}" for i in range(levels)] + ["bpd_logdet"]
-        scale_nats = self.cfg.dims * math.log(2)
-        window = [0.0] * (levels + 3)   # sums of: bpd, grad norm, priors..., logdet
-        good, bad_streak, window_images, window_time = 0, 0, 0, 0.0
+        self.reset_window()
+        bad_streak = 0
         clip = tc.grad_clip if tc.grad_clip is not None else float("inf")
         self.stage = "while training"
         while True:
-            now = time.monotonic()
             if self.budget_reached():
                 return self.finish()
-            if self.stop_wanted(now):
+            if self.stop_wanted(time.monotonic()):
                 return self.stop()
             t0 = time.perf_counter()
             lr = self.lr_at(self.step)
@@ -599,6 +621,7 @@ class _Training:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+            # one host sync per step: loss, grad norm and the bpd split together
             stats = torch.cat([loss.detach().reshape(1), gnorm.detach().float().reshape(1).to(loss.device),
                                terms.prior_levels.detach().float().mean(0),
                                terms.logdet.detach().float().mean().reshape(1)]).tolist()
@@ -606,13 +629,13 @@ class _Training:
             if finite:
                 self.opt.step()
                 bad_streak = 0
-                good += 1
+                self.win_good += 1
                 for i, v in enumerate(stats):
-                    window[i] += v
+                    self.win_sums[i] += v
             self.step += 1
             self.monitor.step = self.step
-            window_images += x.shape[0]
-            window_time += time.perf_counter() - t0
+            self.win_images += x.shape[0]
+            self.win_time += time.perf_counter() - t0
             if not finite:
                 bad_streak += 1
                 what = "loss" if not math.isfinite(stats[0]) else "gradient norm"
@@ -620,26 +643,11 @@ class _Training:
                                        f"grad norm {stats[1]:.4g}); step skipped, no update")
                 if bad_streak >= tc.nan_patience:
                     self.rollback(bad_streak)
-                    bad_streak, good, window, window_images, window_time = 0, 0, [0.0] * len(window), 0, 0.0
+                    bad_streak = 0
+                    self.reset_window()
                     continue
             if self.step % tc.log_every == 0:
-                wall = time.time()
-                rows = []
-                if good:
-                    means = [v / good for v in window]
-                    values = [means[0] * scale_nats, means[0]] + means[2:]
-                    rows += [(self.step, wall, k, v) for k, v in zip(keys, values)]
-                    rows.append((self.step, wall, "grad_norm", means[1]))
-                rows += [(self.step, wall, "lr", lr),
-                         (self.step, wall, "images_per_s", window_images / max(window_time, 1e-9)),
-                         (self.step, wall, "elapsed_s", self.elapsed()),
-                         (self.step, wall, "epoch", self.step * tc.batch_size / self.images_per_epoch)]
-                self.metric_buffer += rows
-                self.flush_metrics()
-                if self.on_log is not None:
-                    self.on_log({"step": self.step, **{k: v for _, _, k, v in rows},
-                                 "test_bpd": self.last_test, "max_steps": tc.max_steps})
-                good, window, window_images, window_time = 0, [0.0] * len(window), 0, 0.0
+                self.log_window()
             if self.step == tc.first_eval or self.step % tc.eval_every == 0:
                 self.evaluate()
             if time.monotonic() - self.last_ckpt_time >= tc.checkpoint_every_minutes * 60 and bad_streak == 0:
@@ -705,6 +713,7 @@ class _Training:
 
     def finish(self) -> RunResult:
         tc = self.tc
+        self.log_window()
         full = self.evaluate(full=True)
         self.stage = f"while saving the final checkpoint at step {self.step}"
         self.save_checkpoint()
@@ -716,6 +725,7 @@ class _Training:
         return RunResult("finished", message, self.step)
 
     def stop(self) -> RunResult:
+        self.log_window()
         self.stage = f"while saving the checkpoint at step {self.step}"
         self.save_checkpoint(announce=False)
         self.flush_metrics()

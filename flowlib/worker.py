@@ -31,7 +31,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .store import ACTIVE_STATUSES, RunLimitError, RunStateError, RunStore
+from .model import FlowConfig
+from .store import RunLimitError, RunStateError, RunStore
 
 __all__ = ["start_run", "stop_run", "resume_run", "wait_for_run", "running_processes", "main",
            "RunLimitError", "RunStateError"]
@@ -80,8 +81,16 @@ def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
 
     Raises RunLimitError ("Another run is training (run 3 'mnist-a'); stop it first or raise
     FLOWLAB_MAX_CONCURRENT"), RunStateError (already active / finished), PermissionError
-    (not the owner), KeyError (no such run), ValueError (over a classroom cap).
+    (not the owner), KeyError (no such run), ValueError (an invalid config, or over a
+    classroom cap) — all before any process exists.
     """
+    from .train import TrainConfig
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run with id {run_id}")
+    FlowConfig.from_dict(run["config"])     # refuse bad values here, with the valid range,
+    TrainConfig.from_dict(run["train"])     # rather than in a process that dies at once
     store.request_start(run_id, owner)
     try:
         proc = _launch(store, run_id)

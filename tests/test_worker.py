@@ -1,0 +1,150 @@
+"""Worker processes: real `python -m flowlib.worker` subprocesses, stop / resume / kill -9, CLI Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flowlib import preset, worker
+from flowlib.checkpoint import load_checkpoint, load_model
+from flowlib.store import Limits, RunStore
+from flowlib.train import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = preset("faces-fast", levels=2, steps=1, hidden=4, permutation="reverse")
+
+
+def _train(**kw):
+    base = dict(dataset="faces", batch_size=8, max_steps=10, warmup_steps=5, log_every=2, eval_every=10**6,
+                first_eval=0, eval_subset=40, samples_per_temperature=2, threads=1)
+    return TrainConfig(**{**base, **kw}).to_dict()
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "runs", Limits(stale_after_s=3.0, start_timeout_s=60))
+
+
+def _wait_step(store, run_id, step, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = store.get_run(run_id)
+        if run["status"] == "running" and run["step"] >= step:
+            return run
+        assert run["status"] in ("queued", "running"), run["message"]
+        time.sleep(0.05)
+    raise TimeoutError(f"run {run_id} did not reach step {step}")
+
+
+def _gone(pid, timeout=10):
+    """True once pid is no process of ours, not even a zombie."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z" and pid not in worker.running_processes():
+            return False  # a zombie nobody will reap
+        time.sleep(0.05)
+    return False
+
+
+def test_worker_process_trains_to_the_end_and_is_reaped(store):
+    run_id = store.create_run("w", "faces", TINY.to_dict(), _train())
+    pid = worker.start_run(store, run_id)
+    run = worker.wait_for_run(store, run_id, timeout=90)
+    assert run["status"] == "finished" and run["step"] == 10, run["message"]
+    assert run["pid"] == pid
+    assert "finished" in store.log_path(run_id).read_text()
+    assert _gone(pid)
+
+
+def test_stop_then_resume_through_worker_processes(store):
+    run_id = store.create_run("w", "faces", TINY.to_dict(), _train(max_steps=100000))
+    worker.start_run(store, run_id)
+    _wait_step(store, run_id, 4)
+    assert worker.stop_run(store, run_id) is True
+    run = worker.wait_for_run(store, run_id, timeout=60)
+    assert run["status"] == "stopped", run["message"]
+    stopped_at = run["step"]
+    ckpt = load_checkpoint(store.checkpoint_path(run_id))
+    assert ckpt["step"] == stopped_at and ckpt["optimizer"]["state"]
+    before = store.metrics(run_id, keys=["lr"])["lr"]
+    worker.resume_run(store, run_id, max_steps=stopped_at + 6)
+    run = worker.wait_for_run(store, run_id, timeout=90)
+    assert run["status"] == "finished" and run["step"] == stopped_at + 6, run["message"]
+    steps = store.metrics(run_id, keys=["train_bpd"])["train_bpd"]["step"]
+    assert steps == sorted(set(steps)) and steps[-1] == stopped_at + 6   # one curve, no repeats
+    after = store.metrics(run_id, keys=["lr"])["lr"]
+    assert after["value"][:len(before["value"])] == before["value"]       # history intact
+    assert [e["kind"] for e in store.events(run_id)].count("resume") == 1
+
+
+def test_kill_9_marks_the_run_lost_and_it_resumes_from_the_checkpoint(store):
+    run_id = store.create_run("w", "faces", TINY.to_dict(), _train(max_steps=100000, checkpoint_every_minutes=0.005))
+    pid = worker.start_run(store, run_id)
+    _wait_step(store, run_id, 6)
+    os.kill(pid, signal.SIGKILL)
+    run = worker.wait_for_run(store, run_id, statuses=("lost",), timeout=store.limits.stale_after_s + 5)
+    assert "signal 9" in run["message"] or "no heartbeat" in run["message"]
+    assert _gone(pid)
+    model, ckpt = load_model(store.checkpoint_path(run_id))
+    assert 0 <= ckpt["step"] <= run["step"]
+    worker.resume_run(store, run_id, max_steps=ckpt["step"] + 4)
+    run = worker.wait_for_run(store, run_id, timeout=90)
+    assert run["status"] == "finished" and run["step"] == ckpt["step"] + 4, run["message"]
+
+
+def test_a_restarted_server_finds_a_killed_worker_lost_by_heartbeat(store):
+    """No Popen handle in this process (as after a server restart): only the heartbeat can tell."""
+    run_id = store.create_run("w", "faces", TINY.to_dict(), _train(max_steps=100000))
+    store.request_start(run_id)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "flowlib.worker", str(run_id), "--runs-dir", str(store.root)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_step(store, run_id, 2)
+        proc.kill()
+        proc.wait()
+        killed = time.monotonic()
+        run = worker.wait_for_run(store, run_id, statuses=("lost",), timeout=store.limits.stale_after_s + 3)
+        assert time.monotonic() - killed <= store.limits.stale_after_s + 3
+        assert "no heartbeat" in run["message"] and "resume" in run["message"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_ctrl_c_stops_cleanly_with_a_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "flowlib.train", "--preset", "faces-fast", "--dataset", "faces",
+           "--levels", "2", "--flow-steps", "1", "--hidden", "4", "--permutation", "reverse",
+           "--batch-size", "8", "--steps", "100000", "--threads", "1", "--eval-every", "1000000",
+           "--first-eval", "0", "--runs-dir", str(runs), "--name", "headless"]
+    proc = subprocess.Popen(cmd, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = RunStore(runs, Limits())
+    try:
+        deadline = time.monotonic() + 60
+        while not (store.list_runs() and store.list_runs()[0]["step"] >= 3):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+            time.sleep(0.05)
+        run = store.list_runs()[0]
+        assert run["name"] == "headless" and run["status"] == "running" and run["pid"] == proc.pid
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    run = store.get_run(run["id"])
+    assert run["status"] == "stopped" and "checkpoint saved" in run["message"]
+    assert load_checkpoint(store.checkpoint_path(run["id"]))["step"] == run["step"]
+    assert "stopped" in err
