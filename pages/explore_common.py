@@ -1,0 +1,234 @@
+"""Shared pieces of the three "Look inside" pages: model picker, cached loading, image sources.
+
+Models are loaded once per (path, modification time) with ``st.cache_resource``; a checkpoint
+that cannot be loaded gives one ``st.error`` naming the file and the reason, and the page
+falls back to a demo model so it keeps working. The pictures themselves come from
+``flowlib.viz``; this module only turns widgets into arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from flowlib.checkpoint import CheckpointError, load_model
+from flowlib.viz import UploadError, prepare_upload, synthetic_stroke
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = ROOT / "checkpoints"
+DEMOS = {  # label -> file: the pretrained models that ship with the app
+    "MNIST digits demo (mnist-fast)": DEMO_DIR / "mnist-fast.pt",
+    "Faces demo (faces-fast)": DEMO_DIR / "faces-fast.pt",
+}
+# The Runs page puts a checkpoint path here before switching to one of these pages.
+EXPLORE_KEY = "explore_checkpoint"
+
+
+
+@dataclass
+class Loaded:
+    label: str
+    path: Path
+    model: object
+    ckpt: dict
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset the model was trained on, when the page can show its test images."""
+        name = self.ckpt.get("dataset")
+        if isinstance(name, dict):
+            name = name.get("name")
+        if name in ("mnist", "faces", "fashion-mnist"):
+            return name
+        shape = tuple(self.config.image_shape)
+        return {(1, 28, 28): "mnist", (1, 32, 32): "faces"}.get(shape)
+
+    def describe(self) -> str:
+        parts = [self.config.summary(), f"{self.model.num_parameters():,} parameters"]
+        bpd = self.ckpt.get("final_test_bpd", self.ckpt.get("best_test_bpd"))
+        if isinstance(bpd, (int, float)):
+            parts.append(f"held-out {bpd:.2f} bits/dim")
+        step = self.ckpt.get("step")
+        if isinstance(step, int):
+            parts.append(f"{step:,} training steps")
+        return " · ".join(parts)
+
+
+def runs_root() -> Path:
+    env = os.environ.get("FLOWLAB_RUNS_DIR")
+    return Path(env).expanduser() if env else ROOT / "checkpoints" / "runs"
+
+
+def _store_runs() -> list[tuple[str, Path]] | None:
+    """Runs from the run store, newest first, or None when the store cannot be read."""
+    try:
+        from flowlib.store import CHECKPOINT_NAME, RunStore  # noqa: F401
+    except Exception:  # noqa: BLE001 - the store module may be missing or broken
+        return None
+    root = runs_root()
+    if not (root / "runs.sqlite").exists():
+        return None
+    try:
+        store = RunStore(root)
+        runs = store.list_runs()
+    except Exception:  # noqa: BLE001
+        return None
+    out = []
+    for run in runs:
+        path = store.checkpoint_path(run["id"])
+        if path.exists():
+            name = run.get("name") or f"run {run['id']}"
+            out.append((f"Run {run['id']}: {name} ({run.get('dataset', '?')}, {run.get('status', '?')})", path))
+    return out
+
+
+def checkpoint_choices() -> list[tuple[str, Path]]:
+    """(label, path) for the demos, then the user's runs (from the store, else any *.pt)."""
+    choices = [(label, path) for label, path in DEMOS.items()]
+    runs = _store_runs()
+    known = {p.resolve() for _, p in choices}
+    if runs is not None:
+        for label, path in runs:
+            if path.resolve() not in known:
+                choices.append((label, path))
+                known.add(path.resolve())
+    root = runs_root()
+    if root.is_dir():
+        for path in sorted(root.rglob("*.pt")):
+            if path.resolve() not in known and not path.name.startswith("."):
+                choices.append((f"{path.relative_to(root)}", path))
+                known.add(path.resolve())
+    return choices
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=16)
+def _load(path: str, mtime: float):
+    """(model, ckpt, None) or (None, None, reason). Keyed on mtime so a retrained file reloads."""
+    try:
+        model, ckpt = load_model(path)
+    except CheckpointError as exc:
+        return None, None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - anything else a hostile file can cause
+        return None, None, f"{path}: {type(exc).__name__}: {exc}"
+    ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng")}
+    return model, ckpt, None
+
+
+def load(path: Path):
+    return _load(str(path), _mtime(path))
+
+
+def model_picker(key: str) -> Loaded | None:
+    """A select box of checkpoints; returns the loaded choice (or a demo if it fails)."""
+    choices = checkpoint_choices()
+    labels = [c[0] for c in choices]
+    wanted = st.session_state.pop(EXPLORE_KEY, None)
+    if wanted:
+        for label, path in choices:
+            if str(path) == str(wanted):
+                st.session_state[key] = label
+    if st.session_state.get(key) not in labels:
+        st.session_state.pop(key, None)
+    label = st.selectbox("Model", labels, key=key,
+                         help="The demos ship with the app; your own training runs appear below them.")
+    path = dict(choices)[label]
+    model, ckpt, error = load(path)
+    if error is not None:
+        st.error(f"Could not load {path.name}: {error}", icon=":material/error:")
+        for other_label, other in choices:
+            if other != path:
+                model, ckpt, err2 = load(other)
+                if err2 is None:
+                    st.info(f"Showing **{other_label}** instead.")
+                    label, path = other_label, other
+                    break
+        else:
+            st.warning("No checkpoint could be loaded. Train a model on the Train page, or "
+                       "restore checkpoints/mnist-fast.pt and checkpoints/faces-fast.pt.")
+            return None
+    loaded = Loaded(label, path, model, ckpt)
+    st.caption(loaded.describe())
+    return loaded
+
+
+# -- images ----------------------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading test images…", max_entries=4)
+def test_images(name: str):
+    """uint8 [N, C, H, W] test split of a dataset, or a string saying why it is missing."""
+    from flowlib.data import DatasetError, load_images
+    try:
+        return load_images(name, "test").images
+    except (DatasetError, OSError) as exc:
+        return str(exc)
+
+
+SHAPES = ("seven", "one", "zero", "four", "cross", "bar")
+
+
+def image_source(loaded: Loaded, key: str, default_index: int = 0) -> tuple[np.ndarray, str] | None:
+    """Let the user pick an image for the model: a test image, an upload or a drawn shape.
+
+    Returns (uint8 [C, H, W], description) or None with a message on screen.
+    """
+    shape = tuple(loaded.config.image_shape)
+    images = test_images(loaded.dataset) if loaded.dataset else "this model's dataset is not built in"
+    sources = ["Test image", "Upload a picture", "Draw a shape"]
+    if isinstance(images, str):
+        sources = sources[1:]
+    source = st.radio("Image", sources, horizontal=True, key=f"{key}_source")
+    if source == "Test image":
+        n = int(images.shape[0])
+        idx = st.slider("Test image number", 0, n - 1, min(default_index, n - 1), key=f"{key}_index")
+        return images[idx].numpy(), f"{loaded.dataset} test image #{idx}"
+    if source == "Upload a picture":
+        up = st.file_uploader("PNG or JPEG (converted to the model's size and channels)",
+                              type=["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "pgm"],
+                              key=f"{key}_upload")
+        if up is None:
+            st.info("Choose a picture file to see it go through the flow.")
+            return None
+        try:
+            pixels, notes = prepare_upload(up.getvalue(), shape, name=up.name)
+        except UploadError as exc:
+            st.error(str(exc), icon=":material/error:")
+            return None
+        if notes:
+            st.caption("Converted: " + "; ".join(notes) + ".")
+        if loaded.dataset == "mnist" and pixels.mean() > 127:
+            if st.checkbox("Invert (MNIST digits are white on black)", value=True, key=f"{key}_invert"):
+                pixels = 255 - pixels
+        return pixels, f"upload {up.name}"
+    # Streamlit has no drawing canvas without an extra package: a pen stroke from sliders instead.
+    cols = st.columns(4)
+    kind = cols[0].selectbox("Shape", SHAPES, key=f"{key}_shape")
+    thick = cols[1].slider("Pen width", 0.05, 0.3, 0.13, 0.01, key=f"{key}_thick")
+    angle = cols[2].slider("Tilt (degrees)", -45, 45, 0, 5, key=f"{key}_angle")
+    size = cols[3].slider("Size", 0.4, 1.0, 0.75, 0.05, key=f"{key}_size")
+    invert = loaded.dataset == "faces"
+    return synthetic_stroke(shape, kind, thick, angle, size, invert=invert), f"drawn {kind}"
+
+
+def to_model_space(model, pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [C, H, W] -> model input [1, C, H, W] in [-0.5, 0.5] (bin centres, no noise)."""
+    x = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))[None]
+    return model.preprocess(x, noise=False)
+
+
+def explain(title: str = "What am I looking at?"):
+    return st.expander(title, expanded=False)
