@@ -119,14 +119,17 @@ def scale_rows(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, temp:
     with torch.inference_mode():
         zs = model.encode(ec.to_model_space(model, pix)).zs
         eps = model.sample_eps(n, torch.Generator().manual_seed(1000 + seed))
+        def names(ks):
+            return f"z{ks[0]}" if len(ks) == 1 else f"z{ks[0]}-z{ks[-1]}"
+
         plans = []
-        for k in range(levels - 1, 0, -1):  # keep coarse levels k+1..L, redraw 1..k
+        for k in range(1, levels):  # keep the coarse levels k+1..L, redraw the finer 1..k
             plans.append(([None] * k + [z.expand(n, -1, -1, -1) for z in zs[k:]],
-                          f"keep z{k + 1}–z{levels}" if k + 1 < levels else f"keep z{levels}"))
-        for k in range(1, levels):  # keep fine levels 1..k, redraw the coarser ones
+                          f"keep {names(range(k + 1, levels + 1))}, redraw {names(range(1, k + 1))}"))
+        for k in range(levels - 1, 0, -1):  # keep the fine levels 1..k, redraw the coarser ones
             plans.append(([z.expand(n, -1, -1, -1) for z in zs[:k]] + [None] * (levels - k),
-                          f"keep z1–z{k}" if k > 1 else "keep z1"))
-        plans.append(([None] * levels, "keep nothing"))
+                          f"keep {names(range(1, k + 1))}, redraw {names(range(k + 1, levels + 1))}"))
+        plans.append(([None] * levels, "redraw everything"))
         original = np.repeat(pix[None], 1, axis=0)
         for plan, label in plans:
             imgs = model.to_uint8(model.decode(plan, temperature=temp, eps=eps)).numpy()
@@ -139,7 +142,7 @@ rows, labels = scale_rows(str(loaded.path), ec._mtime(loaded.path), pixels.tobyt
                           float(temp), int(n_draw), seed)
 s = viz.fit_factor(H, 84)
 grid = viz.labelled_grid([viz.image_grid(r, ncol=len(r), pad=3, scale=s) for r in rows], labels,
-                         label_width=150, font_size=18)
+                         label_width=250, font_size=18)
 st.image(grid, caption=f"First column: the input. Other columns: redraws at T = {temp:.2f}. "
                        "Top rows keep the coarse latents (the outline survives, strokes and texture "
                        "change); lower rows keep only fine latents (the overall shape is redrawn).", output_format="PNG")

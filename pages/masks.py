@@ -146,8 +146,10 @@ scale = viz.fit_factor(hs, max(40, min(110, 900 // max(cs, 1))))
 for t in trace:
     if t.origin is not None:
         shown = None if vals is None else vals[t.origin]
-        labels = [f"{'x1' if t.x1[p].any() and t.mask_type == 'channel' else ('x2' if t.mask_type == 'channel' else '')} ← ch {o}".strip()
-                  for p, o in enumerate(t.origin)]
+        if t.mask_type == "channel":
+            labels = [f"{'x1' if t.x1[p].any() else 'x2'} = ch {o}" for p, o in enumerate(t.origin)]
+        else:
+            labels = [f"ch {o}" for o in t.origin]
     else:
         shown = None
         labels = [f"mix of {int(t.influence[p].sum())} ch" for p in range(cs)]
