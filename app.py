@@ -26,6 +26,7 @@ PAGES = {
 }
 
 navigation = st.navigation(PAGES)
+ui.page_style()
 ui.visitor_id()
 ui.render_sidebar_status()
 ui.run_page(navigation)

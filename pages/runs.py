@@ -112,22 +112,6 @@ def start_study(store, steps: int, dataset: str = "mnist") -> list[int]:
     return ids
 
 
-@st.dialog("Delete this run?")
-def confirm_delete(store, run: dict) -> None:
-    st.markdown(f"Run **{run['id']} · {run['name']}**, its curves, samples and checkpoint will be "
-                "deleted. This cannot be undone.")
-    c1, c2 = st.columns(2)
-    if c1.button("Delete", type="primary", icon=":material/delete:", width="stretch"):
-        try:
-            store.delete_run(run["id"], owner=ui.control_owner())
-            st.session_state["runs_flash"] = ("success", f"Deleted run {run['id']} '{run['name']}'.")
-        except (PermissionError, ValueError, KeyError) as exc:
-            st.session_state["runs_flash"] = ("error", str(exc))
-        st.rerun()
-    if c2.button("Keep it", width="stretch"):
-        st.rerun()
-
-
 def single_run_actions(store, run: dict) -> None:
     rid = run["id"]
     st.markdown(f"##### Run {rid} · {run['name']}")
@@ -140,7 +124,7 @@ def single_run_actions(store, run: dict) -> None:
                             disabled=not allowed)
     with a2:
         if st.button("Rename", icon=":material/edit:", key=f"do_rename_{rid}", width="stretch",
-                     disabled=not allowed or new.strip() == run["name"]):
+                     disabled=not allowed):
             try:
                 final = store.rename_run(rid, new, owner=ui.control_owner())
                 st.session_state["runs_flash"] = ("success", f"Renamed to '{final}'.")
@@ -152,7 +136,7 @@ def single_run_actions(store, run: dict) -> None:
         if st.button("Delete…", icon=":material/delete:", key=f"delete_{rid}", width="stretch",
                      disabled=not allowed or active,
                      help="Stop the run first." if active else "Asks for confirmation."):
-            confirm_delete(store, run)
+            st.session_state["runs_confirm_delete"] = rid
     ckpt = store.checkpoint_path(rid)
     with a4:
         if ckpt.is_file():
@@ -164,6 +148,23 @@ def single_run_actions(store, run: dict) -> None:
                                     "flowlib.checkpoint.load_model).")
         else:
             st.caption("No checkpoint yet.")
+    if st.session_state.get("runs_confirm_delete") == rid and allowed:
+        with st.container(border=True):
+            st.warning(f"Delete run **{rid} · {run['name']}**? Its curves, samples and checkpoint "
+                       "are removed for good.", icon=":material/delete:")
+            y, n, _ = st.columns([1, 1, 2])
+            if y.button(f"Yes, delete run {rid}", type="primary", key=f"confirm_delete_{rid}",
+                        width="stretch"):
+                st.session_state.pop("runs_confirm_delete", None)
+                try:
+                    store.delete_run(rid, owner=ui.control_owner())
+                    st.session_state["runs_flash"] = ("success", f"Deleted run {rid} '{run['name']}'.")
+                except (PermissionError, ValueError, KeyError) as exc:
+                    st.session_state["runs_flash"] = ("error", str(exc))
+                st.rerun(scope="app")
+            if n.button("Keep it", key=f"cancel_delete_{rid}", width="stretch"):
+                st.session_state.pop("runs_confirm_delete", None)
+                st.rerun(scope="app")
     b1, b2, _ = st.columns([1, 1, 2])
     if b1.button("Open its live dashboard", icon=":material/monitoring:", key=f"open_{rid}",
                  width="stretch"):
@@ -213,16 +214,21 @@ def runs_body(poll: bool) -> None:
     runs = store.list_runs()
     if ui.start_waiting_runs(store, runs):
         runs = store.list_runs()
-    if poll and not any(r["status"] in ui.ACTIVE_STATUSES for r in runs):
+    if poll and not any(r["status"] in ui.ACTIVE_STATUSES or r["status"] == "created" for r in runs):
         st.rerun(scope="app")
     if not runs:
         st.info("No runs yet. Start one on the Train page, or start the permutation study above.",
                 icon=":material/info:")
         return
     df = run_rows(store, runs)
-    st.markdown(f"**{len(runs)} runs.** Tick several to overlay their curves and compare their "
+    st.markdown(f"**{len(runs)} run{'s' if len(runs) != 1 else ''}.** Tick several to overlay their curves and compare their "
                 "settings; tick one to rename, delete, download or explore it.")
     preselect = st.session_state.pop("runs_preselect", None)
+    if preselect is None and st.session_state.get("runs_compare_applied") != st.query_params.get("compare"):
+        # ?compare=3,4,5 in the URL: a comparison that can be bookmarked or shared
+        raw = st.query_params.get("compare") or ""
+        st.session_state["runs_compare_applied"] = raw
+        preselect = [int(v) for v in raw.split(",") if v.strip().isdigit()] or None
     selection_default = None
     if preselect:
         rows = [i for i, rid in enumerate(df["id"]) if rid in preselect]
@@ -233,7 +239,8 @@ def runs_body(poll: bool) -> None:
         column_config={
             "id": st.column_config.NumberColumn("run", width="small"),
             "name": st.column_config.TextColumn("name", width="medium"),
-            "settings": st.column_config.TextColumn("key settings", width="large"),
+            "settings": st.column_config.TextColumn("key settings", width="medium"),
+            "dataset": st.column_config.TextColumn("data", width="small"),
             "best test bits/dim": st.column_config.NumberColumn(format="%.3f", help=ui.BPD_HELP),
             "images/s": st.column_config.NumberColumn(format="%.0f", help=ui.IMAGES_PER_S_HELP),
             "yours": st.column_config.CheckboxColumn("yours"),

@@ -28,12 +28,12 @@ log = logging.getLogger("flowlab.app")
 
 # -- words for every knob ------------------------------------------------------------------
 CHOICE_WORDS = {
-    "affine": "affine: y = x·exp(s) + t (RealNVP, Glow)",
-    "additive": "additive: y = x + t (NICE, volume-preserving)",
+    "affine": "affine (RealNVP, Glow)",
+    "additive": "additive (NICE)",
     "reverse": "reverse the channel order (RealNVP)",
     "shuffle": "fixed random shuffle",
-    "conv1x1": "learned 1×1 convolution (Glow)",
-    "conv1x1_lu": "learned 1×1 convolution, LU-factored (Glow, faster log-det)",
+    "conv1x1": "learned 1×1 conv (Glow)",
+    "conv1x1_lu": "learned 1×1 conv, LU-factored",
     "channel": "channel halves (Glow)",
     "checkerboard": "checkerboard pixels",
     "realnvp": "checkerboard then channel (RealNVP)",
@@ -47,7 +47,8 @@ HELP = {
     "steps": "K, flow steps per level (ActNorm → permutation → coupling). More steps: a more "
              "expressive flow, slower steps.",
     "hidden": "Channels of each coupling network; most of the parameters live here.",
-    "coupling": "How one half of the values transforms the other half.",
+    "coupling": "How one half of the values transforms the other half: affine y = x·exp(s) + t "
+                "(RealNVP, Glow) or additive y = x + t (NICE, volume-preserving).",
     "permutation": "How channels are mixed between couplings so every value gets transformed.",
     "mask": "Which values a coupling keeps and which it transforms.",
     "split_prior": "Prior of each split-off latent: learned from the half that stays, or N(0, I).",
@@ -123,16 +124,16 @@ def measure_speed(config_json: str, batch: int, device: str) -> dict:
             torch.cuda.synchronize(dev)
 
     t0 = time.perf_counter()
-    step()
+    step()                      # cold: allocations, autograd and kernel set-up
     first = time.perf_counter() - t0
+    if first < 0.5:
+        step()                  # a second untimed step when it is cheap
     n, spent = 0, 0.0
-    while n < 4 and spent < 1.5 and first < 1.0:
+    while n < 1 or (n < 4 and spent < 1.2):
         t0 = time.perf_counter()
         step()
         spent += time.perf_counter() - t0
         n += 1
-    if n == 0:
-        n, spent = 1, first
     return {"images_per_s": b * n / spent, "batch_measured": b, "steps": n}
 
 
@@ -339,7 +340,8 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
             c, h, w = info["shape"]
             st.markdown(f"**{info['train']:,}** training / **{info['test']:,}** test images, "
                         f"**{c}×{h}×{w}**")
-            st.caption(f"Source: {info['source']}  \n{info['licence']}")
+            source = info["source"].split(" (/")[0]  # no server paths on a projector
+            st.caption(f"Source: {source}  \n{info['licence']}")
             strip = np.concatenate(list(info["examples"][:, 0] if c == 1 else
                                         info["examples"].transpose(0, 2, 3, 1)), axis=1)
             st.image(np.kron(strip, np.ones((2, 2), dtype=np.uint8)) if c == 1 else strip,
@@ -367,7 +369,10 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
         kind = st.radio("Budget: stop after", ["steps", "minutes"] if not steps_only else ["steps"],
                         horizontal=True, key=K + "budget_kind", help=HELP["budget"])
         if kind == "steps":
-            budget = st.number_input("Training steps", value=2000, step=500, key=K + "max_steps")
+            cap = store.limits.max_steps
+            budget = st.number_input("Training steps", value=min(2000, cap or 2000), step=500,
+                                     key=K + "max_steps",
+                                     help=f"This server allows at most {cap:,} steps per run." if cap else None)
         else:
             budget = st.number_input("Minutes of training", value=5.0, step=1.0, format="%.1f",
                                      key=K + "max_minutes")
@@ -402,7 +407,9 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
     st.markdown("##### Training")
     t1, t2, t3, t4 = st.columns(4)
     with t1:
-        st.number_input("Batch size", value=64, step=16, key=K + "batch_size", help=HELP["batch_size"])
+        bcap = store.limits.max_batch
+        st.number_input("Batch size", value=min(64, bcap or 64), step=16, key=K + "batch_size",
+                        help=HELP["batch_size"] + (f" This server allows at most {bcap}." if bcap else ""))
         slot_batch = st.empty()
     with t2:
         st.number_input("Learning rate", value=1e-3, step=1e-4, format="%.5f", key=K + "lr",
@@ -505,7 +512,7 @@ def bpd_figure(m: dict, events: list, axis: str, run_id: int):
     add_event_marks(fig, m, events, axis)
     ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title="bits/dim (lower is better)",
                    uirevision=f"bpd-{run_id}-{axis}", height=420)
-    fig.add_annotation(text="ⓘ bits/dim", hovertext=ui.BPD_HELP, showarrow=False, xref="paper",
+    fig.add_annotation(text="what is bits/dim? (hover)", hovertext=ui.BPD_HELP, showarrow=False, xref="paper",
                        yref="paper", x=1, y=1.0, xanchor="right", yanchor="bottom",
                        font=dict(size=14, color="#3b5bdb"))
     return fig
@@ -600,7 +607,7 @@ def controls(store, run: dict) -> None:
 
     status = run["status"]
     rid = run["id"]
-    b1, b2, b3, _ = st.columns([1, 1, 1.4, 2])
+    b1, b2, b3, _ = st.columns([1, 1, 1.3, 1.7])
     try:
         if status in ("queued", "running"):
             if b1.button("Stop", icon=":material/stop:", key=f"stop_{rid}", width="stretch",
@@ -627,10 +634,13 @@ def controls(store, run: dict) -> None:
                 st.rerun(scope="app")
     except (RunLimitError, RunStateError, PermissionError, ValueError, KeyError) as exc:
         st.error(friendly(str(exc)), icon=":material/block:")
-    b2.page_link("pages/runs.py", label="Compare in Runs", icon=":material/stacked_line_chart:")
+    if b2.button("Compare in Runs", icon=":material/stacked_line_chart:", key=f"compare_{rid}",
+                 width="stretch"):
+        st.switch_page("pages/runs.py", query_params={"compare": str(rid)})
     ckpt = store.checkpoint_path(rid)
     if status in ("stopped", "finished", "failed", "lost") and ckpt.is_file():
-        if b3.button("Look inside this model", icon=":material/layers:", key=f"explore_{rid}"):
+        if b3.button("Look inside this model", icon=":material/layers:", key=f"explore_{rid}",
+                     width="stretch"):
             st.session_state[ui.EXPLORE_KEY] = str(ckpt)
             st.session_state[ui.EXPLORE_RUN_KEY] = rid
             st.switch_page("pages/latents.py")
@@ -650,17 +660,14 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
             "lost": ":material/warning:"}.get(status, "")
     colour = {"running": "green", "queued": "blue", "stopping": "orange", "stopped": "gray",
               "finished": "green", "failed": "red", "lost": "orange"}.get(status, "gray")
-    h1, h2 = st.columns([3, 2])
-    with h1:
-        st.subheader(f"Run {run['id']} · {run['name']}", anchor=False)
-        st.badge(ui.STATUS_WORDS.get(status, status), icon=icon, color=colour)
-        cfgd = run["config"]
-        st.caption(f"{run['dataset']} · preset {run.get('preset') or 'custom'} · "
-                   f"L={cfgd.get('levels')}, K={cfgd.get('steps')}, hidden {cfgd.get('hidden')}, "
-                   f"{cfgd.get('coupling')}, {cfgd.get('permutation')}, {cfgd.get('mask')} mask · "
-                   f"batch {run['train'].get('batch_size')}, lr {run['train'].get('lr'):g}")
-    with h2:
-        controls(store, run)
+    st.markdown(f"### Run {run['id']} · {run['name']} &nbsp; :{colour}-badge[{icon} "
+                f"{ui.STATUS_WORDS.get(status, status)}]")
+    cfgd = run["config"]
+    st.caption(f"{run['dataset']} · preset {run.get('preset') or 'custom'} · "
+               f"L={cfgd.get('levels')}, K={cfgd.get('steps')}, hidden {cfgd.get('hidden')}, "
+               f"{cfgd.get('coupling')}, {cfgd.get('permutation')}, {cfgd.get('mask')} mask · "
+               f"batch {run['train'].get('batch_size')}, lr {run['train'].get('lr'):g}")
+    controls(store, run)
 
     if status == "failed":
         st.error(f"**This run failed.** {run['message']}", icon=":material/error:")
@@ -674,6 +681,10 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
     m = store.metrics(run_id)
     events = store.events(run_id)
     frac, words = progress(run, m)
+    last = {k: v["value"][-1] for k, v in m.items() if v["value"]}
+    if "train_bpd" in last:
+        test = f" (test {last['test_bpd']:.3f})" if "test_bpd" in last else ""
+        words = words.replace(" · ", f" · {last['train_bpd']:.3f} bits/dim{test} · ", 1)
     st.progress(frac, text=words)
 
     last = {k: v["value"][-1] for k, v in m.items() if v["value"]}
@@ -689,22 +700,19 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
               help=ui.IMAGES_PER_S_HELP, border=True)
     k5.metric("Learning rate", f"{last['lr']:.2g}" if "lr" in last else "–", help=ui.LR_HELP,
               border=True)
-    if "train_bpd" in last:
-        test = f" · test {last['test_bpd']:.3f}" if "test_bpd" in last else ""
-        st.caption(f"live: step {m['train_bpd']['step'][-1]} · {last['train_bpd']:.3f} bits/dim{test}",
-                   help="The newest point on the charts.")
-
     if not m:
         st.info("Waiting for the first measurements: the training process is loading the data "
                 "and building the model (a few seconds).", icon=":material/hourglass_top:")
         return
 
-    axis = st.segmented_control("Chart x-axis", ["step", "time"], default="step", key=f"axis_{run_id}",
-                                format_func=lambda a: "training step" if a == "step" else "training time",
-                                required=True) or "step"
     left, right = st.columns([3, 2], gap="large")
     with left:
-        st.markdown("**Bits per dimension**: train and test", help=ui.BPD_HELP)
+        t1, t2 = st.columns([3, 2], vertical_alignment="bottom")
+        t1.markdown("**Bits per dimension**: train and test", help=ui.BPD_HELP)
+        axis = t2.segmented_control(
+            "x-axis of every chart", ["step", "time"], default="step", key=f"axis_{run_id}",
+            format_func=lambda a: "by step" if a == "step" else "by training time",
+            required=True, label_visibility="collapsed") or "step"
         st.plotly_chart(bpd_figure(m, events, axis, run_id), key=f"bpd_chart_{run_id}",
                         config={"displaylogo": False})
     with right:

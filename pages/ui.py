@@ -164,6 +164,18 @@ def fmt_ago(timestamp) -> str:
 
 
 # -- sidebar -------------------------------------------------------------------------------
+PAGE_CSS = """
+<style>
+/* A projector has little height to spare: less empty space above each page's title. */
+[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; }
+</style>
+"""
+
+
+def page_style() -> None:
+    st.html(PAGE_CSS)
+
+
 def render_sidebar_status() -> None:
     """Device in use, classroom mode, and the active run with a link to its dashboard."""
     with st.sidebar:
@@ -180,24 +192,40 @@ def render_sidebar_status() -> None:
             log.warning("sidebar: cannot read the run store: %s", exc)
             st.caption("The run store cannot be read right now.")
             return
-        active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
-        waiting = [r for r in runs if r["status"] == "created"]
-        if active:
-            for r in active[:3]:
-                st.markdown(f"**Training** · {STATUS_WORDS.get(r['status'], r['status'])}, "
-                            f"step {r['step'] or 0:,}")
-                st.page_link("pages/train.py", label=f"Run {r['id']} · {r['name']}",
-                             icon=":material/monitoring:", query_params={"run": str(r["id"])})
-        elif runs:
-            r = runs[0]
-            st.markdown(f"**Last run** · {STATUS_WORDS.get(r['status'], r['status'])}")
+        busy = any(r["status"] in ACTIVE_STATUSES or r["status"] == "created" for r in runs)
+        st.fragment(_sidebar_runs, run_every=5.0 if busy else None)(busy)
+
+
+def _sidebar_runs(was_busy: bool) -> None:
+    """The active run(s), refreshed every 5 s while something trains."""
+    store = get_store()
+    try:
+        runs = store.list_runs()
+        if was_busy and start_waiting_runs(store, runs):
+            runs = store.list_runs()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("sidebar: cannot read the run store: %s", exc)
+        return
+    active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
+    waiting = [r for r in runs if r["status"] == "created"]
+    if was_busy and not active and not waiting:
+        st.rerun(scope="app")  # nothing trains any more: switch this timer off
+    if active:
+        for r in active[:3]:
+            st.markdown(f"**Training** · {STATUS_WORDS.get(r['status'], r['status'])}, "
+                        f"step {r['step'] or 0:,}")
             st.page_link("pages/train.py", label=f"Run {r['id']} · {r['name']}",
                          icon=":material/monitoring:", query_params={"run": str(r["id"])})
-        else:
-            st.caption("No runs yet.")
-        if waiting:
-            st.caption(f"{len(waiting)} run{'s' if len(waiting) != 1 else ''} waiting for a free "
-                       "training slot.")
+    elif runs:
+        r = runs[0]
+        st.markdown(f"**Last run** · {STATUS_WORDS.get(r['status'], r['status'])}")
+        st.page_link("pages/train.py", label=f"Run {r['id']} · {r['name']}",
+                     icon=":material/monitoring:", query_params={"run": str(r["id"])})
+    else:
+        st.caption("No runs yet.")
+    if waiting:
+        st.caption(f"{len(waiting)} run{'s' if len(waiting) != 1 else ''} waiting for a free "
+                   "training slot.")
 
 
 # -- the run store -------------------------------------------------------------------------
@@ -255,8 +283,10 @@ def base_layout(fig, *, x_title: str, y_title: str, uirevision, height: int = 38
                     font=dict(size=15)),
         showlegend=legend,
     )
-    fig.update_xaxes(title=dict(text=x_title, font=dict(size=16)), showgrid=True)
-    fig.update_yaxes(title=dict(text=y_title, font=dict(size=16)), showgrid=True)
+    fig.update_xaxes(title=dict(text=x_title, font=dict(size=17)), tickfont=dict(size=15),
+                     showgrid=True)
+    fig.update_yaxes(title=dict(text=y_title, font=dict(size=17)), tickfont=dict(size=15),
+                     showgrid=True)
 
 
 def x_values(curve: dict, elapsed: dict | None, axis: str) -> list:

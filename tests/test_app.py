@@ -22,7 +22,9 @@ def runs_dir(tmp_path, monkeypatch):
     path.mkdir()
     monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(path))
     monkeypatch.delenv("FLOWLAB_CLASSROOM", raising=False)
-    return path
+    yield path
+    from tests.browser.conftest import stop_training
+    stop_training(path)
 
 
 def app(page: str | None = None, **query) -> AppTest:
@@ -189,3 +191,88 @@ def test_a_failed_run_says_why_on_its_dashboard(runs_dir, tmp_path):
     shown = " ".join(e.value for e in at.error)
     assert "This run failed" in shown and run["message"] in shown
     assert "Traceback" not in shown
+
+
+# -- Runs ------------------------------------------------------------------------------------
+def _finished_run(name: str, owner: str | None = None, permutation: str = "conv1x1_lu") -> int:
+    """A run in the store with a few metric rows, as a finished worker would leave it."""
+    from flowlib import preset
+    from flowlib.train import TrainConfig
+    s = store()
+    rid = s.create_run(name, "mnist", preset("mnist-fast", permutation=permutation).to_dict(),
+                       TrainConfig(max_steps=20, batch_size=16).to_dict(), owner=owner, preset="mnist-fast")
+    s.append_metrics(rid, [(step, 1000.0 + step, key, 8.0 - step / 10 - rid / 100)
+                           for step in (10, 20) for key in ("train_bpd", "test_bpd")]
+                     + [(step, 1000.0 + step, "elapsed_s", step / 2) for step in (10, 20)])
+    s.request_start(rid)                       # as if a worker had trained it to the end
+    s.finish_run(rid, "finished", "Finished 20 steps.", step=20)
+    return rid
+
+
+def test_runs_page_overlays_selected_runs_and_highlights_differences(runs_dir):
+    a = _finished_run("a-reverse", permutation="reverse")
+    b = _finished_run("b-shuffle", permutation="shuffle")
+    at = app("pages/runs.py", compare=f"{a},{b}")
+    at.run()
+    assert not at.exception, at.exception
+    assert set(at.dataframe[0].value["id"]) == {a, b}
+    assert chart_points(at, f"{a} · a-reverse") == 2 and chart_points(at, f"{b} · b-shuffle") == 2
+    text = " ".join(m.value for m in at.markdown)
+    assert "Differing settings are highlighted: **permutation**" in text
+    at.button(key="study_start")  # the one-click study is offered
+
+
+def test_permutation_study_creates_three_runs_differing_only_in_permutation(runs_dir, monkeypatch):
+    from pages import ui
+    monkeypatch.setattr(ui, "start_waiting_runs", lambda store, runs=None: False)  # no training here
+    at = app("pages/runs.py")
+    at.run()
+    at.number_input(key="study_steps").set_value(100)
+    at.button(key="study_start").click().run()
+    assert not at.exception, at.exception
+    runs = sorted(store().list_runs(), key=lambda r: r["id"])
+    assert [r["config"]["permutation"] for r in runs] == ["reverse", "shuffle", "conv1x1"]
+    strip = [{k: v for k, v in r["config"].items() if k != "permutation"} for r in runs]
+    assert strip[0] == strip[1] == strip[2]
+    assert runs[0]["train"] == runs[1]["train"] == runs[2]["train"]
+
+
+def test_rename_and_delete_with_confirmation(runs_dir):
+    rid = _finished_run("old-name")
+    at = app("pages/runs.py", compare=str(rid))
+    at.run()
+    at.text_input(key=f"rename_{rid}").set_value("new-name")
+    at.button(key=f"do_rename_{rid}").click().run()
+    assert store().get_run(rid)["name"] == "new-name"
+    at.button(key=f"delete_{rid}").click().run()
+    assert store().get_run(rid) is not None          # nothing deleted before the confirmation
+    at.button(key=f"confirm_delete_{rid}").click().run()
+    assert not at.exception, at.exception
+    assert store().get_run(rid) is None
+
+
+# -- classroom mode --------------------------------------------------------------------------
+def test_classroom_mode_caps_and_ownership(runs_dir, monkeypatch):
+    monkeypatch.setenv("FLOWLAB_CLASSROOM", "1")
+    monkeypatch.setenv("FLOWLAB_MAX_BATCH", "32")
+    at = train_page()
+    assert at.selectbox(key="tr_dataset").options == ["MNIST digits", "ORL faces (grayscale)",
+                                                       "Your pictures"]
+    at.selectbox(key="tr_dataset").set_value("folder").run()
+    assert "tr_path" not in [t.key for t in at.text_input]      # no server paths
+    at.selectbox(key="tr_dataset").set_value("mnist").run()
+    at.number_input(key="tr_batch_size").set_value(64).run()
+    assert any("above this server's limit of 32" in e.value for e in at.error)
+    assert at.button(key="tr_start").disabled
+
+    theirs = _finished_run("someone-elses", owner="othervisitor")
+    at = app("pages/runs.py", compare=str(theirs))
+    at.run()
+    assert not at.exception, at.exception
+    assert at.button(key=f"do_rename_{theirs}").disabled
+    assert at.button(key=f"delete_{theirs}").disabled
+
+    mine = _finished_run("mine", owner="myvisitor1")
+    at2 = app("pages/runs.py", compare=str(mine), visitor="myvisitor1")
+    at2.run()
+    assert not at2.button(key=f"delete_{mine}").disabled   # the same visitor (URL) owns it

@@ -98,12 +98,33 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
+def stop_training(runs_dir: Path, timeout: float = 30.0) -> None:
+    """Stop every run still training in this store (workers outlive the server by design)."""
+    from flowlib.store import ACTIVE_STATUSES, RunStore
+
+    store = RunStore(runs_dir)
+    active = [r for r in store.list_runs() if r["status"] in ACTIVE_STATUSES]
+    for r in active:
+        store.request_stop(r["id"])
+    deadline = time.monotonic() + timeout
+    while active and time.monotonic() < deadline:
+        time.sleep(0.5)
+        active = [r for r in store.list_runs() if r["status"] in ACTIVE_STATUSES]
+    for r in active:  # did not stop in time: end the worker we started, by its pid
+        if r.get("pid"):
+            try:
+                os.kill(int(r["pid"]), signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "runs"
     path.mkdir()
     monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(path))
-    return path
+    yield path
+    stop_training(path)
 
 
 @pytest.fixture
@@ -114,6 +135,21 @@ def streamlit_server(runs_dir, artifacts_dir, request):
     try:
         yield server
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def server_factory(runs_dir, artifacts_dir, request):
+    """Make extra servers on the same runs folder (for the restart test); all stopped at the end."""
+    made = []
+
+    def make(tag: str) -> StreamlitServer:
+        server = StreamlitServer(runs_dir, artifacts_dir / f"{request.node.name}-{tag}-server.log")
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
         server.stop()
 
 
