@@ -21,6 +21,10 @@ st.markdown(
 loaded = ec.model_picker("sampling_model")
 if loaded is None:
     st.stop()
+if loaded.path in ec.DEMOS.values():
+    st.caption("The demo models are small (under 200k parameters, about a quarter of an hour of "
+               "training on a laptop CPU), so expect rough shapes; what to watch is how the "
+               "samples change with the temperature.")
 model = loaded.model
 C, H, W = loaded.config.image_shape
 L = loaded.config.levels

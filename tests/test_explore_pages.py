@@ -141,3 +141,12 @@ def test_pages_through_the_app_router():
         at.switch_page(page).run()
         assert not at.exception, (page, [e.message for e in at.exception])
         assert _images(at), page
+
+
+def test_a_checkpoint_handed_over_by_the_runs_page_is_preselected():
+    at = AppTest.from_file(PAGES["latents"], default_timeout=120)
+    at.session_state["explore_checkpoint"] = str(DEMOS[1])
+    at.run()
+    _ok(at)
+    assert "Faces" in at.selectbox[0].value
+    assert "1×32×32" in at.caption[0].value
