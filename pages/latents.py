@@ -143,9 +143,10 @@ rows, labels = scale_rows(str(loaded.path), ec._mtime(loaded.path), pixels.tobyt
 s = viz.fit_factor(H, 84)
 grid = viz.labelled_grid([viz.image_grid(r, ncol=len(r), pad=3, scale=s) for r in rows], labels,
                          label_width=250, font_size=18)
-st.image(grid, caption=f"First column: the input. Other columns: redraws at T = {temp:.2f}. "
-                       "Top rows keep the coarse latents (the outline survives, strokes and texture "
-                       "change); lower rows keep only fine latents (the overall shape is redrawn).", output_format="PNG")
+st.image(grid, caption=f"First column: the input. Other columns: redraws at T = {temp:.2f}. Keeping the "
+                       "coarse latents keeps the shape; only strokes and texture change. Keeping only "
+                       "the fine latents barely constrains the picture: the shape is redrawn.",
+         output_format="PNG")
 st.download_button("Download this grid (PNG)", viz.png_bytes(grid), file_name="what-each-scale-stores.png",
                    mime="image/png", key="latents_dl")
 
