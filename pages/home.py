@@ -4,6 +4,8 @@ import streamlit as st
 
 from pages import ui
 
+ui.require_router()
+
 st.title("Flow Lab")
 st.markdown(
     "#### Train a normalizing flow on handwritten digits or faces, watch it learn live, "

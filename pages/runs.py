@@ -19,6 +19,8 @@ from flowlib import PRESETS
 from flowlib.train import TrainConfig
 from pages import ui
 
+ui.require_router()
+
 STUDY_PERMUTATIONS = ("reverse", "shuffle", "conv1x1")
 CURVES = {
     "test_bpd": ("test bits/dim (held-out images)", "bits/dim (lower is better)"),
@@ -186,7 +188,7 @@ if flash:
     getattr(st, flash[0])(flash[1])
 
 with st.expander("**Permutation study**: reverse vs shuffle vs 1×1 convolution, one click",
-                 icon=":material/science:"):
+                 icon=":material/science:", expanded=not store.list_runs()):
     st.markdown(
         "The Glow paper's comparison: three runs of the small MNIST Glow that differ **only** in "
         "how channels are mixed between couplings: reversing them (RealNVP), a fixed random "

@@ -24,6 +24,8 @@ from flowlib.model import COUPLINGS, MASKS, PERMUTATIONS, PRIORS
 from flowlib.train import TrainConfig
 from pages import ui
 
+ui.require_router()
+
 log = logging.getLogger("flowlab.app")
 
 # -- words for every knob ------------------------------------------------------------------

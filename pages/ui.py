@@ -56,6 +56,28 @@ EXPLORE_KEY = "explore_checkpoint"
 EXPLORE_RUN_KEY = "explore_run_id"
 
 
+# -- the router ----------------------------------------------------------------------------
+def require_router() -> None:
+    """Make sure this page runs inside app.py's st.navigation, not as a legacy MPA page.
+
+    Streamlit decides per server whether ``pages/`` is an old-style pages folder *before* the
+    first script run, and only forgets it once ``st.navigation`` has been called. So on a fresh
+    server, the first visitor who opens a bookmarked /train (e.g. after a restart) would get
+    pages/*.py run on their own: no router, a wrong sidebar, no wide layout. Calling this at
+    the top of a page turns that off and reruns through app.py, which then picks the same page.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a future Streamlit without it: nothing to fix
+        return
+    if st.session_state.get("_router_checked"):
+        return  # only a session's first run can be a fresh load (a rerun here would drop a click)
+    st.session_state["_router_checked"] = True
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # -- errors --------------------------------------------------------------------------------
 @contextlib.contextmanager
 def guard(what: str):

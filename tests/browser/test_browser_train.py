@@ -119,10 +119,12 @@ def test_run_survives_a_server_restart_and_stop_works(server_factory, artifacts_
     second = server_factory("second")
     second.start()
     try:
-        page.goto(second.url + "/train")
+        page.goto(second.url + "/train")   # a bookmarked page on a fresh server
         page.get_by_role("button", name="Stop").wait_for(timeout=60_000)
         live_numbers(page)
         assert "training" in page.inner_text("[data-testid='stMain']")
+        sidebar = page.inner_text("[data-testid='stSidebar']")
+        assert "Masks & squeeze" in sidebar and "explore common" not in sidebar  # via the router
         step_a = step_now(page)
         time.sleep(6)
         step_b = step_now(page)
