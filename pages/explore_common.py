@@ -8,6 +8,7 @@ falls back to a demo model so it keeps working. The pictures themselves come fro
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ DEMOS = {  # label -> file: the pretrained models that ship with the app
     "MNIST digits demo (mnist-fast)": DEMO_DIR / "mnist-fast.pt",
     "Faces demo (faces-fast)": DEMO_DIR / "faces-fast.pt",
 }
+# Torch threads for the pages' maths. One thread is the robust choice: these small models
+# decode 64 samples in ~0.1 s on one core, and on a busy 2-core machine (a trainer running
+# beside the app) two OpenMP threads were measured 5-9x slower than one.
+VIEW_THREADS = max(1, int(os.environ.get("FLOWLAB_VIEW_THREADS", "1") or 1))
 # The Runs page puts a checkpoint path here before switching to one of these pages.
 EXPLORE_KEY = "explore_checkpoint"
 
@@ -222,6 +227,20 @@ def image_source(loaded: Loaded, key: str, default_index: int = 0) -> tuple[np.n
     size = cols[3].slider("Size", 0.4, 1.0, 0.75, 0.05, key=f"{key}_size")
     invert = loaded.dataset == "faces"
     return synthetic_stroke(shape, kind, thick, angle, size, invert=invert), f"drawn {kind}"
+
+
+@contextlib.contextmanager
+def compute():
+    """inference_mode with VIEW_THREADS torch threads, restored afterwards."""
+    old = torch.get_num_threads()
+    if old != VIEW_THREADS:
+        torch.set_num_threads(VIEW_THREADS)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        if old != VIEW_THREADS:
+            torch.set_num_threads(old)
 
 
 def to_model_space(model, pixels: np.ndarray) -> torch.Tensor:

@@ -33,7 +33,7 @@ def encode_image(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
     """Latents (raw, standardised), reconstruction error and the bits/dim terms of one image."""
     model, _, _ = ec._load(path, mtime)
     pix = np.frombuffer(pixels_bytes, np.uint8).reshape(shape)
-    with torch.inference_mode():
+    with ec.compute():
         x = ec.to_model_space(model, pix)
         out = model.encode(x)
         back = model.decode(out.zs)
@@ -116,7 +116,7 @@ def scale_rows(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, temp:
     pix = np.frombuffer(pixels_bytes, np.uint8).reshape(shape)
     levels = model.config.levels
     rows, labels = [], []
-    with torch.inference_mode():
+    with ec.compute():
         zs = model.encode(ec.to_model_space(model, pix)).zs
         eps = model.sample_eps(n, torch.Generator().manual_seed(1000 + seed))
         def names(ks):

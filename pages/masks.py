@@ -188,7 +188,7 @@ lv, kind, step = steps[pick]
 perm = step.permutation
 hw = {"pre": 0, "post": 1}[kind] + lv
 sp_h, sp_w = H // 2 ** hw, W // 2 ** hw
-with torch.inference_mode():
+with ec.compute():
     if hasattr(perm, "weight_matrix"):
         w_mat = perm.weight_matrix().detach().double()
         logdet = float(perm.log_abs_det())

@@ -44,7 +44,7 @@ def noise(path: str, mtime: float, seed: int, n: int):
 def sample_grid(path: str, mtime: float, seed: int, temps: tuple, n: int = 64) -> np.ndarray:
     """uint8 [n, C, H, W] samples at one temperature per level (finest first)."""
     model, _, _ = ec._load(path, mtime)
-    with torch.inference_mode():
+    with ec.compute():
         eps = [e[:n] for e in noise(path, mtime, seed, 64)]
         x = model.sample(n, temperature=list(temps), eps=eps)
         return model.to_uint8(x).numpy()
@@ -115,7 +115,7 @@ else:
         imgs = ec.test_images(dataset)
         ts = np.linspace(0, 1, frames).tolist()
         out = {}
-        with torch.inference_mode():
+        with ec.compute():
             za = model.encode(ec.to_model_space(model, imgs[ia].numpy())).zs
             zb = model.encode(ec.to_model_space(model, imgs[ib].numpy())).zs
             for mode in ("linear", "spherical"):
