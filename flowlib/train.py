@@ -744,14 +744,14 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     run's worker.log); raises KeyError for an unknown run. ``should_stop`` is polled at most
     every 0.5 s; ``handle_signals`` turns SIGINT/SIGTERM into a clean stop (main thread only).
     """
-    run = store.get_run(run_id)
+    run = _persist(lambda: store.get_run(run_id))
     if run is None:
         raise KeyError(f"no run with id {run_id}")
-    found = store.begin_run(run_id, os.getpid())
+    found = _persist(lambda: store.begin_run(run_id, os.getpid()))
     if found != "queued":
         if found == "stopping":
             message = "Stopped before training began."
-            store.finish_run(run_id, "stopped", message)
+            _persist(lambda: store.finish_run(run_id, "stopped", message))
             return RunResult("stopped", message, run["step"])
         message = f"run {run_id} is {found}, not queued: claim it with request_start first"
         return RunResult(found, message, run["step"])
@@ -786,8 +786,20 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
         result = RunResult(status, message, step)
     finally:
         monitor.close()
-    store.finish_run(run_id, result.status, result.message, result.step)
+    _persist(lambda: store.finish_run(run_id, result.status, result.message, result.step))
     return result
+
+
+def _persist(call: Callable[[], Any], patience_s: float = 300.0) -> Any:
+    """Retry a store call the run cannot do without (begin, finish) while the DB is locked."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return call()
+        except StoreBusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------- the CLI

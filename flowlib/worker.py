@@ -31,7 +31,6 @@ import time
 import traceback
 from pathlib import Path
 
-from .model import FlowConfig
 from .store import RunLimitError, RunStateError, RunStore
 
 __all__ = ["start_run", "stop_run", "resume_run", "wait_for_run", "running_processes", "main",
@@ -84,6 +83,7 @@ def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
     (not the owner), KeyError (no such run), ValueError (an invalid config, or over a
     classroom cap) — all before any process exists.
     """
+    from .model import FlowConfig
     from .train import TrainConfig
 
     run = store.get_run(run_id)
@@ -152,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     store = RunStore(args.runs_dir)
     print(f"worker pid {os.getpid()} for run {args.run_id} (store {store.root})", flush=True)
     try:
+        status, stop = store.poll_stop(args.run_id)
+        if status == "stopping" and stop and store.begin_run(args.run_id, os.getpid()) == "stopping":
+            # Stop pressed before we were up: say so without loading torch, data or a model.
+            store.finish_run(args.run_id, "stopped", "Stopped before training began.")
+            print(f"run {args.run_id} stopped before training began", flush=True)
+            return 0
         from .train import train_run
         result = train_run(store, args.run_id, handle_signals=True)
     except BaseException as exc:  # noqa: BLE001 — even an import error must reach the app in words
