@@ -478,7 +478,7 @@ def actnorm_figure(scales: np.ndarray, level: int, height: int = 260) -> go.Figu
         colorbar=dict(title="log10 scale"),
         hovertemplate="%{y}, channel %{x}: scale %{customdata:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
-    fig.update_xaxes(title="channel")
+    fig.update_xaxes(title="channel", type="category")
     fig.update_layout(title=f"Level {level + 1}: ActNorm scale exp(log s) per channel",
                       height=height, margin=dict(l=10, r=10, t=40, b=10), font=dict(size=14))
     return fig

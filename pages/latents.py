@@ -8,6 +8,9 @@ import torch
 
 from flowlib import viz
 from pages import explore_common as ec
+from pages import ui
+
+ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
 st.title("Latents")
 st.markdown(

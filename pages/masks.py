@@ -10,6 +10,9 @@ from flowlib import viz
 from flowlib.layers import make_permutation
 from flowlib.ops import squeeze2d, unsqueeze2d
 from pages import explore_common as ec
+from pages import ui
+
+ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
 st.title("Masks & squeeze")
 st.markdown(

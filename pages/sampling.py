@@ -8,6 +8,9 @@ import torch
 
 from flowlib import viz
 from pages import explore_common as ec
+from pages import ui
+
+ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
 GLOW_TEMPERATURES = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0)  # the set shown in the Glow paper
 
