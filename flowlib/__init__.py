@@ -9,8 +9,25 @@
     model.bits_per_dim(x_uint8)      # [B]
 
 No Streamlit import anywhere in this package: the app imports flowlib, never the reverse.
+The names below are imported on first use, so `python -m flowlib.worker` can answer a
+stop request before paying for `import torch`.
 """
 
-from .model import PRESET_NOTES, PRESETS, BitsPerDim, EncodeOutput, FlowConfig, FlowModel, preset
+import importlib
 
-__all__ = ["FlowConfig", "FlowModel", "PRESETS", "PRESET_NOTES", "preset", "EncodeOutput", "BitsPerDim"]
+_EXPORTS = {
+    "FlowConfig": "model", "FlowModel": "model", "PRESETS": "model", "PRESET_NOTES": "model",
+    "preset": "model", "EncodeOutput": "model", "BitsPerDim": "model",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'flowlib' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

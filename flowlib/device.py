@@ -85,3 +85,19 @@ def describe_device(device: torch.device | str | None = None) -> str:
         return "Apple GPU (MPS)"
     threads = torch.get_num_threads()
     return f"CPU, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether bf16 convolutions beat float32 here: CUDA with bf16 support, or an x86 CPU
+    with AVX-512 BF16 (oneDNN uses native bf16 dot products there; elsewhere it emulates
+    bf16 and is slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                return any("avx512_bf16" in line for line in f if line.startswith("flags"))
+        except OSError:
+            return False
+    return False

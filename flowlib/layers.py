@@ -23,6 +23,8 @@ One flow step (Glow) is  ActNorm -> permutation -> coupling:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -34,7 +36,28 @@ from .ops import channel_split_sizes, checkerboard_mask
 __all__ = [
     "ActNorm", "ReversePermutation", "ShufflePermutation", "InvConv1x1", "InvConv1x1LU",
     "ZeroConv2d", "CouplingNet", "Coupling", "FlowStep", "make_permutation",
+    "low_precision_networks",
 ]
+
+# Precision of the coupling networks' convolutions; None = the input's own (float32).
+_NET_DTYPE: contextvars.ContextVar = contextvars.ContextVar("flowlib_net_dtype", default=None)
+
+
+@contextlib.contextmanager
+def low_precision_networks(dtype: torch.dtype = torch.bfloat16):
+    """Run only the coupling networks (the convolutions that cost ~95 % of the FLOPs) in ``dtype``.
+
+    Everything that makes the flow a flow stays float32: the couplings' scales and shifts
+    are applied in float32, and every log-determinant and prior log-density is summed in
+    float32. The networks never need inverting, so a lower-precision network is still an
+    exactly invertible flow; it is simply a (very slightly) different function of x1.
+    On CPUs with AVX-512 BF16 (and on GPUs) this roughly halves the training step.
+    """
+    token = _NET_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _NET_DTYPE.reset(token)
 
 
 class ActNorm(nn.Module):
@@ -368,13 +391,21 @@ class Coupling(nn.Module):
     def _log_scale(self, raw: torch.Tensor) -> torch.Tensor:
         return self.clamp * torch.tanh(raw / self.clamp)
 
+    def _run_net(self, inputs: torch.Tensor) -> torch.Tensor:
+        dtype = _NET_DTYPE.get()
+        if dtype is None or dtype == inputs.dtype:
+            return self.net(inputs)
+        with torch.autocast(inputs.device.type, dtype=dtype):
+            h = self.net(inputs)
+        return h.to(inputs.dtype)
+
     def _shift_and_log_scale(self, x1_view: torch.Tensor):
         """Run the network on the conditioning values; return (t, s) shaped like x2."""
         if self.mask_type == "channel":
-            h = self.net(x1_view)
+            h = self._run_net(x1_view)
         else:
             b = self.mask.expand(x1_view.shape[0], 1, -1, -1)
-            h = self.net(torch.cat([x1_view * self.mask, b], dim=1))
+            h = self._run_net(torch.cat([x1_view * self.mask, b], dim=1))
         if self.kind == "additive":
             t, s = h, None
         else:

@@ -328,3 +328,32 @@ def test_same_seed_same_model():
     a, b = FlowModel(PRESETS["faces-fast"]), FlowModel(PRESETS["faces-fast"])
     for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert na == nb and torch.equal(pa, pb)
+
+
+def test_low_precision_networks_keep_the_flow_exactly_invertible():
+    from flowlib.layers import low_precision_networks
+    model = make_model((2, 8, 8), dtype=torch.float32, noise=0.05)
+    x = torch.rand(4, 2, 8, 8, generator=torch.Generator().manual_seed(0)) - 0.5
+    with low_precision_networks(torch.bfloat16):
+        out = model.encode(x)
+        assert out.logdet.dtype == torch.float32 and out.log_pz.dtype == torch.float32
+        assert (model.decode(out.zs) - x).abs().max() < 1e-4
+    reference = model.encode(x)
+    assert not torch.equal(reference.logdet, out.logdet)  # the networks really ran in bf16
+    assert torch.allclose(reference.logdet, out.logdet, rtol=0.05, atol=0.05)
+
+
+def test_bf16_networks_change_a_trained_models_bits_per_dim_by_under_0_01():
+    from pathlib import Path
+
+    from flowlib.checkpoint import load_model
+    from flowlib.data import load_images
+    from flowlib.layers import low_precision_networks
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "mnist-fast.pt"
+    model, _ = load_model(path)
+    x = load_images("mnist", split="test").images[:256]
+    with torch.no_grad():
+        exact = model.bits_per_dim(x, noise=False).mean().item()
+        with low_precision_networks(torch.bfloat16):
+            fast = model.bits_per_dim(x, noise=False).mean().item()
+    assert abs(exact - fast) < 0.01, (exact, fast)
