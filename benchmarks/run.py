@@ -34,26 +34,35 @@ class BenchConfig:
     description: str
     model: dict          # FlowConfig fields (or {"preset": name, ...overrides})
     batch: int
+    bf16: bool = False   # coupling networks in bf16 (flowlib.layers.low_precision_networks)
 
 
-def _demo(channels: int, batch: int) -> BenchConfig:
+def _demo(channels: int, batch: int, bf16: bool = False) -> BenchConfig:
     shape = f"{channels}x32"
     return BenchConfig(
-        f"demo-{shape}-b{batch}",
+        f"demo-{shape}-b{batch}" + ("-bf16" if bf16 else ""),
         f"article demo shape {channels}×32×32, L=3 K=6, affine, LU 1×1, width 512",
         dict(image_shape=(channels, 32, 32), levels=3, steps=6, hidden=512, coupling="affine",
-             permutation="conv1x1_lu", mask="channel", actnorm=True), batch)
+             permutation="conv1x1_lu", mask="channel", actnorm=True), batch, bf16)
 
+
+_GLOW_DEPTH = dict(image_shape=(1, 32, 32), levels=3, steps=32, hidden=512, coupling="affine",
+                   permutation="conv1x1_lu", mask="channel", actnorm=True)
 
 CONFIGS: list[BenchConfig] = [
     _demo(1, 16), _demo(1, 64), _demo(3, 16), _demo(3, 64),
     BenchConfig("glow-depth-1x32-b16", "Glow depth: 1×32×32, L=3 K=32, affine, LU 1×1, width 512",
-                dict(image_shape=(1, 32, 32), levels=3, steps=32, hidden=512, coupling="affine",
-                     permutation="conv1x1_lu", mask="channel", actnorm=True), 16),
+                _GLOW_DEPTH, 16),
     BenchConfig("mnist-fast-b64", "shipped demo model mnist-fast (1×28×28) at its training batch",
                 dict(preset="mnist-fast"), 64),
     BenchConfig("faces-fast-b64", "shipped demo model faces-fast (1×32×32) at its training batch",
                 dict(preset="faces-fast"), 64),
+    # The same shapes with bf16 coupling networks (float32 log-dets and priors).
+    _demo(1, 16, bf16=True), _demo(1, 64, bf16=True), _demo(3, 16, bf16=True), _demo(3, 64, bf16=True),
+    BenchConfig("glow-depth-1x32-b16-bf16", "Glow depth with bf16 coupling networks",
+                _GLOW_DEPTH, 16, bf16=True),
+    BenchConfig("mnist-fast-b64-bf16", "mnist-fast with bf16 coupling networks",
+                dict(preset="mnist-fast"), 64, bf16=True),
 ]
 
 
@@ -86,7 +95,10 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str) -> di
     """Measure one configuration in this process; returns a JSON-able row."""
     import torch
 
+    import contextlib
+
     from flowlib import FlowConfig, FlowModel, preset
+    from flowlib.layers import low_precision_networks
     from flowlib.speed import tune_for_training
 
     tune_for_training()
@@ -101,8 +113,11 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str) -> di
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    precision = (lambda: low_precision_networks(torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
+
     def train_step():
-        loss = model.bits_per_dim(batch).mean()
+        with precision():
+            loss = model.bits_per_dim(batch).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 50.0)
@@ -113,12 +128,12 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str) -> di
     eps = model.sample_eps(64, torch.Generator().manual_seed(1))
     x_float = model.preprocess(batch)
 
-    def sample_grid():
-        with torch.inference_mode():
+    def sample_grid():  # bf16 rows sample and encode with bf16 networks too
+        with torch.inference_mode(), precision():
             model.to_uint8(model.sample(64, temperature=0.7, eps=eps))
 
     def encode_batch():
-        with torch.inference_mode():
+        with torch.inference_mode(), precision():
             model.encode(x_float)
 
     sample_ms = _median_ms(sample_grid, 2, repeats, sync)
