@@ -20,6 +20,7 @@ import streamlit as st
 
 from flowlib import PRESET_NOTES, PRESETS, FlowConfig
 from flowlib.data import DatasetError, list_datasets, load_images, store_upload
+from flowlib.device import bf16_is_fast, pick_device
 from flowlib.model import COUPLINGS, MASKS, PERMUTATIONS, PRIORS
 from flowlib.train import TrainConfig
 from pages import ui
@@ -66,11 +67,21 @@ HELP = {
     "eval_every": "Steps between evaluations on held-out test images, each with a new grid of "
                   "samples. Valid: 1 or more.",
     "name": "A label for the Runs page; left empty, one is made from the dataset and preset.",
+    "bf16": "Run the coupling networks in bfloat16 (on by default where the processor or GPU "
+            "does bf16 natively): 20-80 % faster training. Log-determinants, priors and every "
+            "reported test bits/dim stay exact float32.",
 }
 MODEL_FIELDS = ("levels", "steps", "hidden", "coupling", "permutation", "mask", "split_prior",
                 "top_prior", "actnorm", "n_bits")
-TRAIN_FIELDS = ("batch_size", "lr", "warmup_steps", "eval_every")
+TRAIN_FIELDS = ("batch_size", "lr", "warmup_steps", "eval_every", "bf16")
 CLASSROOM_DATASETS = ("mnist", "faces", "folder")
+
+
+@st.cache_resource
+def fast_bf16_here() -> bool:
+    """Whether this machine's training device does bf16 natively (checked once per server)."""
+    return bf16_is_fast(pick_device("auto"))
+
 FAST_PRESET = {"mnist": "mnist-fast", "fashion-mnist": "mnist-fast"}
 PATH_DATASETS = ("celeba", "cifar10", "folder", "fashion-mnist")
 K = "tr_"  # widget-key prefix
@@ -97,7 +108,7 @@ def parameter_count(config_json: str) -> int:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def measure_speed(config_json: str, batch: int, device: str) -> dict:
+def measure_speed(config_json: str, batch: int, device: str, bf16: bool = False) -> dict:
     """Images/s of a few real training steps of this config on this device (≤ ~2 s).
 
     A measurement, not training: random pixels, one untimed warm-up step, then up to four
@@ -105,8 +116,10 @@ def measure_speed(config_json: str, batch: int, device: str) -> dict:
     """
     import torch
 
+    import contextlib
+
     from flowlib import FlowModel
-    from flowlib.device import pick_device
+    from flowlib.layers import low_precision_networks
 
     cfg = FlowConfig.from_dict(json.loads(config_json))
     dev = pick_device(device)
@@ -117,8 +130,11 @@ def measure_speed(config_json: str, batch: int, device: str) -> dict:
     model.initialize(model.preprocess(x))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
+    precision = (lambda: low_precision_networks(torch.bfloat16)) if bf16 else contextlib.nullcontext
+
     def step():
-        loss = model.bits_per_dim_terms(x).total.mean()
+        with precision():
+            loss = model.bits_per_dim_terms(x).total.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -425,6 +441,8 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
         st.number_input("Evaluate every (steps)", value=250, step=50, key=K + "eval_every",
                         help=HELP["eval_every"])
         slot_eval = st.empty()
+    st.checkbox("Fast bf16 coupling networks", value=fast_bf16_here(), key=K + "bf16",
+                help=HELP["bf16"])
 
     values = {f: st.session_state[K + f] for f in MODEL_FIELDS}
     train_values = {f: st.session_state[K + f] for f in TRAIN_FIELDS}
@@ -456,7 +474,8 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
             busy = " (measured while another run trains, so slower than it will be)" if active else ""
             try:
                 with st.spinner("Timing a few training steps on this device…"):
-                    speed = measure_speed(cfg.to_json(), int(tc.batch_size), tc.device)
+                    speed = measure_speed(cfg.to_json(), int(tc.batch_size), tc.device,
+                                          tc.bf16 and fast_bf16_here())
                 ips = speed["images_per_s"]
                 steps_s = ips / tc.batch_size
                 evals = (tc.max_steps or 0) // tc.eval_every + 1
