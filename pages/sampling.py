@@ -25,8 +25,8 @@ loaded = ec.model_picker("sampling_model")
 if loaded is None:
     st.stop()
 if loaded.path in ec.DEMOS.values():
-    st.caption("The demo models are small (under 200k parameters, about a quarter of an hour of "
-               "training on a laptop CPU), so expect rough shapes; what to watch is how the "
+    st.caption("The demo models are small (under 200k parameters, at most ten minutes of "
+               "training on a 2-core CPU), so expect rough shapes; what to watch is how the "
                "samples change with the temperature.")
 model = loaded.model
 C, H, W = loaded.config.image_shape
