@@ -91,7 +91,8 @@ def _median_ms(fn, warmup: int, repeats: int, sync) -> float:
     return statistics.median(times) * 1000
 
 
-def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str) -> dict:
+def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str,
+            malloc_tuning: bool = True) -> dict:
     """Measure one configuration in this process; returns a JSON-able row."""
     import torch
 
@@ -101,7 +102,8 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str) -> di
     from flowlib.layers import low_precision_networks
     from flowlib.speed import tune_for_training
 
-    tune_for_training()
+    if malloc_tuning:
+        tune_for_training()
     device = torch.device(device_name)
     spec = dict(cfg.model)
     config = preset(spec.pop("preset"), **spec) if "preset" in spec else FlowConfig(**spec)
@@ -184,6 +186,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: all cores)")
     parser.add_argument("--markdown", action="store_true", help="print only the markdown table")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc's allocator as it is (to measure what flowlib.speed buys)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config here
     args = parser.parse_args(argv)
 
@@ -196,7 +200,7 @@ def main(argv=None) -> int:
     if args.one:
         cfg = next(c for c in CONFIGS if c.name == args.one)
         try:
-            row = run_one(cfg, args.warmup, args.repeats, device)
+            row = run_one(cfg, args.warmup, args.repeats, device, not args.no_malloc_tuning)
         except Exception as exc:  # report, don't hide: the table says which config failed
             row = {"name": cfg.name, "error": f"{type(exc).__name__}: {exc}"[:200]}
         print("BENCH " + json.dumps(row), flush=True)
@@ -216,6 +220,8 @@ def main(argv=None) -> int:
                "--warmup", str(args.warmup), "--device", device]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.no_malloc_tuning:
+            cmd.append("--no-malloc-tuning")
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
         row = json.loads(line[6:]) if line else {"name": name, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
