@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import NamedTuple, Sequence
 
 import torch
@@ -122,13 +122,7 @@ class FlowConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "FlowConfig":
         """Build from a dict (e.g. a checkpoint's ``config``); unknown keys are an error."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a FlowConfig dict is needed, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown FlowConfig field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -151,6 +145,17 @@ class FlowConfig:
         return (f"{c}×{h}×{w}, L={self.levels}, K={self.steps}, hidden={self.hidden}, "
                 f"{self.coupling}, {self.permutation}, {self.mask} mask"
                 f"{', ActNorm' if self.actnorm else ''}, {self.n_bits}-bit")
+
+
+def dataclass_from_dict(cls, d: dict):
+    """``cls(**d)`` for a config dataclass, refusing a non-dict or unknown keys by name."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a {cls.__name__} dict is needed, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
+    return cls(**d)
 
 
 def _max_levels(h: int, w: int) -> int:

@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import io
 import json
 import math
 import os
@@ -51,7 +50,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,9 +60,9 @@ from .checkpoint import CheckpointError, load_checkpoint, model_payload, save_ch
 from .data import DATASETS, DatasetError, load_images
 from .device import DEVICE_CHOICES, bf16_is_fast, configure_threads, describe_device, pick_device
 from .layers import low_precision_networks
-from .model import PRESETS, FlowConfig, FlowModel
+from .model import PRESETS, FlowConfig, FlowModel, dataclass_from_dict
 from .speed import tune_for_training
-from .store import RunStore, StoreBusyError, sanitize_name
+from .store import RunStore, StoreBusyError
 
 __all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_sample_grid",
            "evaluate_bpd", "TrainingDiverged", "main", "METRIC_KEYS", "MAX_ROLLBACKS"]
@@ -188,13 +187,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Build from a dict (the store's ``train`` column); unknown keys are an error."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a TrainConfig dict is needed, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -689,7 +682,6 @@ class _Training:
     def evaluate(self, full: bool = False) -> float:
         tc = self.tc
         self.stage = f"while evaluating at step {self.step}"
-        t0 = time.monotonic()
         images = self.test_x if full else self.eval_x
         bpd = evaluate_bpd(self.model, images, batch=EVAL_BATCH)
         key = "test_bpd_full" if full else "test_bpd"

@@ -76,7 +76,7 @@ def runs_root() -> Path:
 def _store_runs() -> list[tuple[str, Path]] | None:
     """Runs from the run store, newest first, or None when the store cannot be read."""
     try:
-        from flowlib.store import CHECKPOINT_NAME, RunStore  # noqa: F401
+        from flowlib.store import RunStore
     except Exception:  # noqa: BLE001 - the store module may be missing or broken
         return None
     root = runs_root()

@@ -16,7 +16,6 @@ import torch
 import flowlib.train as train_mod
 from flowlib import preset, worker
 from flowlib.checkpoint import load_checkpoint, load_model
-from flowlib.model import FlowConfig
 from flowlib.store import Limits, RunLimitError, RunStateError, RunStore, StoreBusyError
 from flowlib.train import TrainConfig, train_run
 
