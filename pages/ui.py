@@ -15,6 +15,7 @@ then only read the store.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import secrets
@@ -141,9 +142,23 @@ def _valid_visitor(value) -> bool:
     return isinstance(value, str) and 4 <= len(value) <= 32 and value.isalnum()
 
 
+TEACHER_KEY_VAR = "FLOWLAB_TEACHER_KEY"
+
+
+def is_teacher() -> bool:
+    """Classroom mode's override: this session typed the key set in FLOWLAB_TEACHER_KEY.
+
+    The key is typed into a password box in the sidebar and kept only in this tab's session,
+    never in the URL, so it does not show on a projected screen.
+    """
+    key = os.environ.get(TEACHER_KEY_VAR, "")
+    given = st.session_state.get("teacher_key", "")
+    return bool(key) and isinstance(given, str) and hmac.compare_digest(given.encode(), key.encode())
+
+
 def may_modify(run) -> bool:
-    """Rename/delete rights: everyone outside classroom mode; the starter inside it."""
-    if not classroom_mode():
+    """Rename/delete rights: everyone outside classroom mode; the starter or the teacher inside it."""
+    if not classroom_mode() or is_teacher():
         return True
     owner = _get(run, "owner")
     return bool(owner) and owner == visitor_id()
@@ -203,8 +218,16 @@ def render_sidebar_status() -> None:
     with st.sidebar:
         st.markdown(f"**Device** · {device_line()}")
         if classroom_mode():
-            st.caption("Classroom mode: runs are capped; you can stop, rename or delete only "
-                       "the runs you started.")
+            if is_teacher():
+                st.caption("Classroom mode · **teacher**: you can stop, rename or delete any run.")
+            else:
+                st.caption("Classroom mode: runs are capped; you can stop, rename or delete only "
+                           "the runs you started.")
+            if os.environ.get(TEACHER_KEY_VAR):
+                with st.expander("Teacher"):
+                    st.text_input("Teacher key", type="password", key="teacher_key",
+                                  help="The value of FLOWLAB_TEACHER_KEY on the server: lets "
+                                       "this tab stop, rename and delete every run.")
         try:
             store = get_store()
             runs = store.list_runs()  # one SELECT
@@ -269,8 +292,9 @@ def get_store():
 
 def control_owner() -> str | None:
     """The owner passed to start/stop/rename/delete: the visitor in classroom mode, else
-    None (a single-user server trusts every tab, so a restarted server can stop any run)."""
-    return visitor_id() if classroom_mode() else None
+    None (a single-user server trusts every tab, so a restarted server can stop any run;
+    the teacher, once the key is typed, is trusted the same way)."""
+    return visitor_id() if classroom_mode() and not is_teacher() else None
 
 
 def status_label(run) -> str:

@@ -276,3 +276,24 @@ def test_classroom_mode_caps_and_ownership(runs_dir, monkeypatch):
     at2 = app("pages/runs.py", compare=str(mine), visitor="myvisitor1")
     at2.run()
     assert not at2.button(key=f"delete_{mine}").disabled   # the same visitor (URL) owns it
+
+
+def test_classroom_teacher_key_unlocks_every_run_and_a_wrong_key_does_not(runs_dir, monkeypatch):
+    monkeypatch.setenv("FLOWLAB_CLASSROOM", "1")
+    monkeypatch.setenv("FLOWLAB_TEACHER_KEY", "chalk-and-talk")
+    theirs = _finished_run("a-students-run", owner="studentvisitor")
+
+    wrong = app("pages/runs.py", compare=str(theirs))
+    wrong.session_state["teacher_key"] = "guess"
+    wrong.run()
+    assert not wrong.exception, wrong.exception
+    assert wrong.button(key=f"delete_{theirs}").disabled
+
+    teacher = app("pages/runs.py", compare=str(theirs))
+    teacher.session_state["teacher_key"] = "chalk-and-talk"
+    teacher.run()
+    assert not teacher.exception, teacher.exception
+    assert not teacher.button(key=f"delete_{theirs}").disabled
+    assert not teacher.button(key=f"do_rename_{theirs}").disabled
+    assert any("teacher" in c.value for c in teacher.sidebar.caption)
+    assert "teacher_key" not in teacher.query_params   # the key never goes into the URL
