@@ -6,9 +6,11 @@ when it is freed, so the next step maps it again and takes ~1 million page fault
 step — the same churn that makes public Glow ports slower per image at larger batches.
 Keeping freed memory inside the process removes the faults.
 
-Call :func:`tune_for_training` once, early, in a process that trains or benchmarks (the
-worker, the CLI, the benchmark). It is not called on import: the Streamlit server is a
-long-lived process that should give memory back.
+:func:`tune_for_training` is called by the worker, the CLI and the benchmarks, and also by
+``FlowModel.encode`` the first time it runs a CPU training forward (training mode, autograd
+on), so a script of one's own that trains a FlowModel gets it too. It is not called on
+import, and the Streamlit server turns the automatic call off (:func:`disable_auto_tuning`):
+it is a long-lived process that should give memory back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 _tuned = False
+_auto = True
 
 
 def tune_for_training() -> bool:
@@ -45,3 +48,15 @@ def tune_for_training() -> bool:
     ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1
     _tuned = ok
     return ok
+
+
+def disable_auto_tuning() -> None:
+    """Make :func:`tune_for_training_automatically` a no-op in this process (the app server)."""
+    global _auto
+    _auto = False
+
+
+def tune_for_training_automatically() -> None:
+    """What ``FlowModel.encode`` calls before a CPU training forward; see the module docstring."""
+    if _auto and not _tuned:
+        tune_for_training()
