@@ -65,7 +65,8 @@ from .speed import tune_for_training
 from .store import RunStore, StoreBusyError
 
 __all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_sample_grid",
-           "evaluate_bpd", "TrainingDiverged", "main", "METRIC_KEYS", "MAX_ROLLBACKS"]
+           "evaluate_bpd", "TrainingDiverged", "main", "METRIC_KEYS", "MAX_ROLLBACKS",
+           "LR_SCHEDULES", "PRESET_LR"]
 
 MAX_ROLLBACKS = 8           # lr is then lr_drop**8 of the original (1/256 at 0.5): give up, say so
 SAMPLE_SEED = 1234          # fixed latents, so successive grids show the same samples improving
@@ -73,6 +74,12 @@ EVAL_SEED = 0               # fixed eval subset and dequantisation noise: test p
 EVAL_BATCH = 500
 HEARTBEAT_S = 1.0
 STOP_POLL_S = 0.5
+LR_SCHEDULES = ("constant", "cosine")
+# Peak learning rates the app proposes for the small demo presets, from the MNIST sweep in
+# benchmarks/RESULTS.md (2.5-minute runs, cosine schedule, 2 CPU cores: 1e-3 -> 1e-2 took the
+# test bits/dim from 2.31 to 1.70; 2e-2 was worse again). Anything else starts from Glow's
+# 1e-3, which the width-512 models need.
+PRESET_LR = {"mnist-fast": 1e-2}
 METRIC_KEYS = ("loss_nats", "train_bpd", "bpd_prior_L{i}", "bpd_logdet", "grad_norm", "lr",
                "images_per_s", "elapsed_s", "epoch", "test_bpd", "test_bpd_full")
 
@@ -91,6 +98,7 @@ class TrainConfig:
     batch_size: int = 64            # images per step; 64 keeps a 2-core CPU near its best images/s
     lr: float = 1e-3                # Adam peak learning rate (Glow used 1e-3)
     warmup_steps: int = 200         # linear LR warm-up: the usual cure for early NaNs in Glow ports
+    lr_schedule: str = "constant"   # after warm-up: constant, or cosine decay to 0 at the end of the budget
     max_steps: int | None = 2000    # step budget (at least one of max_steps / max_minutes is required)
     max_minutes: float | None = None  # wall-time budget across resumes, for "train for 10 minutes"
     grad_clip: float | None = 50.0  # clip the grad norm; healthy mnist-fast norms measured 2–40, so only spikes are cut
@@ -165,6 +173,8 @@ class TrainConfig:
                 rng = "0 < value < 1" if name == "lr_drop" else f"0 < value ≤ {hi:g}"
                 extra = " or None" if optional else ""
                 raise ValueError(f"{name} must be a finite number with {rng}{extra}, got {value!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("a budget is required: set max_steps (1..100000000) or max_minutes, or both")
         temps = self.sample_temperatures
@@ -547,9 +557,27 @@ class _Training:
         self.monitor.step = self.step
 
     # -- the loop -----------------------------------------------------------------------
+    def peak_lr(self) -> float:
+        """The learning rate after warm-up, before any decay (lowered by rollbacks)."""
+        return self.tc.lr * self.lr_scale
+
+    def budget_fraction(self, step: int) -> float:
+        """How much of the budget is spent, 0..1: the larger of the step and the time fractions."""
+        tc, used = self.tc, 0.0
+        if tc.max_steps is not None:
+            used = step / tc.max_steps
+        if tc.max_minutes is not None:
+            used = max(used, self.elapsed() / (tc.max_minutes * 60))
+        return min(1.0, max(0.0, used))
+
     def lr_at(self, step: int) -> float:
         warm = min(1.0, (step + 1) / self.tc.warmup_steps) if self.tc.warmup_steps else 1.0
-        return self.tc.lr * self.lr_scale * warm
+        decay = 1.0
+        if self.tc.lr_schedule == "cosine":
+            # Annealing to zero as the budget (steps or minutes, whichever ends first) runs
+            # out: a fixed-budget run ends at a lower loss than one stopped at full speed.
+            decay = 0.5 * (1.0 + math.cos(math.pi * self.budget_fraction(step)))
+        return self.peak_lr() * warm * decay
 
     def budget_reached(self) -> bool:
         tc = self.tc
@@ -661,7 +689,7 @@ class _Training:
         if self.rollbacks >= MAX_ROLLBACKS:
             raise TrainingDiverged(
                 f"Training diverged: non-finite losses kept returning after {self.rollbacks} rollbacks "
-                f"(the learning rate is down to {self.lr_at(10**9):.3g}). Lower lr, raise warmup_steps, "
+                f"(the peak learning rate is down to {self.peak_lr():.3g}). Lower lr, raise warmup_steps, "
                 "lower affine_clamp, or try additive coupling. The last checkpoint "
                 f"(step {self.last_ckpt_step}) is intact.")
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
@@ -673,7 +701,7 @@ class _Training:
         self.metric_buffer = [r for r in self.metric_buffer if r[0] <= self.step]
         self.event("rollback", f"{streak} non-finite steps in a row at step {bad_step}: rolled back "
                                f"to the checkpoint at step {self.step}", step=bad_step)
-        self.event("lr_drop", f"learning rate lowered to {self.lr_at(10**9):.3g} "
+        self.event("lr_drop", f"peak learning rate lowered to {self.peak_lr():.3g} "
                               f"(×{tc.lr_drop:g} per rollback; rollback {self.rollbacks})", step=self.step)
         self.stage = f"while saving the checkpoint at step {self.step}"
         self.save_checkpoint(announce=False)
@@ -820,6 +848,7 @@ _TRAIN_FLAGS = {  # TrainConfig field -> (flag, type, help)
     "batch_size": ("--batch-size", int, "images per step (default 64)"),
     "lr": ("--lr", float, "Adam peak learning rate (default 1e-3)"),
     "warmup_steps": ("--warmup-steps", int, "linear learning-rate warm-up steps (default 200)"),
+    "lr_schedule": ("--lr-schedule", str, "constant | cosine (decays to 0 at the end of the budget; default constant)"),
     "max_steps": ("--steps", int, "training step budget (default 2000)"),
     "max_minutes": ("--minutes", float, "wall-time budget in minutes, across resumes"),
     "grad_clip": ("--grad-clip", float, "clip the gradient norm to this (0 = no clipping; default 50)"),

@@ -24,7 +24,13 @@ import traceback
 
 import streamlit as st
 
+from flowlib.speed import disable_auto_tuning
+
 log = logging.getLogger("flowlab.app")
+
+# The server is long-lived: memory a page frees (e.g. the Train page's speed estimate) goes
+# back to the OS instead of being kept for the next training step (flowlib/speed.py).
+disable_auto_tuning()
 
 # One line per number the app shows, reused in tooltips and captions.
 BPD_HELP = (
@@ -36,7 +42,8 @@ LOSS_HELP = ("training loss: the negative log-likelihood of a batch, −log p(x)
              "image; bits/dim is the same number divided by (pixels · ln 2), minus the "
              "quantisation offset")
 IMAGES_PER_S_HELP = "images per second: training throughput on this device (higher is faster)"
-LR_HELP = "learning rate: the Adam step size at this step (it warms up linearly, then stays)"
+LR_HELP = ("learning rate: the Adam step size at this step (it warms up linearly, then stays, "
+           "or with the cosine schedule falls to 0 as the budget runs out)")
 SAMPLE_CAPTION = ("Rows: temperature 0, 0.5, 0.7, 1.0 (top to bottom); the same latent noise "
                   "every time, so you watch the same samples sharpen as the model learns.")
 

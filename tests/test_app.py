@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from flowlib.train import PRESET_LR
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
@@ -112,6 +114,12 @@ def test_train_page_shows_data_parameters_and_estimate(runs_dir):
     assert at.selectbox(key="tr_dataset").value == "mnist"
     assert at.selectbox(key="tr_preset").value == "mnist-fast"
     assert not at.button(key="tr_start").disabled
+    # the small preset brings its measured learning rate; the cosine schedule is the default
+    assert at.number_input(key="tr_lr").value == PRESET_LR["mnist-fast"] > 1e-3
+    assert at.selectbox(key="tr_lr_schedule").value == "cosine"
+    at.selectbox(key="tr_preset").set_value("realnvp").run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="tr_lr").value == 1e-3
 
 
 def test_bad_input_is_refused_next_to_the_field(runs_dir):

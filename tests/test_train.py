@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import flowlib.train as train_mod
-from flowlib import preset
+from flowlib import FlowModel, preset
 from flowlib.checkpoint import load_checkpoint, load_model
 from flowlib.data import load_images
 from flowlib.device import describe_device, pick_device
@@ -145,6 +145,50 @@ def test_nans_in_a_row_roll_back_and_lower_the_learning_rate(store, monkeypatch)
     assert lr["step"] == [5, 10, 15, 20, 25, 30]     # rolled back to step 0, then trained to 30
     assert lr["value"][-1] == pytest.approx(0.5e-3)
     assert load_checkpoint(store.checkpoint_path(run_id))["lr_scale"] == 0.5
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_step_budget(store):
+    run_id = _queued_run(store, lr_schedule="cosine")
+    assert train_run(store, run_id).status == "finished"
+    lr = store.metrics(run_id)["lr"]
+    # a row at step s logs the rate of step s-1: warm-up over 5 steps, then cos over 30
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 30)) for s in lr["step"]]
+    assert lr["value"] == pytest.approx(expected, rel=1e-6)
+    assert lr["value"][-1] < 0.01 * lr["value"][0]
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        _tc(lr_schedule="linear")
+
+
+def test_cosine_schedule_follows_the_time_budget_when_that_ends_first(store, monkeypatch):
+    run_id = _queued_run(store, lr_schedule="cosine", max_steps=1000, max_minutes=1.0)
+    trainer = train_mod._Training(store, store.get_run(run_id), train_mod._Monitor(store, run_id), None, None)
+    trainer.lr_scale = 1.0                                   # set by setup(), which loads data
+    monkeypatch.setattr(trainer, "elapsed", lambda: 45.0)   # 3/4 of the minute, 1 % of the steps
+    assert trainer.lr_at(10) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+    monkeypatch.setattr(trainer, "elapsed", lambda: 90.0)
+    assert trainer.lr_at(10) == 0.0 and trainer.peak_lr() == 1e-3
+
+
+def test_a_cpu_training_forward_keeps_freed_memory_unless_the_process_opted_out(monkeypatch):
+    import flowlib.speed as speed
+    calls = []
+    monkeypatch.setattr(speed, "_tuned", False)
+    monkeypatch.setattr(speed, "_auto", True)
+    monkeypatch.setattr(speed, "tune_for_training", lambda: calls.append(1))
+    model = FlowModel(TINY)
+    x = model.preprocess(load_images("faces", "test").images[:4])
+    model.initialize(x)
+    with torch.no_grad():
+        model.encode(x)                      # evaluation: no
+    model.eval()
+    model.encode(x)                          # eval mode: no
+    assert calls == []
+    model.train()
+    model.encode(x)                          # a training forward: yes
+    assert calls == [1]
+    speed.disable_auto_tuning()              # what the app server does
+    model.encode(x)
+    assert calls == [1]
 
 
 def test_nan_forever_fails_with_a_message_after_bounded_rollbacks(store, monkeypatch):
