@@ -1,0 +1,41 @@
+"""The benchmark harnesses run and refuse bad input clearly (their numbers live in RESULTS.md)."""
+
+import textwrap
+
+import pytest
+
+from benchmarks import side_by_side
+
+# A stand-in with the reference's interface (Glow(in_channel, n_flow, n_block, affine, conv_lu);
+# forward -> log_p, logdet, z_outs), so the harness is tested without the real checkout.
+FAKE_REFERENCE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Glow(nn.Module):
+        def __init__(self, in_channel, n_flow, n_block, affine=True, conv_lu=True):
+            super().__init__()
+            self.scale = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            z = x * torch.exp(self.scale)
+            log_p = (-0.5 * z ** 2).flatten(1).sum(1)
+            return log_p, self.scale.sum() * x[0].numel(), [z]
+''')
+
+
+def test_side_by_side_measures_both_sides_with_the_same_protocol(tmp_path):
+    (tmp_path / "model.py").write_text(FAKE_REFERENCE)
+    ref = side_by_side.measure("reference", 4, 2, str(tmp_path))
+    ours = side_by_side.measure("flowlab-fp32", 4, 2, str(tmp_path))
+    assert ref["impl"] == "reference" and ref["params"] == 1 and ref["images_per_s"] > 0
+    assert ours["params"] > 5_000_000          # the width-512 demo architecture
+    assert ours["step_ms"] > 0 and ours["page_faults_per_step"] >= 0
+
+
+def test_side_by_side_says_what_is_missing(tmp_path):
+    with pytest.raises(SystemExit, match="no model.py"):
+        side_by_side.main(["--reference", str(tmp_path)])
+    (tmp_path / "model.py").write_text("import not_a_real_package_xyz\n")
+    with pytest.raises(SystemExit, match="pip install not_a_real_package_xyz"):
+        side_by_side.main(["--reference", str(tmp_path)])
