@@ -81,6 +81,9 @@ MODEL_FIELDS = ("levels", "steps", "hidden", "coupling", "permutation", "mask", 
                 "top_prior", "actnorm", "n_bits")
 TRAIN_FIELDS = ("batch_size", "lr", "warmup_steps", "eval_every", "bf16", "lr_schedule")
 LR_SCHEDULE_DEFAULT = "cosine"
+# Every setting of the form that survives a visit to another page (buttons and uploads don't).
+FORM_FIELDS = ("dataset", "preset", "budget_kind", "max_steps", "max_minutes", "name", "path",
+               "size", "channels", *MODEL_FIELDS, *TRAIN_FIELDS)
 CLASSROOM_DATASETS = ("mnist", "faces", "folder")
 
 
@@ -304,6 +307,19 @@ if any(qp) and st.session_state.get(K + "applied_qp") != qp:
     if qp[1] in PRESETS:
         st.session_state[K + "preset"] = qp[1]
 
+# Streamlit drops a page's widget values whenever another page is shown, so a visit to Runs
+# used to bring the form back with zeros in it. The form keeps its own copy (saved at the end
+# of every run of this page) and puts back whatever was dropped; defaults fill the rest.
+for key, value in st.session_state.get(K + "saved_form", {}).items():
+    if key not in st.session_state:
+        st.session_state[key] = value
+for key, value in {
+    K + "max_steps": min(2000, store.limits.max_steps or 2000), K + "max_minutes": 5.0,
+    K + "batch_size": min(64, store.limits.max_batch or 64), K + "warmup_steps": 200,
+    K + "eval_every": 250, K + "lr_schedule": LR_SCHEDULE_DEFAULT, K + "bf16": fast_bf16_here(),
+}.items():
+    st.session_state.setdefault(key, value)
+
 registry = {d["name"]: d for d in list_datasets()}
 names = [n for n in registry if not ui.classroom_mode() or n in CLASSROOM_DATASETS]
 if st.session_state.get(K + "dataset") not in names:
@@ -398,11 +414,11 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
                         horizontal=True, key=K + "budget_kind", help=HELP["budget"])
         if kind == "steps":
             cap = store.limits.max_steps
-            budget = st.number_input("Training steps", value=min(2000, cap or 2000), step=500,
+            budget = st.number_input("Training steps", step=500,
                                      key=K + "max_steps",
                                      help=f"This server allows at most {cap:,} steps per run." if cap else None)
         else:
-            budget = st.number_input("Minutes of training", value=5.0, step=1.0, format="%.1f",
+            budget = st.number_input("Minutes of training", step=1.0, format="%.1f",
                                      key=K + "max_minutes")
         budget_error_slot = st.empty()
         name = st.text_input("Run name (optional)", key=K + "name", max_chars=80, help=HELP["name"])
@@ -436,7 +452,7 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
     t1, t2, t3, t4 = st.columns(4)
     with t1:
         bcap = store.limits.max_batch
-        st.number_input("Batch size", value=min(64, bcap or 64), step=16, key=K + "batch_size",
+        st.number_input("Batch size", step=16, key=K + "batch_size",
                         help=HELP["batch_size"] + (f" This server allows at most {bcap}." if bcap else ""))
         slot_batch = st.empty()
     with t2:
@@ -444,20 +460,19 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
                         help=HELP["lr"])  # its value comes with the preset (PRESET_LR)
         slot_lr = st.empty()
     with t3:
-        st.number_input("Warm-up steps", value=200, step=50, key=K + "warmup_steps",
+        st.number_input("Warm-up steps", step=50, key=K + "warmup_steps",
                         help=HELP["warmup_steps"])
         slot_warmup = st.empty()
     with t4:
-        st.number_input("Evaluate every (steps)", value=250, step=50, key=K + "eval_every",
+        st.number_input("Evaluate every (steps)", step=50, key=K + "eval_every",
                         help=HELP["eval_every"])
         slot_eval = st.empty()
     t5, t6 = st.columns(2)
     with t5:
         st.selectbox("Learning-rate schedule", ("constant", "cosine"), key=K + "lr_schedule",
-                     index=("constant", "cosine").index(LR_SCHEDULE_DEFAULT),
                      help=HELP["lr_schedule"], format_func=CHOICE_WORDS.get)
     with t6:
-        st.checkbox("Fast bf16 coupling networks", value=fast_bf16_here(), key=K + "bf16",
+        st.checkbox("Fast bf16 coupling networks", key=K + "bf16",
                     help=HELP["bf16"])
 
     values = {f: st.session_state[K + f] for f in MODEL_FIELDS}
@@ -523,6 +538,10 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
                      disabled=not can_start or blocked, key=K + "start"):
             start_new_run(store, cfg, tc, name, preset_name)
             st.rerun()
+
+
+st.session_state[K + "saved_form"] = {
+    K + f: st.session_state[K + f] for f in FORM_FIELDS if K + f in st.session_state}
 
 
 # -- page: the live dashboard ----------------------------------------------------------------

@@ -122,6 +122,22 @@ def test_train_page_shows_data_parameters_and_estimate(runs_dir):
     assert at.number_input(key="tr_lr").value == 1e-3
 
 
+def test_the_form_comes_back_as_it_was_left_after_visiting_another_page(runs_dir):
+    at = train_page(dataset="mnist", preset="mnist-fast")
+    at.number_input(key="tr_hidden").set_value(96).run()
+    at.number_input(key="tr_batch_size").set_value(32).run()
+    at.selectbox(key="tr_lr_schedule").set_value("constant").run()
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="tr_hidden").value == 96      # was 0 before the form kept a copy
+    assert at.number_input(key="tr_batch_size").value == 32
+    assert at.number_input(key="tr_levels").value == 2
+    assert at.number_input(key="tr_lr").value == PRESET_LR["mnist-fast"]
+    assert at.selectbox(key="tr_lr_schedule").value == "constant"
+    assert not at.error and not at.button(key="tr_start").disabled
+
+
 def test_bad_input_is_refused_next_to_the_field(runs_dir):
     at = train_page()
     at.number_input(key="tr_batch_size").set_value(0)
