@@ -162,8 +162,8 @@ def measure_speed(config_json: str, batch: int, device: str, bf16: bool = False)
         step()
         times.append(time.perf_counter() - t0)
     # The fastest step, not the mean: this runs inside the server while the browser (often on
-    # the same laptop) redraws the page, and that contention once made the mean 3-6× slower
-    # than the trainer really is (164 vs ~900 images/s for mnist-fast at batch 32).
+    # the same laptop) redraws the page, and a step that shared the cores with it says more
+    # about the browser than about training.
     return {"images_per_s": b / min(times), "batch_measured": b, "steps": len(times)}
 
 
