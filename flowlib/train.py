@@ -580,10 +580,7 @@ class _Training:
         return self.peak_lr() * warm * decay
 
     def budget_reached(self) -> bool:
-        tc = self.tc
-        if tc.max_steps is not None and self.step >= tc.max_steps:
-            return True
-        return tc.max_minutes is not None and self.elapsed() >= tc.max_minutes * 60
+        return self.budget_fraction(self.step) >= 1.0
 
     def stop_wanted(self, now: float) -> bool:
         if self.monitor.stop_event.is_set():

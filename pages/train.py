@@ -21,7 +21,7 @@ from flowlib import PRESET_NOTES, PRESETS, FlowConfig
 from flowlib.data import DatasetError, list_datasets, load_images, store_upload
 from flowlib.device import bf16_is_fast, pick_device
 from flowlib.model import COUPLINGS, MASKS, PERMUTATIONS, PRIORS
-from flowlib.train import PRESET_LR, TrainConfig
+from flowlib.train import LR_SCHEDULES, PRESET_LR, TrainConfig
 from pages import ui
 
 ui.require_router()
@@ -469,7 +469,7 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
         slot_eval = st.empty()
     t5, t6 = st.columns(2)
     with t5:
-        st.selectbox("Learning-rate schedule", ("constant", "cosine"), key=K + "lr_schedule",
+        st.selectbox("Learning-rate schedule", LR_SCHEDULES, key=K + "lr_schedule",
                      help=HELP["lr_schedule"], format_func=CHOICE_WORDS.get)
     with t6:
         st.checkbox("Fast bf16 coupling networks", key=K + "bf16",
