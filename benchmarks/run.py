@@ -37,13 +37,40 @@ class BenchConfig:
     bf16: bool = False   # coupling networks in bf16 (flowlib.layers.low_precision_networks)
 
 
+def demo_model(channels: int) -> dict:
+    """FlowConfig fields of the article's demo shape: L=3, K=6, affine, LU 1×1, width 512."""
+    return dict(image_shape=(channels, 32, 32), levels=3, steps=6, hidden=512, coupling="affine",
+                permutation="conv1x1_lu", mask="channel", actnorm=True)
+
+
+def make_train_step(model, batch, optimizer, bf16: bool):
+    """One training step as flowlib.train takes it: bits/dim loss (coupling networks in bf16
+    if asked), backward, gradient clipping at 50, Adam."""
+    import torch
+
+    import contextlib
+
+    from flowlib.layers import low_precision_networks
+
+    params = list(model.parameters())
+    precision = (lambda: low_precision_networks(torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def step():
+        with precision():
+            loss = model.bits_per_dim(batch).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 50.0)
+        optimizer.step()
+    return step
+
+
 def _demo(channels: int, batch: int, bf16: bool = False) -> BenchConfig:
     shape = f"{channels}x32"
     return BenchConfig(
         f"demo-{shape}-b{batch}" + ("-bf16" if bf16 else ""),
         f"article demo shape {channels}×32×32, L=3 K=6, affine, LU 1×1, width 512",
-        dict(image_shape=(channels, 32, 32), levels=3, steps=6, hidden=512, coupling="affine",
-             permutation="conv1x1_lu", mask="channel", actnorm=True), batch, bf16)
+        demo_model(channels), batch, bf16)
 
 
 _GLOW_DEPTH = dict(image_shape=(1, 32, 32), levels=3, steps=32, hidden=512, coupling="affine",
@@ -116,16 +143,8 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str,
     model.initialize(model.preprocess(batch))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
     precision = (lambda: low_precision_networks(torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
-
-    def train_step():
-        with precision():
-            loss = model.bits_per_dim(batch).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 50.0)
-        optimizer.step()
+    train_step = make_train_step(model, batch, optimizer, cfg.bf16)
 
     step_ms = _median_ms(train_step, warmup, repeats, sync)
     model.eval()

@@ -36,11 +36,10 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.run import REPO, demo_model, make_train_step
+
 IMPLEMENTATIONS = ("reference", "flowlab-fp32", "flowlab-bf16")
-DEMO = dict(image_shape=(1, 32, 32), levels=3, steps=6, hidden=512, coupling="affine",
-            permutation="conv1x1_lu", mask="channel", actnorm=True, split_prior="learned",
-            top_prior="learned")
+DEMO = demo_model(1)   # with FlowConfig's learned split and top priors, as the reference has
 
 
 def _load_reference(folder: str):
@@ -92,24 +91,11 @@ def measure(impl: str, batch: int, repeats: int, reference: str | None) -> dict:
         with torch.no_grad():  # its ActNorm initialises on the first forward
             model(x_uint8.float() / n_bins - 0.5 + torch.rand(x_uint8.shape) / n_bins)
     else:
-        import contextlib
-
         from flowlib import FlowConfig, FlowModel
-        from flowlib.layers import low_precision_networks
         model = FlowModel(FlowConfig(**DEMO))
         model.initialize(model.preprocess(x_uint8, generator=gen))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        params = list(model.parameters())
-        precision = (lambda: low_precision_networks(torch.bfloat16)) if impl.endswith("bf16") \
-            else contextlib.nullcontext
-
-        def step():  # flowlib.train's loop, one batch
-            with precision():
-                loss = model.bits_per_dim(x_uint8).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 50.0)
-            optimizer.step()
+        step = make_train_step(model, x_uint8, optimizer, bf16=impl.endswith("bf16"))
 
     for _ in range(2):
         step()
