@@ -800,25 +800,25 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
                          "squeezing the data into the Gaussians.")
         st.plotly_chart(decomposition_figure(m, levels, n_bits, axis, run_id),
                         key=f"dec_chart_{run_id}", config={"displaylogo": False})
+    def metric_chart(metric: str, title: str, help_text: str, y_title: str, name: str,
+                     colour: str, short: str, fmt: str) -> None:
+        """One metric's line chart under its title; nothing before its first logged row."""
+        if metric in m:
+            st.markdown(title, help=help_text)
+            st.plotly_chart(simple_figure(m[metric], m.get("elapsed_s"), axis, y_title, name, colour,
+                                          f"{short}-{run_id}-{axis}", fmt),
+                            key=f"{short}_chart_{run_id}", config={"displaylogo": False})
+
     with d2:
-        if "loss_nats" in m:
-            st.markdown("**Training loss**: negative log-likelihood per image", help=ui.LOSS_HELP)
-            st.plotly_chart(simple_figure(m["loss_nats"], m.get("elapsed_s"), axis, "nats/image",
-                                          "loss", ui.PALETTE[3], f"loss-{run_id}-{axis}", ",.0f"),
-                            key=f"loss_chart_{run_id}", config={"displaylogo": False})
+        metric_chart("loss_nats", "**Training loss**: negative log-likelihood per image",
+                     ui.LOSS_HELP, "nats/image", "loss", ui.PALETTE[3], "loss", ",.0f")
     s1, s2 = st.columns(2, gap="large")
     with s1:
-        if "images_per_s" in m:
-            st.markdown("**Speed**", help=ui.IMAGES_PER_S_HELP)
-            st.plotly_chart(simple_figure(m["images_per_s"], m.get("elapsed_s"), axis, "images/s",
-                                          "images/s", ui.PALETTE[4], f"ips-{run_id}-{axis}", ",.0f"),
-                            key=f"ips_chart_{run_id}", config={"displaylogo": False})
+        metric_chart("images_per_s", "**Speed**", ui.IMAGES_PER_S_HELP, "images/s", "images/s",
+                     ui.PALETTE[4], "ips", ",.0f")
     with s2:
-        if "lr" in m:
-            st.markdown("**Learning rate**", help=ui.LR_HELP)
-            st.plotly_chart(simple_figure(m["lr"], m.get("elapsed_s"), axis, "learning rate",
-                                          "lr", ui.PALETTE[5], f"lr-{run_id}-{axis}", ".2g"),
-                            key=f"lr_chart_{run_id}", config={"displaylogo": False})
+        metric_chart("lr", "**Learning rate**", ui.LR_HELP, "learning rate", "lr", ui.PALETTE[5],
+                     "lr", ".2g")
     shown = [e for e in events if e["kind"] not in ("samples", "checkpoint")]
     with st.expander(f"Events ({len(shown)})", icon=":material/list:"):
         for e in shown[-50:]:
