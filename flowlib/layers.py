@@ -178,23 +178,29 @@ class _CachedWeightMixin:
     """Reuse the assembled weight and its inverse while the parameters do not change.
 
     Assembling W (and inverting it) every call is wasted work when sampling or evaluating
-    with frozen parameters. The cache is keyed on the parameters' version counters, which
-    every in-place update (optimizer step, ``load_state_dict``) bumps, and it is only used
-    when autograd is off, so training always builds W afresh inside the graph.
+    with frozen parameters. The cache holds a copy of the parameter values it was built from
+    and is reused only while the live values are exactly equal. Version counters are not
+    enough: fused optimizers (``torch.optim.Adam(fused=True)``, which the trainer uses) and
+    writes through ``.data`` update parameters without bumping them, and a stale W would
+    silently corrupt every evaluation after the first. Comparing a few C×C matrices costs
+    microseconds; inverting W is what the cache saves. It is only used when autograd is
+    off, so training always builds W afresh inside the graph.
     """
 
-    def _cache_key(self, x: torch.Tensor):
-        return (tuple(p._version for p in self.parameters()), x.device, x.dtype)
+    def _cache_valid(self, cache, x: torch.Tensor) -> bool:
+        snapshot, device, dtype = cache[0]
+        return (device == x.device and dtype == x.dtype
+                and all(torch.equal(old, new) for old, new in zip(snapshot, self.parameters())))
 
     def _weight_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if torch.is_grad_enabled():
             return self.weight_matrix(), None
-        key = self._cache_key(x)
         cache = getattr(self, "_cache", None)
-        if cache is None or cache[0] != key:
+        if cache is None or not self._cache_valid(cache, x):
             w = self.weight_matrix()
             w_inv = torch.linalg.inv(w.double()).to(w.dtype)
-            cache = (key, w.to(x.dtype), w_inv.to(x.dtype))
+            snapshot = tuple(p.detach().clone() for p in self.parameters())
+            cache = ((snapshot, x.device, x.dtype), w.to(x.dtype), w_inv.to(x.dtype))
             self._cache = cache
         return cache[1], cache[2]
 

@@ -215,6 +215,31 @@ def test_1x1_conv_logdet_equals_slogdet_of_assembled_weight(cls):
         assert torch.allclose(layer.inverse(y), x, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [InvConv1x1LU, InvConv1x1])
+@pytest.mark.parametrize("update", ["fused_adam", "data_write"])
+def test_cached_1x1_weight_follows_updates_that_do_not_bump_version_counters(cls, update):
+    # Fused Adam (what the trainer uses) and writes through .data change the values without
+    # touching _version; a cache keyed on versions served the first evaluation's W forever.
+    gen = torch.Generator().manual_seed(3)
+    layer = cls(4, gen)
+    x = torch.randn(2, 4, 3, 3, generator=gen)
+    with torch.no_grad():
+        layer(x)  # fills the cache
+    if update == "fused_adam":
+        opt = torch.optim.Adam(layer.parameters(), lr=0.1, fused=True)
+        for p in layer.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    else:
+        for p in layer.parameters():
+            p.data.add_(0.1 * torch.randn(p.shape, generator=gen))
+    with torch.no_grad():
+        y, _ = layer(x)
+        expected = torch.einsum("oc,bchw->bohw", layer.weight_matrix(), x)
+        assert torch.allclose(y, expected, atol=1e-6)
+        assert torch.allclose(layer.inverse(y), x, atol=1e-5)
+
+
 def test_temperature_zero_returns_the_prior_mean():
     model = make_model((1, 4, 4), dtype=torch.float32)
     a = model.sample(3, temperature=0.0, eps=model.sample_eps(3, torch.Generator().manual_seed(0)))
