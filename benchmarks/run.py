@@ -128,6 +128,7 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str,
     from flowlib import FlowConfig, FlowModel, preset
     from flowlib.layers import low_precision_networks
     from flowlib.speed import disable_auto_tuning, tune_for_training
+    from flowlib.train import make_optimizer
 
     if malloc_tuning:
         tune_for_training()
@@ -141,7 +142,7 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str,
     batch = torch.randint(0, 256, (cfg.batch, *config.image_shape), generator=gen,
                           dtype=torch.uint8).to(device)
     model.initialize(model.preprocess(batch))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model.parameters(), lr=1e-4)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     precision = (lambda: low_precision_networks(torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
     train_step = make_train_step(model, batch, optimizer, cfg.bf16)

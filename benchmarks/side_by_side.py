@@ -92,9 +92,10 @@ def measure(impl: str, batch: int, repeats: int, reference: str | None) -> dict:
             model(x_uint8.float() / n_bins - 0.5 + torch.rand(x_uint8.shape) / n_bins)
     else:
         from flowlib import FlowConfig, FlowModel
+        from flowlib.train import make_optimizer
         model = FlowModel(FlowConfig(**DEMO))
         model.initialize(model.preprocess(x_uint8, generator=gen))
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        optimizer = make_optimizer(model.parameters(), lr=1e-4)
         step = make_train_step(model, x_uint8, optimizer, bf16=impl.endswith("bf16"))
 
     for _ in range(2):
@@ -119,6 +120,7 @@ def likelihood_check(steps: int, batch: int) -> dict:
     from flowlib import FlowConfig, FlowModel
     from flowlib.data import load_images
     from flowlib.layers import low_precision_networks
+    from flowlib.train import make_optimizer
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -126,7 +128,7 @@ def likelihood_check(steps: int, batch: int) -> dict:
     test = load_images("faces", "test").images
     model = FlowModel(FlowConfig(**DEMO))
     model.initialize(model.preprocess(train[:64], generator=gen))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model.parameters(), lr=1e-3)
     for i in range(steps):
         idx = torch.randint(0, train.shape[0], (batch,), generator=gen)
         for group in optimizer.param_groups:

@@ -219,6 +219,20 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, MemoryError) or "out of memory" in str(exc).lower())
 
 
+def make_optimizer(params, lr: float) -> torch.optim.Adam:
+    """Adam as every Flow Lab training loop builds it (trainer, Train page estimate, benchmarks).
+
+    The fused kernel updates all ~100 small parameter tensors of a model in one call where
+    the device has it (CPU, CUDA): a mnist-fast batch-32 bf16 step went from 28.9 to 26.0 ms
+    here. Fused updates do not bump tensors' version counters, so nothing may key a cache
+    on them (see ``flowlib.layers._CachedWeightMixin``).
+    """
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                 for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 def describe_failure(exc: BaseException, during: str = "", batch_size: int | None = None,
                      last_checkpoint_step: int | None = None) -> str:
     """A one-paragraph explanation of a failure for the app: what, when, what to do. No traceback."""
@@ -486,7 +500,7 @@ class _Training:
         self.model = FlowModel(cfg).to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(self.params, lr=tc.lr)
+        self.opt = make_optimizer(self.params, tc.lr)
         self.sampler = _Sampler(self.train_x.shape[0], tc.batch_size, tc.seed)
         self.noise_gen = torch.Generator().manual_seed(tc.seed + 1)
         self.lr_scale, self.rollbacks = 1.0, 0

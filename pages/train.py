@@ -21,7 +21,7 @@ from flowlib import PRESET_NOTES, PRESETS, FlowConfig
 from flowlib.data import DatasetError, list_datasets, load_images, store_upload
 from flowlib.device import bf16_is_fast, pick_device
 from flowlib.model import COUPLINGS, MASKS, PERMUTATIONS, PRIORS
-from flowlib.train import LR_SCHEDULES, PRESET_LR, TrainConfig
+from flowlib.train import LR_SCHEDULES, PRESET_LR, TrainConfig, make_optimizer
 from pages import ui
 
 ui.require_router()
@@ -138,7 +138,7 @@ def measure_speed(config_json: str, batch: int, device: str, bf16: bool = False)
     x = torch.randint(0, 256, (b, *cfg.image_shape), dtype=torch.uint8, generator=gen)
     model = FlowModel(cfg).to(dev)
     model.initialize(model.preprocess(x))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model.parameters(), lr=1e-4)
 
     precision = (lambda: low_precision_networks(torch.bfloat16)) if bf16 else contextlib.nullcontext
 

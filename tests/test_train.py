@@ -72,6 +72,36 @@ def test_thirty_step_run_writes_metrics_events_samples_and_a_reloadable_checkpoi
     assert store.get_run(run_id)["best_test_bpd"] == pytest.approx(ckpt["best_test_bpd"])
 
 
+def test_evaluations_between_fused_adam_steps_see_the_current_1x1_weights(store):
+    # The trainer's fused Adam changes parameters without bumping their version counters;
+    # an LU 1×1 cache keyed on those served step 10's W to every later evaluation (on MNIST:
+    # 14 million bits/dim at the end of a run that trained to 1.65).
+    config = TINY.replace(permutation="conv1x1_lu")
+    run_id = store.create_run("lu", "faces", config.to_dict(), _tc(max_steps=20).to_dict())
+    store.request_start(run_id)
+    assert train_run(store, run_id).status == "finished"
+    model, _ = load_model(store.checkpoint_path(run_id))   # a fresh model: no cache
+    logged = store.metrics(run_id)["test_bpd_full"]["value"][0]
+    assert evaluate_bpd(model, load_images("faces", "test").images) == pytest.approx(logged, abs=1e-6)
+
+
+def test_make_optimizer_is_fused_on_the_cpu_and_steps_like_plain_adam():
+    torch.manual_seed(0)
+    a = FlowModel(TINY)
+    b = FlowModel(TINY)
+    b.load_state_dict(a.state_dict())
+    fused, plain = train_mod.make_optimizer(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
+    assert fused.defaults["fused"] is True
+    x = load_images("faces", "test").images[:8]
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model.bits_per_dim(x, generator=torch.Generator().manual_seed(1)).mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-5)
+
+
 def test_stop_then_resume_equals_an_uninterrupted_run(store):
     straight = _queued_run(store, "straight")
     assert train_run(store, straight).status == "finished"
