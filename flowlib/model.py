@@ -33,7 +33,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .layers import ActNorm, FlowStep, ZeroConv2d, gaussian_log_prob
+from .layers import (ActNorm, FlowStep, LogitTransform, VariationalDequantizer, ZeroConv2d,
+                     gaussian_log_prob)
 from .ops import squeeze2d, unsqueeze2d
 from .speed import tune_for_training_automatically
 
@@ -44,6 +45,8 @@ COUPLINGS = ("affine", "additive")
 PERMUTATIONS = ("reverse", "shuffle", "conv1x1", "conv1x1_lu")
 MASKS = ("channel", "checkerboard", "realnvp")
 PRIORS = ("learned", "standard")
+DEQUANTIZATIONS = ("uniform", "variational")
+INPUT_TRANSFORMS = ("none", "logit")
 
 # Upper bounds that keep a config trainable on one machine; they exist to refuse typos
 # such as hidden=51200 with a message instead of exhausting memory.
@@ -66,6 +69,8 @@ class FlowConfig:
     split_prior: str = "learned"    # prior of each split-off half: "learned" from the kept half (split2d) | "standard" N(0,I)
     top_prior: str = "learned"      # prior of the last level's latent: "learned" mean and scale | "standard"
     n_bits: int = 8             # bits per pixel modelled: 8 = full 256 levels, 5 = Glow's CelebA-HQ trick
+    dequantization: str = "uniform"  # noise u in a pixel's bin: "uniform" U[0,1) (RealNVP, Glow) | "variational" learned q(u|x) (Flow++)
+    input_transform: str = "none"    # "logit": RealNVP's logit(α + (1-2α)x) as the flow's first, fixed layer (its logdet counted)
     affine_clamp: float = 2.0   # bound c on |s| in affine couplings, s = c·tanh(raw/c); keeps exp(s) finite
     seed: int = 0               # seeds the initial weights and the shuffle permutations: same seed, same model
 
@@ -93,9 +98,11 @@ class FlowConfig:
             raise ValueError(f"image_shape channels must be in 1..{MAX_CHANNELS}, got {c}")
         for name, value in (("coupling", self.coupling), ("permutation", self.permutation),
                             ("mask", self.mask), ("split_prior", self.split_prior),
-                            ("top_prior", self.top_prior)):
+                            ("top_prior", self.top_prior), ("dequantization", self.dequantization),
+                            ("input_transform", self.input_transform)):
             options = {"coupling": COUPLINGS, "permutation": PERMUTATIONS, "mask": MASKS,
-                       "split_prior": PRIORS, "top_prior": PRIORS}[name]
+                       "split_prior": PRIORS, "top_prior": PRIORS,
+                       "dequantization": DEQUANTIZATIONS, "input_transform": INPUT_TRANSFORMS}[name]
             if value not in options:
                 raise ValueError(f"{name} must be one of {', '.join(options)}; got {value!r}")
         for name in ("actnorm", "coupling_actnorm"):
@@ -145,7 +152,9 @@ class FlowConfig:
         c, h, w = self.image_shape
         return (f"{c}×{h}×{w}, L={self.levels}, K={self.steps}, hidden={self.hidden}, "
                 f"{self.coupling}, {self.permutation}, {self.mask} mask"
-                f"{', ActNorm' if self.actnorm else ''}, {self.n_bits}-bit")
+                f"{', ActNorm' if self.actnorm else ''}, {self.n_bits}-bit"
+                f"{', logit input' if self.input_transform == 'logit' else ''}"
+                f"{', learned dequantisation' if self.dequantization == 'variational' else ''}")
 
 
 def dataclass_from_dict(cls, d: dict):
@@ -175,11 +184,12 @@ class EncodeOutput(NamedTuple):
 
 
 class BitsPerDim(NamedTuple):
-    """Bits/dim and its exact decomposition: total = Σ prior_levels + logdet + quantisation."""
+    """Bits/dim and its exact decomposition: total = Σ prior_levels + logdet + dequant + quantisation."""
     total: torch.Tensor         # [B]
     prior_levels: torch.Tensor  # [B, L]: -log p(z_level) / (D ln 2), finest first
     logdet: torch.Tensor        # [B]: -Σ log|det J| / (D ln 2) (negative when the flow expands volume)
     quantisation: float         # n_bits: the log(n_bins) per dimension that turns a density into a probability
+    dequant: torch.Tensor       # [B]: log q(u|x) / (D ln 2) of learned dequantisation noise; 0 for uniform noise
 
 
 class _Level(nn.Module):
@@ -249,7 +259,11 @@ class FlowModel(nn.Module):
                 level = _Level(cfg, shape, last=(i == cfg.levels - 1), generator=generator)
                 levels.append(level)
                 shape = level.out_shape
+            self.dequantizer = None
+            if cfg.dequantization == "variational":
+                self.dequantizer = VariationalDequantizer(cfg.image_shape[0], cfg.n_bins)
         self.levels = nn.ModuleList(levels)
+        self.input_transform = LogitTransform() if cfg.input_transform == "logit" else None
         top_shape = self.levels[-1].latent_shape
         self.top_mean = self.top_log_scale = None
         if cfg.top_prior == "learned":
@@ -321,6 +335,8 @@ class FlowModel(nn.Module):
         logdet = x.new_zeros(batch)
         zs, eps, log_pz_levels = [], [], []
         h = x
+        if self.input_transform is not None:
+            h, logdet = self.input_transform(h)
         for level in self.levels:
             for step in level.pre_steps:
                 h, ld = step(h)
@@ -394,6 +410,8 @@ class FlowModel(nn.Module):
             h = unsqueeze2d(h)
             for step in reversed(level.pre_steps):
                 h = step.inverse(h)
+        if self.input_transform is not None:
+            h = self.input_transform.inverse(h)
         return h
 
     def sample_eps(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -421,13 +439,10 @@ class FlowModel(nn.Module):
         out = self.encode(x)
         return out.log_pz + out.logdet
 
-    def preprocess(self, x_uint8: torch.Tensor, noise: bool = True,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """Integer pixels 0..255 -> dequantised floats ``(x + u) / n_bins - 0.5``, u ~ U[0, 1).
+    def pixel_bins(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """Integer pixels 0..255 -> float bin indices 0..n_bins-1 on the model's device.
 
         With n_bits < 8 the pixels are first reduced to n_bits (x // 2**(8 - n_bits)).
-        ``noise=False`` puts every value in the middle of its bin (u = 0.5), a deterministic
-        choice for display.
         """
         if not isinstance(x_uint8, torch.Tensor) or x_uint8.is_floating_point() or x_uint8.dtype == torch.bool:
             raise ValueError("bits_per_dim expects integer pixels 0..255 (e.g. a uint8 tensor); "
@@ -438,30 +453,58 @@ class FlowModel(nn.Module):
         x = x_uint8.to(self.device, torch.float32)
         if self.config.n_bits < 8:
             x = torch.floor(x / 2 ** (8 - self.config.n_bits))
+        return x
+
+    def preprocess(self, x_uint8: torch.Tensor, noise: bool = True,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """Integer pixels 0..255 -> dequantised floats ``(x + u) / n_bins - 0.5``, u ~ U[0, 1).
+
+        With n_bits < 8 the pixels are first reduced to n_bits (x // 2**(8 - n_bits)).
+        ``noise=False`` puts every value in the middle of its bin (u = 0.5), a deterministic
+        choice for display. Always uniform noise, whatever ``config.dequantization`` says:
+        for scoring use :meth:`dequantize` (through :meth:`bits_per_dim`).
+        """
+        x = self.pixel_bins(x_uint8)
         if noise:
             u = torch.rand(x.shape, generator=generator).to(x.device)
         else:
             u = torch.full_like(x, 0.5)
         return (x + u) / self.config.n_bins - 0.5
 
+    def dequantize(self, x_uint8: torch.Tensor, noise: bool = True,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x̃, log q(u|x) [B])`` with the model's dequantisation; log q is None for uniform noise.
+
+        Uniform: exactly :meth:`preprocess`. Variational: u drawn from the learned q (its
+        median when ``noise=False``); see :class:`flowlib.layers.VariationalDequantizer`.
+        """
+        if self.dequantizer is None:
+            return self.preprocess(x_uint8, noise=noise, generator=generator), None
+        x = self.pixel_bins(x_uint8)
+        u, log_q = self.dequantizer(x, noise=noise, generator=generator)
+        return (x + u) / self.config.n_bins - 0.5, log_q
+
     def bits_per_dim_terms(self, x_uint8: torch.Tensor, noise: bool = True,
                            generator: torch.Generator | None = None) -> BitsPerDim:
-        """Bits/dim of integer images and its split into prior-per-level, logdet and quantisation.
+        """Bits/dim of integer images and its split into prior-per-level, logdet, dequant, quantisation.
 
-        bpd = -(log p(x̃) - D·log n_bins) / (D·ln 2), with x̃ the dequantised image and
-        D = C·H·W real pixels. Differentiable: the trainer uses ``total.mean()`` as its loss.
+        bpd = -(log p(x̃) - log q(u|x) - D·log n_bins) / (D·ln 2), with x̃ = (x + u)/n_bins - 0.5
+        the dequantised image, D = C·H·W real pixels, and log q = 0 for uniform noise (the
+        usual formula). Either way an upper bound on the discrete -log2 P(x) / D.
+        Differentiable: the trainer uses ``total.mean()`` as its loss.
         """
-        x = self.preprocess(x_uint8, noise=noise, generator=generator)
+        x, log_q = self.dequantize(x_uint8, noise=noise, generator=generator)
         out = self.encode(x)
         scale = self.config.dims * math.log(2)
         prior_levels = -torch.stack(out.log_pz_levels, dim=1) / scale
         logdet = -out.logdet / scale
-        total = prior_levels.sum(1) + logdet + self.config.n_bits
-        return BitsPerDim(total, prior_levels, logdet, float(self.config.n_bits))
+        dequant = log_q / scale if log_q is not None else torch.zeros_like(logdet)
+        total = prior_levels.sum(1) + logdet + dequant + self.config.n_bits
+        return BitsPerDim(total, prior_levels, logdet, float(self.config.n_bits), dequant)
 
     def bits_per_dim(self, x_uint8: torch.Tensor, noise: bool = True,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B] bits per dimension of integer images 0..255 (dequantised with uniform noise)."""
+        """[B] bits per dimension of integer images 0..255 (dequantised as the config says)."""
         return self.bits_per_dim_terms(x_uint8, noise=noise, generator=generator).total
 
     def to_uint8(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,11 @@ both from the store, so the app, the worker and the CLI train identically.
 What it logs (metric keys in the store, every ``log_every`` steps, means over those steps):
 
 ``loss_nats``        discrete negative log-likelihood in nats per image: train_bpd · D · ln 2
-``train_bpd``        bits/dim of the training batches (dequantised with uniform noise)
+``train_bpd``        bits/dim of the training batches (dequantised as the model's config says)
 ``bpd_prior_L{i}``   the part of train_bpd from level i's latent prior, finest first
 ``bpd_logdet``       the part from Σ log|det J| (negative when the flow expands volume);
-                     train_bpd = Σ bpd_prior_L{i} + bpd_logdet + n_bits
+                     train_bpd = Σ bpd_prior_L{i} + bpd_logdet [+ bpd_dequant] + n_bits
+``bpd_dequant``      only for learned (variational) dequantisation: the part from log q(u|x)
 ``grad_norm``        gradient norm before clipping
 ``lr``               learning rate at the step (warm-up × rollback drops)
 ``images_per_s``     training throughput over the window (eval and checkpoint time excluded)
@@ -80,7 +81,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # test bits/dim from 2.31 to 1.70; 2e-2 was worse again). Anything else starts from Glow's
 # 1e-3, which the width-512 models need.
 PRESET_LR = {"mnist-fast": 1e-2}
-METRIC_KEYS = ("loss_nats", "train_bpd", "bpd_prior_L{i}", "bpd_logdet", "grad_norm", "lr",
+METRIC_KEYS = ("loss_nats", "train_bpd", "bpd_prior_L{i}", "bpd_logdet", "bpd_dequant", "grad_norm", "lr",
                "images_per_s", "elapsed_s", "epoch", "test_bpd", "test_bpd_full")
 
 
@@ -607,7 +608,7 @@ class _Training:
         return False
 
     def reset_window(self) -> None:
-        self.win_sums = [0.0] * (self.cfg.levels + 3)   # sums of: bpd, grad norm, priors..., logdet
+        self.win_sums = [0.0] * (self.cfg.levels + 4)   # sums of: bpd, grad norm, priors..., logdet, dequant
         self.win_good, self.win_images, self.win_time = 0, 0, 0.0
 
     def log_window(self) -> None:
@@ -619,6 +620,8 @@ class _Training:
         if self.win_good:
             means = [v / self.win_good for v in self.win_sums]
             keys = ["train_bpd", "grad_norm"] + [f"bpd_prior_L{i}" for i in range(self.cfg.levels)] + ["bpd_logdet"]
+            if self.cfg.dequantization != "uniform":
+                keys.append("bpd_dequant")   # always 0 with uniform noise: not worth a chart
             rows.append((step, wall, "loss_nats", means[0] * self.cfg.dims * math.log(2)))
             rows += [(step, wall, k, v) for k, v in zip(keys, means)]
         rows += [(step, wall, "lr", self.lr_at(step - 1)),
@@ -662,7 +665,8 @@ class _Training:
             # one host sync per step: loss, grad norm and the bpd split together
             stats = torch.cat([loss.detach().reshape(1), gnorm.detach().float().reshape(1).to(loss.device),
                                terms.prior_levels.detach().float().mean(0),
-                               terms.logdet.detach().float().mean().reshape(1)]).tolist()
+                               terms.logdet.detach().float().mean().reshape(1),
+                               terms.dequant.detach().float().mean().reshape(1)]).tolist()
             finite = all(math.isfinite(v) for v in stats)
             if finite:
                 self.opt.step()
@@ -853,6 +857,8 @@ _FLOW_FLAGS = {  # FlowConfig field -> (flag, type, help)
     "top_prior": ("--top-prior", str, "learned | standard prior of the top latent"),
     "n_bits": ("--n-bits", int, "bits per pixel modelled (8 = all 256 levels)"),
     "affine_clamp": ("--affine-clamp", float, "bound on |s| in affine couplings"),
+    "dequantization": ("--dequantization", str, "uniform | variational (learned noise, Flow++) in each pixel's bin"),
+    "input_transform": ("--input-transform", str, "none | logit (RealNVP's logit of the pixels as the flow's first layer)"),
     "seed": ("--model-seed", int, "seed of the initial weights and shuffles"),
 }
 _TRAIN_FLAGS = {  # TrainConfig field -> (flag, type, help)

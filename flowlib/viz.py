@@ -516,15 +516,24 @@ def latent_grid(z, limit: float | None = 3.0, ncol: int | None = None, scale: in
 
 
 def bpd_budget_figure(prior_levels: Sequence[float], logdet: float, quantisation: float,
-                      total: float, height: int = 380) -> go.Figure:
-    """Bar chart of one image's bits/dim: each level's prior term, the log-det term, n_bits, total."""
-    names = [f"prior z{k + 1}" for k in range(len(prior_levels))] + ["log-det", "quantisation", "total"]
-    vals = [float(v) for v in prior_levels] + [float(logdet), float(quantisation), float(total)]
-    colours = ["#0072B2"] * len(prior_levels) + ["#E69F00", "#999999", "#333333"]
+                      total: float, height: int = 380, dequant: float | None = None) -> go.Figure:
+    """Bar chart of one image's bits/dim: each level's prior term, the log-det term,
+    [the learned dequantisation term,] n_bits, total."""
+    names = [f"prior z{k + 1}" for k in range(len(prior_levels))] + ["log-det"]
+    vals = [float(v) for v in prior_levels] + [float(logdet)]
+    colours = ["#0072B2"] * len(prior_levels) + ["#E69F00"]
     hover = ([f"-log p(z{k + 1} | coarser) / (D ln 2)" for k in range(len(prior_levels))]
-             + ["-Σ log|det J| / (D ln 2): negative when the flow spreads the data out",
-                "log2(n_bins): turns a density into a probability of a pixel bin",
-                "sum of the bars to the left"])
+             + ["-Σ log|det J| / (D ln 2): negative when the flow spreads the data out"])
+    if dequant is not None:
+        names.append("dequantisation")
+        vals.append(float(dequant))
+        colours.append("#009E73")
+        hover.append("log q(u | x) / (D ln 2): the learned noise's own density")
+    names += ["quantisation", "total"]
+    vals += [float(quantisation), float(total)]
+    colours += ["#999999", "#333333"]
+    hover += ["log2(n_bins): turns a density into a probability of a pixel bin",
+              "sum of the bars to the left"]
     fig = go.Figure(go.Bar(x=names, y=vals, marker_color=colours, text=[f"{v:+.2f}" for v in vals],
                            textposition="outside", customdata=hover,
                            hovertemplate="%{x}: %{y:.3f} bits/dim<br>%{customdata}<extra></extra>"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flowlib import PRESETS, FlowConfig, FlowModel, preset
-from flowlib.layers import ActNorm, Coupling, InvConv1x1, InvConv1x1LU
+from flowlib.layers import ActNorm, Coupling, InvConv1x1, InvConv1x1LU, VariationalDequantizer
 from flowlib.ops import channel_split_sizes, checkerboard_mask, squeeze2d, unsqueeze2d
 
 COUPLINGS = ["affine", "additive"]
@@ -92,6 +92,81 @@ def test_gradients_reach_every_parameter(coupling, permutation, mask):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_logit_input_transform_inverts_and_its_logdet_matches_brute_force(mask):
+    model = make_model((1, 4, 4), mask=mask, input_transform="logit")
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 0.5
+    out = model.encode(x)
+    assert torch.allclose(model.decode(out.zs), x, atol=1e-9)
+    for i in range(2):
+        jac = torch.autograd.functional.jacobian(lambda v: flat_latents(model, v.view(1, 1, 4, 4)),
+                                                 x[i].flatten())
+        assert torch.allclose(out.logdet[i], torch.linalg.slogdet(jac)[1], rtol=1e-6, atol=1e-8)
+    # samples come back through a sigmoid: always inside the pixel range (up to α = 1e-6)
+    samples = model.sample(16, temperature=1.0, eps=model.sample_eps(16, torch.Generator().manual_seed(2)))
+    assert samples.min() >= -0.5 - 1e-5 and samples.max() <= 0.5 + 1e-5   # up to α
+
+
+def _mnist_like(n=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    return torch.where(torch.rand(x.shape, generator=gen) < 0.7, torch.zeros_like(x), x)  # mostly 0
+
+
+def test_variational_dequantisation_starts_as_exactly_uniform_noise():
+    cfg = FlowConfig(image_shape=(1, 8, 8), levels=2, steps=2, hidden=8)
+    uniform, learned = FlowModel(cfg), FlowModel(cfg.replace(dequantization="variational"))
+    learned.load_state_dict(uniform.state_dict(), strict=False)   # same flow, fresh dequantiser
+    x = _mnist_like()
+    a = uniform.bits_per_dim_terms(x, generator=torch.Generator().manual_seed(2))
+    b = learned.bits_per_dim_terms(x, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(a.total, b.total, atol=1e-5)
+    assert torch.equal(a.dequant, torch.zeros(6)) and b.dequant.abs().max() < 1e-6
+    assert torch.allclose(uniform.preprocess(x, noise=False), learned.dequantize(x, noise=False)[0])
+
+
+def test_learned_noise_log_q_is_the_density_of_u_and_u_stays_in_its_bin():
+    torch.manual_seed(0)
+    deq = VariationalDequantizer(channels=2, n_bins=32)
+    with torch.no_grad():   # moderate weights: a saturated sigmoid has slope 0 in float32
+        for p in deq.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+        deq.table.add_(0.5 * torch.randn(deq.table.shape))
+    x = torch.randint(0, 32, (3, 2, 4, 6)).float()
+    u, log_q = deq(x, generator=torch.Generator().manual_seed(5))
+    assert u.shape == x.shape and log_q.shape == (3,)
+    assert (u >= 0).all() and (u <= 1).all() and not torch.equal(u, u.round())
+    # Change of variables by autograd: u = f(ε) elementwise with ε standard logistic, so
+    # log q(u) = Σ [log p_logistic(ε) - log f'(ε)].
+    eps = torch.logit(torch.rand(x.shape, generator=torch.Generator().manual_seed(5)), eps=1e-6)
+    eps.requires_grad_(True)
+    params = deq.table[x.long()]
+    from flowlib.ops import squeeze2d, unsqueeze2d
+    h = unsqueeze2d(deq.net(squeeze2d((x + 0.5) / 32 - 0.5)))
+    u_again = torch.sigmoid(params[..., 0] + h[:, :2] + torch.exp(params[..., 1] + h[:, 2:]) * eps)
+    (slope,) = torch.autograd.grad(u_again.sum(), eps)
+    log_logistic = -torch.nn.functional.softplus(eps) - torch.nn.functional.softplus(-eps)
+    expected = (log_logistic - torch.log(slope)).flatten(1).sum(1)
+    assert torch.allclose(u_again, u, atol=1e-6)
+    assert torch.allclose(log_q, expected.detach(), rtol=1e-4, atol=1e-3)
+
+
+def test_variational_dequantiser_learns_and_its_model_round_trips():
+    cfg = FlowConfig(image_shape=(1, 8, 8), levels=2, steps=1, hidden=8, dequantization="variational")
+    model = FlowModel(cfg)
+    assert FlowConfig.from_dict(cfg.to_dict()) == cfg and "learned dequantisation" in cfg.summary()
+    assert FlowConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "dequantization"}
+                                ).dequantization == "uniform"   # configs saved before the field
+    model.bits_per_dim(_mnist_like()).mean().backward()
+    assert model.dequantizer.table.grad.abs().sum() > 0
+    assert model.dequantizer.net.conv_out.conv.weight.grad.abs().sum() > 0
+    twin = FlowModel(cfg)
+    twin.load_state_dict(model.state_dict())
+    gen = lambda: torch.Generator().manual_seed(1)
+    assert torch.equal(model.bits_per_dim(_mnist_like(), generator=gen()),
+                       twin.bits_per_dim(_mnist_like(), generator=gen()))
 
 
 def test_config_round_trips_through_json():
@@ -322,6 +397,8 @@ def test_bad_inputs_raise_value_errors_naming_what_is_expected():
     (dict(coupling="affline"), "coupling must be one of affine, additive"),
     (dict(mask="stripes"), "mask must be one of"),
     (dict(split_prior="gauss"), "split_prior must be one of learned, standard"),
+    (dict(dequantization="learned"), "dequantization must be one of uniform, variational; got 'learned'"),
+    (dict(input_transform="log"), "input_transform must be one of none, logit; got 'log'"),
     (dict(levels=3), r"divisible by 2\*\*levels = 8, but the image is 28×28; use levels ≤ 2"),
     (dict(image_shape=(1, 28)), "three integers"),
     (dict(actnorm="yes"), "actnorm must be True or False"),

@@ -85,6 +85,23 @@ def test_evaluations_between_fused_adam_steps_see_the_current_1x1_weights(store)
     assert evaluate_bpd(model, load_images("faces", "test").images) == pytest.approx(logged, abs=1e-6)
 
 
+def test_a_run_with_learned_dequantisation_logs_its_term_and_the_parts_still_add_up(store):
+    config = TINY.replace(dequantization="variational")
+    run_id = store.create_run("vd", "faces", config.to_dict(), _tc(max_steps=10, first_eval=0).to_dict())
+    store.request_start(run_id)
+    assert train_run(store, run_id).status == "finished"
+    m = store.metrics(run_id)
+    assert m["bpd_dequant"]["step"] == [5, 10]
+    for s in range(2):
+        parts = (m["bpd_prior_L0"]["value"][s] + m["bpd_prior_L1"]["value"][s] + m["bpd_logdet"]["value"][s]
+                 + m["bpd_dequant"]["value"][s] + 8)
+        assert parts == pytest.approx(m["train_bpd"]["value"][s], abs=1e-4)
+    model, _ = load_model(store.checkpoint_path(run_id))
+    assert model.config.dequantization == "variational"
+    assert evaluate_bpd(model, load_images("faces", "test").images) == pytest.approx(
+        m["test_bpd_full"]["value"][0], abs=1e-6)
+
+
 def test_make_optimizer_is_fused_on_the_cpu_and_steps_like_plain_adam():
     torch.manual_seed(0)
     a = FlowModel(TINY)

@@ -204,16 +204,24 @@ def test_latent_grid_size():
     assert lim == 0.5
 
 
-def test_budget_figure_bars_add_up_to_the_model_total():
-    model = FlowModel(PRESETS["mnist-fast"]).eval()
+@pytest.mark.parametrize("dequantization", ["uniform", "variational"])
+def test_budget_figure_bars_add_up_to_the_model_total(dequantization):
+    model = FlowModel(PRESETS["mnist-fast"].replace(dequantization=dequantization)).eval()
     x = torch.randint(0, 256, (1, 1, 28, 28), dtype=torch.uint8)
     model.initialize(model.preprocess(torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)))
     with torch.no_grad():
+        if model.dequantizer is not None:   # a trained dequantiser is not the identity
+            model.dequantizer.table.add_(0.3)
         t = model.bits_per_dim_terms(x, noise=False)
-    fig = viz.bpd_budget_figure(t.prior_levels[0].tolist(), float(t.logdet[0]), t.quantisation, float(t.total[0]))
+    learned = model.dequantizer is not None
+    fig = viz.bpd_budget_figure(t.prior_levels[0].tolist(), float(t.logdet[0]), t.quantisation, float(t.total[0]),
+                                dequant=float(t.dequant[0]) if learned else None)
     names, vals = list(fig.data[0].x), list(fig.data[0].y)
-    assert names == ["prior z1", "prior z2", "log-det", "quantisation", "total"]
+    assert names == ["prior z1", "prior z2", "log-det"] + (["dequantisation"] if learned else []) + [
+        "quantisation", "total"]
     assert vals[-1] == pytest.approx(sum(vals[:-1]), abs=1e-4)
+    if learned:
+        assert abs(vals[3]) > 1e-3
 
 
 # -- grids and PNG -------------------------------------------------------------------------
