@@ -244,9 +244,12 @@ def compute():
 
 
 def to_model_space(model, pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [C, H, W] -> model input [1, C, H, W] in [-0.5, 0.5] (bin centres, no noise)."""
+    """uint8 [C, H, W] -> model input [1, C, H, W] in [-0.5, 0.5], without random noise: bin
+    centres, or the median of the learned noise for a model with variational dequantisation
+    (the same point its bits/dim budget is computed at)."""
     x = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))[None]
-    return model.preprocess(x, noise=False)
+    with torch.no_grad():
+        return model.dequantize(x, noise=False)[0]
 
 
 def explain(title: str = "What am I looking at?"):

@@ -49,6 +49,7 @@ def encode_image(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
         "prior": terms.prior_levels[0].tolist(),
         "logdet": float(terms.logdet[0]),
         "quant": float(terms.quantisation),
+        "dequant": float(terms.dequant[0]) if model.dequantizer is not None else None,
         "total": float(terms.total[0]),
     }
 
@@ -86,20 +87,33 @@ for k in range(L):
 
 # ------------------------------------------------------------------------------ bits budget
 st.header("2 · The likelihood budget")
+DEQUANT_TERM = (r"\;+\;\underbrace{\frac{\log q(u\mid x)}{D\ln 2}}_{\text{dequantisation}}"
+                if enc["dequant"] is not None else "")
 st.latex(r"\text{bits/dim} = \sum_{\ell}\underbrace{\frac{-\log p(z_\ell\mid z_{>\ell})}{D\ln 2}}_{\text{prior of level }\ell}"
-         r"\;\underbrace{-\;\frac{\sum\log|\det J|}{D\ln 2}}_{\text{log-det}}\;+\;\underbrace{n_\text{bits}}_{\text{quantisation}}")
+         r"\;\underbrace{-\;\frac{\sum\log|\det J|}{D\ln 2}}_{\text{log-det}}" + DEQUANT_TERM
+         + r"\;+\;\underbrace{n_\text{bits}}_{\text{quantisation}}")
 left, right = st.columns([3, 2])
 with left:
-    fig = viz.bpd_budget_figure(enc["prior"], enc["logdet"], enc["quant"], enc["total"])
+    fig = viz.bpd_budget_figure(enc["prior"], enc["logdet"], enc["quant"], enc["total"],
+                                dequant=enc["dequant"])
     st.plotly_chart(fig, width="stretch", key="latents_budget")
 with right:
     st.markdown(
         f"D = {C}·{H}·{W} = {C * H * W} values.\n\n"
         "**Blue bars:** what each level's latent costs under its prior.\n\n"
         "**Orange bar (log-det):** usually **negative**. The flow stretches the narrow cloud "
-        "of real images into a roomy Gaussian, and that stretching is credit.\n\n"
-        f"**Grey bar:** adds back the {loaded.config.n_bits} bits that turn a density into the "
-        "probability of a whole pixel bin.\n\n**Black bar:** the sum — this image's bits/dim.")
+        "of real images into a roomy Gaussian, and that stretching is credit."
+        + (" This model's first layer is RealNVP's logit, which stretches near-black and "
+           "near-white values enormously: most of this large credit is that stretch. Only "
+           "the sum of the bars matters.\n\n"
+           if loaded.config.input_transform == "logit" else "\n\n")
+        + f"**Grey bar:** adds back the {loaded.config.n_bits} bits that turn a density into the "
+        "probability of a whole pixel bin.\n\n"
+        + ("**Green bar (dequantisation):** this model learned the noise inside each pixel's "
+           "bin (Flow++) and packs it tightly where the flow puts its density; the bar, "
+           "log q(u | x) / (D ln 2), pays for that, so the total stays an honest upper bound "
+           "(noise at its median here).\n\n" if enc["dequant"] is not None else "")
+        + "**Black bar:** the sum — this image's bits/dim.")
 
 # ------------------------------------------------------------------------------ what each scale stores
 st.header("3 · What each scale stores")

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from flowlib import PRESETS
+from flowlib import PRESETS, FlowConfig
 from flowlib.train import TrainConfig
 from pages import ui
 
@@ -27,6 +27,7 @@ CURVES = {
     "loss_nats": ("training loss", "nats/image"),
     "images_per_s": ("speed", "images/s"),
 }
+FLOW_DEFAULTS = FlowConfig().to_dict()
 SETTINGS = [  # (label, where, key)
     ("dataset", "run", "dataset"), ("preset", "run", "preset"),
     ("levels L", "config", "levels"), ("steps per level K", "config", "steps"),
@@ -34,6 +35,7 @@ SETTINGS = [  # (label, where, key)
     ("permutation", "config", "permutation"), ("mask", "config", "mask"),
     ("ActNorm", "config", "actnorm"), ("split prior", "config", "split_prior"),
     ("top prior", "config", "top_prior"), ("bits per pixel", "config", "n_bits"),
+    ("dequantisation", "config", "dequantization"), ("input transform", "config", "input_transform"),
     ("model seed", "config", "seed"), ("batch size", "train", "batch_size"),
     ("learning rate", "train", "lr"), ("warm-up steps", "train", "warmup_steps"),
     ("step budget", "train", "max_steps"), ("minute budget", "train", "max_minutes"),
@@ -43,6 +45,8 @@ SETTINGS = [  # (label, where, key)
 
 def setting(run: dict, where: str, key: str):
     value = run.get(key) if where == "run" else run[where].get(key)
+    if value is None and where == "config" and key in FLOW_DEFAULTS:
+        value = FLOW_DEFAULTS[key]   # a run saved before the field existed used its default
     return "–" if value is None else value
 
 

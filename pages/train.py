@@ -20,7 +20,7 @@ import streamlit as st
 from flowlib import PRESET_NOTES, PRESETS, FlowConfig
 from flowlib.data import DatasetError, list_datasets, load_images, store_upload
 from flowlib.device import bf16_is_fast, pick_device
-from flowlib.model import COUPLINGS, MASKS, PERMUTATIONS, PRIORS
+from flowlib.model import COUPLINGS, DEQUANTIZATIONS, INPUT_TRANSFORMS, MASKS, PERMUTATIONS, PRIORS
 from flowlib.train import LR_SCHEDULES, PRESET_LR, TrainConfig, make_optimizer
 from pages import ui
 
@@ -41,6 +41,10 @@ CHOICE_WORDS = {
     "realnvp": "checkerboard then channel (RealNVP)",
     "learned": "learned Gaussian (Glow)",
     "standard": "standard normal N(0, I)",
+    "uniform": "uniform noise (RealNVP, Glow)",
+    "variational": "learned noise (Flow++)",
+    "none": "none: pixel values as they are",
+    "logit": "logit (RealNVP)",
     "constant": "constant after warm-up",
     "cosine": "cosine decay to 0 at the end of the budget",
 }
@@ -58,6 +62,14 @@ HELP = {
     "split_prior": "Prior of each split-off latent: learned from the half that stays, or N(0, I).",
     "top_prior": "Prior of the last (coarsest) latent.",
     "actnorm": "Glow's per-channel scale and shift, initialised from the first batch.",
+    "input_transform": "Logit (RealNVP): the flow's first layer stretches values near black and white "
+                       "with logit(α + (1−2α)x), α = 1e-6, and counts that stretch in the log-det. "
+                       "Helps a lot on MNIST, whose background is exactly black.",
+    "dequantization": "Pixels are whole numbers; a flow models continuous values, so each pixel gets "
+                      "noise inside its bin. Uniform noise is the article's choice. Learned noise "
+                      "(Flow++) takes the shape the flow finds easiest and is scored with its own "
+                      "density, so bits/dim stays an upper bound on the true cost; on MNIST it "
+                      "reached a lower score in the same 10 minutes.",
     "n_bits": "Bits per pixel modelled: 8 = all 256 grey levels; 5 = 32 levels (Glow's "
               "CelebA-HQ trick). Valid: 1..8.",
     "batch_size": "Images per training step. Valid: 1..4096.",
@@ -78,7 +90,7 @@ HELP = {
             "reported test bits/dim stay exact float32.",
 }
 MODEL_FIELDS = ("levels", "steps", "hidden", "coupling", "permutation", "mask", "split_prior",
-                "top_prior", "actnorm", "n_bits")
+                "top_prior", "actnorm", "n_bits", "dequantization", "input_transform")
 TRAIN_FIELDS = ("batch_size", "lr", "warmup_steps", "eval_every", "bf16", "lr_schedule")
 LR_SCHEDULE_DEFAULT = "cosine"
 # Every setting of the form that survives a visit to another page (buttons and uploads don't).
@@ -430,10 +442,14 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
         slot_levels = st.empty()
         st.number_input("Steps per level K", step=1, key=K + "steps", help=HELP["steps"])
         slot_steps = st.empty()
-    with m2:
         st.number_input("Hidden width", step=16, key=K + "hidden", help=HELP["hidden"])
         slot_hidden = st.empty()
+    with m2:  # how pixels become the flow's continuous input
         st.selectbox("Bits per pixel", list(range(8, 0, -1)), key=K + "n_bits", help=HELP["n_bits"])
+        st.selectbox("Dequantisation", DEQUANTIZATIONS, key=K + "dequantization",
+                     help=HELP["dequantization"], format_func=CHOICE_WORDS.get)
+        st.selectbox("Input transform", INPUT_TRANSFORMS, key=K + "input_transform",
+                     help=HELP["input_transform"], format_func=CHOICE_WORDS.get)
     with m3:
         st.selectbox("Coupling", COUPLINGS, key=K + "coupling", help=HELP["coupling"],
                      format_func=CHOICE_WORDS.get)
@@ -610,6 +626,11 @@ def decomposition_figure(m: dict, levels: int, n_bits: int, axis: str, run_id: i
         fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode="lines",
                                  name="log-det term", line=dict(width=3, color="#c92a2a", dash="dash"),
                                  hovertemplate="%{y:.3f} bits/dim"))
+    d = m.get("bpd_dequant")   # learned dequantisation only
+    if d:
+        fig.add_trace(go.Scatter(x=ui.x_values(d, el, axis), y=d["value"], mode="lines",
+                                 name="dequantisation noise log q", hovertemplate="%{y:.3f} bits/dim",
+                                 line=dict(width=3, color="#2b8a3e", dash="dashdot")))
         xs = ui.x_values(c, el, axis)
         fig.add_trace(go.Scatter(x=[xs[0], xs[-1]], y=[n_bits, n_bits], mode="lines",
                                  name=f"quantisation (+{n_bits})", hoverinfo="skip",

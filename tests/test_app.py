@@ -117,9 +117,11 @@ def test_train_page_shows_data_parameters_and_estimate(runs_dir):
     # the small preset brings its measured learning rate; the cosine schedule is the default
     assert at.number_input(key="tr_lr").value == PRESET_LR["mnist-fast"] > 1e-3
     assert at.selectbox(key="tr_lr_schedule").value == "cosine"
+    assert at.selectbox(key="tr_dequantization").value == "variational"   # the preset's learned noise
     at.selectbox(key="tr_preset").set_value("realnvp").run()
     assert not at.exception, at.exception
     assert at.number_input(key="tr_lr").value == 1e-3
+    assert at.selectbox(key="tr_dequantization").value == "uniform"
 
 
 def test_the_form_comes_back_as_it_was_left_after_visiting_another_page(runs_dir):
