@@ -543,10 +543,11 @@ _preset("nice", "NICE: additive (volume-preserving) couplings, channel reversal,
         image_shape=(1, 28, 28), levels=2, steps=4, hidden=128, coupling="additive",
         permutation="reverse", mask="channel", actnorm=False, split_prior="standard",
         top_prior="standard")
-_preset("mnist-fast", "Small Glow for MNIST on a laptop CPU: L=2, K=4, width 64; learns visibly within a minute.",
+_preset("mnist-fast", "Small Glow for MNIST on a laptop CPU: L=2, K=4, width 64, logit input and learned "
+        "dequantisation noise; learns visibly within a minute.",
         image_shape=(1, 28, 28), levels=2, steps=4, hidden=64, coupling="affine",
         permutation="conv1x1_lu", mask="channel", actnorm=True, split_prior="learned",
-        top_prior="learned")
+        top_prior="learned", dequantization="variational", input_transform="logit")
 _preset("faces-fast", "Small Glow for 32×32 grayscale faces on a laptop CPU: L=3, K=4, width 64.",
         image_shape=(1, 32, 32), levels=3, steps=4, hidden=64, coupling="affine",
         permutation="conv1x1_lu", mask="channel", actnorm=True, split_prior="learned",
