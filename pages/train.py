@@ -818,7 +818,8 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
                     help="train bits/dim = Σ (each level's prior term) + log-det term + n_bits. The "
                          "prior terms: how unlikely each scale's latent is under its Gaussian. The "
                          "log-det term is negative when the flow spreads the data out; it pays for "
-                         "squeezing the data into the Gaussians.")
+                         "squeezing the data into the Gaussians. With learned dequantisation noise "
+                         "one more term, log q of that noise, is added (green).")
         st.plotly_chart(decomposition_figure(m, levels, n_bits, axis, run_id),
                         key=f"dec_chart_{run_id}", config={"displaylogo": False})
     def metric_chart(metric: str, title: str, help_text: str, y_title: str, name: str,
