@@ -626,15 +626,15 @@ def decomposition_figure(m: dict, levels: int, n_bits: int, axis: str, run_id: i
         fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode="lines",
                                  name="log-det term", line=dict(width=3, color="#c92a2a", dash="dash"),
                                  hovertemplate="%{y:.3f} bits/dim"))
+        xs = ui.x_values(c, el, axis)
+        fig.add_trace(go.Scatter(x=[xs[0], xs[-1]], y=[n_bits, n_bits], mode="lines",
+                                 name=f"quantisation (+{n_bits})", hoverinfo="skip",
+                                 line=dict(width=2, color="#868e96", dash="dot")))
     d = m.get("bpd_dequant")   # learned dequantisation only
     if d:
         fig.add_trace(go.Scatter(x=ui.x_values(d, el, axis), y=d["value"], mode="lines",
                                  name="dequantisation noise log q", hovertemplate="%{y:.3f} bits/dim",
                                  line=dict(width=3, color="#2b8a3e", dash="dashdot")))
-        xs = ui.x_values(c, el, axis)
-        fig.add_trace(go.Scatter(x=[xs[0], xs[-1]], y=[n_bits, n_bits], mode="lines",
-                                 name=f"quantisation (+{n_bits})", hoverinfo="skip",
-                                 line=dict(width=2, color="#868e96", dash="dot")))
     ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title="bits/dim",
                    uirevision=f"dec-{run_id}-{axis}", height=380)
     fig.add_hline(y=0, line=dict(color="#495057", width=1))

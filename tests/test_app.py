@@ -235,6 +235,17 @@ def _finished_run(name: str, owner: str | None = None, permutation: str = "conv1
     return rid
 
 
+@pytest.mark.parametrize("learned_noise", [False, True])
+def test_bits_split_chart_keeps_the_quantisation_line_and_adds_log_q_only_for_learned_noise(runs_dir, learned_noise):
+    rid = _finished_run("split")
+    keys = ["bpd_prior_L0", "bpd_prior_L1", "bpd_logdet"] + (["bpd_dequant"] if learned_noise else [])
+    store().append_metrics(rid, [(step, 1000.0 + step, key, 0.5) for step in (10, 20) for key in keys])
+    at = train_page(run=str(rid))
+    assert not at.exception, at.exception
+    assert chart_points(at, "quantisation (+8)") == 2       # the +8 line, whatever the noise
+    assert chart_points(at, "dequantisation noise log q") == (2 if learned_noise else 0)
+
+
 def test_runs_page_overlays_selected_runs_and_highlights_differences(runs_dir):
     a = _finished_run("a-reverse", permutation="reverse")
     b = _finished_run("b-shuffle", permutation="shuffle")
