@@ -1,0 +1,167 @@
+"""Everything worth knowing about a CUDA machine, in one run of under 8 minutes.
+
+    python -m benchmarks.gpu_check OUT_DIR          # on a GPU machine (or OUT_DIR from $OUT)
+    python -m benchmarks.gpu_check OUT_DIR --cpu-dry-run   # the same steps, tiny, on the CPU
+
+Writes under OUT_DIR (each step's output in its own file, and ``summary.md`` last):
+
+1. ``tests.txt``      the suite's CUDA-marked tests (``pytest -m cuda``)
+2. ``bench.md``       the benchmark table on CUDA (images/s, ms per 64-sample grid, peak memory)
+3. ``mnist_run.txt``  a fixed-time MNIST run (mnist-fast, 3 minutes): test bits/dim against
+                      wall time, read back from the run store
+4. ``worker.txt``     a run started through ``flowlib.worker`` and read back from the store
+5. ``torchrun.txt``   a 2-process ``torchrun`` smoke run, if the machine has 2 or more GPUs
+                      and the trainer supports it (``--help`` mentions torchrun)
+
+Every step has its own time limit and a failure is written down, not raised, so one broken
+step never hides the others. No number here is a claim until it came from a CUDA machine:
+``--cpu-dry-run`` exists to try the script, and its summary says so on its first line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], out: Path, timeout: float, env: dict | None = None) -> tuple[int, float]:
+    """Run ``cmd`` with stdout+stderr into ``out``; (exit code, seconds). 124 on time-out."""
+    start = time.monotonic()
+    with open(out, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        try:
+            code = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                  timeout=timeout, env=env).returncode
+        except subprocess.TimeoutExpired:
+            f.write(f"\n[gpu_check] timed out after {timeout:g} s\n")
+            code = 124
+    return code, time.monotonic() - start
+
+
+def _read_run(runs_dir: Path) -> dict:
+    """The newest run of a store, with its test bits/dim curve against training time."""
+    from flowlib.store import RunStore
+    store = RunStore(runs_dir)
+    runs = store.list_runs()
+    if not runs:
+        return {"error": "no run in the store"}
+    run = runs[0]
+    m = store.metrics(run["id"], keys=["test_bpd", "test_bpd_full", "elapsed_s", "images_per_s"])
+    curve = []
+    if "test_bpd" in m and "elapsed_s" in m:
+        import numpy as np
+        secs = np.interp(m["test_bpd"]["step"], m["elapsed_s"]["step"], m["elapsed_s"]["value"])
+        curve = [(int(s), round(float(t), 1), round(float(v), 4))
+                 for s, t, v in zip(m["test_bpd"]["step"], secs, m["test_bpd"]["value"])]
+    speed = m.get("images_per_s", {}).get("value", [])
+    return {"id": run["id"], "status": run["status"], "message": run["message"], "step": run["step"],
+            "config": run["config"], "train": run["train"],
+            "test_bpd_full": (m.get("test_bpd_full", {}).get("value") or [None])[-1],
+            "median_images_per_s": sorted(speed)[len(speed) // 2] if speed else None,
+            "curve_step_seconds_bpd": curve}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", default=os.environ.get("OUT"),
+                        help="output folder (default $OUT)")
+    parser.add_argument("--cpu-dry-run", action="store_true",
+                        help="run every step tiny on the CPU, to try the script without a GPU")
+    parser.add_argument("--minutes", type=float, default=3.0, help="length of the MNIST run")
+    args = parser.parse_args(argv)
+    if not args.out:
+        parser.error("give an output folder (or set $OUT)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.cpu_dry_run:
+        (out / "summary.md").write_text("No CUDA device is visible to torch here: nothing measured. "
+                                        "Use --cpu-dry-run to try the script on the CPU.\n")
+        print("no CUDA device; see --cpu-dry-run", file=sys.stderr)
+        return 2
+    device = "cuda" if cuda and not args.cpu_dry_run else "cpu"
+    py = sys.executable
+    lines = []
+    if device == "cpu":
+        lines.append("**CPU dry run: these figures say nothing about a GPU.**\n")
+    else:
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+                     f"{torch.cuda.device_count()} device(s); torch {torch.__version__}\n")
+
+    code, secs = _run([py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"],
+                      out / "tests.txt", timeout=150)
+    tail = (out / "tests.txt").read_text().strip().splitlines()[-1:]
+    lines.append(f"1. CUDA tests: exit {code} in {secs:.0f} s: {' '.join(tail)}")
+
+    bench = [py, "-m", "benchmarks.run", "--markdown", "--device", device, "--repeats", "5"]
+    if device == "cpu":
+        bench += ["--only", "mnist-fast-b64", "--repeats", "2"]
+    code, secs = _run(bench, out / "bench.md", timeout=150)
+    lines.append(f"2. benchmark table: exit {code} in {secs:.0f} s (bench.md)")
+
+    runs_dir = out / "runs"
+    minutes = args.minutes if device == "cuda" else 0.2
+    batch = "256" if device == "cuda" else "32"
+    env = dict(os.environ, FLOWLAB_RUNS_DIR=str(runs_dir))
+    code, secs = _run([py, "-m", "flowlib.train", "--preset", "mnist-fast", "--dataset", "mnist",
+                       "--device", device, "--minutes", str(minutes), "--batch-size", batch,
+                       "--lr", "1e-2", "--lr-schedule", "cosine", "--bf16", "--eval-every", "500",
+                       "--first-eval", "100", "--name", f"gpu-check-{minutes:g}min", "--quiet",
+                       "--runs-dir", str(runs_dir)],
+                      out / "mnist_run.txt", timeout=minutes * 60 + 150, env=env)
+    try:
+        result = _read_run(runs_dir)
+    except Exception as exc:  # noqa: BLE001 - written down, the other steps still run
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    (out / "mnist_run.json").write_text(json.dumps(result, indent=1, default=str))
+    lines.append(f"3. MNIST {minutes:g}-minute run, batch {batch}: exit {code}; full test set "
+                 f"{result.get('test_bpd_full')} bits/dim; median {result.get('median_images_per_s')} "
+                 f"img/s (mnist_run.json has bits/dim against seconds)")
+
+    worker_script = (
+        "import sys, json\n"
+        "from flowlib import preset\n"
+        "from flowlib.store import RunStore\n"
+        "from flowlib.train import TrainConfig\n"
+        "from flowlib import worker\n"
+        f"store = RunStore({str(out / 'worker_runs')!r})\n"
+        f"tc = TrainConfig(dataset='mnist', max_steps=60, eval_every=30, first_eval=0, device={device!r})\n"
+        "cfg = preset('mnist-fast', hidden=32)\n"
+        "rid = store.create_run('gpu-check-worker', 'mnist', cfg.to_dict(), tc.to_dict())\n"
+        "worker.start_run(store, rid)\n"
+        "run = worker.wait_for_run(store, rid, timeout=150)\n"
+        "print(json.dumps({k: run[k] for k in ('id', 'status', 'step', 'message')}))\n"
+        "sys.exit(0 if run['status'] == 'finished' else 1)\n")
+    code, secs = _run([py, "-c", worker_script], out / "worker.txt", timeout=180)
+    lines.append(f"4. run through the worker: exit {code} in {secs:.0f} s (worker.txt)")
+
+    n_gpus = torch.cuda.device_count() if device == "cuda" else 0
+    help_text = subprocess.run([py, "-m", "flowlib.train", "--help"], cwd=REPO,
+                               capture_output=True, text=True).stdout
+    if n_gpus >= 2 and "torchrun" in help_text:
+        code, secs = _run([py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "flowlib.train", "--preset", "mnist-fast", "--dataset", "mnist",
+                           "--steps", "100", "--device", "cuda", "--quiet",
+                           "--runs-dir", str(out / "ddp_runs")],
+                          out / "torchrun.txt", timeout=150)
+        lines.append(f"5. torchrun, 2 processes: exit {code} in {secs:.0f} s (torchrun.txt)")
+    else:
+        why = "fewer than 2 GPUs" if n_gpus < 2 else "the trainer has no torchrun support yet"
+        lines.append(f"5. torchrun: skipped ({why})")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
