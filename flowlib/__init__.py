@@ -16,8 +16,8 @@ stop request before paying for `import torch`.
 import importlib
 
 _EXPORTS = {
-    "FlowConfig": "model", "FlowModel": "model", "PRESETS": "model", "PRESET_NOTES": "model",
-    "preset": "model", "EncodeOutput": "model", "BitsPerDim": "model",
+    "FlowConfig": "config", "FlowModel": "model", "PRESETS": "config", "PRESET_NOTES": "config",
+    "preset": "config", "EncodeOutput": "model", "BitsPerDim": "model",
 }
 
 __all__ = list(_EXPORTS)

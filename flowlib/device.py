@@ -16,9 +16,9 @@ import os
 
 import torch
 
-__all__ = ["DEVICE_CHOICES", "pick_device", "describe_device", "configure_threads", "available_devices"]
+from .config import DEVICE_CHOICES  # declared with the TrainConfig.device setting
 
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+__all__ = ["DEVICE_CHOICES", "pick_device", "describe_device", "configure_threads", "available_devices"]
 
 
 def _mps_available() -> bool:

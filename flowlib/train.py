@@ -1,4 +1,8 @@
-"""The training loop, and ``python -m flowlib.train``: headless runs the app can watch.
+"""The training loop: headless runs the app can watch.
+
+Beside it: the settings in ``flowlib.config``, the command line (``python -m flowlib.train``)
+in ``flowlib.cli``, heartbeat / stop flag / signals in ``flowlib.session``, the PNG sample
+grids in ``flowlib.samples``.
 
     from flowlib.store import RunStore
     from flowlib.train import TrainConfig, train_run
@@ -8,8 +12,8 @@
     store.request_start(run_id)          # claims a concurrency slot (the worker does this for the app)
     train_run(store, run_id)             # trains in this process; everything lands in the store
 
-Every knob lives in :class:`TrainConfig` (the model's in ``FlowConfig``); ``train_run`` reads
-both from the store, so the app, the worker and the CLI train identically.
+Every knob lives in :class:`TrainConfig` (the model's in ``FlowConfig``, both declared in
+``flowlib.config``); ``train_run`` reads both from the store, so the app, the worker and the CLI train identically.
 
 What it logs (metric keys in the store, every ``log_every`` steps, means over those steps):
 
@@ -39,169 +43,41 @@ fails with a message saying so: it never trains on NaNs silently and never dies 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import errno
-import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, model_payload, save_checkpoint
-from .data import DATASETS, DatasetError, load_images
-from .device import DEVICE_CHOICES, bf16_is_fast, configure_threads, describe_device, pick_device
+from .config import LR_SCHEDULES, PRESET_LR, FlowConfig, TrainConfig  # noqa: F401 (re-exported)
+from .data import DatasetError, load_images
+from .device import bf16_is_fast, configure_threads, describe_device, pick_device
 from .layers import low_precision_networks
-from .model import PRESETS, FlowConfig, FlowModel, dataclass_from_dict
+from .model import FlowModel
+from .samples import write_sample_grid
+from .session import STOP_POLL_S, Monitor, append_log, persist, stop_signals
 from .speed import tune_for_training
 from .store import RunStore, StoreBusyError
 
 __all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_sample_grid",
-           "evaluate_bpd", "TrainingDiverged", "main", "METRIC_KEYS", "MAX_ROLLBACKS",
+           "evaluate_bpd", "make_optimizer", "TrainingDiverged", "main", "MAX_ROLLBACKS",
            "LR_SCHEDULES", "PRESET_LR"]
 
 MAX_ROLLBACKS = 8           # lr is then lr_drop**8 of the original (1/256 at 0.5): give up, say so
 SAMPLE_SEED = 1234          # fixed latents, so successive grids show the same samples improving
 EVAL_SEED = 0               # fixed eval subset and dequantisation noise: test points comparable
 EVAL_BATCH = 500
-HEARTBEAT_S = 1.0
-STOP_POLL_S = 0.5
-LR_SCHEDULES = ("constant", "cosine")
-# Peak learning rates the app proposes for the small demo presets, from the MNIST sweep in
-# benchmarks/RESULTS.md (2.5-minute runs, cosine schedule, 2 CPU cores: 1e-3 -> 1e-2 took the
-# test bits/dim from 2.31 to 1.70; 2e-2 was worse again). Anything else starts from Glow's
-# 1e-3, which the width-512 models need.
-PRESET_LR = {"mnist-fast": 1e-2}
-METRIC_KEYS = ("loss_nats", "train_bpd", "bpd_prior_L{i}", "bpd_logdet", "bpd_dequant", "grad_norm", "lr",
-               "images_per_s", "elapsed_s", "epoch", "test_bpd", "test_bpd_full")
 
 
 class TrainingDiverged(RuntimeError):
     """Non-finite losses kept coming back after every rollback and learning-rate drop."""
-
-
-# --------------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train (the model's shape lives in FlowConfig). Round-trips through JSON."""
-
-    dataset: str = "mnist"          # registry name in flowlib.data (mnist, faces, folder, ...)
-    dataset_options: dict = field(default_factory=dict)  # source options, e.g. {"path": "~/faces.zip"}
-    batch_size: int = 64            # images per step; 64 keeps a 2-core CPU near its best images/s
-    lr: float = 1e-3                # Adam peak learning rate (Glow used 1e-3)
-    warmup_steps: int = 200         # linear LR warm-up: the usual cure for early NaNs in Glow ports
-    lr_schedule: str = "constant"   # after warm-up: constant, or cosine decay to 0 at the end of the budget
-    max_steps: int | None = 2000    # step budget (at least one of max_steps / max_minutes is required)
-    max_minutes: float | None = None  # wall-time budget across resumes, for "train for 10 minutes"
-    grad_clip: float | None = 50.0  # clip the grad norm; healthy mnist-fast norms measured 2–40, so only spikes are cut
-    seed: int = 0                   # batch order, dequantisation noise and torch's RNG
-    log_every: int = 10             # steps per metrics row (means over them); one DB write each
-    eval_every: int = 250           # steps between test-subset evals and sample grids
-    first_eval: int = 50            # an early eval, so a chart shows a test point within a minute (0: none)
-    eval_subset: int = 512          # fixed held-out images per eval (the full test set is used at the end)
-    epoch_size: int | None = None   # images per "epoch" for reporting; None = the dataset size (article: 32k)
-    sample_temperatures: tuple = (0.0, 0.5, 0.7, 1.0)  # one grid row per temperature
-    samples_per_temperature: int = 8  # grid columns
-    checkpoint_every_minutes: float = 2.0  # a kill loses at most this much training
-    nan_patience: int = 3           # non-finite steps in a row before rolling back to the checkpoint
-    lr_drop: float = 0.5            # LR multiplier applied at each rollback
-    device: str = "auto"            # auto = CUDA, else MPS, else CPU; or cuda / cuda:1 / mps / cpu
-    bf16: bool = False              # coupling networks in bf16 (CUDA, or CPUs with AVX-512 BF16); log-dets and priors stay float32
-    threads: int | None = None      # CPU torch threads; None = every core
-
-    def __post_init__(self):
-        if isinstance(self.sample_temperatures, list):
-            object.__setattr__(self, "sample_temperatures", tuple(self.sample_temperatures))
-        for name in ("lr", "max_minutes", "grad_clip", "checkpoint_every_minutes", "lr_drop"):
-            value = getattr(self, name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, name, float(value))
-        self._validate()
-
-    def _validate(self) -> None:
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        if not isinstance(self.dataset, str) or self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
-        opts = self.dataset_options
-        if not isinstance(opts, dict) or not all(isinstance(k, str) for k in opts):
-            raise ValueError(f"dataset_options must be a dict with string keys, got {opts!r}")
-        try:
-            json.dumps(opts, allow_nan=False)
-        except (TypeError, ValueError):
-            raise ValueError(f"dataset_options must hold plain JSON values (str, number, bool), got {opts!r}") from None
-        ints = {  # name: (lo, hi, optional)
-            "batch_size": (1, 4096, False), "warmup_steps": (0, 10**7, False),
-            "max_steps": (1, 10**8, True), "seed": (0, 2**31 - 1, False),
-            "log_every": (1, 10**6, False), "eval_every": (1, 10**8, False),
-            "first_eval": (0, 10**8, False), "eval_subset": (1, 10**7, False),
-            "epoch_size": (1, 10**9, True), "samples_per_temperature": (1, 32, False),
-            "nan_patience": (1, 10**4, False), "threads": (1, 1024, True),
-        }
-        for name, (lo, hi, optional) in ints.items():
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            if not is_int(value) or not lo <= value <= hi:
-                extra = " or None" if optional else ""
-                raise ValueError(f"{name} must be an integer in {lo}..{hi}{extra}, got {value!r}")
-        floats = {  # name: (lo, hi, lo_inclusive, optional)
-            "lr": (0.0, 1.0, False, False), "max_minutes": (0.0, 60.0 * 24 * 30, False, True),
-            "grad_clip": (0.0, 1e9, False, True), "checkpoint_every_minutes": (0.0, 60.0 * 24, False, False),
-            "lr_drop": (0.0, 1.0, False, False),
-        }
-        for name, (lo, hi, _, optional) in floats.items():
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            bad = not is_num(value) or not math.isfinite(value) or not lo < value <= hi
-            if name == "lr_drop" and not bad and value >= 1.0:
-                bad = True
-            if bad:
-                rng = "0 < value < 1" if name == "lr_drop" else f"0 < value ≤ {hi:g}"
-                extra = " or None" if optional else ""
-                raise ValueError(f"{name} must be a finite number with {rng}{extra}, got {value!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.max_steps is None and self.max_minutes is None:
-            raise ValueError("a budget is required: set max_steps (1..100000000) or max_minutes, or both")
-        temps = self.sample_temperatures
-        if (not isinstance(temps, tuple) or not 1 <= len(temps) <= 8
-                or not all(is_num(t) and math.isfinite(t) and 0 <= t <= 2 for t in temps)):
-            raise ValueError(f"sample_temperatures must be 1..8 numbers in 0..2, got {temps!r}")
-        device = self.device
-        if not isinstance(device, str) or device.split(":", 1)[0] not in DEVICE_CHOICES or (
-                ":" in device and not (device.startswith("cuda:") and device[5:].isdigit())):
-            raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {device!r}")
-        if not isinstance(self.bf16, bool):
-            raise ValueError(f"bf16 must be True or False, got {self.bf16!r}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["sample_temperatures"] = list(self.sample_temperatures)
-        d["dataset_options"] = dict(self.dataset_options)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a dict (the store's ``train`` column); unknown keys are an error."""
-        return dataclass_from_dict(cls, d)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -317,126 +193,11 @@ def evaluate_bpd(model: FlowModel, images: torch.Tensor, batch: int = EVAL_BATCH
     return total / max(count, 1)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@torch.no_grad()
-def write_sample_grid(model: FlowModel, eps: list, temperatures, path: str | os.PathLike,
-                      gutter: int = 2) -> Path:
-    """PNG grid: one row per temperature, one column per fixed latent; small images upscaled ×2."""
-    from PIL import Image
-
-    was_training = model.training
-    model.eval()
-    try:
-        rows = []
-        for t in temperatures:
-            x = model.sample(eps[0].shape[0], temperature=float(t), eps=eps)
-            rows.append(model.to_uint8(torch.nan_to_num(x.float(), nan=0.0)).cpu())
-    finally:
-        model.train(was_training)
-    n = rows[0].shape[0]
-    c, h, w = rows[0].shape[1:]
-    scale = 2 if max(h, w) < 64 else 1
-    hh, ww = h * scale, w * scale
-    grid = torch.full((c, len(rows) * (hh + gutter) + gutter, n * (ww + gutter) + gutter), 255, dtype=torch.uint8)
-    for r, imgs in enumerate(rows):
-        if scale > 1:
-            imgs = imgs.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-        for i in range(n):
-            top, left = gutter + r * (hh + gutter), gutter + i * (ww + gutter)
-            grid[:, top:top + hh, left:left + ww] = imgs[i]
-    array = grid.permute(1, 2, 0).numpy()
-    image = Image.fromarray(array[:, :, 0] if c == 1 else array, mode="L" if c == 1 else "RGB")
-    path = Path(path)
-    _atomic_write(path, lambda f: image.save(f, format="PNG"))
-    return path
-
-
-class _Monitor(threading.Thread):
-    """Heartbeat (every ~1 s, carrying the step) and stop-flag polling, off the training thread.
-
-    The training loop only reads ``stop_event.is_set()``. A database that stays locked costs
-    a skipped heartbeat, nothing more.
-    """
-
-    def __init__(self, store: RunStore, run_id: int):
-        super().__init__(daemon=True, name=f"flowlab-monitor-{run_id}")
-        self.store, self.run_id = store, run_id
-        self.step = 0
-        self.stop_event = threading.Event()   # stop requested (store flag, signal, or orphaned)
-        self.orphaned = False                 # the store no longer thinks we are running
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        last_beat = float("-inf")
-        while not self._done.wait(STOP_POLL_S):
-            now = time.monotonic()
-            try:
-                if now - last_beat >= HEARTBEAT_S - 0.05:
-                    status, stop = self.store.heartbeat(self.run_id, self.step)
-                    last_beat = now
-                else:
-                    status, stop = self.store.poll_stop(self.run_id)
-            except Exception:  # locked, disk trouble: skip this beat, the next one may work
-                continue
-            if stop:
-                self.stop_event.set()
-            if status not in ("running", "stopping"):
-                self.orphaned = True
-                self.stop_event.set()
-
-    def close(self) -> None:
-        self._done.set()
-        if self.is_alive():
-            self.join(timeout=5)
-
-
-@contextlib.contextmanager
-def _stop_signals(stop_event: threading.Event, enabled: bool):
-    """SIGTERM / SIGINT ask for a clean stop; a second SIGINT interrupts for real."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum, frame):
-        if signum == signal.SIGINT and stop_event.is_set():
-            raise KeyboardInterrupt
-        stop_event.set()
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _append_log(path: Path, text: str) -> None:
-    try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text)
-    except OSError:
-        pass
-
-
 # ---------------------------------------------------------------------------- the run
 class _Training:
     """One training session of one run. Internal: all knobs are in TrainConfig / FlowConfig."""
 
-    def __init__(self, store: RunStore, run: dict, monitor: _Monitor,
+    def __init__(self, store: RunStore, run: dict, monitor: Monitor,
                  should_stop: Callable[[], bool] | None, on_log: Callable[[dict], None] | None):
         self.store, self.run_id, self.monitor = store, run["id"], monitor
         self.should_stop, self.on_log = should_stop, on_log
@@ -785,22 +546,22 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     run's worker.log); raises KeyError for an unknown run. ``should_stop`` is polled at most
     every 0.5 s; ``handle_signals`` turns SIGINT/SIGTERM into a clean stop (main thread only).
     """
-    run = _persist(lambda: store.get_run(run_id))
+    run = persist(lambda: store.get_run(run_id))
     if run is None:
         raise KeyError(f"no run with id {run_id}")
-    found = _persist(lambda: store.begin_run(run_id, os.getpid()))
+    found = persist(lambda: store.begin_run(run_id, os.getpid()))
     if found != "queued":
         if found == "stopping":
             message = "Stopped before training began."
-            _persist(lambda: store.finish_run(run_id, "stopped", message))
+            persist(lambda: store.finish_run(run_id, "stopped", message))
             return RunResult("stopped", message, run["step"])
         message = f"run {run_id} is {found}, not queued: claim it with request_start first"
         return RunResult(found, message, run["step"])
-    monitor = _Monitor(store, run_id)
+    monitor = Monitor(store, run_id)
     monitor.start()
     session = None
     try:
-        with _stop_signals(monitor.stop_event, handle_signals):
+        with stop_signals(monitor.stop_event, handle_signals):
             session = _Training(store, run, monitor, should_stop, on_log)
             session.setup()
             result = session.run()
@@ -816,7 +577,7 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
             message = describe_failure(exc, during, batch, ckpt_step)
             status = "failed"
         step = session.step if session is not None else run["step"]
-        _append_log(store.log_path(run_id), f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] run {run_id} "
+        append_log(store.log_path(run_id), f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] run {run_id} "
                                             f"{status} at step {step}: {message}\n" + traceback.format_exc())
         if session is not None:
             session.flush_metrics()
@@ -827,199 +588,14 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
         result = RunResult(status, message, step)
     finally:
         monitor.close()
-    _persist(lambda: store.finish_run(run_id, result.status, result.message, result.step))
+    persist(lambda: store.finish_run(run_id, result.status, result.message, result.step))
     return result
 
 
-def _persist(call: Callable[[], Any], patience_s: float = 300.0) -> Any:
-    """Retry a store call the run cannot do without (begin, finish) while the DB is locked."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            return call()
-        except StoreBusyError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-# ---------------------------------------------------------------------------- the CLI
-_FLOW_FLAGS = {  # FlowConfig field -> (flag, type, help)
-    "levels": ("--levels", int, "L: number of scales (image side must divide by 2**L)"),
-    "steps": ("--flow-steps", int, "K: flow steps per level (named so because --steps is the training budget)"),
-    "hidden": ("--hidden", int, "channels of each coupling network"),
-    "coupling": ("--coupling", str, "affine | additive"),
-    "permutation": ("--permutation", str, "reverse | shuffle | conv1x1 | conv1x1_lu"),
-    "mask": ("--mask", str, "channel | checkerboard | realnvp"),
-    "actnorm": ("--actnorm", "bool", "ActNorm at the start of each flow step"),
-    "coupling_actnorm": ("--coupling-actnorm", "bool", "ActNorm inside the coupling networks too"),
-    "split_prior": ("--split-prior", str, "learned | standard prior of each split-off half"),
-    "top_prior": ("--top-prior", str, "learned | standard prior of the top latent"),
-    "n_bits": ("--n-bits", int, "bits per pixel modelled (8 = all 256 levels)"),
-    "affine_clamp": ("--affine-clamp", float, "bound on |s| in affine couplings"),
-    "dequantization": ("--dequantization", str, "uniform | variational (learned noise, Flow++) in each pixel's bin"),
-    "input_transform": ("--input-transform", str, "none | logit (RealNVP's logit of the pixels as the flow's first layer)"),
-    "seed": ("--model-seed", int, "seed of the initial weights and shuffles"),
-}
-_TRAIN_FLAGS = {  # TrainConfig field -> (flag, type, help)
-    "batch_size": ("--batch-size", int, "images per step (default 64)"),
-    "lr": ("--lr", float, "Adam peak learning rate (default 1e-3)"),
-    "warmup_steps": ("--warmup-steps", int, "linear learning-rate warm-up steps (default 200)"),
-    "lr_schedule": ("--lr-schedule", str, "constant | cosine (decays to 0 at the end of the budget; default constant)"),
-    "max_steps": ("--steps", int, "training step budget (default 2000)"),
-    "max_minutes": ("--minutes", float, "wall-time budget in minutes, across resumes"),
-    "grad_clip": ("--grad-clip", float, "clip the gradient norm to this (0 = no clipping; default 50)"),
-    "seed": ("--seed", int, "seed of batch order, noise and torch's RNG (default 0)"),
-    "log_every": ("--log-every", int, "steps per logged metrics row (default 10)"),
-    "eval_every": ("--eval-every", int, "steps between test evals and sample grids (default 250)"),
-    "first_eval": ("--first-eval", int, "step of an early extra eval, 0 for none (default 50)"),
-    "eval_subset": ("--eval-subset", int, "held-out images per eval (default 512)"),
-    "epoch_size": ("--epoch-size", int, "images per reported epoch (default: dataset size)"),
-    "sample_temperatures": ("--sample-temperatures", "floats", "comma-separated grid temperatures (default 0,0.5,0.7,1)"),
-    "samples_per_temperature": ("--samples-per-temperature", int, "samples per grid row (default 8)"),
-    "checkpoint_every_minutes": ("--checkpoint-every-minutes", float, "minutes between checkpoints (default 2)"),
-    "nan_patience": ("--nan-patience", int, "non-finite steps in a row before a rollback (default 3)"),
-    "lr_drop": ("--lr-drop", float, "learning-rate factor at each rollback (default 0.5)"),
-    "device": ("--device", str, "auto | cuda | cuda:N | mps | cpu (default auto)"),
-    "bf16": ("--bf16", "bool", "coupling networks in bf16 (GPU, or CPU with AVX-512 BF16); log-dets stay float32"),
-    "threads": ("--threads", int, "CPU threads (default: all cores)"),
-}
-
-
-def _floats(text: str) -> tuple:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _shape(text: str) -> tuple:
-    try:
-        c, h, w = (int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, got {text!r}") from None
-    return (c, h, w)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m flowlib.train",
-        description="Train a normalizing flow headless; the run appears in the app's run list. "
-                    "Ctrl-C stops cleanly with a checkpoint (twice: at once).",
-        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=36, width=130))
-    run = p.add_argument_group("run")
-    run.add_argument("--preset", default="mnist-fast", choices=sorted(PRESETS),
-                     help="model preset to start from (default mnist-fast)", metavar="NAME")
-    run.add_argument("--dataset", default=None, metavar="NAME", help=f"dataset: {', '.join(DATASETS)} (default mnist)")
-    run.add_argument("--data-path", default=None, metavar="PATH", help="folder or file for datasets that read one")
-    run.add_argument("--name", default=None, metavar="NAME", help="run name shown in the app (default: preset-dataset)")
-    run.add_argument("--runs-dir", default=None, metavar="DIR", help="run store folder (default $FLOWLAB_RUNS_DIR or checkpoints/runs)")
-    run.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped/lost/failed run by id or name")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    model = p.add_argument_group("model (FlowConfig; default: the preset's value)")
-    model.add_argument("--image-shape", type=_shape, default=None, metavar="C,H,W", help="C,H,W of the data (default: the dataset's)")
-    for name, (flag, kind, text) in _FLOW_FLAGS.items():
-        if kind == "bool":
-            model.add_argument(flag, dest=f"flow_{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            model.add_argument(flag, dest=f"flow_{name}", type=kind, default=None, help=text,
-                               metavar={int: "N", float: "X", str: "NAME"}[kind])
-    train = p.add_argument_group("training (TrainConfig)")
-    for name, (flag, kind, text) in _TRAIN_FLAGS.items():
-        if kind == "bool":
-            train.add_argument(flag, dest=f"train_{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif kind == "floats":
-            train.add_argument(flag, dest=f"train_{name}", type=_floats, default=None, help=text, metavar="T,T")
-        else:
-            train.add_argument(flag, dest=f"train_{name}", type=kind, default=None, help=text,
-                               metavar={int: "N", float: "X", str: "NAME"}[kind])
-    return p
-
-
-def _train_overrides(args) -> dict:
-    out = {name: getattr(args, f"train_{name}") for name in _TRAIN_FLAGS
-           if getattr(args, f"train_{name}") is not None}
-    if out.get("grad_clip") == 0:
-        out["grad_clip"] = None
-    return out
-
-
-class _Progress:
-    """A one-line text progress bar on stderr (redrawn in place on a terminal)."""
-
-    def __init__(self, stream=sys.stderr, quiet: bool = False):
-        self.stream, self.quiet = stream, quiet
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.last_print = 0.0
-
-    def __call__(self, m: dict) -> None:
-        if self.quiet:
-            return
-        now = time.monotonic()
-        if not self.tty and now - self.last_print < 5:
-            return
-        self.last_print = now
-        total = m.get("max_steps")
-        if total:
-            done = min(1.0, m["step"] / total)
-            bar = f"[{'#' * int(20 * done):<20}] {m['step']}/{total}"
-        else:
-            bar = f"step {m['step']}"
-        test = f"  test {m['test_bpd']:.3f}" if m.get("test_bpd") is not None else ""
-        loss = f"  loss {m['loss_nats']:.1f} nats  {m['train_bpd']:.3f} bpd" if "train_bpd" in m else ""
-        line = f"{bar}{loss}{test}  {m['images_per_s']:.0f} img/s  {m['elapsed_s'] / 60:.1f} min"
-        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and not self.quiet and self.last_print:
-            self.stream.write("\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    err = sys.stderr
-    try:
-        store = RunStore(args.runs_dir)
-        overrides = _train_overrides(args)
-        if args.resume is not None:
-            run = store.find_run(args.resume)
-            if run is None:
-                parser.error(f"--resume: no run with id or name {args.resume!r} in {store.root}")
-            given = [f for n, (f, _, _) in _FLOW_FLAGS.items() if getattr(args, f"flow_{n}") is not None]
-            if given or args.image_shape or args.dataset or args.data_path:
-                parser.error(f"--resume keeps the run's model and data; drop {', '.join(given) or '--dataset/--data-path'}")
-            if overrides:
-                train = TrainConfig.from_dict({**run["train"], **overrides})
-                store.update_train(run["id"], train.to_dict())
-            run_id = run["id"]
-        else:
-            dataset = args.dataset or "mnist"
-            options = {"path": args.data_path} if args.data_path else {}
-            if "max_minutes" in overrides and "max_steps" not in overrides:
-                overrides["max_steps"] = None  # --minutes alone: a time budget only
-            train = TrainConfig(dataset=dataset, dataset_options=options).replace(**overrides)
-            flow = {n: getattr(args, f"flow_{n}") for n in _FLOW_FLAGS if getattr(args, f"flow_{n}") is not None}
-            shape = args.image_shape
-            if shape is None:
-                print(f"loading {dataset} to read its image shape ...", file=err)
-                shape = tuple(load_images(dataset, "test", **options).images.shape[1:])
-            config = PRESETS[args.preset].replace(image_shape=shape, **flow)
-            name = args.name or f"{args.preset}-{dataset}"
-            run_id = store.create_run(name, dataset, config.to_dict(), train.to_dict(), preset=args.preset)
-        run = store.request_start(run_id)
-    except (ValueError, KeyError, PermissionError, StoreBusyError) as exc:
-        print(f"error: {exc}", file=err)
-        return 2
-    print(f"run {run_id} '{run['name']}' -> {store.run_dir(run_id)}  (store {store.db_path})", file=err)
-    progress = _Progress(err, args.quiet)
-    try:
-        result = train_run(store, run_id, on_log=progress, handle_signals=True)
-    finally:
-        progress.close()
-    print(f"{result.status}: {result.message}", file=err)
-    return 0 if result.status in ("finished", "stopped") else 1
+    """The command line, ``python -m flowlib.train``; it lives in :mod:`flowlib.cli`."""
+    from .cli import main as cli_main   # the CLI sits above the loop: imported when called
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,555 @@
+"""Every setting of Flow Lab, declared once: FlowConfig (the model), TrainConfig (the run), presets.
+
+    from flowlib.config import FlowConfig, TrainConfig, PRESETS, ConfigError
+    cfg = PRESETS["mnist-fast"].replace(hidden=96)
+    tc = TrainConfig(dataset="mnist", max_minutes=5, max_steps=None)
+    try:
+        TrainConfig(batch_size=0)
+    except ConfigError as exc:
+        exc.field                         # "batch_size": which setting is wrong
+
+Each field carries a :class:`Setting` in its ``dataclasses.field`` metadata: its label, a
+one-line help, the allowed values in words, the CLI flag, the unit, whether the Train form
+shows it and whether the Runs diff compares it. The CLI (``flowlib.cli``), the Train page's
+widgets (``pages/common/settings_form.py``) and the Runs page's comparison rows are generated
+from it, so a new field declared here appears in all three.
+
+No torch import here: the run store, the worker and the pages validate a config without
+paying for the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["FlowConfig", "TrainConfig", "ConfigError", "Setting", "PRESETS", "PRESET_NOTES",
+           "preset", "PRESET_LR", "APP_TRAIN_DEFAULTS", "LR_SCHEDULES", "DATASET_NAMES",
+           "DEVICE_CHOICES", "dataclass_from_dict", "max_levels", "settings_of", "form_fields",
+           "comparison_rows", "field_errors"]
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; ``field`` names it (e.g. "batch_size"), so a form can mark it."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+# -- allowed values --------------------------------------------------------------------------
+# Upper bounds that keep a config trainable on one machine; they exist to refuse typos
+# such as hidden=51200 with a message instead of exhausting memory.
+MAX_LEVELS, MAX_FLOW_STEPS, MAX_HIDDEN, MAX_CHANNELS, MAX_SIDE = 8, 64, 2048, 4, 256
+MAX_STEPS = MAX_FLOW_STEPS  # the old name (flow steps per level, not the training budget)
+
+COUPLING_WORDS = {"affine": "affine (RealNVP, Glow)", "additive": "additive (NICE)"}
+PERMUTATION_WORDS = {"reverse": "reverse the channel order (RealNVP)", "shuffle": "fixed random shuffle",
+                     "conv1x1": "learned 1×1 conv (Glow)", "conv1x1_lu": "learned 1×1 conv, LU-factored"}
+MASK_WORDS = {"channel": "channel halves (Glow)", "checkerboard": "checkerboard pixels",
+              "realnvp": "checkerboard then channel (RealNVP)"}
+PRIOR_WORDS = {"learned": "learned Gaussian (Glow)", "standard": "standard normal N(0, I)"}
+DEQUANTIZATION_WORDS = {"uniform": "uniform noise (RealNVP, Glow)", "variational": "learned noise (Flow++)"}
+INPUT_TRANSFORM_WORDS = {"none": "none: pixel values as they are", "logit": "logit (RealNVP)"}
+LR_SCHEDULE_WORDS = {"constant": "constant after warm-up", "cosine": "cosine decay to 0 at the end of the budget"}
+DEVICE_WORDS = {"auto": "the best here (CUDA, else MPS, else CPU)", "cuda": "CUDA GPU (or cuda:N)",
+                "mps": "Apple GPU (MPS)", "cpu": "CPU"}
+N_BITS_WORDS = {n: f"{n} ({2 ** n} levels)" for n in range(8, 0, -1)}
+
+COUPLINGS, PERMUTATIONS, MASKS = tuple(COUPLING_WORDS), tuple(PERMUTATION_WORDS), tuple(MASK_WORDS)
+PRIORS, DEQUANTIZATIONS = tuple(PRIOR_WORDS), tuple(DEQUANTIZATION_WORDS)
+INPUT_TRANSFORMS, LR_SCHEDULES, DEVICE_CHOICES = tuple(INPUT_TRANSFORM_WORDS), tuple(LR_SCHEDULE_WORDS), tuple(DEVICE_WORDS)
+# The registry names of flowlib.data.DATASETS (which imports torch); a test keeps them equal.
+DATASET_NAMES = ("mnist", "faces", "celeba", "cifar10", "folder", "fashion-mnist")
+
+
+def max_levels(h: int, w: int) -> int:
+    """The most levels an h×w image allows: each level halves both sides (at most MAX_LEVELS)."""
+    levels = 0
+    while h % 2 == 0 and w % 2 == 0 and levels < MAX_LEVELS:
+        h, w, levels = h // 2, w // 2, levels + 1
+    return levels
+
+
+# -- the metadata of one setting ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """How one config field is named, explained, checked and offered (CLI, form, Runs diff)."""
+
+    label: str                  # widget label and Runs row ("Batch size")
+    help: str                   # one line: the CLI's --help, the start of every tooltip
+    kind: str                   # int | float | bool | choice | device | temperatures | shape | options
+    choices: Mapping | None = None      # allowed value -> words shown for it (choice, device; int: the picker)
+    bounds: tuple | None = None         # (lo, hi) of an int or float
+    low_open: bool = False      # float: lo itself is not allowed (0 < lr)
+    high_open: bool = False     # float: hi itself is not allowed (lr_drop < 1)
+    optional: bool = False      # None is allowed
+    none_words: str = ""        # what None means, in words ("no clipping")
+    flag: str | None = None     # CLI flag; None: not on the command line
+    cli_none: Any = None        # the CLI value that stands for None (--grad-clip 0)
+    unit: str = ""              # "images", "steps", "minutes": after numbers in words
+    explain: str = ""           # the form's tooltip, when one line is not enough to teach it
+    form: bool = False          # the Train page's settings grid shows it
+    form_step: float | None = None      # number-input step of that widget
+    form_format: str | None = None      # number-input format, e.g. "%.5f"
+    compare: bool = True        # the Runs page compares it between runs
+    short: str = ""             # the Runs row's name (default: the label, lower-case unless a name)
+
+    @property
+    def row_label(self) -> str:
+        """"Batch size" -> "batch size"; words like ActNorm and NaN keep their capitals."""
+        if self.short:
+            return self.short
+        first = self.label.split(" ", 1)[0]
+        return self.label if first[1:] != first[1:].lower() else self.label[:1].lower() + self.label[1:]
+
+    def range_text(self) -> str:
+        """Allowed values in words: "1..4096", "0 < value ≤ 1", "one of a, b"."""
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            if self.kind == "int":
+                return f"{lo}..{hi}"
+            return f"{lo:g} {'<' if self.low_open else '≤'} value {'<' if self.high_open else '≤'} {hi:g}"
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        return ""
+
+    def tooltip(self) -> str:
+        """The Train form's help: the explanation (or the one line), then the valid values."""
+        text = self.explain or self.help[:1].upper() + self.help[1:] + "."
+        valid = self.range_text()
+        return f"{text} Valid: {valid}." if valid and self.kind in ("int", "float") else text
+
+    def words(self, value) -> str:
+        """A value as the app says it: a choice's words, None's meaning, else the value."""
+        if value is None:
+            return self.none_words or "–"
+        if self.choices is not None and value in self.choices:
+            return str(self.choices[value])
+        return str(value)
+
+    def check(self, name: str, value):
+        """``value`` as stored (lists -> tuples, ints -> floats), or ConfigError naming the field."""
+        if value is None and self.optional:
+            return None
+        return _CHECKS[self.kind](self, name, value)
+
+
+def _setting(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, **meta):
+    return field(default=default, default_factory=default_factory, metadata={"setting": Setting(**meta)})
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _or_none(s: Setting) -> str:
+    return " or None" if s.optional else ""
+
+
+def _check_int(s: Setting, name: str, v):
+    lo, hi = s.bounds
+    if not _is_int(v) or not lo <= v <= hi:
+        raise ConfigError(f"{name} must be an integer in {lo}..{hi}{_or_none(s)}, got {v!r}", name)
+    return v
+
+
+def _check_float(s: Setting, name: str, v):
+    lo, hi = s.bounds
+    ok = _is_number(v) and (lo < v if s.low_open else lo <= v) and (v < hi if s.high_open else v <= hi)
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number with {s.range_text()}{_or_none(s)}, got {v!r}", name)
+    return float(v)
+
+
+def _check_bool(s: Setting, name: str, v):
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name} must be True or False, got {v!r}", name)
+    return v
+
+
+def _check_choice(s: Setting, name: str, v):
+    if not isinstance(v, str) or v not in s.choices:
+        raise ConfigError(f"{name} must be one of {', '.join(s.choices)}; got {v!r}", name)
+    return v
+
+
+def _check_device(s: Setting, name: str, v):
+    ok = isinstance(v, str) and (v in s.choices or (v.startswith("cuda:") and v[5:].isdigit()))
+    if not ok:
+        raise ConfigError(f"{name} must be one of {', '.join(s.choices)} (or cuda:N); got {v!r}", name)
+    return v
+
+
+def _check_temperatures(s: Setting, name: str, v):
+    temps = tuple(v) if isinstance(v, list) else v
+    if (not isinstance(temps, tuple) or not 1 <= len(temps) <= 8
+            or not all(_is_number(t) and 0 <= t <= 2 for t in temps)):
+        raise ConfigError(f"{name} must be 1..8 numbers in 0..2, got {v!r}", name)
+    return temps
+
+
+def _check_shape(s: Setting, name: str, v):
+    shape = tuple(v) if isinstance(v, list) else v
+    if not isinstance(shape, tuple) or len(shape) != 3 or not all(_is_int(x) for x in shape):
+        raise ConfigError(f"{name} must be three integers (C, H, W), got {v!r}", name)
+    c, h, w = shape
+    if not 1 <= c <= MAX_CHANNELS:
+        raise ConfigError(f"{name} channels must be in 1..{MAX_CHANNELS}, got {c}", name)
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise ConfigError(f"{name} height and width must be at most {MAX_SIDE}, got {h}×{w}", name)
+    return shape
+
+
+def _check_options(s: Setting, name: str, v):
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise ConfigError(f"{name} must be a dict with string keys, got {v!r}", name)
+    try:
+        json.dumps(v, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must hold plain JSON values (str, number, bool), got {v!r}", name) from None
+    return v
+
+
+_CHECKS = {"int": _check_int, "float": _check_float, "bool": _check_bool, "choice": _check_choice,
+           "device": _check_device, "temperatures": _check_temperatures, "shape": _check_shape,
+           "options": _check_options}
+
+
+# -- what both configs share ---------------------------------------------------------------------
+def settings_of(cls) -> list[tuple[str, Setting]]:
+    """(field name, Setting) of a config class, in declaration order."""
+    return [(f.name, f.metadata["setting"]) for f in dataclasses.fields(cls) if "setting" in f.metadata]
+
+
+def form_fields(cls) -> tuple[str, ...]:
+    """The fields the Train page's settings grid shows, in declaration order."""
+    return tuple(name for name, s in settings_of(cls) if s.form)
+
+
+def comparison_rows(flow_cls=None, train_cls=None) -> list[tuple[str, str, str]]:
+    """(row label, "config" | "train", field) for every field the Runs page compares."""
+    flow_cls, train_cls = flow_cls or FlowConfig, train_cls or TrainConfig
+    return [(s.row_label, where, name) for where, cls in (("config", flow_cls), ("train", train_cls))
+            for name, s in settings_of(cls) if s.compare]
+
+
+def field_errors(cls, values: Mapping) -> dict[str, str]:
+    """{field: message} for each value that is wrong on its own (a form marks them all at once)."""
+    meta = dict(settings_of(cls))
+    errors = {}
+    for name, value in values.items():
+        if name in meta:
+            try:
+                meta[name].check(name, value)
+            except ConfigError as exc:
+                errors[name] = str(exc)
+    return errors
+
+
+def dataclass_from_dict(cls, d: dict):
+    """``cls(**d)`` for a config dataclass, refusing a non-dict or unknown keys by name."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a {cls.__name__} dict is needed, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}",
+                          unknown[0])
+    return cls(**d)
+
+
+class _Checked:
+    """Validation and dict round trips from the fields' Settings (both configs inherit it)."""
+
+    def __post_init__(self):
+        for name, s in settings_of(type(self)):
+            object.__setattr__(self, name, s.check(name, getattr(self, name)))
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Rules that involve several fields (a field's own range is in its Setting)."""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build from a dict (a checkpoint's ``config``, the store's ``train``); unknown keys are an error."""
+        return dataclass_from_dict(cls, d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+# -- the model ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FlowConfig(_Checked):
+    """Everything needed to rebuild a model. Round-trips through a plain dict / JSON."""
+
+    image_shape: tuple[int, int, int] = _setting(
+        (1, 28, 28), kind="shape", label="Image shape", flag="--image-shape",
+        help="C,H,W of the images; H and W divisible by 2**levels (default: the dataset's)")
+    levels: int = _setting(
+        2, kind="int", bounds=(1, MAX_LEVELS), label="Levels L", flag="--levels", form=True, form_step=1,
+        help="L: number of scales (image side must divide by 2**L)",
+        explain="L, the number of scales. Each level squeezes 2×2 pixels into channels; after each "
+                "level but the last, half the channels leave as that scale's latent. The image side "
+                "must divide by 2^L.")
+    # "--flow-steps" because "--steps" is the training budget on the command line.
+    steps: int = _setting(
+        4, kind="int", bounds=(1, MAX_FLOW_STEPS), label="Steps per level K", flag="--flow-steps",
+        form=True, form_step=1,
+        help="K: flow steps per level (mask=realnvp: K before and K after the squeeze)",
+        explain="K, flow steps per level (ActNorm → permutation → coupling). More steps: a more "
+                "expressive flow, slower steps.")
+    hidden: int = _setting(
+        64, kind="int", bounds=(1, MAX_HIDDEN), label="Hidden width", flag="--hidden", unit="channels",
+        form=True, form_step=16, help="channels of each coupling network; most of the parameters live here")
+    coupling: str = _setting(
+        "affine", kind="choice", choices=COUPLING_WORDS, label="Coupling", flag="--coupling", form=True,
+        help="affine y2 = x2·exp(s)+t (RealNVP, Glow) or additive y2 = x2+t (NICE)",
+        explain="How one half of the values transforms the other half: affine y = x·exp(s) + t "
+                "(RealNVP, Glow) or additive y = x + t (NICE, volume-preserving).")
+    permutation: str = _setting(
+        "conv1x1_lu", kind="choice", choices=PERMUTATION_WORDS, label="Permutation", flag="--permutation",
+        form=True, help="channel mixing between couplings, so every value gets transformed")
+    mask: str = _setting(
+        "channel", kind="choice", choices=MASK_WORDS, label="Mask", flag="--mask", form=True,
+        help="which values a coupling keeps and which it transforms: channel halves, checkerboard "
+             "pixels, or realnvp (both, the paper's pattern)")
+    actnorm: bool = _setting(
+        True, kind="bool", label="ActNorm", flag="--actnorm", form=True,
+        help="ActNorm at the start of each flow step: Glow's per-channel scale and shift, "
+             "initialised from the first batch")
+    coupling_actnorm: bool = _setting(
+        False, kind="bool", label="ActNorm inside couplings",
+        flag="--coupling-actnorm", help="ActNorm inside the coupling networks too (Glow does this)")
+    split_prior: str = _setting(
+        "learned", kind="choice", choices=PRIOR_WORDS, label="Prior of split-off latents",
+        flag="--split-prior", form=True,
+        help="prior of each split-off latent: learned from the half that stays (split2d), or N(0, I)")
+    top_prior: str = _setting(
+        "learned", kind="choice", choices=PRIOR_WORDS, label="Prior of the top latent", flag="--top-prior",
+        form=True, help="prior of the last (coarsest) latent: learned mean and scale, or N(0, I)")
+    n_bits: int = _setting(
+        8, kind="int", bounds=(1, 8), choices=N_BITS_WORDS, label="Bits per pixel", flag="--n-bits",
+        form=True, help="bits per pixel modelled: 8 = all 256 levels, 5 = Glow's CelebA-HQ trick")
+    dequantization: str = _setting(
+        "uniform", kind="choice", choices=DEQUANTIZATION_WORDS, label="Dequantisation",
+        flag="--dequantization", form=True,
+        help="noise in each pixel's bin: uniform U[0,1) (RealNVP, Glow) or variational, learned q(u|x) (Flow++)",
+        explain="Pixels are whole numbers; a flow models continuous values, so each pixel gets "
+                "noise inside its bin. Uniform noise is the article's choice. Learned noise "
+                "(Flow++) takes the shape the flow finds easiest and is scored with its own "
+                "density, so bits/dim stays an upper bound on the true cost; on MNIST it "
+                "reached a lower score in the same 10 minutes.")
+    input_transform: str = _setting(
+        "none", kind="choice", choices=INPUT_TRANSFORM_WORDS, label="Input transform",
+        flag="--input-transform", form=True,
+        help="logit: RealNVP's logit(α + (1-2α)x) as the flow's first, fixed layer (its logdet counted)",
+        explain="Logit (RealNVP): the flow's first layer stretches values near black and white "
+                "with logit(α + (1−2α)x), α = 1e-6, and counts that stretch in the log-det. "
+                "Helps a lot on MNIST, whose background is exactly black.")
+    affine_clamp: float = _setting(
+        2.0, kind="float", bounds=(0.1, 10.0), label="Affine clamp", flag="--affine-clamp",
+        help="bound c on |s| in affine couplings, s = c·tanh(raw/c); keeps exp(s) finite")
+    seed: int = _setting(
+        0, kind="int", bounds=(0, 2**31 - 1), label="Model seed", flag="--model-seed",
+        help="seed of the initial weights and the shuffle permutations: same seed, same model")
+
+    def _check_together(self) -> None:
+        _, h, w = self.image_shape
+        factor = 2 ** self.levels
+        if h % factor or w % factor or h < 2 or w < 2:
+            raise ConfigError(
+                f"levels={self.levels} needs height and width divisible by 2**levels = {factor}, "
+                f"but the image is {h}×{w}; use levels ≤ {max_levels(h, w)} for this image size", "levels")
+
+    @property
+    def n_bins(self) -> int:
+        return 2 ** self.n_bits
+
+    @property
+    def dims(self) -> int:
+        """D = C·H·W, the number of real values per image (bits/dim divides by this)."""
+        c, h, w = self.image_shape
+        return c * h * w
+
+    def summary(self) -> str:
+        c, h, w = self.image_shape
+        return (f"{c}×{h}×{w}, L={self.levels}, K={self.steps}, hidden={self.hidden}, "
+                f"{self.coupling}, {self.permutation}, {self.mask} mask"
+                f"{', ActNorm' if self.actnorm else ''}, {self.n_bits}-bit"
+                f"{', logit input' if self.input_transform == 'logit' else ''}"
+                f"{', learned dequantisation' if self.dequantization == 'variational' else ''}")
+
+
+# -- the run -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig(_Checked):
+    """How to train (the model's shape lives in FlowConfig). Round-trips through JSON."""
+
+    dataset: str = _setting(
+        "mnist", kind="choice", choices={n: n for n in DATASET_NAMES}, label="Dataset", compare=False,
+        help="registry name in flowlib.data (mnist, faces, folder, ...)")
+    dataset_options: dict = _setting(
+        default_factory=dict, kind="options", label="Dataset options", compare=False,
+        help='source options, e.g. {"path": "~/faces.zip"}')
+    batch_size: int = _setting(
+        64, kind="int", bounds=(1, 4096), label="Batch size", flag="--batch-size", unit="images",
+        form=True, form_step=16, help="images per step; 64 keeps a 2-core CPU near its best images/s")
+    lr: float = _setting(
+        1e-3, kind="float", bounds=(0.0, 1.0), low_open=True, label="Learning rate", flag="--lr",
+        form=True, form_step=1e-4, form_format="%.5f", help="Adam's peak learning rate (Glow used 1e-3)",
+        explain="Adam's peak learning rate. Glow used 0.001, the default for the larger presets; "
+                "the small demo presets start from the rate that learned fastest in a measured "
+                "sweep (benchmarks/RESULTS.md).")
+    warmup_steps: int = _setting(
+        200, kind="int", bounds=(0, 10**7), label="Warm-up steps", flag="--warmup-steps", unit="steps",
+        form=True, form_step=50,
+        help="the learning rate rises linearly from 0 over these steps: the usual cure for early NaNs in Glow ports")
+    # Cosine: with a fixed budget it ends at a lower test bits/dim (benchmarks/RESULTS.md).
+    lr_schedule: str = _setting(
+        "cosine", kind="choice", choices=LR_SCHEDULE_WORDS, label="Learning-rate schedule",
+        flag="--lr-schedule", form=True,
+        help="after warm-up: constant, or cosine decay to 0 as the budget (steps or minutes) runs out",
+        explain="What the learning rate does after warm-up: stay at its peak, or fall along a "
+                "cosine to 0 as the budget (steps or minutes) runs out. With a fixed budget the "
+                "cosine ends at a lower test bits/dim (benchmarks/RESULTS.md).")
+    max_steps: int | None = _setting(
+        2000, kind="int", bounds=(1, 10**8), optional=True, none_words="no step budget",
+        label="Training steps", short="step budget", flag="--steps", unit="steps",
+        help="training step budget (at least one of the step and minute budgets is required)")
+    max_minutes: float | None = _setting(
+        None, kind="float", bounds=(0.0, 60.0 * 24 * 30), low_open=True, optional=True,
+        none_words="no time budget", label="Minutes of training", short="minute budget",
+        flag="--minutes", unit="minutes", help="wall-time budget in minutes, across resumes")
+    grad_clip: float | None = _setting(
+        50.0, kind="float", bounds=(0.0, 1e9), low_open=True, optional=True, none_words="no clipping",
+        label="Gradient clip", flag="--grad-clip", cli_none=0,
+        help="clip the gradient norm to this (0 = no clipping); healthy mnist-fast norms measured 2–40")
+    seed: int = _setting(
+        0, kind="int", bounds=(0, 2**31 - 1), label="Training seed", flag="--seed",
+        help="seed of batch order, dequantisation noise and torch's RNG")
+    log_every: int = _setting(
+        10, kind="int", bounds=(1, 10**6), label="Log every (steps)", flag="--log-every", unit="steps",
+        compare=False, help="steps per logged metrics row (means over them); one DB write each")
+    eval_every: int = _setting(
+        250, kind="int", bounds=(1, 10**8), label="Evaluate every (steps)", short="evaluate every",
+        flag="--eval-every", unit="steps", form=True, form_step=50,
+        help="steps between evaluations on held-out test images, each with a new grid of samples")
+    first_eval: int = _setting(
+        50, kind="int", bounds=(0, 10**8), label="First evaluation (step)", flag="--first-eval",
+        unit="steps", compare=False,
+        help="step of an early extra eval, so a chart shows a test point within a minute (0: none)")
+    eval_subset: int = _setting(
+        512, kind="int", bounds=(1, 10**7), label="Test images per evaluation", flag="--eval-subset",
+        unit="images", help="fixed held-out images per eval (the full test set is used at the end)")
+    epoch_size: int | None = _setting(
+        None, kind="int", bounds=(1, 10**9), optional=True, none_words="the dataset size",
+        label="Images per epoch", flag="--epoch-size", unit="images", compare=False,
+        help="images per reported epoch")
+    sample_temperatures: tuple = _setting(
+        (0.0, 0.5, 0.7, 1.0), kind="temperatures", label="Sample temperatures",
+        flag="--sample-temperatures", compare=False, help="comma-separated grid temperatures, one row each")
+    samples_per_temperature: int = _setting(
+        8, kind="int", bounds=(1, 32), label="Samples per temperature", flag="--samples-per-temperature",
+        compare=False, help="samples per grid row")
+    checkpoint_every_minutes: float = _setting(
+        2.0, kind="float", bounds=(0.0, 60.0 * 24), low_open=True, label="Checkpoint every (minutes)",
+        flag="--checkpoint-every-minutes", unit="minutes", compare=False,
+        help="minutes between checkpoints: a kill loses at most this much training")
+    nan_patience: int = _setting(
+        3, kind="int", bounds=(1, 10**4), label="NaN patience", flag="--nan-patience", unit="steps",
+        help="non-finite steps in a row before rolling back to the checkpoint")
+    lr_drop: float = _setting(
+        0.5, kind="float", bounds=(0.0, 1.0), low_open=True, high_open=True, label="LR drop per rollback",
+        short="learning-rate drop per rollback", flag="--lr-drop",
+        help="learning-rate factor applied at each rollback")
+    device: str = _setting(
+        "auto", kind="device", choices=DEVICE_WORDS, label="Device", flag="--device",
+        help="auto = CUDA, else MPS, else CPU; or cuda / cuda:N / mps / cpu")
+    bf16: bool = _setting(
+        False, kind="bool", label="Fast bf16 coupling networks", short="bf16 coupling networks",
+        flag="--bf16", form=True,
+        help="coupling networks in bf16 (GPU, or CPU with AVX-512 BF16); log-dets and priors stay float32",
+        explain="Run the coupling networks in bfloat16 (on by default where the processor or GPU "
+                "does bf16 natively): 20-80 % faster training. Log-determinants, priors and every "
+                "reported test bits/dim stay exact float32.")
+    threads: int | None = _setting(
+        None, kind="int", bounds=(1, 1024), optional=True, none_words="every core", label="CPU threads",
+        flag="--threads", compare=False, help="CPU torch threads")
+
+    def _check_together(self) -> None:
+        if self.max_steps is None and self.max_minutes is None:
+            raise ConfigError("a budget is required: set max_steps (1..100000000) or max_minutes, or both",
+                              "max_steps")
+
+
+# -- presets and the app's defaults ------------------------------------------------------------
+# Each preset's one line says where it comes from. The app swaps image_shape for the chosen
+# dataset's shape (levels permitting).
+PRESET_NOTES: dict[str, str] = {}
+PRESETS: dict[str, FlowConfig] = {}
+
+
+def _preset(name: str, note: str, **kwargs) -> None:
+    PRESETS[name] = FlowConfig(**kwargs)
+    PRESET_NOTES[name] = note
+
+
+_preset("glow", "The Glow paper: ActNorm, LU 1×1 conv, affine, channel masks, learned priors, K=32, L=3, width 512.",
+        image_shape=(3, 32, 32), levels=3, steps=32, hidden=512, coupling="affine",
+        permutation="conv1x1_lu", mask="channel", actnorm=True, coupling_actnorm=True,
+        split_prior="learned", top_prior="learned")
+_preset("realnvp", "RealNVP: affine couplings, checkerboard then channel masks per scale, shuffles, no ActNorm, N(0,I) priors.",
+        image_shape=(3, 32, 32), levels=3, steps=3, hidden=256, coupling="affine",
+        permutation="shuffle", mask="realnvp", actnorm=False, split_prior="standard",
+        top_prior="standard")
+_preset("article-demo", "The article's Keras demo on 32×32 faces: L=3, K=6, additive coupling, random shuffle.",
+        image_shape=(3, 32, 32), levels=3, steps=6, hidden=512, coupling="additive",
+        permutation="shuffle", mask="channel", actnorm=True, split_prior="learned",
+        top_prior="learned")
+_preset("nice", "NICE: additive (volume-preserving) couplings, channel reversal, N(0,I) priors.",
+        image_shape=(1, 28, 28), levels=2, steps=4, hidden=128, coupling="additive",
+        permutation="reverse", mask="channel", actnorm=False, split_prior="standard",
+        top_prior="standard")
+_preset("mnist-fast", "Small Glow for MNIST on a laptop CPU: L=2, K=4, width 64, logit input and learned "
+        "dequantisation noise; learns visibly within a minute.",
+        image_shape=(1, 28, 28), levels=2, steps=4, hidden=64, coupling="affine",
+        permutation="conv1x1_lu", mask="channel", actnorm=True, split_prior="learned",
+        top_prior="learned", dequantization="variational", input_transform="logit")
+_preset("faces-fast", "Small Glow for 32×32 grayscale faces on a laptop CPU: L=3, K=4, width 64.",
+        image_shape=(1, 32, 32), levels=3, steps=4, hidden=64, coupling="affine",
+        permutation="conv1x1_lu", mask="channel", actnorm=True, split_prior="learned",
+        top_prior="learned")
+
+
+def preset(name: str, **overrides) -> FlowConfig:
+    """A preset's config with some fields changed, e.g. ``preset("glow", image_shape=(1, 32, 32))``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}", "preset")
+    return PRESETS[name].replace(**overrides)
+
+
+# Peak learning rates the app proposes for the small demo presets, from the MNIST sweep in
+# benchmarks/RESULTS.md (2.5-minute runs, cosine schedule, 2 CPU cores: 1e-3 -> 1e-2 took the
+# test bits/dim from 2.31 to 1.70; 2e-2 was worse again). Anything else starts from Glow's
+# 1e-3, which the width-512 models need.
+PRESET_LR = {"mnist-fast": 1e-2}
+
+# What the Train page's form starts from. Both budgets are set: the form's budget switch
+# shows the step budget or the minute budget, and a run gets the one that is shown.
+APP_TRAIN_DEFAULTS = TrainConfig(max_steps=2000, max_minutes=5.0)

@@ -1,0 +1,1 @@
+"""Streamlit helpers the pages share; not pages themselves (app.py's router lists the pages)."""
