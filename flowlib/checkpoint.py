@@ -9,22 +9,36 @@ A checkpoint is a plain dict that records how to rebuild the model (nanoGPT's ha
 
 Reading uses ``torch.load(weights_only=True)``, which unpickles only tensors and plain
 containers: a checkpoint downloaded from a forum cannot call ``os.system``.
+
+A checkpoint also costs what it looks before anything is built from it: its zip entries must
+be stored uncompressed, as ``torch.save`` writes them (torch would otherwise inflate a 260 KB
+file into a 256 MB tensor), every weight must be finite, and the model its config describes
+is counted by arithmetic (``flowlib.estimate.parameter_count``) and checked against a cap and
+against the weights actually in the file before a single layer is allocated.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
-from .model import FlowConfig, FlowModel
+from .estimate import parameter_count
+from .fileio import atomic_write
+from .model import FlowConfig, FlowModel, align_legacy_optimizer_state
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "model_payload"]
+__all__ = ["CheckpointError", "MAX_CHECKPOINT_PARAMETERS", "save_checkpoint", "load_checkpoint",
+           "load_model", "model_payload"]
 
 FORMAT = "flowlab-checkpoint"
 VERSION = 1
+# The largest model a checkpoint may describe: 4.5x the biggest preset (glow, 44 M), 800 MB
+# of float32 weights.  Beyond it a hand-edited config could ask for gigabytes.
+MAX_CHECKPOINT_PARAMETERS = 200_000_000
 
 
 class CheckpointError(ValueError):
@@ -45,19 +59,34 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _check_container(path: Path) -> None:
+    """Refuse a torch zip whose entries are compressed: the load would cost more than the file."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        with zipfile.ZipFile(path) as archive:
+            compressed = [info.filename for info in archive.infolist()
+                          if info.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip (a legacy or plain pickle, or garbage): torch.load says which
+    if compressed:
+        raise CheckpointError(
+            f"{path}: its entry {compressed[0]!r} is compressed, which torch.save never does; "
+            "such a file can unpack to far more memory than its size, so it was refused")
+
+
+def _is_plain_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == pickle.PROTO[0] and not zipfile.is_zipfile(path)
+
+
+def _first_non_finite(state: dict) -> str | None:
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -67,21 +96,57 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
+    _check_container(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it then refuses; the refusal says enough.
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         text = str(exc)
         if "Unsupported global" in text or "GLOBAL" in text:
             reason = ("it contains Python objects other than tensors and plain data, which could "
                       "run code when loaded, so it was refused")
+        elif "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+            # torch's own text here is a paragraph advising weights_only=False, the one thing
+            # never to do with a file from elsewhere: say it in one sentence instead.
+            if _is_plain_pickle(path):
+                reason = ("it is a plain Python pickle, not a PyTorch checkpoint, and such files "
+                          "can run code when loaded, so it was refused")
+            else:
+                reason = ("it is not a readable PyTorch checkpoint (neither the zip that "
+                          "torch.save writes nor a pickle of tensors)")
         elif isinstance(exc, EOFError) or "central directory" in text or "truncated" in text.lower():
             reason = "the file is truncated or not a PyTorch checkpoint"
         else:
-            reason = f"it is not a readable PyTorch checkpoint ({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''})"
+            first_line = text.splitlines()[0][:200] if text else ""
+            reason = f"it is not a readable PyTorch checkpoint ({type(exc).__name__}: {first_line})"
         raise CheckpointError(f"{path}: {reason}") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a Flow Lab checkpoint (no 'config' and 'model' entries)")
+    if not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: its 'model' entry is not a dict of weights")
+    bad = _first_non_finite(ckpt["model"])
+    if bad is not None:
+        raise CheckpointError(f"{path}: its weights contain NaN or infinite values (first in "
+                              f"{bad!r}), so the model would compute nothing; use an earlier "
+                              "checkpoint or train again")
+    align_legacy_optimizer_state(ckpt)
     return ckpt
+
+
+def _check_size_before_building(path: Path, config: FlowConfig, state: dict) -> None:
+    """Compare the model the config describes with the weights in the file, by arithmetic."""
+    expected = parameter_count(config)
+    if expected > MAX_CHECKPOINT_PARAMETERS:
+        raise CheckpointError(
+            f"{path}: its config describes a model of {expected:,} parameters, more than the "
+            f"{MAX_CHECKPOINT_PARAMETERS:,} a checkpoint may have here, so it was not built")
+    stored = sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
+    if stored < expected:  # the state dict holds every parameter, plus buffers
+        raise CheckpointError(
+            f"{path}: the weights do not match the model its config describes ({config.summary()} "
+            f"needs {expected:,} parameters, the file holds {stored:,} values), so it was not built")
 
 
 def load_model(path: str | os.PathLike, device="cpu") -> tuple[FlowModel, dict]:
@@ -90,11 +155,13 @@ def load_model(path: str | os.PathLike, device="cpu") -> tuple[FlowModel, dict]:
     Returns ``(model, checkpoint_dict)``. Any mismatch between the recorded config and the
     weights (a checkpoint of another architecture, a hand-edited file) is a CheckpointError.
     """
+    path = Path(path)
     ckpt = load_checkpoint(path, map_location=device)
     try:
         config = FlowConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: its model config is invalid: {exc}") from None
+    _check_size_before_building(path, config, ckpt["model"])
     model = FlowModel(config)
     try:
         model.load_state_dict(ckpt["model"])

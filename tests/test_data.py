@@ -24,6 +24,7 @@ from PIL import Image
 
 from flowlib import data
 from flowlib.data import DatasetError, load_images
+from flowlib.sources import pixel_cache
 
 
 @pytest.fixture(autouse=True)
@@ -217,7 +218,7 @@ def test_folder_cache_is_reused_and_invalidated(tmp_path, cache_in_tmp, monkeypa
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(data, "_decode_picture", no_decoding)
+    monkeypatch.setattr(pixel_cache, "decode_picture", no_decoding)
     second = load_images("folder", path=folder)
     assert torch.equal(first.images, second.images)
     # a new file changes count/mtime/size, so the folder is decoded afresh
@@ -479,3 +480,83 @@ def test_registry_lists_builtins_as_available():
     assert listed["mnist"]["available"] and listed["faces"]["available"]
     assert listed["folder"]["needs"] == ["path"] and not listed["folder"]["available"]
     assert set(listed) == {"mnist", "faces", "celeba", "cifar10", "folder", "fashion-mnist"}
+
+
+# ----------------------------------------------------------------------------- issue 17: inputs that cost more than they look
+
+
+def load_with_timeout(seconds: float, **options):
+    """load_images in a daemon thread: a hang fails the test instead of freezing the suite."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = load_images("folder", **options)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"load_images still blocked after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_and_links_to_them_are_skipped_not_waited_on(tmp_path):
+    # Issue 17: a FIFO named pipe.png hung load_images forever (and its run ignored Stop).
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(folder / f"{i}.png")
+    os.mkfifo(folder / "pipe.png")
+    os.mkfifo(tmp_path / "elsewhere")
+    (folder / "link.png").symlink_to(tmp_path / "elsewhere")
+    os.mkfifo(folder / "more.zip")  # zips are opened by the listing itself
+    train = load_with_timeout(10, path=folder, size=8)
+    assert len(train) == 3 and train.info.skipped == 3
+    assert "3 not regular files (pipes, devices or sockets)" in train.info.notes
+    # The listing's stat can be raced (a file swapped for a FIFO before it is opened): the
+    # opener itself must refuse without blocking.
+    from flowlib.fileio import NotRegularFile, open_regular
+
+    with pytest.raises(NotRegularFile):
+        open_regular(folder / "link.png")
+    fifo_root = tmp_path / "upload.zip"
+    os.mkfifo(fifo_root)
+    with pytest.raises(DatasetError):
+        load_with_timeout(10, path=fifo_root)
+
+
+def test_cache_sees_a_file_replaced_by_one_of_the_same_size_and_an_older_mtime(tmp_path):
+    # Issue 17: the cache key was (count, newest mtime, total size), so this served old pixels.
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (12, 12), (0, 0, 0)).save(folder / "newest.png")
+    Image.new("RGB", (12, 12), (200, 0, 0)).save(folder / "swap.png")
+    os.utime(folder / "swap.png", ns=(10**18, 10**18))
+    os.utime(folder / "newest.png", ns=(2 * 10**18, 2 * 10**18))
+    before = [load_images("folder", split, path=folder, size=8) for split in ("train", "test")]
+    assert sorted(colours(before[0]) + colours(before[1])) == [(0, 0, 0), (200, 0, 0)]
+    replacement = png_bytes(Image.new("RGB", (12, 12), (0, 200, 0)))
+    assert len(replacement) == (folder / "swap.png").stat().st_size  # same size
+    (folder / "swap.png").write_bytes(replacement)
+    os.utime(folder / "swap.png", ns=(10**18 - 1, 10**18 - 1))  # and an older mtime
+    after = [load_images("folder", split, path=folder, size=8) for split in ("train", "test")]
+    assert sorted(colours(after[0]) + colours(after[1])) == [(0, 0, 0), (0, 200, 0)]
+
+
+def test_idx_header_decides_how_much_is_read(tmp_path):
+    claims_gigabytes = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(claims_gigabytes, "wb") as f:
+        f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, 2_000_000, 28, 28) + bytes(10))
+    with pytest.raises(DatasetError, match="more than the 1 GB an IDX file may hold"):
+        data.read_idx(claims_gigabytes)
+    trailing = tmp_path / "trailing-idx"
+    trailing.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 4) + bytes(4) + b"extra")
+    with pytest.raises(DatasetError, match=r"has more than 4 bytes of data instead of 4\."):
+        data.read_idx(trailing)
