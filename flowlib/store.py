@@ -21,12 +21,16 @@ Folder names come from the integer id, never from the user's run name, so a name
 Run status moves through::
 
     created --start--> queued --worker up--> running --stop--> stopping --> stopped
-                                                      \\--> finished | failed
+    waiting --a slot frees--^                         \\--> finished | failed
     queued / running / stopping with a stale heartbeat --> lost
 
 ``queued``, ``running`` and ``stopping`` are *active*: they hold one of the concurrency slots.
 A start claims a slot inside one ``BEGIN IMMEDIATE`` transaction, so two tabs pressing Start
-at the same moment cannot both get one.
+at the same moment cannot both get one. ``waiting`` runs are the queue: :meth:`claim_next_waiting`
+moves the oldest one to ``queued`` in the same kind of transaction (``flowlib.worker`` calls
+it whenever a run ends). ``created`` runs are never started by the queue, so a run left
+behind by a refused start cannot train by surprise later. Stores written before ``waiting``
+existed still read: their ``created`` runs simply stay where they are until started.
 
 Concurrency: every call opens its own short-lived connection (safe from any thread, nothing
 to leak), sets ``busy_timeout``, and keeps transactions to a few statements. WAL means readers
@@ -34,18 +38,10 @@ never block the trainer's writes. A write that still finds the database locked i
 with back-off for a bounded time, then raises :class:`StoreBusyError`; the trainer treats that
 as "try again at the next flush", never as a reason to die.
 
-Environment (read when a ``RunStore`` is made, via :meth:`Limits.from_env`):
-
-``FLOWLAB_RUNS_DIR``          where the store lives (default ``<repo>/checkpoints/runs``)
-``FLOWLAB_MAX_CONCURRENT``    active runs allowed on this server (default 1)
-``FLOWLAB_CLASSROOM=1``       classroom mode: caps below default to 5000 steps, batch 256,
-                              60 minutes, 1 concurrent run, unless set explicitly
-``FLOWLAB_MAX_STEPS``         most training steps a run may ask for
-``FLOWLAB_MAX_BATCH``         largest batch size a run may ask for
-``FLOWLAB_MAX_MINUTES``       longest time budget a run may ask for
-``FLOWLAB_HEARTBEAT_STALE_S`` seconds without a heartbeat before a running run is ``lost`` (30)
-``FLOWLAB_START_TIMEOUT_S``   seconds a queued run may wait for its process to come up (120)
-``FLOWLAB_DB_TIMEOUT_S``      SQLite busy timeout and the write-retry bound, seconds (5)
+Environment: ``FLOWLAB_RUNS_DIR`` is where the store lives (default
+``<repo>/checkpoints/runs``); the caps and timing windows (``FLOWLAB_MAX_CONCURRENT``,
+``FLOWLAB_CLASSROOM``, ``FLOWLAB_HEARTBEAT_STALE_S`` ...) are read by
+:meth:`flowlib.limits.Limits.from_env` when a ``RunStore`` is made without limits.
 
 Owners: ``owner`` is an opaque visitor id the app passes. A run created with an owner can be
 started, stopped, renamed or deleted only by a caller passing the same owner, or by a caller
@@ -55,23 +51,25 @@ passing ``owner=None`` (trusted: the CLI, the teacher). The app must always pass
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .limits import Limits
+
 __all__ = ["RunStore", "Limits", "StoreBusyError", "RunLimitError", "RunStateError",
-           "sanitize_name", "STATUSES", "ACTIVE_STATUSES", "STARTABLE_STATUSES",
+           "sanitize_name", "STATUSES", "ACTIVE_STATUSES", "STARTABLE_STATUSES", "WAITING",
            "EVENT_KINDS", "default_root"]
 
-STATUSES = ("created", "queued", "running", "stopping", "stopped", "finished", "failed", "lost")
+STATUSES = ("created", "waiting", "queued", "running", "stopping", "stopped", "finished", "failed", "lost")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
-STARTABLE_STATUSES = ("created", "stopped", "failed", "lost")
+WAITING = "waiting"   # in the queue for a free slot; started by the worker, oldest first
+STARTABLE_STATUSES = ("created", "waiting", "stopped", "failed", "lost")
+_QUEUED_MESSAGE = "waiting for the training process to start"
 EVENT_KINDS = ("start", "resume", "nan_skip", "rollback", "lr_drop", "eval", "checkpoint",
                "samples", "warning", "error", "stop", "finish", "lost")
 
@@ -161,79 +159,6 @@ def sanitize_name(name: Any, fallback: str = "run") -> str:
     text = re.sub(r"^[\s.\-_]+|[\s.\-_]+$", "", text)[:MAX_NAME]
     text = re.sub(r"[\s.\-_]+$", "", text)
     return text or fallback
-
-
-def _env_int(name: str, default: int | None, lo: int = 1) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer ≥ {lo}, got {raw!r}") from None
-    if value < lo:
-        raise ValueError(f"environment variable {name} must be an integer ≥ {lo}, got {value}")
-    return value
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"environment variable {name} must be a positive number of seconds, got {raw!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Server-wide caps and timing windows (see the module docstring for the variables)."""
-
-    max_concurrent: int = 1           # active runs at once; 1 keeps a CPU server responsive
-    max_steps: int | None = None      # classroom cap on a run's step budget
-    max_batch: int | None = None      # classroom cap on batch size (memory, fairness)
-    max_minutes: float | None = None  # classroom cap on a run's time budget
-    classroom: bool = False           # classroom mode: runs must have a capped budget
-    stale_after_s: float = 30.0       # heartbeat age that marks a running run lost
-    start_timeout_s: float = 120.0    # a queued run whose process never came up is lost after this
-    db_timeout_s: float = 5.0         # SQLite busy timeout, and the bound on write retries
-
-    @classmethod
-    def from_env(cls) -> "Limits":
-        classroom = os.environ.get("FLOWLAB_CLASSROOM", "").strip().lower() in ("1", "true", "yes", "on")
-        minutes_raw = os.environ.get("FLOWLAB_MAX_MINUTES", "").strip()
-        max_minutes = _env_float("FLOWLAB_MAX_MINUTES", 60.0) if (classroom or minutes_raw) else None
-        return cls(
-            max_concurrent=_env_int("FLOWLAB_MAX_CONCURRENT", 1),
-            max_steps=_env_int("FLOWLAB_MAX_STEPS", 5000 if classroom else None),
-            max_batch=_env_int("FLOWLAB_MAX_BATCH", 256 if classroom else None),
-            max_minutes=max_minutes,
-            classroom=classroom,
-            stale_after_s=_env_float("FLOWLAB_HEARTBEAT_STALE_S", 30.0),
-            start_timeout_s=_env_float("FLOWLAB_START_TIMEOUT_S", 120.0),
-            db_timeout_s=_env_float("FLOWLAB_DB_TIMEOUT_S", 5.0),
-        )
-
-    def check_train(self, train: dict) -> None:
-        """Refuse a training config over this server's caps (ValueError naming cap and variable)."""
-        steps, batch, minutes = train.get("max_steps"), train.get("batch_size"), train.get("max_minutes")
-        if self.max_batch is not None and isinstance(batch, int) and batch > self.max_batch:
-            raise ValueError(f"batch_size {batch} is above this server's limit of {self.max_batch} "
-                             "(FLOWLAB_MAX_BATCH)")
-        if self.max_steps is not None:
-            if steps is None and (self.classroom or minutes is None):
-                raise ValueError(f"a step budget (max_steps) of at most {self.max_steps} is required on "
-                                 "this server (FLOWLAB_MAX_STEPS)")
-            if isinstance(steps, int) and steps > self.max_steps:
-                raise ValueError(f"max_steps {steps} is above this server's limit of {self.max_steps} "
-                                 "steps per run (FLOWLAB_MAX_STEPS)")
-        if self.max_minutes is not None and isinstance(minutes, (int, float)) and minutes > self.max_minutes:
-            raise ValueError(f"max_minutes {minutes} is above this server's limit of {self.max_minutes:g} "
-                             "minutes per run (FLOWLAB_MAX_MINUTES)")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -333,32 +258,50 @@ class RunStore:
 
     # -- runs ---------------------------------------------------------------------------
     def create_run(self, name: Any, dataset: str, config: dict, train: dict,
-                   owner: str | None = None, preset: str | None = None) -> int:
-        """Register a run (status ``created``) and make its folder; returns the run id.
+                   owner: str | None = None, preset: str | None = None,
+                   status: str = "created") -> int:
+        """Register a run and make its folder; returns the run id.
 
-        The name is sanitised and made unique by a ``-2``, ``-3`` … suffix.
+        ``status``: ``"created"`` (start it yourself), ``"waiting"`` (in the queue, started by
+        :meth:`claim_next_waiting`), or ``"queued"``: created and given a concurrency slot in
+        the same transaction, so a refusal (RunLimitError) leaves no row behind. The name is
+        sanitised and made unique by a ``-2``, ``-3`` … suffix.
         """
+        if status not in ("created", WAITING, "queued"):
+            raise ValueError(f"a new run's status must be created, waiting or queued; got {status!r}")
         if not isinstance(config, dict) or not isinstance(train, dict):
             raise ValueError("config and train must be dicts (FlowConfig.to_dict(), TrainConfig.to_dict())")
         self.limits.check_train(train)
         base = sanitize_name(name)
         owner = None if owner is None else str(owner)[:MAX_OWNER]
         config_json, train_json = json.dumps(config), json.dumps(train)
+        message = {"created": "not started yet", WAITING: "waiting for a free training slot",
+                   "queued": _QUEUED_MESSAGE}[status]
 
         def insert(conn):
+            now = time.time()
+            if status == "queued":
+                self._mark_lost(conn, now)
+                self._check_free_slot(conn)
             taken = {r[0] for r in conn.execute("SELECT name FROM runs")}
             unique, n = base, 2
             while unique in taken:
                 suffix = f"-{n}"
                 unique, n = base[:MAX_NAME - len(suffix)] + suffix, n + 1
             cur = conn.execute(
-                "INSERT INTO runs (name, created, dataset, preset, config, train, status, owner, message)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'created', ?, 'not started yet')",
-                (unique, time.time(), str(dataset), preset, config_json, train_json, owner))
+                "INSERT INTO runs (name, created, dataset, preset, config, train, status, owner, message,"
+                " heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (unique, now, str(dataset), preset, config_json, train_json, status, owner, message,
+                 now if status == "queued" else None))
             return cur.lastrowid
 
         run_id = self._tx(insert)
-        self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            # A run without its folder cannot train: take the row back out (it may hold a slot).
+            self._tx(lambda c: c.execute("DELETE FROM runs WHERE id=?", (run_id,)))
+            raise
         return run_id
 
     def _stale_ids(self, rows: Iterable[sqlite3.Row], now: float) -> list[int]:
@@ -469,24 +412,60 @@ class RunStore:
                 raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; "
                                     "raise its step or time budget to train it further")
             self.limits.check_train(json.loads(row["train"]))
-            active = conn.execute("SELECT id, name, status FROM runs WHERE status IN "
-                                  "('queued', 'running', 'stopping') ORDER BY id").fetchall()
-            limit = self.limits.max_concurrent
-            if len(active) >= limit:
-                other = active[0]
-                if limit == 1:
-                    raise RunLimitError(
-                        f"Another run is training (run {other['id']} '{other['name']}'); stop it "
-                        "first or raise FLOWLAB_MAX_CONCURRENT")
-                raise RunLimitError(
-                    f"{len(active)} runs are already training (the limit is {limit}), e.g. run "
-                    f"{other['id']} '{other['name']}'; stop one first or raise FLOWLAB_MAX_CONCURRENT")
-            conn.execute("UPDATE runs SET status='queued', heartbeat=?, pid=NULL, stop_requested=0, "
-                         "ended=NULL, message='waiting for the training process to start' WHERE id=?",
-                         (now, row["id"]))
-            return dict(row)
+            self._check_free_slot(conn)
+            self._mark_queued(conn, row["id"], now)
         self._tx(claim)
         return self.get_run(run_id)
+
+    def claim_next_waiting(self) -> int | None:
+        """Give a free slot to the oldest ``waiting`` run (it becomes ``queued``); its id, or None.
+
+        One ``BEGIN IMMEDIATE`` transaction, like :meth:`request_start`, so two processes
+        draining the queue at once never hand out more slots than the limit. A waiting run
+        that the server's limits no longer allow (they changed since it was queued) is
+        marked ``failed`` with the reason, and the next one is tried.
+        """
+        def claim(conn):
+            now = time.time()
+            self._mark_lost(conn, now)
+            if len(self._active_rows(conn)) >= self.limits.max_concurrent:
+                return None
+            for row in conn.execute("SELECT id, train FROM runs WHERE status=? ORDER BY id",
+                                    (WAITING,)).fetchall():
+                try:
+                    self.limits.check_train(json.loads(row["train"]))
+                except ValueError as exc:
+                    conn.execute("UPDATE runs SET status='failed', ended=?, message=? WHERE id=?",
+                                 (now, f"Not started: {exc}.", row["id"]))
+                    continue
+                self._mark_queued(conn, row["id"], now)
+                return row["id"]
+            return None
+        return self._tx(claim)
+
+    @staticmethod
+    def _active_rows(conn) -> list[sqlite3.Row]:
+        return conn.execute("SELECT id, name, status FROM runs WHERE status IN "
+                            "('queued', 'running', 'stopping') ORDER BY id").fetchall()
+
+    def _check_free_slot(self, conn) -> None:
+        """RunLimitError naming the run in the way when every concurrency slot is taken."""
+        active = self._active_rows(conn)
+        limit = self.limits.max_concurrent
+        if len(active) >= limit:
+            other = active[0]
+            if limit == 1:
+                raise RunLimitError(
+                    f"Another run is training (run {other['id']} '{other['name']}'); stop it "
+                    "first or raise FLOWLAB_MAX_CONCURRENT")
+            raise RunLimitError(
+                f"{len(active)} runs are already training (the limit is {limit}), e.g. run "
+                f"{other['id']} '{other['name']}'; stop one first or raise FLOWLAB_MAX_CONCURRENT")
+
+    @staticmethod
+    def _mark_queued(conn, run_id: int, now: float) -> None:
+        conn.execute("UPDATE runs SET status='queued', heartbeat=?, pid=NULL, stop_requested=0, "
+                     "ended=NULL, message=? WHERE id=?", (now, _QUEUED_MESSAGE, int(run_id)))
 
     def set_pid(self, run_id: int, pid: int) -> None:
         self._tx(lambda c: c.execute("UPDATE runs SET pid=? WHERE id=? AND status IN "
@@ -534,11 +513,6 @@ class RunStore:
         row = self._read(lambda c: c.execute("SELECT status, stop_requested FROM runs WHERE id=?",
                                              (int(run_id),)).fetchone())
         return (None, True) if row is None else (row["status"], bool(row["stop_requested"]))
-
-    def stop_requested(self, run_id: int) -> bool:
-        row = self._read(lambda c: c.execute("SELECT stop_requested, status FROM runs WHERE id=?",
-                                             (int(run_id),)).fetchone())
-        return row is None or bool(row["stop_requested"])
 
     def finish_run(self, run_id: int, status: str, message: str, step: int | None = None) -> bool:
         """The worker's last call: stopped / finished / failed with a message in words.

@@ -1,6 +1,8 @@
-"""Training processes: start, stop, resume, and the ``python -m flowlib.worker RUN_ID`` entry.
+"""Training processes: submit, start, stop, resume, the queue, and ``python -m flowlib.worker RUN_ID``.
 
     from flowlib import worker
+    run_id = worker.submit(store, "mnist-a", "mnist", cfg.to_dict(), tc.to_dict(), owner=visitor)
+    run_id = worker.submit(store, ..., queue=True)          # waits for a slot if none is free
     pid = worker.start_run(store, run_id, owner=visitor)   # RunLimitError if a slot is taken
     worker.stop_run(store, run_id, owner=visitor)          # True if this call asked; harmless twice
     pid = worker.resume_run(store, run_id, owner=visitor)  # stopped / lost / failed -> training again
@@ -18,6 +20,12 @@ stale heartbeat does the same (``RunStore`` reaps on read; window ``FLOWLAB_HEAR
 
 Stop is a flag in the store. The worker notices within ~0.5 s, finishes the step, saves a
 checkpoint and marks the run ``stopped``. SIGTERM to the worker does the same.
+
+The queue: ``submit(..., queue=True)`` stores the run as ``waiting``. Whenever a run ends, the
+worker process that trained it (and, as a back-up for a worker that died without a word, the
+reaper thread of the process that launched it) calls :func:`start_waiting`, which hands free
+slots to the oldest waiting runs. So a study keeps going with no page open; the slot claim
+is one ``BEGIN IMMEDIATE`` transaction, so two of them racing never exceed the limit.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from pathlib import Path
 
 from .store import RunLimitError, RunStateError, RunStore
 
-__all__ = ["start_run", "stop_run", "resume_run", "wait_for_run", "running_processes", "main",
-           "RunLimitError", "RunStateError"]
+__all__ = ["submit", "start_run", "start_waiting", "stop_run", "resume_run", "wait_for_run",
+           "running_processes", "main", "RunLimitError", "RunStateError"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +51,8 @@ _LOCK = threading.Lock()
 
 
 def _reap(store: RunStore, run_id: int, proc: subprocess.Popen) -> None:
-    """Wait for a worker to exit (no zombie); if it left its run looking active, mark it lost."""
+    """Wait for a worker to exit (no zombie); if it left its run looking active, mark it lost;
+    then give its slot to the next waiting run (a worker killed by a signal could not)."""
     code = proc.wait()
     with _LOCK:
         _PROCS.pop(proc.pid, None)
@@ -51,6 +60,10 @@ def _reap(store: RunStore, run_id: int, proc: subprocess.Popen) -> None:
         store.mark_exited(run_id, proc.pid, code)
     except Exception:  # the heartbeat window will catch it instead
         pass
+    try:
+        start_waiting(store)
+    except Exception as exc:  # noqa: BLE001 - a daemon thread has nobody to raise to
+        print(f"flowlab: could not start the next waiting run: {exc}", file=sys.stderr)
 
 
 def running_processes() -> dict[int, int]:
@@ -75,6 +88,41 @@ def _launch(store: RunStore, run_id: int) -> subprocess.Popen:
             cwd=str(REPO_ROOT), env=env, start_new_session=True, close_fds=True)
 
 
+def _validate(config: dict, train: dict) -> None:
+    """Refuse bad values before any process exists, with the field and its valid range,
+    rather than in a process that dies at once."""
+    from .config import FlowConfig, TrainConfig   # torch-free: no trainer import to check a form
+
+    FlowConfig.from_dict(config)
+    TrainConfig.from_dict(train)
+
+
+def _launch_claimed(store: RunStore, run_id: int, watch: bool = True) -> int:
+    """Launch the worker process of a run that already holds a slot (``queued``); its pid.
+
+    ``watch``: a daemon thread waits on the process (no zombie, ``lost`` at once if it dies
+    silently, then the queue moves on). A worker process starting the next run of the queue
+    just before it exits passes False: the orphan is reaped by init, and a silent death is
+    caught by the heartbeat window instead.
+    """
+    try:
+        proc = _launch(store, run_id)
+    except Exception as exc:
+        store.finish_run(run_id, "failed", f"Could not start the training process: {exc}")
+        raise
+    proc._flowlab_run_id = int(run_id)  # type: ignore[attr-defined]
+    try:
+        store.set_pid(run_id, proc.pid)
+    except Exception:
+        pass  # the worker records its own pid too
+    if watch:
+        with _LOCK:
+            _PROCS[proc.pid] = proc
+        threading.Thread(target=_reap, args=(store, int(run_id), proc), daemon=True,
+                         name=f"flowlab-reaper-{proc.pid}").start()
+    return proc.pid
+
+
 def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
     """Claim a concurrency slot for the run, then launch its worker process; returns the pid.
 
@@ -83,30 +131,61 @@ def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
     (not the owner), KeyError (no such run), ValueError (an invalid config, or over a
     classroom cap) — all before any process exists.
     """
-    from .model import FlowConfig
-    from .train import TrainConfig
-
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(f"no run with id {run_id}")
-    FlowConfig.from_dict(run["config"])     # refuse bad values here, with the valid range,
-    TrainConfig.from_dict(run["train"])     # rather than in a process that dies at once
+    _validate(run["config"], run["train"])
     store.request_start(run_id, owner)
+    return _launch_claimed(store, run_id)
+
+
+def submit(store: RunStore, name, dataset: str, config: dict, train: dict, *,
+           owner: str | None = None, preset: str | None = None, queue: bool = False) -> int:
+    """Create a run, check it, and start it (or queue it); returns the run id.
+
+    ``queue=False`` (the Train page's Start, the CLI): the run is created already holding a
+    slot, in one transaction, so when every slot is taken RunLimitError is raised and nothing
+    is left behind — no ``created`` run for anyone to start later. If the process cannot be
+    launched, the run is deleted again and the error raised.
+
+    ``queue=True`` (studies): the run is stored as ``waiting`` and starts as soon as a slot is
+    free — now, or when a running run ends, whether or not any page is open.
+
+    ValueError (a bad config, or over a classroom cap) is raised before anything is stored.
+    """
+    _validate(config, train)
+    if queue:
+        run_id = store.create_run(name, dataset, config, train, owner=owner, preset=preset,
+                                  status="waiting")
+        start_waiting(store)
+        return run_id
+    run_id = store.create_run(name, dataset, config, train, owner=owner, preset=preset,
+                              status="queued")
     try:
-        proc = _launch(store, run_id)
-    except Exception as exc:
-        store.finish_run(run_id, "failed", f"Could not start the training process: {exc}")
-        raise
-    proc._flowlab_run_id = int(run_id)  # type: ignore[attr-defined]
-    with _LOCK:
-        _PROCS[proc.pid] = proc
-    try:
-        store.set_pid(run_id, proc.pid)
+        _launch_claimed(store, run_id)
     except Exception:
-        pass  # the worker records its own pid too
-    threading.Thread(target=_reap, args=(store, int(run_id), proc), daemon=True,
-                     name=f"flowlab-reaper-{proc.pid}").start()
-    return proc.pid
+        store.delete_run(run_id)   # marked failed by _launch_claimed, so deletable
+        raise
+    return run_id
+
+
+def start_waiting(store: RunStore, watch: bool = True) -> list[int]:
+    """Start the oldest ``waiting`` runs while slots are free; returns the ids started.
+
+    Safe to call from any number of processes at once: each slot is handed out by
+    :meth:`RunStore.claim_next_waiting` in one transaction. A run whose process cannot be
+    launched is marked failed (by the launch) and the next one is tried.
+    """
+    started = []
+    while True:
+        run_id = store.claim_next_waiting()
+        if run_id is None:
+            return started
+        try:
+            _launch_claimed(store, run_id, watch=watch)
+        except Exception:  # noqa: BLE001 - recorded on the run; the queue must keep moving
+            continue
+        started.append(run_id)
 
 
 def stop_run(store: RunStore, run_id: int, owner: str | None = None) -> bool:
@@ -123,7 +202,7 @@ def resume_run(store: RunStore, run_id: int, owner: str | None = None,
     if run is None:
         raise KeyError(f"no run with id {run_id}")
     if max_steps is not None or max_minutes is not None:
-        from .train import TrainConfig  # validation lives with the config
+        from .config import TrainConfig  # validation lives with the config
         changes = {k: v for k, v in (("max_steps", max_steps), ("max_minutes", max_minutes)) if v is not None}
         store.update_train(run_id, TrainConfig.from_dict({**run["train"], **changes}).to_dict(), owner)
     return start_run(store, run_id, owner)
@@ -152,23 +231,37 @@ def main(argv: list[str] | None = None) -> int:
     store = RunStore(args.runs_dir)
     print(f"worker pid {os.getpid()} for run {args.run_id} (store {store.root})", flush=True)
     try:
-        status, stop = store.poll_stop(args.run_id)
-        if status == "stopping" and stop and store.begin_run(args.run_id, os.getpid()) == "stopping":
+        return _train_one(store, args.run_id)
+    finally:
+        # This run has ended, whatever way: its slot goes to the next waiting run, so a queue
+        # keeps moving with no page open.
+        try:
+            for started in start_waiting(store, watch=False):
+                print(f"started waiting run {started}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - never change how this run ended
+            print(f"could not start the next waiting run: {exc}", flush=True)
+
+
+def _train_one(store: RunStore, run_id: int) -> int:
+    """Train the run to its end; the process exit code (0: finished or stopped)."""
+    try:
+        status, stop = store.poll_stop(run_id)
+        if status == "stopping" and stop and store.begin_run(run_id, os.getpid()) == "stopping":
             # Stop pressed before we were up: say so without loading torch, data or a model.
-            store.finish_run(args.run_id, "stopped", "Stopped before training began.")
-            print(f"run {args.run_id} stopped before training began", flush=True)
+            store.finish_run(run_id, "stopped", "Stopped before training began.")
+            print(f"run {run_id} stopped before training began", flush=True)
             return 0
         from .train import train_run
-        result = train_run(store, args.run_id, handle_signals=True)
+        result = train_run(store, run_id, handle_signals=True)
     except BaseException as exc:  # noqa: BLE001 — even an import error must reach the app in words
         traceback.print_exc()
         message = f"The training process failed to start ({type(exc).__name__}: {str(exc)[:300]})."
         try:
-            store.finish_run(args.run_id, "failed", message)
+            store.finish_run(run_id, "failed", message)
         except Exception:
             pass
         return 1
-    print(f"run {args.run_id} {result.status}: {result.message}", flush=True)
+    print(f"run {run_id} {result.status}: {result.message}", flush=True)
     return 0 if result.status in ("finished", "stopped") else 1
 
 

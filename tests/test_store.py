@@ -180,3 +180,59 @@ def test_owner_checks_for_start_stop_rename_delete(tmp_path):
         store.request_stop(run_id, "visitor-b")
     assert store.request_stop(run_id, None)              # trusted caller (CLI / teacher)
     assert store.list_runs(owner="visitor-a")[0]["id"] == run_id and store.list_runs(owner="zz") == []
+
+
+def test_a_queued_create_claims_its_slot_in_the_same_transaction(tmp_path):
+    store = RunStore(tmp_path, Limits(max_concurrent=1))
+    a = store.create_run("a", "faces", {"levels": 2}, _train(), status="queued")
+    assert store.get_run(a)["status"] == "queued"
+    with pytest.raises(RunLimitError, match=rf"run {a} 'a'"):
+        store.create_run("b", "faces", {"levels": 2}, _train(), status="queued")
+    assert [r["id"] for r in store.list_runs()] == [a]                  # nothing left behind
+    assert sorted(p.name for p in tmp_path.glob("run-*")) == [store.run_dir(a).name]
+    with pytest.raises(ValueError, match="created, waiting or queued"):
+        store.create_run("c", "faces", {}, _train(), status="running")
+
+
+def test_the_queue_hands_slots_to_the_oldest_waiting_runs_only(tmp_path):
+    store = RunStore(tmp_path, Limits(max_concurrent=2))
+    created = _new(store, "created-by-hand")                            # never started by the queue
+    w1, w2, w3 = (store.create_run(f"w{i}", "faces", {}, _train(), status="waiting") for i in range(3))
+    assert store.get_run(w1)["status"] == "waiting" and "slot" in store.get_run(w1)["message"]
+    assert store.claim_next_waiting() == w1 and store.claim_next_waiting() == w2
+    assert store.claim_next_waiting() is None                           # both slots taken
+    store.finish_run(w1, "finished", "done")
+    assert store.claim_next_waiting() == w3
+    assert store.get_run(created)["status"] == "created"
+    with pytest.raises(RunStateError):
+        store.request_start(w3)                                         # already queued
+
+
+def test_a_waiting_run_over_a_new_cap_fails_with_the_reason_and_the_next_one_starts(tmp_path):
+    big = RunStore(tmp_path, Limits()).create_run("big", "faces", {}, _train(batch_size=512), status="waiting")
+    small = RunStore(tmp_path, Limits()).create_run("small", "faces", {}, _train(), status="waiting")
+    capped = RunStore(tmp_path, Limits(max_batch=256))                  # the server restarted with a cap
+    assert capped.claim_next_waiting() == small
+    run = capped.get_run(big)
+    assert run["status"] == "failed" and "FLOWLAB_MAX_BATCH" in run["message"]
+
+
+def test_concurrent_queue_drains_never_exceed_the_limit(tmp_path):
+    store = RunStore(tmp_path, Limits(max_concurrent=2))
+    for i in range(6):
+        store.create_run(f"w{i}", "faces", {}, _train(), status="waiting")
+    barrier = threading.Barrier(8)
+    claimed = []
+
+    def drain():
+        barrier.wait()
+        run_id = store.claim_next_waiting()
+        if run_id is not None:
+            claimed.append(run_id)
+
+    threads = [threading.Thread(target=drain) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == 2 and sorted(claimed) == [1, 2]

@@ -148,3 +148,50 @@ def test_cli_ctrl_c_stops_cleanly_with_a_checkpoint(tmp_path):
     assert run["status"] == "stopped" and "checkpoint saved" in run["message"]
     assert load_checkpoint(store.checkpoint_path(run["id"]))["step"] == run["step"]
     assert "stopped" in err
+
+
+def test_three_queued_runs_with_one_slot_all_finish_with_no_app(store):
+    """A study's queue moves on its own: each worker hands its slot to the next waiting run."""
+    ids = [worker.submit(store, f"q{i}", "faces", TINY.to_dict(), _train(max_steps=6), queue=True)
+           for i in range(3)]
+    assert [store.get_run(i)["status"] for i in ids[1:]] == ["waiting", "waiting"]
+    assert store.get_run(ids[0])["status"] in ("queued", "running")
+    runs = [worker.wait_for_run(store, i, timeout=120) for i in ids]
+    assert [(r["status"], r["step"]) for r in runs] == [("finished", 6)] * 3, [r["message"] for r in runs]
+    starts = [r["started"] for r in runs]
+    ends = [r["ended"] for r in runs]
+    assert starts == sorted(starts) and all(e <= s for e, s in zip(ends, starts[1:]))  # one at a time
+
+
+def test_a_refused_submit_leaves_no_run_behind(store):
+    first = worker.submit(store, "first", "faces", TINY.to_dict(), _train(max_steps=100000))
+    with pytest.raises(worker.RunLimitError, match=rf"run {first} 'first'"):
+        worker.submit(store, "second", "faces", TINY.to_dict(), _train())
+    with pytest.raises(ValueError, match="batch_size"):
+        worker.submit(store, "bad", "faces", TINY.to_dict(), _train(batch_size=-1), queue=True)
+    assert [r["name"] for r in store.list_runs()] == ["first"]
+    assert sorted(p.name for p in store.root.glob("run-*")) == [store.run_dir(first).name]
+    worker.stop_run(store, first)
+    assert worker.wait_for_run(store, first, timeout=60)["status"] == "stopped"
+
+
+def test_a_run_that_cannot_be_launched_is_taken_back(store, monkeypatch):
+    def no_process(store, run_id):
+        raise OSError("no more processes")
+    monkeypatch.setattr(worker, "_launch", no_process)
+    with pytest.raises(OSError, match="no more processes"):
+        worker.submit(store, "x", "faces", TINY.to_dict(), _train())
+    assert store.list_runs() == []
+
+
+def test_cli_refused_by_a_busy_slot_leaves_no_run(tmp_path):
+    runs = tmp_path / "runs"
+    store = RunStore(runs, Limits())
+    busy = store.create_run("busy", "faces", TINY.to_dict(), _train(), status="queued")
+    cmd = [sys.executable, "-m", "flowlib.train", "--preset", "faces-fast", "--dataset", "faces",
+           "--image-shape", "1,32,32", "--levels", "2", "--flow-steps", "1", "--hidden", "4",
+           "--steps", "5", "--runs-dir", str(runs), "--name", "refused"]
+    proc = subprocess.run(cmd, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"run {busy} 'busy'" in proc.stderr, proc.stderr
+    assert [r["name"] for r in store.list_runs()] == ["busy"]
