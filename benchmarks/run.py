@@ -127,13 +127,11 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str,
 
     from flowlib import FlowConfig, FlowModel, preset
     from flowlib.layers import low_precision_networks
-    from flowlib.speed import disable_auto_tuning, tune_for_training
+    from flowlib.speed import tune_for_training
     from flowlib.train import make_optimizer
 
     if malloc_tuning:
         tune_for_training()
-    else:
-        disable_auto_tuning()  # FlowModel would otherwise apply it at the first training step
     device = torch.device(device_name)
     spec = dict(cfg.model)
     config = preset(spec.pop("preset"), **spec) if "preset" in spec else FlowConfig(**spec)

@@ -92,7 +92,9 @@ def measure(impl: str, batch: int, repeats: int, reference: str | None) -> dict:
             model(x_uint8.float() / n_bins - 0.5 + torch.rand(x_uint8.shape) / n_bins)
     else:
         from flowlib import FlowConfig, FlowModel
+        from flowlib.speed import tune_for_training
         from flowlib.train import make_optimizer
+        tune_for_training()  # as Flow Lab's trainer does; the reference keeps glibc's default
         model = FlowModel(FlowConfig(**DEMO))
         model.initialize(model.preprocess(x_uint8, generator=gen))
         optimizer = make_optimizer(model.parameters(), lr=1e-4)
@@ -120,8 +122,10 @@ def likelihood_check(steps: int, batch: int) -> dict:
     from flowlib import FlowConfig, FlowModel
     from flowlib.data import load_images
     from flowlib.layers import low_precision_networks
+    from flowlib.speed import tune_for_training
     from flowlib.train import make_optimizer
 
+    tune_for_training()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     train = load_images("faces", "train").images

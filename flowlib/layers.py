@@ -16,9 +16,12 @@ One flow step (Glow) is  ActNorm -> permutation -> coupling:
 * The permutation mixes channels so that the next coupling conditions on different values
   than the last one did. Options, from the article: reverse the channel order (RealNVP),
   a fixed random shuffle, or a learned invertible 1×1 convolution (Glow), optionally
-  parameterised by its LU decomposition so its log-determinant is a cheap sum.
+  parameterised by its LU decomposition so its log-determinant is a cheap sum. They live in
+  ``flowlib.permutations`` (one protocol, :class:`ChannelMixing`) and are importable from here.
 * The coupling splits its input into x1 and x2 and changes only x2, by an amount that
   depends on x1. Its Jacobian is triangular, so the log-determinant is a sum.
+
+Between levels the model squeezes (:class:`Squeeze`): a reshape, so a layer with logdet 0.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ops import channel_split_sizes, checkerboard_mask, squeeze2d, unsqueeze2d
+from .permutations import (ChannelMixing, InvConv1x1, InvConv1x1LU, ReversePermutation,
+                           ShufflePermutation, make_permutation)
 
 __all__ = [
-    "ActNorm", "ReversePermutation", "ShufflePermutation", "InvConv1x1", "InvConv1x1LU",
-    "ZeroConv2d", "CouplingNet", "Coupling", "FlowStep", "make_permutation",
+    "ActNorm", "ChannelMixing", "ReversePermutation", "ShufflePermutation", "InvConv1x1",
+    "InvConv1x1LU", "Squeeze", "ZeroConv2d", "CouplingNet", "Coupling", "FlowStep", "make_permutation",
     "low_precision_networks", "run_network", "VariationalDequantizer", "LogitTransform",
 ]
 
@@ -108,200 +113,17 @@ class ActNorm(nn.Module):
         return y * torch.exp(-self.log_scale) - self.bias
 
 
-class ReversePermutation(nn.Module):
-    """Reverse the channel order (RealNVP). Volume preserving: logdet = 0."""
+class Squeeze(nn.Module):
+    """:func:`~flowlib.ops.squeeze2d` as a layer: ``[B, C, H, W] -> [B, 4C, H/2, W/2]``.
 
-    def __init__(self, channels: int):
-        super().__init__()
-        self.channels = channels
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}"
-
-    def channel_order(self) -> torch.Tensor:
-        """Output channel i is input channel ``order[i]``."""
-        return torch.arange(self.channels - 1, -1, -1)
-
-    def forward(self, x):
-        return x.flip(1), x.new_zeros(x.shape[0])
-
-    def inverse(self, y):
-        return y.flip(1)
-
-
-class ShufflePermutation(nn.Module):
-    """A fixed random channel shuffle (the article's Keras demo). logdet = 0.
-
-    The permutation is drawn once from the model's seed and kept as a buffer, so it is saved
-    with the model and a reloaded model shuffles exactly the same way.
+    It only moves values (its Jacobian is a permutation matrix), so logdet = 0 exactly.
     """
 
-    def __init__(self, channels: int, generator: torch.Generator):
-        super().__init__()
-        self.channels = channels
-        perm = torch.randperm(channels, generator=generator)
-        self.register_buffer("perm", perm)
-        self.register_buffer("inv_perm", torch.argsort(perm))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return squeeze2d(x), x.new_zeros(x.shape[0])
 
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, perm={self.perm.tolist()}"
-
-    def channel_order(self) -> torch.Tensor:
-        return self.perm.cpu()
-
-    def forward(self, x):
-        return x[:, self.perm], x.new_zeros(x.shape[0])
-
-    def inverse(self, y):
-        return y[:, self.inv_perm]
-
-
-def _random_rotation(channels: int, generator: torch.Generator) -> torch.Tensor:
-    """A random orthogonal matrix (QR of a Gaussian matrix): |det| = 1, a neutral start."""
-    q, r = torch.linalg.qr(torch.randn(channels, channels, generator=generator, dtype=torch.float64))
-    # Fix the signs so the distribution is uniform over rotations, not biased by QR's convention.
-    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-    return q.float()
-
-
-def _mix_channels(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """A 1×1 convolution without bias: every pixel's channel vector times W (C×C).
-
-    Written as an einsum (a batched matrix product) because with the flows' few channels
-    (4 to 48) oneDNN's 1×1 convolution is several times slower here: forward + backward on
-    [64, 4, 14, 14] took 1.2 ms as a convolution and 0.23 ms as this einsum.
-    """
-    return torch.einsum("oc,bchw->bohw", w, x)
-
-
-class _CachedWeightMixin:
-    """Reuse the assembled weight and its inverse while the parameters do not change.
-
-    Assembling W (and inverting it) every call is wasted work when sampling or evaluating
-    with frozen parameters. The cache holds a copy of the parameter values it was built from
-    and is reused only while the live values are exactly equal. Version counters are not
-    enough: fused optimizers (``torch.optim.Adam(fused=True)``, which the trainer uses) and
-    writes through ``.data`` update parameters without bumping them, and a stale W would
-    silently corrupt every evaluation after the first. Comparing a few C×C matrices costs
-    microseconds; inverting W is what the cache saves. It is only used when autograd is
-    off, so training always builds W afresh inside the graph.
-    """
-
-    def _cache_valid(self, cache, x: torch.Tensor) -> bool:
-        snapshot, device, dtype = cache[0]
-        return (device == x.device and dtype == x.dtype
-                and all(torch.equal(old, new) for old, new in zip(snapshot, self.parameters())))
-
-    def _weight_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if torch.is_grad_enabled():
-            return self.weight_matrix(), None
-        cache = getattr(self, "_cache", None)
-        if cache is None or not self._cache_valid(cache, x):
-            w = self.weight_matrix()
-            w_inv = torch.linalg.inv(w.double()).to(w.dtype)
-            snapshot = tuple(p.detach().clone() for p in self.parameters())
-            cache = ((snapshot, x.device, x.dtype), w.to(x.dtype), w_inv.to(x.dtype))
-            self._cache = cache
-        return cache[1], cache[2]
-
-
-class InvConv1x1(_CachedWeightMixin, nn.Module):
-    """Glow's invertible 1×1 convolution with an unconstrained weight W (C×C).
-
-    Each pixel's channel vector is multiplied by W, so logdet = H · W_img · log|det W|,
-    computed with ``slogdet``. Starts as a random rotation (log|det| = 0).
-    """
-
-    def __init__(self, channels: int, generator: torch.Generator):
-        super().__init__()
-        self.channels = channels
-        self.weight = nn.Parameter(_random_rotation(channels, generator))
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}"
-
-    def weight_matrix(self) -> torch.Tensor:
-        return self.weight
-
-    def log_abs_det(self) -> torch.Tensor:
-        return torch.linalg.slogdet(self.weight.double())[1].to(self.weight.dtype)
-
-    def forward(self, x):
-        w, _ = self._weight_pair(x)
-        y = _mix_channels(x, w)
-        logdet = (x.shape[2] * x.shape[3]) * self.log_abs_det()
-        return y, logdet.expand(x.shape[0])
-
-    def inverse(self, y):
-        _, w_inv = self._weight_pair(y)
-        if w_inv is None:
-            w_inv = torch.linalg.inv(self.weight)
-        return _mix_channels(y, w_inv)
-
-
-class InvConv1x1LU(_CachedWeightMixin, nn.Module):
-    """The 1×1 convolution parameterised as ``W = P · L · (U + diag(sign_s · exp(log_s)))``.
-
-    P is a fixed permutation, L is unit lower-triangular and U strictly upper-triangular
-    (both learned), and the diagonal is learned through ``log_s`` with a fixed sign. The
-    determinant of a triangular matrix is the product of its diagonal, so
-    ``log|det W| = Σ log|s|`` — no O(C³) ``slogdet`` per step. Starts from the LU
-    decomposition of a random rotation.
-    """
-
-    def __init__(self, channels: int, generator: torch.Generator):
-        super().__init__()
-        self.channels = channels
-        w0 = _random_rotation(channels, generator).double()
-        p, lower, upper = torch.linalg.lu(w0)
-        s = torch.diagonal(upper)
-        self.register_buffer("p", p.float())
-        self.register_buffer("sign_s", torch.sign(s).float())
-        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
-        self.register_buffer("eye", torch.eye(channels))
-        self.lower = nn.Parameter((lower * self.lower_mask.double()).float())
-        self.upper = nn.Parameter(torch.triu(upper, 1).float())
-        self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}"
-
-    def factors(self) -> dict[str, torch.Tensor]:
-        """P, L, U (with its diagonal) as dense matrices, for display."""
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return {"P": self.p, "L": lower, "U": upper}
-
-    def weight_matrix(self) -> torch.Tensor:
-        f = self.factors()
-        return f["P"] @ f["L"] @ f["U"]
-
-    def log_abs_det(self) -> torch.Tensor:
-        return self.log_s.sum()
-
-    def forward(self, x):
-        w, _ = self._weight_pair(x)
-        y = _mix_channels(x, w)
-        logdet = (x.shape[2] * x.shape[3]) * self.log_s.sum()
-        return y, logdet.expand(x.shape[0])
-
-    def inverse(self, y):
-        _, w_inv = self._weight_pair(y)
-        if w_inv is None:
-            w_inv = torch.linalg.inv(self.weight_matrix())
-        return _mix_channels(y, w_inv)
-
-
-def make_permutation(kind: str, channels: int, generator: torch.Generator) -> nn.Module:
-    if kind == "reverse":
-        return ReversePermutation(channels)
-    if kind == "shuffle":
-        return ShufflePermutation(channels, generator)
-    if kind == "conv1x1":
-        return InvConv1x1(channels, generator)
-    if kind == "conv1x1_lu":
-        return InvConv1x1LU(channels, generator)
-    raise ValueError(f"unknown permutation {kind!r}")
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return unsqueeze2d(y)
 
 
 class ZeroConv2d(nn.Module):

@@ -1,4 +1,4 @@
-"""FlowConfig, the multi-scale FlowModel, and the presets.
+"""The multi-scale FlowModel (its FlowConfig and the presets are in flowlib.config).
 
 The model maps an image x to a list of latents, one per level, and knows the exact
 log-likelihood of x through the change-of-variables formula:
@@ -21,158 +21,28 @@ The last level's whole output is the top latent, with a learned or standard Gaus
 Latents are listed finest level first. With ``mask="realnvp"`` each level first runs K
 checkerboard couplings at full resolution, then squeezes and runs K channel couplings,
 as in the RealNVP paper.
+
+Each level is a module (:class:`Level`) that owns its steps and its latent's prior, with
+``forward(h) -> (h_next, z, logdet, log_pz, eps)`` and ``inverse(h_next, z) -> h``; the
+model's ``encode`` and ``decode`` are loops over the levels.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from .layers import (ActNorm, FlowStep, LogitTransform, VariationalDequantizer, ZeroConv2d,
-                     gaussian_log_prob)
-from .ops import squeeze2d, unsqueeze2d
-from .speed import tune_for_training_automatically
+# FlowConfig and the presets live in the torch-free flowlib.config; imported here too, so
+# ``from flowlib.model import FlowConfig, PRESETS`` keeps working.
+from .config import PRESET_NOTES, PRESETS, FlowConfig, dataclass_from_dict, preset  # noqa: F401
+from .layers import (ActNorm, FlowStep, LogitTransform, Squeeze, VariationalDequantizer,
+                     ZeroConv2d, gaussian_log_prob)
 
-__all__ = ["FlowConfig", "FlowModel", "EncodeOutput", "BitsPerDim", "PRESETS", "PRESET_NOTES",
-           "preset"]
-
-COUPLINGS = ("affine", "additive")
-PERMUTATIONS = ("reverse", "shuffle", "conv1x1", "conv1x1_lu")
-MASKS = ("channel", "checkerboard", "realnvp")
-PRIORS = ("learned", "standard")
-DEQUANTIZATIONS = ("uniform", "variational")
-INPUT_TRANSFORMS = ("none", "logit")
-
-# Upper bounds that keep a config trainable on one machine; they exist to refuse typos
-# such as hidden=51200 with a message instead of exhausting memory.
-MAX_LEVELS, MAX_STEPS, MAX_HIDDEN, MAX_CHANNELS, MAX_SIDE = 8, 64, 2048, 4, 256
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    """Everything needed to rebuild a model. Round-trips through a plain dict / JSON."""
-
-    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of the data; H, W divisible by 2**levels
-    levels: int = 2             # L: scales; after each but the last, half the channels leave as a latent
-    steps: int = 4              # K: flow steps per level (mask="realnvp": K before and K after the squeeze)
-    hidden: int = 64            # width of each coupling network; most of the parameters live here
-    coupling: str = "affine"    # "affine" y2 = x2·exp(s)+t (RealNVP/Glow) | "additive" y2 = x2+t (NICE)
-    permutation: str = "conv1x1_lu"  # channel mixing between couplings: reverse | shuffle | conv1x1 | conv1x1_lu
-    mask: str = "channel"       # coupling split: channel halves | checkerboard pixels | realnvp (both, paper pattern)
-    actnorm: bool = True        # Glow's data-initialised per-channel scale and shift at the start of each step
-    coupling_actnorm: bool = False  # ActNorm inside the coupling networks too (Glow does this)
-    split_prior: str = "learned"    # prior of each split-off half: "learned" from the kept half (split2d) | "standard" N(0,I)
-    top_prior: str = "learned"      # prior of the last level's latent: "learned" mean and scale | "standard"
-    n_bits: int = 8             # bits per pixel modelled: 8 = full 256 levels, 5 = Glow's CelebA-HQ trick
-    dequantization: str = "uniform"  # noise u in a pixel's bin: "uniform" U[0,1) (RealNVP, Glow) | "variational" learned q(u|x) (Flow++)
-    input_transform: str = "none"    # "logit": RealNVP's logit(α + (1-2α)x) as the flow's first, fixed layer (its logdet counted)
-    affine_clamp: float = 2.0   # bound c on |s| in affine couplings, s = c·tanh(raw/c); keeps exp(s) finite
-    seed: int = 0               # seeds the initial weights and the shuffle permutations: same seed, same model
-
-    def __post_init__(self):
-        shape = self.image_shape
-        if isinstance(shape, (list, tuple)):
-            object.__setattr__(self, "image_shape", tuple(shape))
-        self._validate()
-
-    # -- validation ------------------------------------------------------------------------
-    def _validate(self) -> None:
-        shape = self.image_shape
-        if (not isinstance(shape, tuple) or len(shape) != 3
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
-            raise ValueError(f"image_shape must be three integers (C, H, W), got {shape!r}")
-        c, h, w = shape
-        for name, lo, hi in (("levels", 1, MAX_LEVELS), ("steps", 1, MAX_STEPS),
-                             ("hidden", 1, MAX_HIDDEN), ("n_bits", 1, 8), ("seed", 0, 2**31 - 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
-            if not lo <= value <= hi:
-                raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
-        if not 1 <= c <= MAX_CHANNELS:
-            raise ValueError(f"image_shape channels must be in 1..{MAX_CHANNELS}, got {c}")
-        for name, value in (("coupling", self.coupling), ("permutation", self.permutation),
-                            ("mask", self.mask), ("split_prior", self.split_prior),
-                            ("top_prior", self.top_prior), ("dequantization", self.dequantization),
-                            ("input_transform", self.input_transform)):
-            options = {"coupling": COUPLINGS, "permutation": PERMUTATIONS, "mask": MASKS,
-                       "split_prior": PRIORS, "top_prior": PRIORS,
-                       "dequantization": DEQUANTIZATIONS, "input_transform": INPUT_TRANSFORMS}[name]
-            if value not in options:
-                raise ValueError(f"{name} must be one of {', '.join(options)}; got {value!r}")
-        for name in ("actnorm", "coupling_actnorm"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        clamp = self.affine_clamp
-        if (not isinstance(clamp, (int, float)) or isinstance(clamp, bool)
-                or not math.isfinite(clamp) or not 0.1 <= clamp <= 10):
-            raise ValueError(f"affine_clamp must be a number in 0.1..10, got {clamp!r}")
-        factor = 2 ** self.levels
-        max_levels = _max_levels(h, w)
-        if h % factor or w % factor or h < 2 or w < 2 or h > MAX_SIDE or w > MAX_SIDE:
-            if h > MAX_SIDE or w > MAX_SIDE:
-                raise ValueError(f"image_shape height and width must be at most {MAX_SIDE}, got {h}×{w}")
-            raise ValueError(
-                f"levels={self.levels} needs height and width divisible by 2**levels = {factor}, "
-                f"but the image is {h}×{w}; use levels ≤ {max_levels} for this image size")
-
-    # -- conversions -----------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["image_shape"] = list(self.image_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FlowConfig":
-        """Build from a dict (e.g. a checkpoint's ``config``); unknown keys are an error."""
-        return dataclass_from_dict(cls, d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    def replace(self, **changes) -> "FlowConfig":
-        return replace(self, **changes)
-
-    @property
-    def n_bins(self) -> int:
-        return 2 ** self.n_bits
-
-    @property
-    def dims(self) -> int:
-        """D = C·H·W, the number of real values per image (bits/dim divides by this)."""
-        c, h, w = self.image_shape
-        return c * h * w
-
-    def summary(self) -> str:
-        c, h, w = self.image_shape
-        return (f"{c}×{h}×{w}, L={self.levels}, K={self.steps}, hidden={self.hidden}, "
-                f"{self.coupling}, {self.permutation}, {self.mask} mask"
-                f"{', ActNorm' if self.actnorm else ''}, {self.n_bits}-bit"
-                f"{', logit input' if self.input_transform == 'logit' else ''}"
-                f"{', learned dequantisation' if self.dequantization == 'variational' else ''}")
-
-
-def dataclass_from_dict(cls, d: dict):
-    """``cls(**d)`` for a config dataclass, refusing a non-dict or unknown keys by name."""
-    if not isinstance(d, dict):
-        raise ValueError(f"a {cls.__name__} dict is needed, got {type(d).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
-    return cls(**d)
-
-
-def _max_levels(h: int, w: int) -> int:
-    levels = 0
-    while h % 2 == 0 and w % 2 == 0 and levels < MAX_LEVELS:
-        h, w, levels = h // 2, w // 2, levels + 1
-    return levels
+__all__ = ["FlowConfig", "FlowModel", "EncodeOutput", "BitsPerDim", "Level", "LevelOutput",
+           "PRESETS", "PRESET_NOTES", "preset"]
 
 
 class EncodeOutput(NamedTuple):
@@ -192,13 +62,37 @@ class BitsPerDim(NamedTuple):
     dequant: torch.Tensor       # [B]: log q(u|x) / (D ln 2) of learned dequantisation noise; 0 for uniform noise
 
 
-class _Level(nn.Module):
-    """One scale: [pre-squeeze checkerboard steps] -> squeeze -> K steps -> [split prior]."""
+class LevelOutput(NamedTuple):
+    """What one level emits on the way in (see :meth:`Level.forward`)."""
+    h_next: torch.Tensor | None  # what goes on to the next level; None after the top level
+    z: torch.Tensor             # this level's latent [B, *latent_shape]
+    logdet: torch.Tensor        # [B] nats: Σ log|det J| over this level's layers
+    log_pz: torch.Tensor        # [B] nats: log-density of z under this level's prior
+    eps: torch.Tensor           # z standardised by its prior, (z - mean) / scale
 
-    def __init__(self, cfg: FlowConfig, in_shape: tuple[int, int, int], last: bool,
+
+class Level(nn.Module):
+    """One scale: [pre-squeeze checkerboard steps] -> squeeze -> K steps -> split (or top latent).
+
+    Not a plain bijection: besides passing ``h_next`` on, it emits its latent z and z's
+    log-density under this level's prior, kept apart from the layers' logdet:
+
+        split level   h_next, z = the first and second half of the channels;
+                      p(z | h_next) = N(mean, scale²) computed from h_next (Glow's split2d),
+                      or N(0, I)
+        top level     h_next = None, z = everything; p(z) = N(mean, scale²) with one learned
+                      mean and log-scale per value, or N(0, I)
+
+    ``forward(h) -> LevelOutput(h_next, z, logdet, log_pz, eps)`` and
+    ``inverse(h_next, z) -> h`` are exact inverses; ``inverse`` draws a missing z from the prior.
+    """
+
+    def __init__(self, cfg: FlowConfig, in_shape: tuple[int, int, int], index: int,
                  generator: torch.Generator):
         super().__init__()
         c, h, w = in_shape
+        self.index = index
+        last = index == cfg.levels - 1
         common = dict(hidden=cfg.hidden, coupling=cfg.coupling, permutation=cfg.permutation,
                       actnorm=cfg.actnorm, net_actnorm=cfg.coupling_actnorm,
                       clamp=cfg.affine_clamp, generator=generator)
@@ -208,6 +102,7 @@ class _Level(nn.Module):
             pre = [FlowStep(c, h, w, mask="checkerboard", parity=k % 2, **common)
                    for k in range(cfg.steps)]
         self.pre_steps = nn.ModuleList(pre)
+        self.squeeze = Squeeze()
         c, h, w = 4 * c, h // 2, w // 2
         step_mask = "checkerboard" if cfg.mask == "checkerboard" else "channel"
         self.steps = nn.ModuleList(
@@ -220,17 +115,103 @@ class _Level(nn.Module):
             self.keep_channels = c // 2
             self.latent_shape = (c - c // 2, h, w)
             self.out_shape = (c // 2, h, w)
-        self.prior_net = None
+        # The prior's parameters come after the steps'. The top prior's used to come first
+        # of all (on the model); align_legacy_optimizer_state lines up optimizer states saved then.
+        self.prior_net = self.prior_mean = self.prior_log_scale = None
         if not last and cfg.split_prior == "learned":
             self.prior_net = ZeroConv2d(self.keep_channels, 2 * self.latent_shape[0])
+        if last and cfg.top_prior == "learned":
+            self.prior_mean = nn.Parameter(torch.zeros(1, *self.latent_shape))
+            self.prior_log_scale = nn.Parameter(torch.zeros(1, *self.latent_shape))
 
-    def split_prior(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-scale of the leaving half's Gaussian, computed from the kept half."""
-        if self.prior_net is None:
-            zeros = kept.new_zeros(kept.shape[0], *self.latent_shape)
-            return zeros, zeros
-        mean, log_scale = self.prior_net(kept).chunk(2, dim=1)
-        return mean, log_scale
+    def layers(self) -> list[nn.Module]:
+        """The bijective part in forward order: pre-squeeze steps, squeeze, steps."""
+        return [*self.pre_steps, self.squeeze, *self.steps]
+
+    def prior(self, h_next: torch.Tensor | None, batch: int,
+              like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-scale [batch, *latent_shape] of z's Gaussian (dtype and device of ``like``).
+
+        A split level's comes from the kept half ``h_next``; the top level's does not
+        depend on anything.
+        """
+        if self.prior_net is not None:
+            mean, log_scale = self.prior_net(h_next).chunk(2, dim=1)
+            return mean, log_scale
+        if self.prior_mean is not None:
+            return (self.prior_mean.expand(batch, -1, -1, -1),
+                    self.prior_log_scale.expand(batch, -1, -1, -1))
+        zeros = like.new_zeros(batch, *self.latent_shape)
+        return zeros, zeros
+
+    def forward(self, h: torch.Tensor) -> LevelOutput:
+        logdet = h.new_zeros(h.shape[0])
+        for layer in self.layers():
+            h, ld = layer(h)
+            logdet = logdet + ld
+        if self.last:
+            h_next, z = None, h
+        else:
+            h_next, z = h[:, :self.keep_channels], h[:, self.keep_channels:]
+        mean, log_scale = self.prior(h_next, h.shape[0], h)
+        eps = (z - mean) * torch.exp(-log_scale)
+        return LevelOutput(h_next, z, logdet, gaussian_log_prob(z, mean, log_scale), eps)
+
+    def inverse(self, h_next: torch.Tensor | None, z: torch.Tensor | None,
+                temperature: float = 1.0, eps: torch.Tensor | None = None,
+                batch: int | None = None) -> torch.Tensor:
+        """The input h that :meth:`forward` maps to ``(h_next, z)``.
+
+        A ``None`` z is drawn from the prior as ``mean + temperature · scale · eps``, with
+        ``eps`` given or fresh N(0, I) noise. ``batch`` is needed only when nothing else
+        tells it: the top level drawing its latent with neither z nor eps.
+        """
+        if h_next is None and not self.last:
+            raise ValueError("a split level needs the kept half h_next to invert")
+        known = next((t for t in (h_next, z, eps) if t is not None), None)
+        batch = known.shape[0] if known is not None else batch
+        if batch is None:
+            raise ValueError("the top level needs z, eps or batch to know the batch size")
+        mean, log_scale = self.prior(h_next, batch, next(self.parameters()))
+        if z is None:
+            noise = eps if eps is not None else torch.randn_like(mean)
+            z = mean + temperature * torch.exp(log_scale) * noise
+        elif tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(f"latent {self.index} must have shape [B, {', '.join(map(str, self.latent_shape))}], "
+                             f"got {list(z.shape)}")
+        h = z if self.last else torch.cat([h_next, z], dim=1)
+        for layer in reversed(self.layers()):
+            h = layer.inverse(h)
+        return h
+
+
+def _rename_top_prior_keys(module, state_dict, prefix, *_):
+    """Load-time hook: checkpoints written before the top prior moved into the top level
+    (``top_mean``, ``top_log_scale`` on the model) load into ``levels.<L-1>.prior_*``."""
+    top = f"{prefix}levels.{len(module.levels) - 1}."
+    for old, new in (("top_mean", "prior_mean"), ("top_log_scale", "prior_log_scale")):
+        if prefix + old in state_dict and top + new not in state_dict:
+            state_dict[top + new] = state_dict.pop(prefix + old)
+
+
+def align_legacy_optimizer_state(ckpt: dict) -> None:
+    """Line up, in place, an optimizer state saved when the top prior lived on the model.
+
+    Such a checkpoint has the model keys ``top_mean`` and ``top_log_scale`` (renamed on load
+    by ``_rename_top_prior_keys``). Those two parameters came first in ``model.parameters()``
+    and now come last; an optimizer state is indexed by that order, so its entries are rotated
+    to match, or a resumed run would apply one tensor's Adam moments to another.
+    """
+    model, opt = ckpt.get("model"), ckpt.get("optimizer")
+    if not isinstance(model, dict) or "top_mean" not in model or not isinstance(opt, dict):
+        return
+    groups, state = opt.get("param_groups"), opt.get("state")
+    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(state, dict):
+        return
+    n = len(groups[0].get("params", []))
+    if n < 2 or groups[0]["params"] != list(range(n)):
+        return
+    opt["state"] = {j: state[(j + 2) % n] for j in range(n) if (j + 2) % n in state}
 
 
 class FlowModel(nn.Module):
@@ -256,7 +237,7 @@ class FlowModel(nn.Module):
             torch.manual_seed(cfg.seed)
             levels, shape = [], cfg.image_shape
             for i in range(cfg.levels):
-                level = _Level(cfg, shape, last=(i == cfg.levels - 1), generator=generator)
+                level = Level(cfg, shape, i, generator=generator)
                 levels.append(level)
                 shape = level.out_shape
             self.dequantizer = None
@@ -264,11 +245,7 @@ class FlowModel(nn.Module):
                 self.dequantizer = VariationalDequantizer(cfg.image_shape[0], cfg.n_bins)
         self.levels = nn.ModuleList(levels)
         self.input_transform = LogitTransform() if cfg.input_transform == "logit" else None
-        top_shape = self.levels[-1].latent_shape
-        self.top_mean = self.top_log_scale = None
-        if cfg.top_prior == "learned":
-            self.top_mean = nn.Parameter(torch.zeros(1, *top_shape))
-            self.top_log_scale = nn.Parameter(torch.zeros(1, *top_shape))
+        self.register_load_state_dict_pre_hook(_rename_top_prior_keys)
 
     # -- shapes and bookkeeping -----------------------------------------------------------
     @property
@@ -302,13 +279,6 @@ class FlowModel(nn.Module):
         if not self.is_initialized:
             self.encode(x)
 
-    def _top_prior(self, batch: int, like: torch.Tensor):
-        if self.top_mean is None:
-            zeros = like.new_zeros(batch, *self.latent_shapes[-1])
-            return zeros, zeros
-        return (self.top_mean.expand(batch, -1, -1, -1),
-                self.top_log_scale.expand(batch, -1, -1, -1))
-
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"expected a tensor [B, C, H, W], got {type(x).__name__}")
@@ -326,34 +296,16 @@ class FlowModel(nn.Module):
     def encode(self, x: torch.Tensor) -> EncodeOutput:
         """x [B, C, H, W] in [-0.5, 0.5] -> latents, logdet [B], log_pz [B] (nats)."""
         self._check_input(x)
-        if self.training and x.device.type == "cpu" and torch.is_grad_enabled():
-            # Training on the CPU: keep freed activation memory for the next step instead of
-            # handing it back to the kernel (about a million page faults per step at batch 64
-            # otherwise; flowlib/speed.py). Once per process; the app server opts out.
-            tune_for_training_automatically()
-        batch = x.shape[0]
-        logdet = x.new_zeros(batch)
-        zs, eps, log_pz_levels = [], [], []
-        h = x
+        h, logdet = x, x.new_zeros(x.shape[0])
         if self.input_transform is not None:
             h, logdet = self.input_transform(h)
+        zs, eps, log_pz_levels = [], [], []
         for level in self.levels:
-            for step in level.pre_steps:
-                h, ld = step(h)
-                logdet = logdet + ld
-            h = squeeze2d(h)
-            for step in level.steps:
-                h, ld = step(h)
-                logdet = logdet + ld
-            if level.last:
-                z = h
-                mean, log_scale = self._top_prior(batch, h)
-            else:
-                h, z = h[:, :level.keep_channels], h[:, level.keep_channels:]
-                mean, log_scale = level.split_prior(h)
+            h, z, level_logdet, level_log_pz, level_eps = level(h)
+            logdet = logdet + level_logdet
             zs.append(z)
-            eps.append((z - mean) * torch.exp(-log_scale))
-            log_pz_levels.append(gaussian_log_prob(z, mean, log_scale))
+            eps.append(level_eps)
+            log_pz_levels.append(level_log_pz)
         log_pz = torch.stack(log_pz_levels, 0).sum(0)
         return EncodeOutput(zs, logdet, log_pz, log_pz_levels, eps)
 
@@ -389,27 +341,10 @@ class FlowModel(nn.Module):
                      None if eps is None else eps[0].shape[0])
         if batch is None:
             raise ValueError("decode needs at least one latent or eps to know the batch size")
-        ref = self.top_mean if self.top_mean is not None else next(self.parameters())
         h = None
         for i in reversed(range(n)):
-            level = self.levels[i]
-            if level.last:
-                mean, log_scale = self._top_prior(batch, ref)
-            else:
-                mean, log_scale = level.split_prior(h)
-            z = zs[i]
-            if z is None:
-                noise = eps[i] if eps is not None else torch.randn_like(mean)
-                z = mean + temps[i] * torch.exp(log_scale) * noise
-            elif tuple(z.shape[1:]) != level.latent_shape:
-                raise ValueError(f"latent {i} must have shape [B, {', '.join(map(str, level.latent_shape))}], "
-                                 f"got {list(z.shape)}")
-            h = z if level.last else torch.cat([h, z], dim=1)
-            for step in reversed(level.steps):
-                h = step.inverse(h)
-            h = unsqueeze2d(h)
-            for step in reversed(level.pre_steps):
-                h = step.inverse(h)
+            h = self.levels[i].inverse(h, zs[i], temps[i], None if eps is None else eps[i],
+                                       batch=batch)
         if self.input_transform is not None:
             h = self.input_transform.inverse(h)
         return h
@@ -513,49 +448,3 @@ class FlowModel(nn.Module):
         step = 256 // n_bins
         q = torch.floor((x.float().clamp(-0.5, 0.5 - 1e-6) + 0.5) * n_bins)
         return (q * step + step // 2).clamp(0, 255).to(torch.uint8)
-
-
-# -- presets -------------------------------------------------------------------------------
-# Each preset's one line says where it comes from. The app swaps image_shape for the chosen
-# dataset's shape (levels permitting).
-PRESET_NOTES: dict[str, str] = {}
-PRESETS: dict[str, FlowConfig] = {}
-
-
-def _preset(name: str, note: str, **kwargs) -> None:
-    PRESETS[name] = FlowConfig(**kwargs)
-    PRESET_NOTES[name] = note
-
-
-_preset("glow", "The Glow paper: ActNorm, LU 1×1 conv, affine, channel masks, learned priors, K=32, L=3, width 512.",
-        image_shape=(3, 32, 32), levels=3, steps=32, hidden=512, coupling="affine",
-        permutation="conv1x1_lu", mask="channel", actnorm=True, coupling_actnorm=True,
-        split_prior="learned", top_prior="learned")
-_preset("realnvp", "RealNVP: affine couplings, checkerboard then channel masks per scale, shuffles, no ActNorm, N(0,I) priors.",
-        image_shape=(3, 32, 32), levels=3, steps=3, hidden=256, coupling="affine",
-        permutation="shuffle", mask="realnvp", actnorm=False, split_prior="standard",
-        top_prior="standard")
-_preset("article-demo", "The article's Keras demo on 32×32 faces: L=3, K=6, additive coupling, random shuffle.",
-        image_shape=(3, 32, 32), levels=3, steps=6, hidden=512, coupling="additive",
-        permutation="shuffle", mask="channel", actnorm=True, split_prior="learned",
-        top_prior="learned")
-_preset("nice", "NICE: additive (volume-preserving) couplings, channel reversal, N(0,I) priors.",
-        image_shape=(1, 28, 28), levels=2, steps=4, hidden=128, coupling="additive",
-        permutation="reverse", mask="channel", actnorm=False, split_prior="standard",
-        top_prior="standard")
-_preset("mnist-fast", "Small Glow for MNIST on a laptop CPU: L=2, K=4, width 64, logit input and learned "
-        "dequantisation noise; learns visibly within a minute.",
-        image_shape=(1, 28, 28), levels=2, steps=4, hidden=64, coupling="affine",
-        permutation="conv1x1_lu", mask="channel", actnorm=True, split_prior="learned",
-        top_prior="learned", dequantization="variational", input_transform="logit")
-_preset("faces-fast", "Small Glow for 32×32 grayscale faces on a laptop CPU: L=3, K=4, width 64.",
-        image_shape=(1, 32, 32), levels=3, steps=4, hidden=64, coupling="affine",
-        permutation="conv1x1_lu", mask="channel", actnorm=True, split_prior="learned",
-        top_prior="learned")
-
-
-def preset(name: str, **overrides) -> FlowConfig:
-    """A preset's config with some fields changed, e.g. ``preset("glow", image_shape=(1, 32, 32))``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name].replace(**overrides)

@@ -6,11 +6,11 @@ when it is freed, so the next step maps it again and takes ~1 million page fault
 step — the same churn that makes public Glow ports slower per image at larger batches.
 Keeping freed memory inside the process removes the faults.
 
-:func:`tune_for_training` is called by the worker, the CLI and the benchmarks, and also by
-``FlowModel.encode`` the first time it runs a CPU training forward (training mode, autograd
-on), so a script of one's own that trains a FlowModel gets it too. It is not called on
-import, and the Streamlit server turns the automatic call off (:func:`disable_auto_tuning`):
-it is a long-lived process that should give memory back.
+:func:`tune_for_training` belongs to the process that trains and to nothing else: the worker,
+the CLI and the benchmarks call it in their setup. Nothing calls it on import or from the
+model, so a long-lived process that only evaluates or samples (the Streamlit server, a
+notebook) keeps glibc's default of giving freed memory back. A script of one's own that
+trains on the CPU can call it once before its loop.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 _tuned = False
-_auto = True
 
 
 def tune_for_training() -> bool:
@@ -48,15 +47,3 @@ def tune_for_training() -> bool:
     ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1
     _tuned = ok
     return ok
-
-
-def disable_auto_tuning() -> None:
-    """Make :func:`tune_for_training_automatically` a no-op in this process (the app server)."""
-    global _auto
-    _auto = False
-
-
-def tune_for_training_automatically() -> None:
-    """What ``FlowModel.encode`` calls before a CPU training forward; see the module docstring."""
-    if _auto and not _tuned:
-        tune_for_training()
