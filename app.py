@@ -19,6 +19,7 @@ PAGES = {
         st.Page("pages/runs.py", title="Runs", icon=":material/stacked_line_chart:"),
     ],
     "Look inside": [
+        st.Page("pages/flows2d.py", title="Flows in 2-D", icon=":material/scatter_plot:"),
         st.Page("pages/masks.py", title="Masks & squeeze", icon=":material/grid_on:"),
         st.Page("pages/latents.py", title="Latents", icon=":material/layers:"),
         st.Page("pages/sampling.py", title="Sampling", icon=":material/auto_awesome:"),
