@@ -127,9 +127,7 @@ else:
         for k in range(k_steps):
             mix = None
             if perm != "none":
-                layer = make_permutation(perm, c1, gen)
-                mix = (layer.channel_order().numpy() if hasattr(layer, "channel_order")
-                       else layer.weight_matrix().detach().numpy())
+                mix = viz.channel_mixing(make_permutation(perm, c1, gen))
             out.append({"mix": mix, "mask": mask_kind, "parity": k % 2})
         return out
 
@@ -192,21 +190,21 @@ perm = step.permutation
 hw = {"pre": 0, "post": 1}[kind] + lv
 sp_h, sp_w = H // 2 ** hw, W // 2 ** hw
 with ec.compute():
-    if hasattr(perm, "weight_matrix"):
-        w_mat = perm.weight_matrix().detach().double()
+    w_mat = perm.as_matrix().detach().double()
+    factors = {k: v.detach() for k, v in perm.factors().items()}
+    if perm.learned:
         logdet = float(perm.log_abs_det())
-        st.markdown(f"**1×1 convolution** ({perm.channels}×{perm.channels}): every output channel is a "
-                    f"weighted mix of all input channels at the same pixel. "
+        st.markdown(f"**{perm.label}** ({perm.channels}×{perm.channels}): every output "
+                    f"channel is a weighted mix of all input channels at the same pixel. "
                     f"log|det W| = {logdet:+.4f}, so this layer adds "
                     f"H·W·log|det W| = {sp_h}·{sp_w}·{logdet:+.4f} = **{sp_h * sp_w * logdet:+.2f} nats** "
                     f"to every image's log-det.")
-        if hasattr(perm, "factors"):
-            f = {k: v.detach() for k, v in perm.factors().items()}
+        if "L" in factors:
             cols = st.columns(4)
             figs = [viz.matrix_heatmap(w_mat, "W = P·L·U", height=300),
-                    viz.matrix_heatmap(f["P"], "P (fixed permutation)", height=300),
-                    viz.matrix_heatmap(f["L"], "L (unit lower triangle)", height=300),
-                    viz.matrix_heatmap(f["U"], "U (diagonal = s)", height=300)]
+                    viz.matrix_heatmap(factors["P"], "P (fixed permutation)", height=300),
+                    viz.matrix_heatmap(factors["L"], "L (unit lower triangle)", height=300),
+                    viz.matrix_heatmap(factors["U"], "U (diagonal = s)", height=300)]
             for col, fig in zip(cols, figs):
                 col.plotly_chart(fig, width="stretch", key=f"masks_fig_{fig.layout.title.text}")
             st.latex(r"W = P\,L\,(U + \mathrm{diag}(s)),\qquad \log|\det W| = \sum_i \log|s_i|")
@@ -215,13 +213,11 @@ with ec.compute():
         else:
             st.plotly_chart(viz.matrix_heatmap(w_mat, "W"), width="stretch", key="masks_fig_w")
     else:
-        order = perm.channel_order().numpy()
-        mat = np.zeros((len(order), len(order)))
-        mat[np.arange(len(order)), order] = 1
-        st.markdown(f"**{type(perm).__name__.replace('Permutation', '')} permutation**: output channel i "
-                    f"takes input channel {order.tolist()}[i]. A permutation only moves values, so "
-                    "its log|det| is 0.")
-        st.plotly_chart(viz.matrix_heatmap(mat, "permutation matrix", zmid=None, colorscale="Greys", height=300),
+        order = viz.channel_mixing(perm).tolist()
+        st.markdown(f"**Permutation: {perm.label}**. Output channel i takes input channel "
+                    f"{order}[i]. A permutation only moves values, so its log|det| is 0.")
+        st.plotly_chart(viz.matrix_heatmap(w_mat.numpy(), "permutation matrix", zmid=None,
+                                           colorscale="Greys", height=300),
                         width="content", key="masks_fig_perm")
     scales = viz.actnorm_scales(model)
     if any(s.size for s in scales):

@@ -1,8 +1,9 @@
 """Runs: every run in one table; overlay the curves of several; compare their settings.
 
 Also the one-click permutation study (the Glow paper's reverse vs shuffle vs 1×1 conv with
-everything else equal). Runs that wait for a free training slot stay ``created`` and are
-started, oldest first, whenever a page sees a slot free (see ``ui.start_waiting_runs``).
+everything else equal). Runs that wait for a free training slot are ``waiting``; the worker
+starts them, oldest first, whenever a run ends, with or without this page open
+(``flowlib.worker.submit(..., queue=True)``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from flowlib import PRESETS, FlowConfig
-from flowlib.train import TrainConfig
+from flowlib.config import PRESETS, TrainConfig
 from pages import ui
+from pages.common.settings_form import settings_table
 
 ui.require_router()
 
@@ -27,29 +28,6 @@ CURVES = {
     "loss_nats": ("training loss", "nats/image"),
     "images_per_s": ("speed", "images/s"),
 }
-FLOW_DEFAULTS = FlowConfig().to_dict()
-SETTINGS = [  # (label, where, key)
-    ("dataset", "run", "dataset"), ("preset", "run", "preset"),
-    ("levels L", "config", "levels"), ("steps per level K", "config", "steps"),
-    ("hidden width", "config", "hidden"), ("coupling", "config", "coupling"),
-    ("permutation", "config", "permutation"), ("mask", "config", "mask"),
-    ("ActNorm", "config", "actnorm"), ("split prior", "config", "split_prior"),
-    ("top prior", "config", "top_prior"), ("bits per pixel", "config", "n_bits"),
-    ("dequantisation", "config", "dequantization"), ("input transform", "config", "input_transform"),
-    ("model seed", "config", "seed"), ("batch size", "train", "batch_size"),
-    ("learning rate", "train", "lr"), ("warm-up steps", "train", "warmup_steps"),
-    ("step budget", "train", "max_steps"), ("minute budget", "train", "max_minutes"),
-    ("evaluate every", "train", "eval_every"), ("training seed", "train", "seed"),
-]
-
-
-def setting(run: dict, where: str, key: str):
-    value = run.get(key) if where == "run" else run[where].get(key)
-    if value is None and where == "config" and key in FLOW_DEFAULTS:
-        value = FLOW_DEFAULTS[key]   # a run saved before the field existed used its default
-    return "–" if value is None else value
-
-
 def run_rows(store, runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in runs:
@@ -95,26 +73,19 @@ def overlay_figure(store, runs: list[dict], key: str, axis: str):
     return fig
 
 
-def settings_table(runs: list[dict]) -> tuple[pd.DataFrame, list[str]]:
-    data = {f"{r['id']} · {r['name']}": [str(setting(r, w, k)) for _, w, k in SETTINGS] for r in runs}
-    df = pd.DataFrame(data, index=[label for label, _, _ in SETTINGS])
-    differing = [idx for idx, row in df.iterrows() if len(set(row)) > 1]
-    return df, differing
-
-
 def start_study(store, steps: int, dataset: str = "mnist") -> list[int]:
-    """Create the three runs (everything equal but the permutation) and start what fits now."""
+    """Queue the three runs (everything equal but the permutation); the worker starts each
+    one when a training slot is free."""
+    from flowlib import worker
+
     base = PRESETS["mnist-fast"]
     tc = TrainConfig(dataset=dataset, max_steps=int(steps), eval_every=max(50, int(steps) // 10))
-    store.limits.check_train(tc.to_dict())
+    store.limits.check_train(tc.to_dict())   # all three or none: they share these settings
     stamp = time.strftime("%H%M")
-    ids = []
-    for perm in STUDY_PERMUTATIONS:
-        cfg = base.replace(permutation=perm)
-        ids.append(store.create_run(f"study-{stamp}-{perm}", dataset, cfg.to_dict(), tc.to_dict(),
-                                    owner=ui.visitor_id(), preset="mnist-fast"))
-    ui.start_waiting_runs(store)
-    return ids
+    return [worker.submit(store, f"study-{stamp}-{perm}", dataset,
+                          base.replace(permutation=perm).to_dict(), tc.to_dict(),
+                          owner=ui.visitor_id(), preset="mnist-fast", queue=True)
+            for perm in STUDY_PERMUTATIONS]
 
 
 def single_run_actions(store, run: dict) -> None:
@@ -179,7 +150,6 @@ def single_run_actions(store, run: dict) -> None:
                                     key=f"explore_{rid}", width="stretch",
                                     help="Opens the Latents page with this run's checkpoint."):
         st.session_state[ui.EXPLORE_KEY] = str(ckpt)
-        st.session_state[ui.EXPLORE_RUN_KEY] = rid
         st.switch_page("pages/latents.py")
 
 
@@ -217,9 +187,7 @@ with st.expander("**Permutation study**: reverse vs shuffle vs 1×1 convolution,
 
 def runs_body(poll: bool) -> None:
     runs = store.list_runs()
-    if ui.start_waiting_runs(store, runs):
-        runs = store.list_runs()
-    if poll and not any(r["status"] in ui.ACTIVE_STATUSES or r["status"] == "created" for r in runs):
+    if poll and not any(r["status"] in ui.ACTIVE_STATUSES or r["status"] == ui.WAITING for r in runs):
         st.rerun(scope="app")
     if not runs:
         st.info("No runs yet. Start one on the Train page, or start the permutation study above.",
@@ -279,12 +247,12 @@ def runs_body(poll: bool) -> None:
         styled = table.style.apply(
             lambda row: ["background-color: #ffe8a3; font-weight: 600" if row.name in differing else ""
                          for _ in row], axis=1)
-        st.dataframe(styled, height=min(36 * (len(SETTINGS) + 1) + 4, 760))
+        st.dataframe(styled, height=min(36 * (len(table) + 1) + 4, 760))
     else:
         single_run_actions(store, chosen[0])
 
 
 runs_now = store.list_runs()
-poll = any(r["status"] in ui.ACTIVE_STATUSES or r["status"] == "created" for r in runs_now)
+poll = any(r["status"] in ui.ACTIVE_STATUSES or r["status"] == ui.WAITING for r in runs_now)
 with ui.guard("showing the runs"):
     st.fragment(runs_body, run_every=3.0 if poll else None)(poll)

@@ -9,104 +9,46 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import time
 from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from flowlib import PRESET_NOTES, PRESETS, FlowConfig
+from flowlib.config import (APP_TRAIN_DEFAULTS, PRESET_LR, PRESET_NOTES, PRESETS, ConfigError, FlowConfig,
+                            TrainConfig, field_errors, form_fields, max_levels, settings_of)
 from flowlib.data import DatasetError, list_datasets, load_images, store_upload
 from flowlib.device import bf16_is_fast, pick_device
-from flowlib.model import COUPLINGS, DEQUANTIZATIONS, INPUT_TRANSFORMS, MASKS, PERMUTATIONS, PRIORS
-from flowlib.train import LR_SCHEDULES, PRESET_LR, TrainConfig, make_optimizer
+from flowlib.estimate import SpeedEstimator, SpeedRequest, parameter_count
 from pages import ui
+from pages.common import settings_form
 
 ui.require_router()
 
 log = logging.getLogger("flowlab.app")
 
-# -- words for every knob ------------------------------------------------------------------
-CHOICE_WORDS = {
-    "affine": "affine (RealNVP, Glow)",
-    "additive": "additive (NICE)",
-    "reverse": "reverse the channel order (RealNVP)",
-    "shuffle": "fixed random shuffle",
-    "conv1x1": "learned 1×1 conv (Glow)",
-    "conv1x1_lu": "learned 1×1 conv, LU-factored",
-    "channel": "channel halves (Glow)",
-    "checkerboard": "checkerboard pixels",
-    "realnvp": "checkerboard then channel (RealNVP)",
-    "learned": "learned Gaussian (Glow)",
-    "standard": "standard normal N(0, I)",
-    "uniform": "uniform noise (RealNVP, Glow)",
-    "variational": "learned noise (Flow++)",
-    "none": "none: pixel values as they are",
-    "logit": "logit (RealNVP)",
-    "constant": "constant after warm-up",
-    "cosine": "cosine decay to 0 at the end of the budget",
-}
-HELP = {
-    "levels": "L, the number of scales. Each level squeezes 2×2 pixels into channels; after each "
-              "level but the last, half the channels leave as that scale's latent. The image side "
-              "must divide by 2^L.",
-    "steps": "K, flow steps per level (ActNorm → permutation → coupling). More steps: a more "
-             "expressive flow, slower steps.",
-    "hidden": "Channels of each coupling network; most of the parameters live here.",
-    "coupling": "How one half of the values transforms the other half: affine y = x·exp(s) + t "
-                "(RealNVP, Glow) or additive y = x + t (NICE, volume-preserving).",
-    "permutation": "How channels are mixed between couplings so every value gets transformed.",
-    "mask": "Which values a coupling keeps and which it transforms.",
-    "split_prior": "Prior of each split-off latent: learned from the half that stays, or N(0, I).",
-    "top_prior": "Prior of the last (coarsest) latent.",
-    "actnorm": "Glow's per-channel scale and shift, initialised from the first batch.",
-    "input_transform": "Logit (RealNVP): the flow's first layer stretches values near black and white "
-                       "with logit(α + (1−2α)x), α = 1e-6, and counts that stretch in the log-det. "
-                       "Helps a lot on MNIST, whose background is exactly black.",
-    "dequantization": "Pixels are whole numbers; a flow models continuous values, so each pixel gets "
-                      "noise inside its bin. Uniform noise is the article's choice. Learned noise "
-                      "(Flow++) takes the shape the flow finds easiest and is scored with its own "
-                      "density, so bits/dim stays an upper bound on the true cost; on MNIST it "
-                      "reached a lower score in the same 10 minutes.",
-    "n_bits": "Bits per pixel modelled: 8 = all 256 grey levels; 5 = 32 levels (Glow's "
-              "CelebA-HQ trick). Valid: 1..8.",
-    "batch_size": "Images per training step. Valid: 1..4096.",
-    "lr": "Adam's peak learning rate. Valid: 0 < lr ≤ 1. Glow used 0.001, the default for the "
-          "larger presets; the small demo presets start from the rate that learned fastest in "
-          "a measured sweep (benchmarks/RESULTS.md).",
-    "warmup_steps": "The learning rate rises linearly from 0 over these steps (stops early "
-                    "NaNs). Valid: 0 or more.",
-    "lr_schedule": "What the learning rate does after warm-up: stay at its peak, or fall along a "
-                   "cosine to 0 as the budget (steps or minutes) runs out. With a fixed budget the "
-                   "cosine ends at a lower test bits/dim (benchmarks/RESULTS.md).",
-    "budget": "When the run stops by itself: after a number of steps, or minutes of training.",
-    "eval_every": "Steps between evaluations on held-out test images, each with a new grid of "
-                  "samples. Valid: 1 or more.",
-    "name": "A label for the Runs page; left empty, one is made from the dataset and preset.",
-    "bf16": "Run the coupling networks in bfloat16 (on by default where the processor or GPU "
-            "does bf16 natively): 20-80 % faster training. Log-determinants, priors and every "
-            "reported test bits/dim stay exact float32.",
-}
-MODEL_FIELDS = ("levels", "steps", "hidden", "coupling", "permutation", "mask", "split_prior",
-                "top_prior", "actnorm", "n_bits", "dequantization", "input_transform")
-TRAIN_FIELDS = ("batch_size", "lr", "warmup_steps", "eval_every", "bf16", "lr_schedule")
-LR_SCHEDULE_DEFAULT = "cosine"
+# -- the form -------------------------------------------------------------------------------
+# Labels, help, choices and checks of the model and training settings come from
+# flowlib.config; only the page's own widgets (data, budget switch, run name) are worded here.
+BUDGET_HELP = "When the run stops by itself: after a number of steps, or minutes of training."
+NAME_HELP = "A label for the Runs page; left empty, one is made from the dataset and preset."
+MODEL_FIELDS = form_fields(FlowConfig)
+TRAIN_FIELDS = form_fields(TrainConfig)
+TRAIN_SETTINGS = dict(settings_of(TrainConfig))
 # Every setting of the form that survives a visit to another page (buttons and uploads don't).
 FORM_FIELDS = ("dataset", "preset", "budget_kind", "max_steps", "max_minutes", "name", "path",
                "size", "channels", *MODEL_FIELDS, *TRAIN_FIELDS)
+FORM_KEY = "tr_"  # prefix of the form's widget keys in st.session_state
+# Where a field's error is shown when the field has no widget of its own.
+ERROR_SLOT_OF = {"max_steps": "budget", "max_minutes": "budget", "image_shape": "levels"}
 CLASSROOM_DATASETS = ("mnist", "faces", "folder")
+PATH_DATASETS = ("celeba", "cifar10", "folder", "fashion-mnist")   # datasets that read a path
 
 
 @st.cache_resource
 def fast_bf16_here() -> bool:
     """Whether this machine's training device does bf16 natively (checked once per server)."""
     return bf16_is_fast(pick_device("auto"))
-
-FAST_PRESET = {"mnist": "mnist-fast", "fashion-mnist": "mnist-fast"}
-PATH_DATASETS = ("celeba", "cifar10", "folder", "fashion-mnist")
-K = "tr_"  # widget-key prefix
 
 
 # -- cached measurements ---------------------------------------------------------------------
@@ -123,145 +65,108 @@ def dataset_info(name: str, options_json: str) -> dict:
             "examples": examples}
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def parameter_count(config_json: str) -> int:
-    from flowlib import FlowModel
-    return FlowModel(FlowConfig.from_dict(json.loads(config_json))).num_parameters()
+@st.cache_resource(show_spinner=False)
+def speed_estimator(cache_dir: str) -> SpeedEstimator:
+    """One per runs folder, so this server watches its measuring processes in one place."""
+    return SpeedEstimator(cache_dir)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def measure_speed(config_json: str, batch: int, device: str, bf16: bool = False) -> dict:
-    """Images/s of a few real training steps of this config on this device (≤ ~2 s).
+def speed_estimate(store, cfg: FlowConfig, tc: TrainConfig) -> dict | None:
+    """Images/s of this config from earlier runs, the cache, or a measuring process started
+    now (None until it answers). Never builds the model or trains in this server."""
+    request = SpeedRequest(cfg.to_dict(), int(tc.batch_size), tc.device, bool(tc.bf16), tc.threads,
+                           tc.grad_clip)
+    return speed_estimator(str(store.root / "speed-estimates")).estimate(request, store)
 
-    A measurement, not training: random pixels, one or two untimed warm-up steps, then up
-    to twelve timed steps or 1.2 s, whichever comes first; the fastest step counts.
-    """
-    import torch
 
-    import contextlib
+def estimate_words(speed: dict | None, tc: TrainConfig, n_test: int, busy: bool) -> str:
+    """'≈ 480 images/s here → about 4 min 10 s for 2,000 steps …', or why there is none yet."""
+    if speed is None:
+        return "timing a few training steps in a separate process…"
+    if "error" in speed:
+        return f"no speed estimate: {speed['error']}."
+    ips = speed["images_per_s"]
+    if speed.get("source") == "history":
+        runs = speed.get("runs", 1)
+        how = f" (the median of {runs} earlier run{'s' if runs != 1 else ''} of these settings)"
+    else:
+        how = " (measured while another run trains, so slower than it will be)" if busy else ""
+    steps_s = ips / tc.batch_size
+    if tc.max_steps is not None:
+        evals = tc.max_steps // tc.eval_every + 1
+        eval_s = (evals * min(tc.eval_subset, n_test) + n_test) / (3 * ips)
+        total = tc.max_steps / steps_s + eval_s + 8
+        return (f"≈ **{ips:,.0f} images/s** here → about **{ui.fmt_duration(total)}** for "
+                f"{tc.max_steps:,} steps, tests and start-up included{how}.")
+    return (f"≈ **{ips:,.0f} images/s** here → about **{tc.max_minutes * 60 * steps_s:,.0f} "
+            f"steps** in {tc.max_minutes:g} minutes{how}.")
 
-    from flowlib import FlowModel
-    from flowlib.layers import low_precision_networks
 
-    cfg = FlowConfig.from_dict(json.loads(config_json))
-    dev = pick_device(device)
-    b = max(1, min(batch, 64))
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (b, *cfg.image_shape), dtype=torch.uint8, generator=gen)
-    model = FlowModel(cfg).to(dev)
-    model.initialize(model.preprocess(x))
-    opt = make_optimizer(model.parameters(), lr=1e-4)
-
-    precision = (lambda: low_precision_networks(torch.bfloat16)) if bf16 else contextlib.nullcontext
-
-    def step():
-        with precision():
-            loss = model.bits_per_dim_terms(x).total.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    t0 = time.perf_counter()
-    step()                      # cold: allocations, autograd and kernel set-up
-    first = time.perf_counter() - t0
-    if first < 0.5:
-        step()                  # a second untimed step when it is cheap
-    times: list[float] = []
-    while not times or (len(times) < 12 and sum(times) < 1.2):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    # The fastest step, not the mean: this runs inside the server while the browser (often on
-    # the same laptop) redraws the page, and a step that shared the cores with it says more
-    # about the browser than about training.
-    return {"images_per_s": b / min(times), "batch_measured": b, "steps": len(times)}
+def estimate_line(cfg: FlowConfig, tc: TrainConfig, n_test: int, busy: bool, polling: bool) -> None:
+    """Parameters (arithmetic) and the speed estimate; in a polling fragment until it is known."""
+    speed = speed_estimate(store, cfg, tc)
+    if polling and speed is not None:
+        st.rerun(scope="app")   # known now: draw it once more without the timer
+    st.markdown(f"**{parameter_count(cfg):,} parameters** · {estimate_words(speed, tc, n_test, busy)}")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _max_levels(shape) -> int:
-    _, h, w = shape
-    levels = 0
-    while h % 2 == 0 and w % 2 == 0 and levels < 8:
-        h, w, levels = h // 2, w // 2, levels + 1
-    return levels
-
-
 def load_preset_into_widgets(name: str, shape) -> None:
     """Copy a preset's model settings into the widgets, fitting levels to the image size."""
     cfg = PRESETS[name]
     for f in MODEL_FIELDS:
-        st.session_state[K + f] = getattr(cfg, f)
-    st.session_state[K + "lr"] = PRESET_LR.get(name, TrainConfig.lr)
-    top = _max_levels(shape)
+        st.session_state[FORM_KEY + f] = getattr(cfg, f)
+    st.session_state[FORM_KEY + "lr"] = PRESET_LR.get(name, APP_TRAIN_DEFAULTS.lr)
+    top = max_levels(shape[1], shape[2])
     if cfg.levels > top:
-        st.session_state[K + "levels"] = top
-        st.session_state[K + "levels_note"] = (
+        st.session_state[FORM_KEY + "levels"] = top
+        st.session_state[FORM_KEY + "levels_note"] = (
             f"The {name} preset uses L={cfg.levels}; {shape[1]}×{shape[2]} images allow at most "
             f"L={top}, so L is set to {top}.")
     else:
-        st.session_state.pop(K + "levels_note", None)
-    st.session_state[K + "loaded_preset"] = (name, tuple(shape))
-
-
-def field_of(message: str, known) -> str | None:
-    """The config field a ValueError message is about ('levels=3 needs…' -> 'levels')."""
-    m = re.match(r"\s*([a-z_]+)", message)
-    word = m.group(1) if m else ""
-    if word == "image_shape":
-        return "levels"
-    if word in ("max_steps", "max_minutes") or message.startswith("a budget") or \
-            message.startswith("a step budget"):
-        return "budget"
-    return word if word in known else None
+        st.session_state.pop(FORM_KEY + "levels_note", None)
+    st.session_state[FORM_KEY + "loaded_preset"] = (name, tuple(shape))
 
 
 def friendly(message: str) -> str:
     return message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
 
 
-def validate(dataset: str, shape, values: dict, train_values: dict, limits) -> tuple:
-    """(FlowConfig | None, TrainConfig | None, {field: message}) for the form's values."""
-    errors: dict[str, str] = {}
-    base = PRESETS["mnist-fast"].replace(image_shape=tuple(shape), levels=1)
-    for f in MODEL_FIELDS:
-        try:
-            base.replace(**{f: values[f]})
-        except ValueError as exc:
-            errors[f] = str(exc)
+def error_slot(field: str | None) -> str:
+    """The form slot that shows an error about ``field`` (a limit's plain ValueError: the budget)."""
+    return ERROR_SLOT_OF.get(field, field or "budget")
+
+
+def validate(dataset: str, shape, preset_name: str, values: dict, train_values: dict, limits) -> tuple:
+    """(FlowConfig | None, TrainConfig | None, {form slot: message}) for the form's values.
+
+    Every value that is wrong on its own is reported at once; the rules that tie fields
+    together (levels vs image size, a budget) once each field is fine.
+    """
+    errors = {error_slot(f): m for f, m in field_errors(FlowConfig, values).items()}
     cfg = None
     if not errors:
-        try:
-            cfg = base.replace(**values)
-        except ValueError as exc:
-            errors[field_of(str(exc), MODEL_FIELDS) or "levels"] = str(exc)
-    tbase = TrainConfig(dataset=dataset)
-    for f, v in train_values.items():
-        if f in ("max_steps", "max_minutes"):
-            continue
-        try:
-            tbase.replace(**{f: v})
-        except ValueError as exc:
-            errors[f] = str(exc)
+        try:  # the preset's other fields (not on the form) come along
+            cfg = PRESETS[preset_name].replace(image_shape=tuple(shape), **values)
+        except ConfigError as exc:
+            errors[error_slot(exc.field)] = str(exc)
+    train_errors = {error_slot(f): m for f, m in field_errors(TrainConfig, train_values).items()}
     tc = None
-    try:
-        tc = tbase.replace(**train_values)
-        limits.check_train(tc.to_dict())
-    except ValueError as exc:
-        key = field_of(str(exc), TRAIN_FIELDS) or "budget"
-        errors.setdefault(key, str(exc))
-        tc = None
+    if not train_errors:
+        try:
+            tc = APP_TRAIN_DEFAULTS.replace(dataset=dataset, **train_values)
+            limits.check_train(tc.to_dict())
+        except ValueError as exc:
+            train_errors[error_slot(getattr(exc, "field", None))] = str(exc)
+            tc = None
+    for slot, message in train_errors.items():
+        errors.setdefault(slot, message)
     return cfg, tc, errors
 
 
 def show_error(errors: dict, field: str) -> None:
     if field in errors:
         st.error(friendly(errors[field]), icon=":material/block:")
-
-
-def eta_text(seconds: float) -> str:
-    return ui.fmt_duration(seconds)
 
 
 # -- the run shown on this page ------------------------------------------------------------
@@ -282,15 +187,12 @@ def shown_run_id(store, runs) -> int | None:
 
 def start_new_run(store, cfg: FlowConfig, tc: TrainConfig, name: str, preset_name: str) -> None:
     from flowlib import worker
-    from flowlib.store import RunLimitError, RunStateError
 
     label = name.strip() or f"{tc.dataset}-{preset_name}"
-    run_id = store.create_run(label, tc.dataset, cfg.to_dict(), tc.to_dict(),
-                              owner=ui.visitor_id(), preset=preset_name)
     try:
-        worker.start_run(store, run_id, owner=ui.control_owner())
-    except (RunLimitError, RunStateError, PermissionError, ValueError) as exc:
-        store.delete_run(run_id)
+        run_id = worker.submit(store, label, tc.dataset, cfg.to_dict(), tc.to_dict(),
+                               owner=ui.visitor_id(), preset=preset_name)
+    except (ValueError, OSError) as exc:  # RunLimitError (every slot taken) is a ValueError
         st.session_state["train_flash"] = ("error", friendly(str(exc)))
         return
     st.session_state["train_run"] = run_id
@@ -312,39 +214,40 @@ if flash:
 
 # Arriving from Home's "Train MNIST now": ?dataset=mnist&preset=mnist-fast picks them once.
 qp = (st.query_params.get("dataset"), st.query_params.get("preset"))
-if any(qp) and st.session_state.get(K + "applied_qp") != qp:
-    st.session_state[K + "applied_qp"] = qp
+if any(qp) and st.session_state.get(FORM_KEY + "applied_qp") != qp:
+    st.session_state[FORM_KEY + "applied_qp"] = qp
     if qp[0]:
-        st.session_state[K + "dataset"] = qp[0]
+        st.session_state[FORM_KEY + "dataset"] = qp[0]
     if qp[1] in PRESETS:
-        st.session_state[K + "preset"] = qp[1]
+        st.session_state[FORM_KEY + "preset"] = qp[1]
 
 # Streamlit drops a page's widget values whenever another page is shown, so a visit to Runs
 # used to bring the form back with zeros in it. The form keeps its own copy (saved at the end
 # of every run of this page) and puts back whatever was dropped; defaults fill the rest.
-for key, value in st.session_state.get(K + "saved_form", {}).items():
+for key, value in st.session_state.get(FORM_KEY + "saved_form", {}).items():
     if key not in st.session_state:
         st.session_state[key] = value
-for key, value in {
-    K + "max_steps": min(2000, store.limits.max_steps or 2000), K + "max_minutes": 5.0,
-    K + "batch_size": min(64, store.limits.max_batch or 64), K + "warmup_steps": 200,
-    K + "eval_every": 250, K + "lr_schedule": LR_SCHEDULE_DEFAULT, K + "bf16": fast_bf16_here(),
-}.items():
-    st.session_state.setdefault(key, value)
+form_defaults = {f: getattr(APP_TRAIN_DEFAULTS, f) for f in ("max_steps", "max_minutes", *TRAIN_FIELDS)}
+form_defaults.update(  # this server's caps, and bf16 only where it is fast
+    max_steps=min(APP_TRAIN_DEFAULTS.max_steps, store.limits.max_steps or APP_TRAIN_DEFAULTS.max_steps),
+    batch_size=min(APP_TRAIN_DEFAULTS.batch_size, store.limits.max_batch or APP_TRAIN_DEFAULTS.batch_size),
+    bf16=fast_bf16_here())
+for field, value in form_defaults.items():
+    st.session_state.setdefault(FORM_KEY + field, value)
 
 registry = {d["name"]: d for d in list_datasets()}
 names = [n for n in registry if not ui.classroom_mode() or n in CLASSROOM_DATASETS]
-if st.session_state.get(K + "dataset") not in names:
-    st.session_state[K + "dataset"] = "mnist" if "mnist" in names else names[0]
-if st.session_state.get(K + "preset") not in PRESETS:
-    st.session_state[K + "preset"] = "mnist-fast"
+if st.session_state.get(FORM_KEY + "dataset") not in names:
+    st.session_state[FORM_KEY + "dataset"] = "mnist" if "mnist" in names else names[0]
+if st.session_state.get(FORM_KEY + "preset") not in PRESETS:
+    st.session_state[FORM_KEY + "preset"] = "mnist-fast"
 
 with st.expander("**Set up a new run**: data, model, budget", expanded=not active,
                  icon=":material/tune:"):
-    c1, c2, c3 = st.columns([1.2, 1.2, 1], gap="large")
-    with c1:
+    data_col, preset_col, budget_col = st.columns([1.2, 1.2, 1], gap="large")
+    with data_col:
         dataset = st.selectbox(
-            "Dataset", names, key=K + "dataset",
+            "Dataset", names, key=FORM_KEY + "dataset",
             format_func=lambda n: registry[n]["display_name"],
             help="Built-in datasets work offline; the others read your own files.")
         spec = registry[dataset]
@@ -355,7 +258,7 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
             if ui.classroom_mode() or dataset == "folder":
                 cap = ui.upload_cap_mb()
                 up = st.file_uploader(f"Upload a .zip of pictures (at most {cap} MB)", type=["zip"],
-                                      key=K + "upload")
+                                      key=FORM_KEY + "upload")
                 if up is not None:
                     if up.size > cap * 1024 * 1024:
                         option_error = (f"That zip is {up.size / 1024**2:.1f} MB; this server "
@@ -367,19 +270,19 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
                             option_error = str(exc)
             if not ui.classroom_mode():
                 typed = st.text_input(
-                    "…or a folder or zip on this computer", key=K + "path",
+                    "…or a folder or zip on this computer", key=FORM_KEY + "path",
                     placeholder="~/pictures/faces.zip",
                     help="A folder of .png/.jpg pictures, a zip of them, or the dataset's own folder.")
                 if typed.strip() and "path" not in options:
                     options["path"] = typed.strip()
                 if dataset == "cifar10":
-                    if st.checkbox("Download CIFAR-10 (170 MB) if it is not here", key=K + "download"):
+                    if st.checkbox("Download CIFAR-10 (170 MB) if it is not here", key=FORM_KEY + "download"):
                         options["download"] = True
             if dataset == "folder":
-                o1, o2 = st.columns(2)
-                options["size"] = o1.selectbox("Resize to", [32, 28, 64], key=K + "size",
+                size_col, colour_col = st.columns(2)
+                options["size"] = size_col.selectbox("Resize to", [32, 28, 64], key=FORM_KEY + "size",
                                                format_func=lambda s: f"{s}×{s}")
-                options["channels"] = o2.selectbox("Colour", [1, 3], key=K + "channels",
+                options["channels"] = colour_col.selectbox("Colour", [1, 3], key=FORM_KEY + "channels",
                                                    format_func=lambda c: "grayscale" if c == 1 else "RGB")
         info = None
         if option_error:
@@ -404,95 +307,48 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
                      caption="the first test images", width="content")
     shape = info["shape"] if info else (1, 28, 28)
 
-    with c2:
-        preset_name = st.selectbox("Preset", list(PRESETS), key=K + "preset",
+    with preset_col:
+        preset_name = st.selectbox("Preset", list(PRESETS), key=FORM_KEY + "preset",
                                    help="A starting point; every setting below can be changed.")
         st.caption(PRESET_NOTES[preset_name])
-        loaded = st.session_state.get(K + "loaded_preset")
+        loaded = st.session_state.get(FORM_KEY + "loaded_preset")
         if loaded is None or loaded[0] != preset_name:
             load_preset_into_widgets(preset_name, shape)
         elif loaded[1] != tuple(shape):  # new image size: keep the user's edits, refit L only
-            top = _max_levels(shape)
-            if isinstance(st.session_state.get(K + "levels"), int) and st.session_state[K + "levels"] > top:
-                st.session_state[K + "levels"] = top
-                st.session_state[K + "levels_note"] = (
+            top = max_levels(shape[1], shape[2])
+            if isinstance(st.session_state.get(FORM_KEY + "levels"), int) and st.session_state[FORM_KEY + "levels"] > top:
+                st.session_state[FORM_KEY + "levels"] = top
+                st.session_state[FORM_KEY + "levels_note"] = (
                     f"{shape[1]}×{shape[2]} images allow at most L={top}, so L is set to {top}.")
-            st.session_state[K + "loaded_preset"] = (preset_name, tuple(shape))
-        if st.session_state.get(K + "levels_note"):
-            st.caption(st.session_state[K + "levels_note"])
-    with c3:
+            st.session_state[FORM_KEY + "loaded_preset"] = (preset_name, tuple(shape))
+        if st.session_state.get(FORM_KEY + "levels_note"):
+            st.caption(st.session_state[FORM_KEY + "levels_note"])
+    with budget_col:
         steps_only = ui.classroom_mode()
         kind = st.radio("Budget: stop after", ["steps", "minutes"] if not steps_only else ["steps"],
-                        horizontal=True, key=K + "budget_kind", help=HELP["budget"])
+                        horizontal=True, key=FORM_KEY + "budget_kind", help=BUDGET_HELP)
         if kind == "steps":
             cap = store.limits.max_steps
-            budget = st.number_input("Training steps", step=500,
-                                     key=K + "max_steps",
+            budget = st.number_input(TRAIN_SETTINGS["max_steps"].label, step=500,
+                                     key=FORM_KEY + "max_steps",
                                      help=f"This server allows at most {cap:,} steps per run." if cap else None)
         else:
-            budget = st.number_input("Minutes of training", step=1.0, format="%.1f",
-                                     key=K + "max_minutes")
+            budget = st.number_input(TRAIN_SETTINGS["max_minutes"].label, step=1.0, format="%.1f",
+                                     key=FORM_KEY + "max_minutes")
         budget_error_slot = st.empty()
-        name = st.text_input("Run name (optional)", key=K + "name", max_chars=80, help=HELP["name"])
+        name = st.text_input("Run name (optional)", key=FORM_KEY + "name", max_chars=80, help=NAME_HELP)
 
     st.markdown("##### Model")
-    m1, m2, m3, m4, m5 = st.columns(5)
-    with m1:
-        st.number_input("Levels L", step=1, key=K + "levels", help=HELP["levels"])
-        slot_levels = st.empty()
-        st.number_input("Steps per level K", step=1, key=K + "steps", help=HELP["steps"])
-        slot_steps = st.empty()
-        st.number_input("Hidden width", step=16, key=K + "hidden", help=HELP["hidden"])
-        slot_hidden = st.empty()
-    with m2:  # how pixels become the flow's continuous input
-        st.selectbox("Bits per pixel", list(range(8, 0, -1)), key=K + "n_bits", help=HELP["n_bits"])
-        st.selectbox("Dequantisation", DEQUANTIZATIONS, key=K + "dequantization",
-                     help=HELP["dequantization"], format_func=CHOICE_WORDS.get)
-        st.selectbox("Input transform", INPUT_TRANSFORMS, key=K + "input_transform",
-                     help=HELP["input_transform"], format_func=CHOICE_WORDS.get)
-    with m3:
-        st.selectbox("Coupling", COUPLINGS, key=K + "coupling", help=HELP["coupling"],
-                     format_func=CHOICE_WORDS.get)
-        st.selectbox("Permutation", PERMUTATIONS, key=K + "permutation",
-                     help=HELP["permutation"], format_func=CHOICE_WORDS.get)
-    with m4:
-        st.selectbox("Mask", MASKS, key=K + "mask", help=HELP["mask"], format_func=CHOICE_WORDS.get)
-        st.checkbox("ActNorm", key=K + "actnorm", help=HELP["actnorm"])
-    with m5:
-        st.selectbox("Prior of split-off latents", PRIORS, key=K + "split_prior",
-                     help=HELP["split_prior"], format_func=CHOICE_WORDS.get)
-        st.selectbox("Prior of the top latent", PRIORS, key=K + "top_prior",
-                     help=HELP["top_prior"], format_func=CHOICE_WORDS.get)
-
+    slots = settings_form.render_settings(FlowConfig, MODEL_FIELDS, FORM_KEY, columns=4)
     st.markdown("##### Training")
-    t1, t2, t3, t4 = st.columns(4)
-    with t1:
-        bcap = store.limits.max_batch
-        st.number_input("Batch size", step=16, key=K + "batch_size",
-                        help=HELP["batch_size"] + (f" This server allows at most {bcap}." if bcap else ""))
-        slot_batch = st.empty()
-    with t2:
-        st.number_input("Learning rate", step=1e-4, format="%.5f", key=K + "lr",
-                        help=HELP["lr"])  # its value comes with the preset (PRESET_LR)
-        slot_lr = st.empty()
-    with t3:
-        st.number_input("Warm-up steps", step=50, key=K + "warmup_steps",
-                        help=HELP["warmup_steps"])
-        slot_warmup = st.empty()
-    with t4:
-        st.number_input("Evaluate every (steps)", step=50, key=K + "eval_every",
-                        help=HELP["eval_every"])
-        slot_eval = st.empty()
-    t5, t6 = st.columns(2)
-    with t5:
-        st.selectbox("Learning-rate schedule", LR_SCHEDULES, key=K + "lr_schedule",
-                     help=HELP["lr_schedule"], format_func=CHOICE_WORDS.get)
-    with t6:
-        st.checkbox("Fast bf16 coupling networks", key=K + "bf16",
-                    help=HELP["bf16"])
+    batch_cap = store.limits.max_batch
+    slots |= settings_form.render_settings(   # the learning rate comes with the preset (PRESET_LR)
+        TrainConfig, TRAIN_FIELDS, FORM_KEY, columns=4,
+        extra_help={"batch_size": f"This server allows at most {batch_cap}." if batch_cap else ""})
+    slots["budget"] = budget_error_slot
 
-    values = {f: st.session_state[K + f] for f in MODEL_FIELDS}
-    train_values = {f: st.session_state[K + f] for f in TRAIN_FIELDS}
+    values = settings_form.form_values(FlowConfig, FORM_KEY, MODEL_FIELDS)
+    train_values = settings_form.form_values(TrainConfig, FORM_KEY, TRAIN_FIELDS)
     if kind == "steps":
         train_values.update(max_steps=budget, max_minutes=None)
     else:
@@ -500,44 +356,24 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
     train_values["first_eval"] = min(50, max(1, int(train_values["eval_every"]) // 2)) \
         if isinstance(train_values["eval_every"], int) else 50
     train_values["dataset_options"] = options
-    cfg, tc, errors = validate(dataset, shape, values, train_values, store.limits)
-    for field, slot in (("levels", slot_levels), ("steps", slot_steps), ("hidden", slot_hidden),
-                        ("batch_size", slot_batch), ("lr", slot_lr), ("warmup_steps", slot_warmup),
-                        ("eval_every", slot_eval), ("budget", budget_error_slot)):
-        if field in errors:
-            with slot:
+    cfg, tc, errors = validate(dataset, shape, preset_name, values, train_values, store.limits)
+    for field in errors:
+        if field in slots:
+            with slots[field]:
                 show_error(errors, field)
-    for field in set(errors) - {"levels", "steps", "hidden", "batch_size", "lr", "warmup_steps",
-                                "eval_every", "budget"}:
-        st.error(friendly(errors[field]), icon=":material/block:")
+        else:
+            show_error(errors, field)
 
-    # parameter count and an honest time estimate, measured here
+    # parameter count and an honest time estimate (never measured in this server)
     st.divider()
     e1, e2 = st.columns([3, 1], gap="large")
     can_start = cfg is not None and tc is not None and info is not None
     with e1:
         if can_start:
-            n_params = parameter_count(cfg.to_json())
-            busy = " (measured while another run trains, so slower than it will be)" if active else ""
-            try:
-                with st.spinner("Timing a few training steps on this device…"):
-                    speed = measure_speed(cfg.to_json(), int(tc.batch_size), tc.device,
-                                          tc.bf16 and fast_bf16_here())
-                ips = speed["images_per_s"]
-                steps_s = ips / tc.batch_size
-                evals = (tc.max_steps or 0) // tc.eval_every + 1
-                eval_s = (evals * min(tc.eval_subset, info["test"]) + info["test"]) / (3 * ips)
-                if tc.max_steps is not None:
-                    total = tc.max_steps / steps_s + eval_s + 8
-                    estimate = (f"≈ **{ips:,.0f} images/s** here → about **{eta_text(total)}** for "
-                                f"{tc.max_steps:,} steps, tests and start-up included{busy}.")
-                else:
-                    estimate = (f"≈ **{ips:,.0f} images/s** here → about **{tc.max_minutes * 60 * steps_s:,.0f} "
-                                f"steps** in {tc.max_minutes:g} minutes{busy}.")
-            except Exception as exc:  # noqa: BLE001 - an estimate must never block Start
-                log.warning("speed measurement failed: %s", exc)
-                estimate = "Could not time this configuration here; it may be too large for this device."
-            st.markdown(f"**{n_params:,} parameters** · {estimate}")
+            # Arithmetic and a separate process: the page never waits for a measurement.
+            pending = speed_estimate(store, cfg, tc) is None
+            st.fragment(estimate_line, run_every=1.0 if pending else None)(
+                cfg, tc, info["test"], bool(active), pending)
             st.caption(f"{cfg.summary()} · batch {tc.batch_size}, lr {tc.lr:g} ({tc.lr_schedule}), "
                        f"warm-up {tc.warmup_steps} steps, test every {tc.eval_every} steps · trains on "
                        f"{ui.device_line()}")
@@ -551,13 +387,14 @@ with st.expander("**Set up a new run**: data, model, budget", expanded=not activ
             st.caption(f"Run {active[0]['id']} '{active[0]['name']}' is training; this server "
                        f"trains {limit} at a time. Stop it first.")
         if st.button("Start", type="primary", icon=":material/play_arrow:", width="stretch",
-                     disabled=not can_start or blocked, key=K + "start"):
+                     disabled=not can_start or blocked, key=FORM_KEY + "start"):
             start_new_run(store, cfg, tc, name, preset_name)
             st.rerun()
 
 
-st.session_state[K + "saved_form"] = {
-    K + f: st.session_state[K + f] for f in FORM_FIELDS if K + f in st.session_state}
+st.session_state[FORM_KEY + "saved_form"] = {
+    FORM_KEY + f: st.session_state[FORM_KEY + f] for f in FORM_FIELDS
+    if FORM_KEY + f in st.session_state}
 
 
 # -- page: the live dashboard ----------------------------------------------------------------
@@ -719,7 +556,6 @@ def controls(store, run: dict) -> None:
         if b3.button("Look inside this model", icon=":material/layers:", key=f"explore_{rid}",
                      width="stretch"):
             st.session_state[ui.EXPLORE_KEY] = str(ckpt)
-            st.session_state[ui.EXPLORE_RUN_KEY] = rid
             st.switch_page("pages/latents.py")
 
 
@@ -805,7 +641,8 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
             if factor > 1:
                 img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
             st.image(img, width="stretch")
-            st.caption(f"Step {latest['step']:,}. {ui.SAMPLE_CAPTION}")
+            temperatures = run["train"].get("sample_temperatures") or TrainConfig.sample_temperatures
+            st.caption(f"Step {latest['step']:,}. {ui.sample_caption(temperatures)}")
         else:
             st.caption("The first sample grid appears at the first evaluation "
                        f"(step {run['train'].get('first_eval') or run['train'].get('eval_every')}).")

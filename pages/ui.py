@@ -19,18 +19,15 @@ import hmac
 import logging
 import os
 import secrets
-import time
 import traceback
 
 import streamlit as st
 
-from flowlib.speed import disable_auto_tuning
+from flowlib.config import TrainConfig
+from flowlib.limits import env_flag
+from flowlib.store import ACTIVE_STATUSES, WAITING
 
 log = logging.getLogger("flowlab.app")
-
-# The server is long-lived: memory a page frees (e.g. the Train page's speed estimate) goes
-# back to the OS instead of being kept for the next training step (flowlib/speed.py).
-disable_auto_tuning()
 
 # One line per number the app shows, reused in tooltips and captions.
 BPD_HELP = (
@@ -44,15 +41,17 @@ LOSS_HELP = ("training loss: the negative log-likelihood of a batch, −log p(x)
 IMAGES_PER_S_HELP = "images per second: training throughput on this device (higher is faster)"
 LR_HELP = ("learning rate: the Adam step size at this step (it warms up linearly, then stays, "
            "or with the cosine schedule falls to 0 as the budget runs out)")
-SAMPLE_CAPTION = ("Rows: temperature 0, 0.5, 0.7, 1.0 (top to bottom); the same latent noise "
-                  "every time, so you watch the same samples sharpen as the model learns.")
 
-ACTIVE_STATUSES = ("queued", "running", "stopping")
-STATUS_ICONS = {
-    "queued": "⏳", "running": "🟢", "stopping": "🟠", "stopped": "⏸️",
-    "finished": "✅", "failed": "❌", "lost": "⚠️",
-}
+
+def sample_caption(temperatures=TrainConfig.sample_temperatures) -> str:
+    """The sample grid's caption: its rows are the run's ``TrainConfig.sample_temperatures``."""
+    rows = ", ".join(f"{float(t):g}" for t in temperatures)
+    return (f"Rows: temperature {rows} (top to bottom); the same latent noise every time, so you "
+            "watch the same samples sharpen as the model learns.")
+
+
 STATUS_WORDS = {
+    "created": "not started", "waiting": "waiting for a free training slot",
     "queued": "waiting to start", "running": "training", "stopping": "stopping after this step",
     "stopped": "stopped (can be resumed)", "finished": "finished", "failed": "failed",
     "lost": "lost (its process stopped answering)",
@@ -61,7 +60,6 @@ STATUS_WORDS = {
 VISITOR_PARAM = "visitor"
 # The Runs page sets this before switching to an exploration page: a checkpoint path.
 EXPLORE_KEY = "explore_checkpoint"
-EXPLORE_RUN_KEY = "explore_run_id"
 
 
 # -- the router ----------------------------------------------------------------------------
@@ -111,13 +109,9 @@ def run_page(navigation) -> None:
 
 
 # -- classroom mode ------------------------------------------------------------------------
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def classroom_mode() -> bool:
     """FLOWLAB_CLASSROOM=1: one GPU served to a class (caps, no foreign deletes, no paths)."""
-    return _env_flag("FLOWLAB_CLASSROOM")
+    return env_flag("FLOWLAB_CLASSROOM")
 
 
 def upload_cap_mb() -> int:
@@ -201,12 +195,6 @@ def fmt_duration(seconds) -> str:
     return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
 
 
-def fmt_ago(timestamp) -> str:
-    if not timestamp:
-        return "–"
-    return fmt_duration(time.time() - float(timestamp)) + " ago"
-
-
 # -- sidebar -------------------------------------------------------------------------------
 PAGE_CSS = """
 <style>
@@ -238,13 +226,11 @@ def render_sidebar_status() -> None:
         try:
             store = get_store()
             runs = store.list_runs()  # one SELECT
-            if start_waiting_runs(store, runs):
-                runs = store.list_runs()
         except Exception as exc:  # noqa: BLE001 - the sidebar must never take a page down
             log.warning("sidebar: cannot read the run store: %s", exc)
             st.caption("The run store cannot be read right now.")
             return
-        busy = any(r["status"] in ACTIVE_STATUSES or r["status"] == "created" for r in runs)
+        busy = any(r["status"] in ACTIVE_STATUSES or r["status"] == WAITING for r in runs)
         st.fragment(_sidebar_runs, run_every=5.0 if busy else None)(busy)
 
 
@@ -253,13 +239,11 @@ def _sidebar_runs(was_busy: bool) -> None:
     store = get_store()
     try:
         runs = store.list_runs()
-        if was_busy and start_waiting_runs(store, runs):
-            runs = store.list_runs()
     except Exception as exc:  # noqa: BLE001
         log.warning("sidebar: cannot read the run store: %s", exc)
         return
     active = [r for r in runs if r["status"] in ACTIVE_STATUSES]
-    waiting = [r for r in runs if r["status"] == "created"]
+    waiting = [r for r in runs if r["status"] == WAITING]
     if was_busy and not active and not waiting:
         st.rerun(scope="app")  # nothing trains any more: switch this timer off
     if active:
@@ -304,11 +288,6 @@ def control_owner() -> str | None:
     return visitor_id() if classroom_mode() and not is_teacher() else None
 
 
-def status_label(run) -> str:
-    status = _get(run, "status", "")
-    return f"{status}"
-
-
 # -- charts --------------------------------------------------------------------------------
 CHART_FONT = dict(size=16)
 PALETTE = ["#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#1098ad", "#f08c00", "#c92a2a",
@@ -351,33 +330,3 @@ def x_values(curve: dict, elapsed: dict | None, axis: str) -> list:
 
 
 X_TITLES = {"step": "training step", "time": "training time (seconds)"}
-
-
-def start_waiting_runs(store, runs: list | None = None) -> bool:
-    """Start runs that wait for a slot (status ``created``), oldest first, while slots are free.
-
-    The permutation study creates three runs at once; on a server that trains one at a time
-    the next one starts when a page sees the slot free. Returns True if it started any.
-    """
-    from flowlib import worker
-    from flowlib.store import RunLimitError, RunStateError
-
-    runs = store.list_runs() if runs is None else runs
-    waiting = sorted((r for r in runs if r["status"] == "created"), key=lambda r: r["id"])
-    if not waiting:
-        return False
-    active = sum(r["status"] in ACTIVE_STATUSES for r in runs)
-    started = False
-    for r in waiting:
-        if active >= store.limits.max_concurrent:
-            break
-        try:
-            worker.start_run(store, r["id"])
-        except (RunLimitError, RunStateError, KeyError):
-            break
-        except (PermissionError, ValueError) as exc:
-            log.warning("could not start waiting run %s: %s", r["id"], exc)
-            continue
-        active += 1
-        started = True
-    return started

@@ -150,3 +150,18 @@ def test_a_checkpoint_handed_over_by_the_runs_page_is_preselected():
     _ok(at)
     assert "Faces" in at.selectbox[0].value
     assert "1×32×32" in at.caption[0].value
+
+
+@pytest.mark.parametrize("permutation,shown", [("shuffle", "Permutation: random channel shuffle"),
+                                               ("conv1x1", "1×1 convolution")])
+def test_masks_page_describes_each_permutation_kind_through_its_protocol(empty_runs, permutation, shown):
+    from flowlib import FlowModel, preset
+    from flowlib.checkpoint import model_payload, save_checkpoint
+    model = FlowModel(preset("mnist-fast", permutation=permutation, hidden=8))
+    path = empty_runs / "run-00001" / f"{permutation}.pt"
+    save_checkpoint(path, model_payload(model))
+    at = AppTest.from_file(PAGES["masks"], default_timeout=120).run()
+    option = next(o for o in at.selectbox[0].options if f"{permutation}.pt" in o)
+    at.selectbox[0].set_value(option).run()
+    _ok(at)
+    assert any(shown in m.value for m in at.markdown), [m.value for m in at.markdown if "log|det" in m.value]

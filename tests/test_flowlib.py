@@ -388,10 +388,10 @@ def test_bad_inputs_raise_value_errors_naming_what_is_expected():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(levels=0), "levels must be in 1..8, got 0"),
-    (dict(hidden=0), "hidden must be in 1..2048, got 0"),
-    (dict(n_bits=9), "n_bits must be in 1..8, got 9"),
-    (dict(n_bits=0), "n_bits must be in 1..8, got 0"),
+    (dict(levels=0), "levels must be an integer in 1..8, got 0"),
+    (dict(hidden=0), "hidden must be an integer in 1..2048, got 0"),
+    (dict(n_bits=9), "n_bits must be an integer in 1..8, got 9"),
+    (dict(n_bits=0), "n_bits must be an integer in 1..8, got 0"),
     (dict(steps=2.5), "steps must be an integer"),
     (dict(permutation="lu"), "permutation must be one of reverse, shuffle, conv1x1, conv1x1_lu; got 'lu'"),
     (dict(coupling="affline"), "coupling must be one of affine, additive"),
@@ -459,3 +459,163 @@ def test_bf16_networks_change_a_trained_models_bits_per_dim_by_under_0_01():
         with low_precision_networks(torch.bfloat16):
             fast = model.bits_per_dim(x, noise=False).mean().item()
     assert abs(exact - fast) < 0.01, (exact, fast)
+
+
+# -- the level as a module, squeeze as a layer ---------------------------------------------
+
+@pytest.mark.parametrize("mask,prior,transform", [("channel", "learned", "none"),
+                                                  ("realnvp", "standard", "none"),
+                                                  ("checkerboard", "learned", "logit")])
+def test_each_level_inverts_exactly_and_its_terms_sum_to_the_models(mask, prior, transform):
+    model = make_model((2, 8, 8), mask=mask, prior=prior, input_transform=transform)
+    x = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64) - 0.5
+    whole = model.encode(x)
+    h, logdet = model.input_transform(x) if model.input_transform is not None else (x, x.new_zeros(3))
+    for i, level in enumerate(model.levels):
+        out = level(h)
+        assert out.logdet.shape == (3,) and out.log_pz.shape == (3,)
+        assert torch.equal(out.z, whole.zs[i]) and torch.equal(out.eps, whole.eps[i])
+        assert torch.equal(out.log_pz, whole.log_pz_levels[i])
+        assert (out.h_next is None) == (i == len(model.levels) - 1)
+        assert torch.allclose(level.inverse(out.h_next, out.z), h, atol=1e-10, rtol=1e-10)
+        logdet = logdet + out.logdet
+        h = out.h_next
+    assert torch.allclose(logdet, whole.logdet, atol=1e-10, rtol=0)
+    assert torch.allclose(sum(whole.log_pz_levels), whole.log_pz, atol=1e-10, rtol=0)
+
+
+def test_a_level_draws_a_missing_latent_from_its_prior():
+    model = make_model((1, 4, 4))
+    top = model.levels[-1]
+    eps = torch.randn(2, *top.latent_shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean, log_scale = top.prior(None, 2, eps)
+    h = top.inverse(None, None, temperature=0.5, eps=eps)
+    assert torch.allclose(top(h).z, mean + 0.5 * torch.exp(log_scale) * eps, atol=1e-10)
+    assert top.inverse(None, None, batch=3).shape == (3, 2, 2, 2)     # fresh noise, batch given
+    with pytest.raises(ValueError, match=r"latent 1 must have shape \[B, 8, 1, 1\]"):
+        top.inverse(None, torch.zeros(2, 4, 1, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs the kept half"):
+        model.levels[0].inverse(None, torch.zeros(2, 2, 2, 2, dtype=torch.float64))
+
+
+def test_squeeze_layer_has_zero_logdet_and_inverts_exactly():
+    from flowlib.layers import Squeeze
+    layer = Squeeze()
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float64).view(2, 3, 4, 6)
+    y, logdet = layer(x)
+    assert torch.equal(y, squeeze2d(x)) and y.shape == (2, 12, 2, 3)
+    assert logdet.shape == (2,) and torch.equal(logdet, torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(layer.inverse(y), x)
+    with pytest.raises(ValueError, match="even height and width"):
+        layer(torch.zeros(1, 1, 3, 4))
+
+
+# -- the permutation protocol --------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", PERMUTATIONS)
+def test_as_matrix_is_what_the_layer_does_and_gives_its_logdet(kind):
+    from flowlib.layers import ChannelMixing, make_permutation
+    gen = torch.Generator().manual_seed(5)
+    layer = make_permutation(kind, 6, gen).double()
+    with torch.no_grad():
+        for p in layer.parameters():   # move the convolutions away from their rotation start
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    assert isinstance(layer, ChannelMixing)
+    x = torch.randn(2, 6, 3, 5, generator=gen, dtype=torch.float64)
+    y, logdet = layer(x)
+    w = layer.as_matrix()
+    assert w.shape == (6, 6)
+    assert torch.allclose(torch.einsum("oc,bchw->bohw", w.to(x.dtype), x), y, atol=1e-12)
+    expected = 3 * 5 * torch.linalg.slogdet(w.double())[1]
+    assert torch.allclose(logdet, expected.expand(2).to(logdet.dtype), atol=1e-9)
+    assert torch.allclose(layer.log_abs_det().double(), expected / 15, atol=1e-9)
+    f = {k: v.double() for k, v in layer.factors().items()}
+    if kind == "conv1x1_lu":
+        assert layer.learned and set(f) == {"P", "L", "U", "s"}
+        assert torch.allclose(f["P"] @ f["L"] @ f["U"], w, atol=1e-12)
+        assert torch.equal(torch.diagonal(f["U"]), f["s"])
+    elif kind == "conv1x1":
+        assert layer.learned and set(f) == {"W"} and torch.equal(f["W"], w)
+    else:
+        assert not layer.learned and set(f) == {"P"} and torch.equal(f["P"], w.double())
+        assert torch.equal(w.sum(0), torch.ones(6)) and torch.equal(w.sum(1), torch.ones(6))
+        assert torch.equal(layer.inverse(y), x)
+
+
+# -- the shipped checkpoints ---------------------------------------------------------------
+
+# bits/dim of the first 8 test images with noise from torch.Generator().manual_seed(0),
+# measured before the levels became modules (the top prior then lived on the model as
+# ``top_mean`` / ``top_log_scale``): the refactor moved keys, not numbers.
+SHIPPED_BPD = {
+    "mnist-fast": ("mnist", [0.9278545379638672, 1.1825313568115234, 0.5544538497924805,
+                             1.4007835388183594, 1.0593204498291016, 0.5835971832275391,
+                             1.151392936706543, 1.0343732833862305]),
+    "faces-fast": ("faces", [5.034811973571777, 5.826335906982422, 5.74669075012207,
+                             5.151674747467041, 5.7149739265441895, 5.604740619659424,
+                             5.271167755126953, 5.317495822906494]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_BPD))
+def test_shipped_checkpoints_load_and_score_as_before(name, tmp_path):
+    from pathlib import Path
+
+    from flowlib.checkpoint import load_checkpoint, load_model, model_payload, save_checkpoint
+    from flowlib.data import load_images
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / f"{name}.pt"
+    model, ckpt = load_model(path)
+    top = f"levels.{model.config.levels - 1}."
+    assert "top_mean" in ckpt["model"]                       # the old layout, mapped on load
+    assert torch.equal(model.state_dict()[top + "prior_mean"], ckpt["model"]["top_mean"])
+    assert torch.equal(model.state_dict()[top + "prior_log_scale"], ckpt["model"]["top_log_scale"])
+    dataset, expected = SHIPPED_BPD[name]
+    x = load_images(dataset, "test").images[:8]
+    with torch.no_grad():
+        bpd = model.bits_per_dim(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(bpd, torch.tensor(expected), atol=1e-5, rtol=0), bpd.tolist()
+    # Saved again in the new layout, it loads and scores identically.
+    save_checkpoint(tmp_path / "again.pt", model_payload(model))
+    assert "top_mean" not in load_checkpoint(tmp_path / "again.pt")["model"]
+    again, _ = load_model(tmp_path / "again.pt")
+    with torch.no_grad():
+        assert torch.equal(again.bits_per_dim(x, generator=torch.Generator().manual_seed(0)), bpd)
+
+
+def test_an_optimizer_state_saved_with_the_old_layout_lines_up_on_resume(tmp_path):
+    from flowlib.checkpoint import load_checkpoint, model_payload, save_checkpoint
+    model = FlowModel(FlowConfig(image_shape=(1, 8, 8), levels=2, steps=1, hidden=4,
+                                 dequantization="variational"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.bits_per_dim(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)).mean().backward()
+    opt.step()
+    # Write the checkpoint as the code before this layout did: top prior first, on the model.
+    payload = model_payload(model)
+    state = payload["model"]
+    payload["model"] = {"top_mean": state.pop("levels.1.prior_mean"),
+                        "top_log_scale": state.pop("levels.1.prior_log_scale"), **state}
+    new_state = opt.state_dict()
+    n = len(new_state["param_groups"][0]["params"])
+    payload["optimizer"] = {"param_groups": new_state["param_groups"],
+                            "state": {(j + 2) % n: v for j, v in new_state["state"].items()}}
+    save_checkpoint(tmp_path / "old.pt", payload)
+
+    ckpt = load_checkpoint(tmp_path / "old.pt")
+    resumed = FlowModel(model.config)
+    resumed.load_state_dict(ckpt["model"])
+    resumed_opt = torch.optim.Adam(resumed.parameters(), lr=1e-3)
+    resumed_opt.load_state_dict(ckpt["optimizer"])
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["exp_avg"], resumed_opt.state[q]["exp_avg"])
+
+
+def test_a_training_forward_leaves_the_allocator_alone(monkeypatch):
+    # The allocator setting belongs to the training process (the trainer, the CLI, the
+    # benchmarks call flowlib.speed.tune_for_training); the model never switches it.
+    import flowlib.speed as speed
+    calls = []
+    monkeypatch.setattr(speed, "tune_for_training", lambda: calls.append(1))
+    model = FlowModel(FlowConfig(image_shape=(1, 4, 4), levels=1, steps=1, hidden=4)).train()
+    model.bits_per_dim(torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)).mean().backward()
+    assert calls == [] and not hasattr(speed, "disable_auto_tuning")

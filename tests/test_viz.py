@@ -335,3 +335,36 @@ def test_synthetic_stroke():
     assert np.array_equal(inv, 255 - img)
     with pytest.raises(ValueError):
         viz.synthetic_stroke((1, 28, 28), "eight")
+
+
+# -- the package and the permutation protocol ----------------------------------------------
+
+def test_every_public_name_imports_from_the_package():
+    import importlib
+    for name in viz.__all__:
+        module = importlib.import_module(f"flowlib.viz.{viz._EXPORTS[name]}")
+        assert getattr(viz, name) is getattr(module, name)
+        assert name in module.__all__
+
+
+def test_the_picture_module_does_not_load_plotly():
+    import subprocess
+    import sys
+    code = "import sys, flowlib.viz.images, flowlib.viz.latents; assert 'plotly' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kind", ["reverse", "shuffle", "conv1x1", "conv1x1_lu"])
+def test_channel_mixing_is_an_order_for_permutations_and_a_matrix_for_convolutions(kind):
+    from flowlib.layers import make_permutation
+    layer = make_permutation(kind, 4, torch.Generator().manual_seed(0))
+    mix = viz.channel_mixing(layer)
+    x = torch.randn(1, 4, 2, 2)
+    y, _ = layer(x)
+    if kind in ("reverse", "shuffle"):
+        assert mix.shape == (4,) and torch.equal(y, x[:, torch.as_tensor(mix)])
+    else:
+        assert mix.shape == (4, 4)
+        assert torch.allclose(torch.einsum("oc,bchw->bohw", torch.as_tensor(mix), x), y, atol=1e-6)
+    trace = viz.trace_masks([4, 2, 2], [{"mix": mix, "mask": "channel", "parity": 0}])
+    assert trace[0].mixing == ("permutation" if kind in ("reverse", "shuffle") else "conv")
