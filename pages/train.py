@@ -8,7 +8,6 @@ every 2 s while the run is active and stops polling when it is not).
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ from pages.common import settings_form
 
 ui.require_router()
 
-log = logging.getLogger("flowlab.app")
 
 # -- the form -------------------------------------------------------------------------------
 # Labels, help, choices and checks of the model and training settings come from
