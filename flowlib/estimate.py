@@ -295,7 +295,7 @@ def measure_training_speed(config: dict, batch: int, device: str = "auto", bf16:
     from .layers import low_precision_networks
     from .model import FlowConfig, FlowModel
     from .speed import tune_for_training
-    from .train import make_optimizer
+    from .optim import make_optimizer
 
     dev = pick_device(device)
     used_threads = configure_threads(dev, threads)

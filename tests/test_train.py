@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import flowlib.train as train_mod
+import flowlib.cli as cli_mod
 from flowlib import FlowModel, preset
 from flowlib.checkpoint import load_checkpoint, load_model
 from flowlib.data import load_images
@@ -246,12 +247,12 @@ def test_cli_trains_registers_the_run_and_resumes_it(tmp_path, capsys):
     tiny = ["--preset", "faces-fast", "--dataset", "faces", "--levels", "2", "--flow-steps", "1",
             "--hidden", "4", "--permutation", "reverse", "--batch-size", "8", "--log-every", "5", "--eval-every", "10",
             "--eval-subset", "40", "--samples-per-temperature", "2", "--runs-dir", runs]
-    assert train_mod.main(tiny + ["--steps", "12", "--name", "cli/run"]) == 0
+    assert cli_mod.main(tiny + ["--steps", "12", "--name", "cli/run"]) == 0
     store = RunStore(runs, Limits())
     (run,) = store.list_runs()
     assert (run["name"], run["status"], run["step"], run["preset"]) == ("cli-run", "finished", 12, "faces-fast")
     assert run["config"]["hidden"] == 4 and run["config"]["steps"] == 1 and run["train"]["max_steps"] == 12
-    assert train_mod.main(["--runs-dir", runs, "--resume", "cli-run", "--steps", "20", "--quiet"]) == 0
+    assert cli_mod.main(["--runs-dir", runs, "--resume", "cli-run", "--steps", "20", "--quiet"]) == 0
     run = store.get_run(run["id"])
     assert run["status"] == "finished" and run["step"] == 20
     assert "resume" in [e["kind"] for e in store.events(run["id"])]
@@ -262,7 +263,7 @@ def test_cli_trains_registers_the_run_and_resumes_it(tmp_path, capsys):
 def test_cli_help_has_a_flag_for_every_config_field(capsys):
     from flowlib.model import FlowConfig
     with pytest.raises(SystemExit):
-        train_mod.main(["--help"])
+        cli_mod.main(["--help"])
     text = capsys.readouterr().out
     for name in {f for f in FlowConfig.__dataclass_fields__} - {"image_shape", "steps", "seed"}:
         assert "--" + name.replace("_", "-") in text, name
@@ -275,7 +276,7 @@ def test_cli_help_has_a_flag_for_every_config_field(capsys):
 
 def test_cli_refuses_bad_values_before_creating_a_run(tmp_path, capsys):
     runs = str(tmp_path / "runs")
-    assert train_mod.main(["--dataset", "faces", "--batch-size", "-3", "--runs-dir", runs]) == 2
+    assert cli_mod.main(["--dataset", "faces", "--batch-size", "-3", "--runs-dir", runs]) == 2
     assert "batch_size must be an integer in 1..4096, got -3" in capsys.readouterr().err
     assert RunStore(runs, Limits()).list_runs() == []
 
