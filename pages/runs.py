@@ -1,34 +1,33 @@
 """Runs: every run in one table; overlay the curves of several; compare their settings.
 
-Also the one-click permutation study (the Glow paper's reverse vs shuffle vs 1×1 conv with
-everything else equal). Runs that wait for a free training slot are ``waiting``; the worker
-starts them, oldest first, whenever a run ends, with or without this page open
-(``flowlib.worker.submit(..., queue=True)``).
+Also studies (``flowlib.study``): the same model under two or more settings, several paired
+seeds each, answered with 95 % intervals and a verdict in words. A study's runs wait for a
+free training slot (``waiting``); the worker starts them, oldest first, whenever a run ends,
+with or without this page open. A study is listed, renamed, stopped and deleted as one unit.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from flowlib.config import PRESETS, TrainConfig
+from flowlib.study_store import StudyStore
 from pages import ui
+from pages.common import studies
 from pages.common.settings_form import settings_table
 
 ui.require_router()
 
-STUDY_PERMUTATIONS = ("reverse", "shuffle", "conv1x1")
 CURVES = {
     "test_bpd": ("test bits/dim (held-out images)", "bits/dim (lower is better)"),
     "train_bpd": ("train bits/dim (training batches)", "bits/dim (lower is better)"),
     "loss_nats": ("training loss", "nats/image"),
     "images_per_s": ("speed", "images/s"),
 }
-def run_rows(store, runs: list[dict]) -> pd.DataFrame:
+def run_rows(store, runs: list[dict], study_of: dict[int, int]) -> pd.DataFrame:
     rows = []
     for r in runs:
         latest = store.latest_metrics(r["id"])
@@ -37,7 +36,8 @@ def run_rows(store, runs: list[dict]) -> pd.DataFrame:
         budget = (f"{train['max_steps']:,}" if train.get("max_steps")
                   else f"{train.get('max_minutes', 0):g} min")
         rows.append({
-            "id": r["id"], "name": r["name"], "status": r["status"], "dataset": r["dataset"],
+            "id": r["id"], "name": r["name"], "status": r["status"], "study": study_of.get(r["id"]),
+            "dataset": r["dataset"],
             "preset": r.get("preset") or "custom",
             "settings": f"L{cfg.get('levels')} K{cfg.get('steps')} h{cfg.get('hidden')} "
                         f"{cfg.get('coupling')} {cfg.get('permutation')} {cfg.get('mask')} · "
@@ -73,22 +73,7 @@ def overlay_figure(store, runs: list[dict], key: str, axis: str):
     return fig
 
 
-def start_study(store, steps: int, dataset: str = "mnist") -> list[int]:
-    """Queue the three runs (everything equal but the permutation); the worker starts each
-    one when a training slot is free."""
-    from flowlib import worker
-
-    base = PRESETS["mnist-fast"]
-    tc = TrainConfig(dataset=dataset, max_steps=int(steps), eval_every=max(50, int(steps) // 10))
-    store.limits.check_train(tc.to_dict())   # all three or none: they share these settings
-    stamp = time.strftime("%H%M")
-    return [worker.submit(store, f"study-{stamp}-{perm}", dataset,
-                          base.replace(permutation=perm).to_dict(), tc.to_dict(),
-                          owner=ui.visitor_id(), preset="mnist-fast", queue=True)
-            for perm in STUDY_PERMUTATIONS]
-
-
-def single_run_actions(store, run: dict) -> None:
+def single_run_actions(store, run: dict, study_id: int | None) -> None:
     rid = run["id"]
     st.markdown(f"##### Run {rid} · {run['name']}")
     allowed = ui.may_modify(run)
@@ -109,9 +94,11 @@ def single_run_actions(store, run: dict) -> None:
             st.rerun()
     with a3:
         active = run["status"] in ui.ACTIVE_STATUSES
+        why = ("Stop the run first." if active else
+               f"Part of study {study_id}: delete the study as a whole (above), so its answer never "
+               "silently loses a seed." if study_id is not None else "Asks for confirmation.")
         if st.button("Delete…", icon=":material/delete:", key=f"delete_{rid}", width="stretch",
-                     disabled=not allowed or active,
-                     help="Stop the run first." if active else "Asks for confirmation."):
+                     disabled=not allowed or active or study_id is not None, help=why):
             st.session_state["runs_confirm_delete"] = rid
     ckpt = store.checkpoint_path(rid)
     with a4:
@@ -160,29 +147,32 @@ flash = st.session_state.pop("runs_flash", None)
 if flash:
     getattr(st, flash[0])(flash[1])
 
-with st.expander("**Permutation study**: reverse vs shuffle vs 1×1 convolution, one click",
-                 icon=":material/science:", expanded=not store.list_runs()):
+study_list = StudyStore(store).list()
+with st.expander("**Start a study**: the same model under two or more settings, several seeds each, "
+                 "answered with intervals", icon=":material/science:", expanded=not study_list):
     st.markdown(
-        "The Glow paper's comparison: three runs of the small MNIST Glow that differ **only** in "
-        "how channels are mixed between couplings: reversing them (RealNVP), a fixed random "
-        "shuffle, or a learned 1×1 convolution (Glow). Same data, seed, width, depth, batch, "
-        "learning rate and budget. When this server trains one run at a time, they run one "
-        "after another; their curves land on this page.")
-    s1, s2 = st.columns([1, 2], vertical_alignment="bottom")
-    cap = store.limits.max_steps
-    steps = s1.number_input("Steps per run", value=min(1500, cap or 1500), step=250, key="study_steps",
-                            help="The same step budget for all three." +
-                                 (f" This server allows at most {cap:,}." if cap else ""))
-    if s2.button("Start the permutation study", type="primary", icon=":material/play_arrow:",
-                 key="study_start"):
-        try:
-            ids = start_study(store, int(steps))
-            st.session_state["runs_flash"] = ("success", f"Created runs {', '.join(map(str, ids))}; "
-                                              "tick them below to compare their curves.")
-            st.session_state["runs_preselect"] = ids
-        except ValueError as exc:
-            st.session_state["runs_flash"] = ("error", str(exc))
-        st.rerun()
+        "One click reproduces a paper's comparison (the Glow paper's reverse vs shuffle vs 1×1 "
+        "convolution, additive vs affine coupling, ...), or choose what to vary. Every arm trains the "
+        "same model with the same budget; seed *s* of every arm starts from the same weights and sees "
+        "the same batches, so differences are measured seed by seed. The answer: each arm's final "
+        "test bits/dim on the full test set with a 95 % interval, the paired difference to a baseline, "
+        "and a verdict in words — including \"no difference this study can resolve\".")
+    with ui.guard("planning the study"):
+        studies.launcher(store)
+
+
+def studies_body() -> None:
+    current = StudyStore(store).list()
+    if current:
+        st.subheader("Studies", anchor=False)
+        studies.section(store, current)
+
+
+if study_list:
+    busy_study = any(s["status"] in ("running", "waiting") for s in study_list)
+    with ui.guard("showing the studies"):
+        st.fragment(studies_body, run_every=4.0 if busy_study else None)()
+    st.subheader("Runs", anchor=False)
 
 
 def runs_body(poll: bool) -> None:
@@ -190,10 +180,11 @@ def runs_body(poll: bool) -> None:
     if poll and not any(r["status"] in ui.ACTIVE_STATUSES or r["status"] == ui.WAITING for r in runs):
         st.rerun(scope="app")
     if not runs:
-        st.info("No runs yet. Start one on the Train page, or start the permutation study above.",
+        st.info("No runs yet. Start one on the Train page, or start a study above.",
                 icon=":material/info:")
         return
-    df = run_rows(store, runs)
+    study_of = studies.study_of_runs(store)
+    df = run_rows(store, runs, study_of)
     st.markdown(f"**{len(runs)} run{'s' if len(runs) != 1 else ''}.** Tick several to overlay their curves and compare their "
                 "settings; tick one to rename, delete, download or explore it.")
     preselect = st.session_state.pop("runs_preselect", None)
@@ -211,6 +202,8 @@ def runs_body(poll: bool) -> None:
         df, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
         column_config={
             "id": st.column_config.NumberColumn("run", width="small"),
+            "study": st.column_config.NumberColumn("study", width="small",
+                                                   help="The study this run belongs to, if any"),
             "name": st.column_config.TextColumn("name", width="medium"),
             "settings": st.column_config.TextColumn("key settings", width="medium"),
             "dataset": st.column_config.TextColumn("data", width="small"),
@@ -249,7 +242,7 @@ def runs_body(poll: bool) -> None:
                          for _ in row], axis=1)
         st.dataframe(styled, height=min(36 * (len(table) + 1) + 4, 760))
     else:
-        single_run_actions(store, chosen[0])
+        single_run_actions(store, chosen[0], study_of.get(chosen[0]["id"]))
 
 
 runs_now = store.list_runs()
