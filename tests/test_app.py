@@ -264,23 +264,7 @@ def test_runs_page_overlays_selected_runs_and_highlights_differences(runs_dir):
     assert chart_points(at, f"{a} · a-reverse") == 2 and chart_points(at, f"{b} · b-shuffle") == 2
     text = " ".join(m.value for m in at.markdown)
     assert "Differing settings are highlighted: **permutation**" in text
-    at.button(key="study_start")  # the one-click study is offered
-
-
-def test_permutation_study_creates_three_runs_differing_only_in_permutation(runs_dir, monkeypatch):
-    from flowlib import worker
-    monkeypatch.setattr(worker, "start_waiting", lambda store, watch=True: [])  # queued, no training here
-    at = app("pages/runs.py")
-    at.run()
-    at.number_input(key="study_steps").set_value(100)
-    at.button(key="study_start").click().run()
-    assert not at.exception, at.exception
-    runs = sorted(store().list_runs(), key=lambda r: r["id"])
-    assert [r["config"]["permutation"] for r in runs] == ["reverse", "shuffle", "conv1x1"]
-    strip = [{k: v for k, v in r["config"].items() if k != "permutation"} for r in runs]
-    assert strip[0] == strip[1] == strip[2]
-    assert runs[0]["train"] == runs[1]["train"] == runs[2]["train"]
-    assert [r["status"] for r in runs] == ["waiting"] * 3
+    at.button(key="study_start")  # the one-click study is offered (tests/test_app_studies.py)
 
 
 def test_rename_and_delete_with_confirmation(runs_dir):
