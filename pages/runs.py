@@ -27,6 +27,16 @@ CURVES = {
     "loss_nats": ("training loss", "nats/image"),
     "images_per_s": ("speed", "images/s"),
 }
+# The table's short status words (ui.STATUS_WORDS has the long ones for sentences).
+TABLE_STATUS = {"created": "not started", "waiting": "waiting", "queued": "starting", "running": "training",
+                "stopping": "stopping", "stopped": "stopped", "finished": "finished", "failed": "failed",
+                "lost": "lost"}
+
+
+def _dash(value, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
 def run_rows(store, runs: list[dict], study_of: dict[int, int]) -> pd.DataFrame:
     rows = []
     for r in runs:
@@ -36,7 +46,8 @@ def run_rows(store, runs: list[dict], study_of: dict[int, int]) -> pd.DataFrame:
         budget = (f"{train['max_steps']:,}" if train.get("max_steps")
                   else f"{train.get('max_minutes', 0):g} min")
         rows.append({
-            "id": r["id"], "name": r["name"], "status": r["status"], "study": study_of.get(r["id"]),
+            "id": r["id"], "name": r["name"], "status": TABLE_STATUS.get(r["status"], r["status"]),
+            "study": _dash(study_of.get(r["id"]), "d"),
             "dataset": r["dataset"],
             "preset": r.get("preset") or "custom",
             "settings": f"L{cfg.get('levels')} K{cfg.get('steps')} h{cfg.get('hidden')} "
@@ -44,8 +55,8 @@ def run_rows(store, runs: list[dict], study_of: dict[int, int]) -> pd.DataFrame:
                         f"b{train.get('batch_size')} lr {train.get('lr'):g}",
             "steps": f"{r['step'] or 0:,} / {budget}",
             "training time": ui.fmt_duration(elapsed) if elapsed is not None else "–",
-            "best test bits/dim": r.get("best_test_bpd"),
-            "images/s": latest.get("images_per_s", (None, None))[1],
+            "best test bits/dim": _dash(r.get("best_test_bpd"), ".3f"),
+            "images/s": _dash(latest.get("images_per_s", (None, None))[1], ",.0f"),
             "yours": (r.get("owner") == ui.visitor_id()) if ui.classroom_mode() else None,
         })
     df = pd.DataFrame(rows)
@@ -128,7 +139,19 @@ def single_run_actions(store, run: dict, study_id: int | None) -> None:
             if n.button("Keep it", key=f"cancel_delete_{rid}", width="stretch"):
                 st.session_state.pop("runs_confirm_delete", None)
                 st.rerun(scope="app")
-    b1, b2, _ = st.columns([1, 1, 2])
+    b1, b2, b3, _ = st.columns([1, 1, 1, 1])
+    if run["status"] in ("queued", "running") and b3.button(
+            "Stop this run", icon=":material/stop:", key=f"stop_{rid}", width="stretch", disabled=not allowed,
+            help="Finishes the current step, saves a checkpoint and stops; Resume continues from it."):
+        from flowlib import worker
+        try:
+            asked = worker.stop_run(store, rid, owner=ui.control_owner())
+            st.session_state["runs_flash"] = ("success" if asked else "info",
+                                              f"Run {rid} is stopping: it saves a checkpoint first." if asked
+                                              else f"Run {rid} was already stopping.")
+        except (PermissionError, KeyError) as exc:
+            st.session_state["runs_flash"] = ("error", str(exc))
+        st.rerun(scope="app")
     if b1.button("Open its live dashboard", icon=":material/monitoring:", key=f"open_{rid}",
                  width="stretch"):
         st.session_state["train_run"] = rid
@@ -213,6 +236,10 @@ def runs_body(poll: bool) -> None:
         },
         **kwargs)
     picked = [int(df.iloc[i]["id"]) for i in event.selection.rows] if event else []
+    if not picked and selection_default is not None:
+        # The ticks just set from ?compare= reach the selection only on the next rerun; until
+        # then show what the table already shows as ticked.
+        picked = [int(df.iloc[i]["id"]) for i in selection_default["selection"]["rows"]]
     chosen = [r for r in runs if r["id"] in picked]
     if not chosen:
         st.caption("Nothing ticked yet.")
@@ -225,8 +252,14 @@ def runs_body(poll: bool) -> None:
     axis = c2.segmented_control("x-axis", ["step", "time"], default="step", key="overlay_axis",
                                 format_func=lambda a: "training step" if a == "step" else "training time",
                                 required=True) or "step"
-    st.plotly_chart(overlay_figure(store, chosen, key, axis), key="overlay_chart",
-                    config={"displaylogo": False})
+    fig = overlay_figure(store, chosen, key, axis)
+    if not fig.data:
+        first = min((r["train"].get("first_eval") or r["train"].get("eval_every") or 0) for r in chosen)
+        st.info(f"No {CURVES[key][0]} points yet for the ticked runs"
+                + (f": the first test evaluation is at step {first:,}." if key == "test_bpd" and first else ".")
+                + " The chart fills in as they train.", icon=":material/hourglass_top:")
+    else:
+        st.plotly_chart(fig, key="overlay_chart", config={"displaylogo": False})
     if key.endswith("bpd"):
         st.caption(ui.BPD_HELP)
 

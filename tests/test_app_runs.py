@@ -1,0 +1,69 @@
+"""AppTest for the Runs page's table and single-run actions (issue 18's rough edges)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from flowlib import preset
+from flowlib.config import TrainConfig
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    path = tmp_path / "runs"
+    path.mkdir()
+    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(path))
+    monkeypatch.delenv("FLOWLAB_CLASSROOM", raising=False)
+    yield path
+
+
+def store():
+    from flowlib.store import RunStore
+    return RunStore()
+
+
+def _run(name: str, status: str = "created") -> int:
+    s = store()
+    rid = s.create_run(name, "mnist", preset("mnist-fast").to_dict(),
+                       TrainConfig(max_steps=200, batch_size=16, first_eval=50).to_dict())
+    if status in ("queued", "running"):
+        s.request_start(rid)
+        if status == "running":
+            s.begin_run(rid, 999_999)
+    return rid
+
+
+def page(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.switch_page("pages/runs.py")
+    return at
+
+
+def test_table_says_statuses_in_words_and_dashes_for_missing_values(runs_dir):
+    _run("never-started")
+    at = page()
+    at.run()
+    assert not at.exception, at.exception
+    df = at.dataframe[0].value
+    assert list(df["status"]) == ["not started"]
+    assert df["best test bits/dim"][0] == "–" and df["images/s"][0] == "–" and df["study"][0] == "–"
+
+
+def test_ticked_run_without_points_says_when_they_come_and_can_be_stopped(runs_dir):
+    rid = _run("training-now", status="running")
+    at = page(compare=str(rid))
+    at.run()
+    assert not at.exception, at.exception
+    assert "Nothing ticked yet." not in [c.value for c in at.caption]     # the URL's tick counts at once
+    info = " ".join(i.value for i in at.info)
+    assert "No test bits/dim (held-out images) points yet" in info and "step 50" in info
+    at.button(key=f"stop_{rid}").click().run()
+    assert not at.exception, at.exception
+    assert store().get_run(rid)["status"] == "stopping"
