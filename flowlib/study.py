@@ -237,6 +237,12 @@ class StudyPlan:
 def _budget(spec: StudySpec) -> dict:
     if spec.steps is None and spec.minutes is None:
         raise ConfigError("a study needs a budget: a number of steps (or minutes)", "steps")
+    if spec.steps is not None and (not isinstance(spec.steps, int) or isinstance(spec.steps, bool)
+                                   or not 1 <= spec.steps <= 10**8):
+        raise ConfigError(f"steps must be a whole number from 1 to 100,000,000, got {spec.steps!r}", "steps")
+    if spec.minutes is not None and (not isinstance(spec.minutes, (int, float)) or isinstance(spec.minutes, bool)
+                                     or not 0 < spec.minutes <= 60 * 24 * 30):
+        raise ConfigError(f"minutes must be a number above 0 and at most 43,200, got {spec.minutes!r}", "minutes")
     out = {"max_steps": spec.steps, "max_minutes": spec.minutes}
     if spec.steps is not None:
         out["warmup_steps"] = min(APP_TRAIN_DEFAULTS.warmup_steps, int(WARMUP_SHARE * spec.steps))

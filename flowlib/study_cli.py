@@ -128,6 +128,24 @@ def _write_json(path: str, result: dict) -> None:
     print(f"wrote {path}")
 
 
+def _json_target_problem(path: str, no_wait: bool) -> str | None:
+    """Why --json could not be written at the end (checked before hours of training), or None."""
+    import os
+    from pathlib import Path
+
+    if no_wait:
+        return "--json needs the study's end; without --no-wait, or later with --show ID --json FILE"
+    target = Path(path).expanduser()
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        return f"--json {path} is a folder; give a file name"
+    if not folder.is_dir():
+        return f"--json {path}: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"--json {path}: the folder {folder} is not writable"
+    return None
+
+
 def _estimate_line(store, p) -> str:
     from .estimate import SpeedRequest, history_images_per_s
     speeds = {}
@@ -200,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             _write_json(args.json, result)
         return 0
+    if args.json:
+        problem = _json_target_problem(args.json, args.no_wait)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
         spec = _spec(args)
         from .study import dataset_shape

@@ -86,6 +86,8 @@ def test_every_one_click_study_plans_on_mnist(name):
     (StudySpec(vary=(("coupling", ("additive", "affine")),), baseline="nope"), "baseline"),
     (StudySpec(vary=(("coupling", ("additive", "affine")),), overrides={"hidden": "wide"}), "hidden"),
     (StudySpec(vary=()), "vary"),
+    (StudySpec(vary=(("coupling", ("additive", "affine")),), steps=0), "steps"),
+    (StudySpec(vary=(("coupling", ("additive", "affine")),), steps=None, minutes=-1.0), "minutes"),
 ])
 def test_bad_studies_are_refused_naming_the_field(spec, field):
     with pytest.raises(ConfigError) as info:
@@ -256,3 +258,12 @@ def test_cli_refuses_bad_input_with_the_field_and_stores_nothing(tmp_path):
     assert proc.returncode == 2
     assert "bogus" in proc.stderr and "(field: coupling)" in proc.stderr and "Traceback" not in proc.stderr
     assert RunStore(tmp_path / "runs").list_runs() == []
+
+
+@pytest.mark.parametrize("target, words", [("missing-folder/r.json", "does not exist"), (".", "is a folder")])
+def test_cli_refuses_a_json_path_it_could_not_write_before_training(tmp_path, target, words):
+    proc = subprocess.run([sys.executable, "-m", "flowlib.study", "--preset", "coupling", "--steps", "3",
+                           "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / target)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and words in proc.stderr
+    assert not (tmp_path / "runs").exists() or RunStore(tmp_path / "runs").list_runs() == []
