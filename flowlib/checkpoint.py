@@ -55,11 +55,44 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """Write ``payload`` to ``path`` atomically: a temp file in the same folder, fsync, replace.
 
     A crash or ``kill -9`` mid-write leaves the previous file at ``path`` intact. Errors
-    such as a full disk propagate as ``OSError`` after the temp file is removed.
+    such as a full disk propagate as ``OSError`` after the temp file is removed: torch.save
+    reports a failed write as ``RuntimeError: ... unexpected pos``, so the OSError the file
+    raised underneath (``ENOSPC`` on a full disk) is raised instead.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(payload, f))
+
+    def write(f) -> None:
+        recorder = _WriteErrors(f)
+        try:
+            torch.save(payload, recorder)
+        except RuntimeError as exc:
+            if recorder.error is not None:
+                raise recorder.error from exc
+            raise
+
+    atomic_write(path, write)
+
+
+class _WriteErrors:
+    """A file wrapper that remembers the OSError a write raised (torch hides it)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
 
 
 def _check_container(path: Path) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 
 from .config import DATASET_NAMES, PRESETS, FlowConfig, Setting, TrainConfig, settings_of
-from .store import RunStore, StoreBusyError
+from .store import RunStore, StoreBusyError, StoreUnavailableError
 
 __all__ = ["build_parser", "config_overrides", "main"]
 
@@ -181,19 +181,23 @@ def main(argv: list[str] | None = None) -> int:
             run_id = store.create_run(name, dataset, config.to_dict(), train.to_dict(),
                                       preset=args.preset, status="queued")
         run = store.request_start(run_id) if args.resume is not None else store.get_run(run_id)
-    except (ValueError, KeyError, PermissionError, StoreBusyError) as exc:
+    except (ValueError, KeyError, PermissionError, StoreBusyError, StoreUnavailableError) as exc:
+        # StoreUnavailableError: a damaged or foreign runs.sqlite, a read-only folder, a full disk
         print(f"error: {exc}", file=err)
         return 2
     print(f"run {run_id} '{run['name']}' -> {store.run_dir(run_id)}  (store {store.db_path})", file=err)
     progress = Progress(err, args.quiet)
     try:
         result = train_run(store, run_id, on_log=progress, handle_signals=True)
+    except StoreUnavailableError as exc:   # the store failed before training could begin
+        print(f"error: {exc}", file=err)
+        return 1
     finally:
         progress.close()
         from .worker import start_waiting
         try:
             start_waiting(store, watch=False)   # the slot this run held goes to the queue
-        except StoreBusyError as exc:
+        except (StoreBusyError, StoreUnavailableError) as exc:
             print(f"could not start the next waiting run: {exc}", file=err)
     print(f"{result.status}: {result.message}", file=err)
     return 0 if result.status in ("finished", "stopped") else 1

@@ -2,7 +2,9 @@
 
     from flowlib.limits import Limits, env_flag
     limits = Limits.from_env()          # what RunStore() uses when no Limits is given
-    limits.check_train(train_dict)      # ValueError naming the cap and its variable
+    limits.check_train(train_dict)      # ConfigError (a ValueError) naming the field, the cap and its variable
+    limits.check_run(config_dict, train_dict)   # also the model-size caps (classroom)
+    activation_mb(flow_config, batch)   # the arithmetic estimate the activation cap uses
     env_flag("FLOWLAB_CLASSROOM")       # "1" / "true" / "yes" / "on" -> True
 
 The run store enforces these limits; the policy lives here so the store stays a store and
@@ -12,10 +14,18 @@ Environment:
 
 ``FLOWLAB_MAX_CONCURRENT``    active runs allowed on this server (default 1)
 ``FLOWLAB_CLASSROOM=1``       classroom mode: caps below default to 5000 steps, batch 256,
-                              60 minutes, 1 concurrent run, unless set explicitly
+                              60 minutes, 1 concurrent run, 3,000,000 parameters, 2048 MB of
+                              activations, 12 waiting runs per visitor, unless set explicitly
 ``FLOWLAB_MAX_STEPS``         most training steps a run may ask for
 ``FLOWLAB_MAX_BATCH``         largest batch size a run may ask for
-``FLOWLAB_MAX_MINUTES``       longest time budget a run may ask for
+``FLOWLAB_MAX_MINUTES``       longest time budget a run may ask for; the trainer also ends any
+                              run at this much training time, whatever its own budget says
+``FLOWLAB_MAX_PARAMS``        most parameters a run's model may have
+                              (``flowlib.estimate.parameter_count``: arithmetic, nothing built)
+``FLOWLAB_MAX_ACTIVATION_MB`` most activation memory one training batch may need, by the
+                              estimate of :func:`activation_mb` below
+``FLOWLAB_MAX_WAITING_PER_VISITOR``  most runs one visitor (owner) may have waiting or training
+                              at once; unlimited outside classroom mode unless set
 ``FLOWLAB_HEARTBEAT_STALE_S`` seconds without a heartbeat before a running run is ``lost`` (30)
 ``FLOWLAB_START_TIMEOUT_S``   seconds a queued run may wait for its process to come up (120)
 ``FLOWLAB_DB_TIMEOUT_S``      SQLite busy timeout and the write-retry bound, seconds (5)
@@ -27,7 +37,40 @@ import math
 import os
 from dataclasses import dataclass
 
-__all__ = ["Limits", "env_flag", "env_int", "env_float"]
+from .config import ConfigError
+
+__all__ = ["Limits", "env_flag", "env_int", "env_float", "activation_mb"]
+
+BYTES_PER_VALUE = 4          # float32 activations
+ACTIVATIONS_PER_CHANNEL = 4  # per flow step: its input, permuted input, coupling output, log-scale
+ACTIVATIONS_PER_HIDDEN = 4   # per flow step: two convolutions of the coupling network, each
+                             # with its normalised and its rectified output kept for backward
+
+
+def activation_mb(cfg, batch: int) -> float:
+    """Estimated activation memory of one training batch, in MB (arithmetic: nothing is built).
+
+    For every flow step of every level, with ``c × h × w`` the tensor shape the step sees and
+    ``hidden`` the coupling network's width::
+
+        MB = 4 bytes × batch × Σ_steps (4·c + 4·hidden) · h · w  / 2**20
+
+    (the 4s are the tensors backward keeps: see ACTIVATIONS_PER_CHANNEL / _PER_HIDDEN). The
+    shapes follow :func:`flowlib.estimate.parameter_count`: each level squeezes (4c, h/2,
+    w/2), RealNVP masks add K checkerboard steps before the squeeze, and half the channels
+    leave at each split. It ignores bf16 (which halves much of it) and the optimizer, so it is
+    a size class for a cap, not a measurement.
+    """
+    c, h, w = cfg.image_shape
+    per_image = 0
+    for level in range(cfg.levels):
+        if cfg.mask == "realnvp":
+            per_image += cfg.steps * (ACTIVATIONS_PER_CHANNEL * c + ACTIVATIONS_PER_HIDDEN * cfg.hidden) * h * w
+        c, h, w = 4 * c, max(1, h // 2), max(1, w // 2)
+        per_image += cfg.steps * (ACTIVATIONS_PER_CHANNEL * c + ACTIVATIONS_PER_HIDDEN * cfg.hidden) * h * w
+        if level < cfg.levels - 1:
+            c = c // 2
+    return BYTES_PER_VALUE * int(batch) * per_image / 2 ** 20
 
 _TRUE_WORDS = ("1", "true", "yes", "on")
 
@@ -74,6 +117,9 @@ class Limits:
     max_batch: int | None = None      # classroom cap on batch size (memory, fairness)
     max_minutes: float | None = None  # classroom cap on a run's time budget
     classroom: bool = False           # classroom mode: runs must have a capped budget
+    max_params: int | None = None     # classroom cap on the model's parameter count
+    max_activation_mb: int | None = None  # classroom cap on activation_mb(config, batch)
+    max_waiting_per_owner: int | None = None  # runs one visitor may have waiting or active
     stale_after_s: float = 30.0       # heartbeat age that marks a running run lost
     start_timeout_s: float = 120.0    # a queued run whose process never came up is lost after this
     db_timeout_s: float = 5.0         # SQLite busy timeout, and the bound on write retries
@@ -89,24 +135,61 @@ class Limits:
             max_batch=env_int("FLOWLAB_MAX_BATCH", 256 if classroom else None),
             max_minutes=max_minutes,
             classroom=classroom,
+            max_params=env_int("FLOWLAB_MAX_PARAMS", 3_000_000 if classroom else None),
+            max_activation_mb=env_int("FLOWLAB_MAX_ACTIVATION_MB", 2048 if classroom else None),
+            max_waiting_per_owner=env_int("FLOWLAB_MAX_WAITING_PER_VISITOR", 12 if classroom else None),
             stale_after_s=env_float("FLOWLAB_HEARTBEAT_STALE_S", 30.0),
             start_timeout_s=env_float("FLOWLAB_START_TIMEOUT_S", 120.0),
             db_timeout_s=env_float("FLOWLAB_DB_TIMEOUT_S", 5.0),
         )
 
     def check_train(self, train: dict) -> None:
-        """Refuse a training config over this server's caps (ValueError naming cap and variable)."""
+        """Refuse a training config over this server's caps: ConfigError (a ValueError) whose
+        ``field`` is the setting and whose message names the cap and its variable."""
         steps, batch, minutes = train.get("max_steps"), train.get("batch_size"), train.get("max_minutes")
         if self.max_batch is not None and isinstance(batch, int) and batch > self.max_batch:
-            raise ValueError(f"batch_size {batch} is above this server's limit of {self.max_batch} "
-                             "(FLOWLAB_MAX_BATCH)")
+            raise ConfigError(f"batch_size {batch} is above this server's limit of {self.max_batch} "
+                              "(FLOWLAB_MAX_BATCH)", "batch_size")
         if self.max_steps is not None:
             if steps is None and (self.classroom or minutes is None):
-                raise ValueError(f"a step budget (max_steps) of at most {self.max_steps} is required on "
-                                 "this server (FLOWLAB_MAX_STEPS)")
+                raise ConfigError(f"a step budget (max_steps) of at most {self.max_steps} is required on "
+                                  "this server (FLOWLAB_MAX_STEPS)", "max_steps")
             if isinstance(steps, int) and steps > self.max_steps:
-                raise ValueError(f"max_steps {steps} is above this server's limit of {self.max_steps} "
-                                 "steps per run (FLOWLAB_MAX_STEPS)")
+                raise ConfigError(f"max_steps {steps} is above this server's limit of {self.max_steps} "
+                                  "steps per run (FLOWLAB_MAX_STEPS)", "max_steps")
         if self.max_minutes is not None and isinstance(minutes, (int, float)) and minutes > self.max_minutes:
-            raise ValueError(f"max_minutes {minutes} is above this server's limit of {self.max_minutes:g} "
-                             "minutes per run (FLOWLAB_MAX_MINUTES)")
+            raise ConfigError(f"max_minutes {minutes} is above this server's limit of {self.max_minutes:g} "
+                              "minutes per run (FLOWLAB_MAX_MINUTES)", "max_minutes")
+
+    def check_model(self, config: dict, batch_size: int | None) -> None:
+        """Refuse a model over the parameter or activation cap (ConfigError naming the field).
+
+        Arithmetic only (:func:`flowlib.estimate.parameter_count`, :func:`activation_mb`):
+        no model is built. A config that does not parse is a ConfigError from FlowConfig.
+        """
+        if self.max_params is None and self.max_activation_mb is None:
+            return
+        from .config import FlowConfig
+        from .estimate import parameter_count   # imports this module: imported on use
+        cfg = FlowConfig.from_dict(config)
+        if self.max_params is not None:
+            n = parameter_count(cfg)
+            if n > self.max_params:
+                raise ConfigError(
+                    f"this model has {n:,} parameters, above this server's limit of "
+                    f"{self.max_params:,} (FLOWLAB_MAX_PARAMS); lower hidden, steps or levels",
+                    "hidden")
+        if self.max_activation_mb is not None and isinstance(batch_size, int):
+            mb = activation_mb(cfg, batch_size)
+            if mb > self.max_activation_mb:
+                fits = max(1, int(batch_size * self.max_activation_mb / mb))
+                raise ConfigError(
+                    f"batch_size {batch_size} with this model needs about {mb:,.0f} MB of "
+                    f"activations, above this server's limit of {self.max_activation_mb:,} MB "
+                    f"(FLOWLAB_MAX_ACTIVATION_MB); try batch_size {fits} or a smaller model",
+                    "batch_size")
+
+    def check_run(self, config: dict, train: dict) -> None:
+        """check_train, then check_model with the run's batch size."""
+        self.check_train(train)
+        self.check_model(config, train.get("batch_size"))

@@ -30,6 +30,9 @@ STOP_POLL_S = 0.5
 class Monitor(threading.Thread):
     """Heartbeat (every ~1 s, carrying the step) and stop-flag polling, off the training thread.
 
+    ``step`` starts as None, so heartbeats during setup leave the run's stored step alone
+    (a resume that fails while loading its checkpoint must not read step 0).
+
     The training loop only reads ``stop_event.is_set()``. A database that stays locked costs
     a skipped heartbeat, nothing more.
     """
@@ -37,7 +40,7 @@ class Monitor(threading.Thread):
     def __init__(self, store: RunStore, run_id: int):
         super().__init__(daemon=True, name=f"flowlab-monitor-{run_id}")
         self.store, self.run_id = store, run_id
-        self.step = 0
+        self.step: int | None = None   # None until the trainer knows it: the stored step stands
         self.stop_event = threading.Event()   # stop requested (store flag, signal, or orphaned)
         self.orphaned = False                 # the store no longer thinks we are running
         self._done = threading.Event()

@@ -7,10 +7,16 @@
     store.metrics(run_id, keys=["train_bpd", "test_bpd"])   # {key: {"step": [...], "wall": [...], "value": [...]}}
     store.events(run_id)                     # nan_skip / rollback / lr_drop / eval / checkpoint / error / stop / resume ...
     store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
+    store.check_queue_room(visitor_id, 5)    # RunLimitError if 5 more waiting runs exceed the visitor's cap
+
+Sample grids are stored by their path relative to the run's folder (rows written by older
+versions hold absolute paths and still read); ``samples()`` and ``latest_samples()`` always
+return an absolute path inside this store's folder, so a copied runs folder shows its own grids.
 
 Layout under the root::
 
     runs.sqlite            runs, metrics, events, samples tables (WAL journal)
+    runs.reserve           1 MiB kept free for a run's last words on a full disk (see below)
     run-00001/             checkpoint.pt, samples_step0000050.png, worker.log
     run-00002/ ...
 
@@ -43,6 +49,18 @@ Environment: ``FLOWLAB_RUNS_DIR`` is where the store lives (default
 ``FLOWLAB_CLASSROOM``, ``FLOWLAB_HEARTBEAT_STALE_S`` ...) are read by
 :meth:`flowlib.limits.Limits.from_env` when a ``RunStore`` is made without limits.
 
+Storage faults: before anything is written, ``RunStore()`` checks that an existing
+``runs.sqlite`` is Flow Lab's: its header must be SQLite's, its size must match the page count
+the header records, and its ``application_id`` must be Flow Lab's or 0 with a ``runs`` table
+of ours (or no tables at all). A file replaced by other bytes, truncated, or holding another
+program's tables is refused untouched. Those refusals, a read-only runs folder and a full
+disk all raise :class:`StoreUnavailableError`, a RuntimeError whose message is one sentence
+in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"read_only"``,
+``"disk_full"`` or ``"io"``. A run's last words on a full disk (its final status, the error
+event, a lost mark) may use ``runs.reserve``: it is deleted and the write tried once more, so
+a run whose disk filled up ends ``failed`` with the reason instead of ``lost``. The reserve is
+made again by the next ``RunStore()`` that finds enough free space.
+
 Owners: ``owner`` is an opaque visitor id the app passes. A run created with an owner can be
 started, stopped, renamed or deleted only by a caller passing the same owner, or by a caller
 passing ``owner=None`` (trusted: the CLI, the teacher). The app must always pass the visitor id.
@@ -50,18 +68,21 @@ passing ``owner=None`` (trusted: the CLI, the teacher). The app must always pass
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import sqlite3
+import stat
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .limits import Limits
 
-__all__ = ["RunStore", "Limits", "StoreBusyError", "RunLimitError", "RunStateError",
+__all__ = ["RunStore", "Limits", "StoreBusyError", "StoreUnavailableError", "RunLimitError", "RunStateError",
            "sanitize_name", "STATUSES", "ACTIVE_STATUSES", "STARTABLE_STATUSES", "WAITING",
            "EVENT_KINDS", "default_root"]
 
@@ -78,6 +99,17 @@ MAX_OWNER = 200
 DB_NAME = "runs.sqlite"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "worker.log"
+RESERVE_NAME = "runs.reserve"
+RESERVE_BYTES = 1 << 20          # a final status and an error event need a few WAL pages
+RESERVE_MIN_FREE = 8 << 20       # the reserve is (re)made only when this much is free
+APPLICATION_ID = 0x466C4C62      # "FlLb" in the header of runs.sqlite: this file is ours
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_OUR_COLUMNS = {"id", "name", "dataset", "config", "train", "status", "step", "message"}
+# SQLite result codes (primary) that mean the file or the disk, not the SQL, is the problem
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, \
+    _SQLITE_NOTADB = 3, 8, 10, 11, 13, 14, 26
+_STORAGE_CODES = {_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL,
+                  _SQLITE_CANTOPEN, _SQLITE_NOTADB}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -131,6 +163,19 @@ class StoreBusyError(RuntimeError):
     """The database stayed locked by another program for longer than the retry bound."""
 
 
+class StoreUnavailableError(RuntimeError):
+    """The run store cannot be read or written: the message says why in one sentence.
+
+    ``reason``: ``"foreign"`` (another program's database), ``"damaged"`` (not an SQLite
+    file, truncated, corrupt), ``"read_only"`` (the runs folder cannot be written),
+    ``"disk_full"``, or ``"io"`` (any other disk error).
+    """
+
+    def __init__(self, message: str, reason: str = "io"):
+        super().__init__(message)
+        self.reason = reason
+
+
 class RunLimitError(ValueError):
     """Starting would exceed the concurrent-run limit; the message names the run in the way."""
 
@@ -161,9 +206,23 @@ def sanitize_name(name: Any, fallback: str = "run") -> str:
     return text or fallback
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def _is_busy(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
+
+
+def _storage_code(exc: sqlite3.Error) -> int | None:
+    """The SQLite primary result code when it blames the file or the disk, else None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF if code & 0xFF in _STORAGE_CODES else None
+    text = str(exc).lower()   # Python < 3.11 has no error codes: read the words
+    for words, code in (("disk is full", _SQLITE_FULL), ("disk i/o", _SQLITE_IOERR),
+                        ("readonly", _SQLITE_READONLY), ("unable to open", _SQLITE_CANTOPEN),
+                        ("not a database", _SQLITE_NOTADB), ("malformed", _SQLITE_CORRUPT)):
+        if words in text:
+            return code
+    return None
 
 
 def _decode(row: sqlite3.Row) -> dict:
@@ -183,17 +242,177 @@ class RunStore:
     def __init__(self, root: str | os.PathLike | None = None, limits: Limits | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
         self.limits = limits if limits is not None else Limits.from_env()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_NAME
+        self.reserve_path = self.root / RESERVE_NAME
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._os_unavailable(exc, f"the runs folder {self.root} could not be created") from None
+        existed = self.db_path.is_file() and self.db_path.stat().st_size > 0
+        self._retry(self._check_is_ours)   # read-only: nothing is written to a file that is not ours
 
         def init(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
 
-        self._retry(lambda: self._with_conn(init))
+        try:
+            self._retry(lambda: self._with_conn(init))
+        except StoreUnavailableError as exc:
+            if not (existed and exc.reason == "disk_full"):
+                raise
+            # Our schema is already there: reads still work (see _read), and the run in hand
+            # must be able to record how it ended, so a full disk does not refuse the store.
+        self._make_reserve()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
+
+    # -- storage faults ------------------------------------------------------------------
+    def _check_is_ours(self) -> None:
+        """Refuse, without writing anything, a runs.sqlite that is not a Flow Lab run database."""
+        path = self.db_path
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return                                    # a new store
+        except OSError as exc:
+            raise self._os_unavailable(exc, f"the run database {path} could not be read") from None
+        where = f"The run database {path}"
+        advice = (" It was left untouched: move it away (or restore it from a backup) or point "
+                  "FLOWLAB_RUNS_DIR / --runs-dir at another folder.")
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreUnavailableError(f"{where} is not a regular file.{advice}", "damaged")
+        if info.st_size == 0:
+            return                                    # SQLite's own empty database
+        try:
+            with open(path, "rb") as f:
+                head = f.read(100)
+        except OSError as exc:
+            raise self._os_unavailable(exc, f"the run database {path} could not be read") from None
+        if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+            raise StoreUnavailableError(
+                f"{where} is not an SQLite database (its first bytes are wrong: it was replaced, "
+                f"truncated or damaged).{advice}", "damaged")
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(head[28:32], "big")
+        if head[24:28] == head[92:96] and pages and info.st_size < page_size * pages:
+            raise StoreUnavailableError(
+                f"{where} is truncated ({info.st_size:,} of its {page_size * pages:,} bytes are "
+                f"left).{advice}", "damaged")
+        app_id = int.from_bytes(head[68:72], "big")
+        if app_id == APPLICATION_ID:
+            return
+        if app_id != 0:
+            raise StoreUnavailableError(f"{where} belongs to another program (its application id "
+                                        f"is {app_id:#x}), not Flow Lab.{advice}", "foreign")
+        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.limits.db_timeout_s)
+        except sqlite3.Error as exc:
+            raise self._sqlite_unavailable(exc) from None
+        try:
+            tables = sorted(r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"))
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise
+            code = _storage_code(exc)
+            if code in (None, _SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise StoreUnavailableError(f"{where} is damaged ({exc}).{advice}", "damaged") from None
+            raise self._sqlite_unavailable(exc) from None
+        finally:
+            conn.close()
+        if tables and not _OUR_COLUMNS <= columns:
+            shown = ", ".join(tables[:6]) + (" ..." if len(tables) > 6 else "")
+            raise StoreUnavailableError(f"{where} holds another program's tables ({shown}), not "
+                                        f"Flow Lab's runs.{advice}", "foreign")
+
+    def _free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return None
+
+    def _folder_read_only(self) -> bool:
+        """True when no file can be made in the runs folder (permissions or a read-only mount)."""
+        probe = self.root / f".write-probe-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+        return False
+
+    def _read_only_error(self) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"The runs folder {self.root} is read-only for this program, so runs cannot be "
+            "recorded there; make it writable or point FLOWLAB_RUNS_DIR / --runs-dir at another "
+            "folder.", "read_only")
+
+    def _disk_full_error(self) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"The disk holding the run store {self.root} is full (no space left on device); free "
+            "some space, then try again.", "disk_full")
+
+    def _os_unavailable(self, exc: OSError, what: str) -> StoreUnavailableError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return self._disk_full_error()
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return self._read_only_error()
+        return StoreUnavailableError(f"{what[:1].upper()}{what[1:]} ({exc.strerror or exc}).", "io")
+
+    def _sqlite_unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        """The one-sentence error for an SQLite failure that blames the file or the disk."""
+        code = _storage_code(exc)
+        free = self._free_bytes()
+        if code == _SQLITE_FULL or (code == _SQLITE_IOERR and free is not None and free < RESERVE_BYTES):
+            return self._disk_full_error()
+        if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM) and self._folder_read_only():
+            return self._read_only_error()
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return StoreUnavailableError(
+                f"The run database {self.db_path} is damaged ({exc}); move it away or restore it "
+                "from a backup.", "damaged")
+        if code == _SQLITE_IOERR:
+            return StoreUnavailableError(
+                f"The run database {self.db_path} could not be written (disk I/O error): the disk "
+                "may be full or failing; free some space, then try again.", "io")
+        return StoreUnavailableError(f"The run database {self.db_path} could not be used ({exc}).", "io")
+
+    def _make_reserve(self) -> None:
+        """Keep RESERVE_BYTES allocated in runs.reserve while the disk has room (best effort)."""
+        if self.reserve_path.exists():
+            return
+        free = self._free_bytes()
+        if free is None or free < RESERVE_MIN_FREE:
+            return
+        tmp = self.root / f".{RESERVE_NAME}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, RESERVE_BYTES)   # really allocated, not sparse
+                except (AttributeError, OSError):
+                    os.write(fd, b"\0" * RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.reserve_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def _release_reserve(self) -> bool:
+        try:
+            self.reserve_path.unlink()
+            return True
+        except OSError:
+            return False
 
     # -- connections, transactions, retries --------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -209,15 +428,26 @@ class RunStore:
         finally:
             conn.close()
 
-    def _retry(self, fn: Callable[[], Any]) -> Any:
+    def _retry(self, fn: Callable[[], Any], last_words: bool = False) -> Any:
+        """fn(), retried while the database is locked; storage faults become StoreUnavailableError.
+
+        ``last_words``: on a full disk, give up the reserve once and try again (a run's final
+        status must land, or the run would read ``lost`` instead of why it failed).
+        """
         deadline = time.monotonic() + self.limits.db_timeout_s
         delay = 0.02
         while True:
             try:
                 return fn()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 if not _is_busy(exc):
-                    raise
+                    if _storage_code(exc) is None:
+                        raise
+                    error = self._sqlite_unavailable(exc)
+                    if last_words and error.reason in ("disk_full", "io") and self._release_reserve():
+                        last_words = False
+                        continue
+                    raise error from None
                 if time.monotonic() >= deadline:
                     raise StoreBusyError(
                         f"the run database {self.db_path} stayed locked by another program for "
@@ -225,7 +455,7 @@ class RunStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _tx(self, fn: Callable[[sqlite3.Connection], Any], last_words: bool = False) -> Any:
         """Run fn inside one short BEGIN IMMEDIATE transaction, retried while locked."""
         def attempt():
             conn = self._connect()
@@ -234,16 +464,38 @@ class RunStore:
                 try:
                     result = fn(conn)
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass   # SQLite already rolled back (e.g. after a full disk)
                     raise
                 conn.execute("COMMIT")
                 return result
             finally:
                 conn.close()
-        return self._retry(attempt)
+        return self._retry(attempt, last_words)
 
     def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        return self._retry(lambda: self._with_conn(fn))
+        try:
+            return self._retry(lambda: self._with_conn(fn))
+        except StoreUnavailableError as exc:
+            # On a full disk SQLite cannot even make the WAL index (-shm) a reader needs. When
+            # there is no WAL, every commit is in the database file: read that file as is.
+            wal = self.db_path.with_name(DB_NAME + "-wal")
+            if exc.reason not in ("disk_full", "io") or (wal.exists() and wal.stat().st_size > 0):
+                raise
+            try:
+                conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self.db_path.resolve()))}"
+                                       "?immutable=1", uri=True)
+            except sqlite3.Error:
+                raise exc from None
+            try:
+                conn.row_factory = sqlite3.Row
+                return fn(conn)
+            except sqlite3.Error:
+                raise exc from None
+            finally:
+                conn.close()
 
     # -- paths ------------------------------------------------------------------------
     def run_dir(self, run_id: int) -> Path:
@@ -265,13 +517,15 @@ class RunStore:
         ``status``: ``"created"`` (start it yourself), ``"waiting"`` (in the queue, started by
         :meth:`claim_next_waiting`), or ``"queued"``: created and given a concurrency slot in
         the same transaction, so a refusal (RunLimitError) leaves no row behind. The name is
-        sanitised and made unique by a ``-2``, ``-3`` … suffix.
+        sanitised and made unique by a ``-2``, ``-3`` … suffix. ConfigError (a ValueError)
+        when the run is over a server cap, RunLimitError when a ``waiting`` run would exceed
+        the owner's queue cap (:meth:`check_queue_room`).
         """
         if status not in ("created", WAITING, "queued"):
             raise ValueError(f"a new run's status must be created, waiting or queued; got {status!r}")
         if not isinstance(config, dict) or not isinstance(train, dict):
             raise ValueError("config and train must be dicts (FlowConfig.to_dict(), TrainConfig.to_dict())")
-        self.limits.check_train(train)
+        self.limits.check_run(config, train)
         base = sanitize_name(name)
         owner = None if owner is None else str(owner)[:MAX_OWNER]
         config_json, train_json = json.dumps(config), json.dumps(train)
@@ -283,6 +537,8 @@ class RunStore:
             if status == "queued":
                 self._mark_lost(conn, now)
                 self._check_free_slot(conn)
+            elif status == WAITING:
+                self._check_queue_room(conn, owner, 1)
             taken = {r[0] for r in conn.execute("SELECT name FROM runs")}
             unique, n = base, 2
             while unique in taken:
@@ -342,8 +598,8 @@ class RunStore:
         if self._stale_ids(rows, time.time()):
             try:
                 self.reap_lost()
-            except StoreBusyError:
-                return False
+            except (StoreBusyError, StoreUnavailableError):
+                return False   # reading still works; the next read reaps
             return True
         return False
 
@@ -398,7 +654,8 @@ class RunStore:
         """Claim a concurrency slot and mark the run ``queued``, atomically.
 
         Raises RunLimitError when the server's limit of active runs is reached (naming the
-        run in the way), RunStateError when the run is already active or finished,
+        run in the way), RunStateError when the run is already active or finished, or has
+        trained but its checkpoint is gone (its folder was deleted),
         PermissionError for a non-owner, KeyError for an unknown id.
         """
         def claim(conn):
@@ -411,11 +668,21 @@ class RunStore:
             if row["status"] not in STARTABLE_STATUSES:
                 raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; "
                                     "raise its step or time budget to train it further")
-            self.limits.check_train(json.loads(row["train"]))
+            self.limits.check_run(json.loads(row["config"]), json.loads(row["train"]))
+            self._check_resumable(row)
             self._check_free_slot(conn)
             self._mark_queued(conn, row["id"], now)
         self._tx(claim)
         return self.get_run(run_id)
+
+    def _check_resumable(self, row) -> None:
+        """A run that trained (step > 0) resumes from its checkpoint; without one it would
+        start again at step 0 and draw a second curve over the first, so it is refused."""
+        if row["step"] and not self.checkpoint_path(row["id"]).is_file():
+            raise RunStateError(
+                f"run {row['id']} '{row['name']}' cannot resume: its checkpoint "
+                f"{self.checkpoint_path(row['id'])} is missing (was its folder deleted?), so "
+                f"its {row['step']:,} steps cannot be continued; start a new run instead")
 
     def claim_next_waiting(self) -> int | None:
         """Give a free slot to the oldest ``waiting`` run (it becomes ``queued``); its id, or None.
@@ -430,10 +697,10 @@ class RunStore:
             self._mark_lost(conn, now)
             if len(self._active_rows(conn)) >= self.limits.max_concurrent:
                 return None
-            for row in conn.execute("SELECT id, train FROM runs WHERE status=? ORDER BY id",
+            for row in conn.execute("SELECT id, config, train FROM runs WHERE status=? ORDER BY id",
                                     (WAITING,)).fetchall():
                 try:
-                    self.limits.check_train(json.loads(row["train"]))
+                    self.limits.check_run(json.loads(row["config"]), json.loads(row["train"]))
                 except ValueError as exc:
                     conn.execute("UPDATE runs SET status='failed', ended=?, message=? WHERE id=?",
                                  (now, f"Not started: {exc}.", row["id"]))
@@ -442,6 +709,30 @@ class RunStore:
                 return row["id"]
             return None
         return self._tx(claim)
+
+    def check_queue_room(self, owner: str | None, n_new: int) -> None:
+        """RunLimitError when ``owner`` may not add ``n_new`` more waiting runs.
+
+        The cap is ``limits.max_waiting_per_owner`` (FLOWLAB_MAX_WAITING_PER_VISITOR; 12 in
+        classroom mode, none otherwise) on the owner's waiting plus active runs. ``owner=None``
+        (the CLI, the teacher) is never capped. :meth:`create_run` checks it again for each
+        ``waiting`` run, inside its transaction.
+        """
+        self._read(lambda conn: self._check_queue_room(conn, owner, n_new))
+
+    def _check_queue_room(self, conn, owner: str | None, n_new: int) -> None:
+        cap = self.limits.max_waiting_per_owner
+        if owner is None or cap is None:
+            return
+        owner = str(owner)[:MAX_OWNER]
+        have = conn.execute("SELECT COUNT(*) FROM runs WHERE owner=? AND status IN "
+                            "('waiting', 'queued', 'running', 'stopping')", (owner,)).fetchone()[0]
+        if have + int(n_new) > cap:
+            adding = f"; {int(n_new)} more would make {have + int(n_new)}" if n_new > 1 else ""
+            raise RunLimitError(
+                f"you already have {have} run{'s' if have != 1 else ''} waiting or training{adding}; "
+                f"the limit is {cap} per visitor (FLOWLAB_MAX_WAITING_PER_VISITOR). Wait for some "
+                "to finish, or stop or delete some first")
 
     @staticmethod
     def _active_rows(conn) -> list[sqlite3.Row]:
@@ -529,7 +820,7 @@ class RunStore:
                 "stop_requested=0 WHERE id=? AND status IN ('queued', 'running', 'stopping', 'lost')",
                 (status, str(message), step, time.time(), int(run_id)))
             return cur.rowcount > 0
-        return self._tx(finish)
+        return self._tx(finish, last_words=True)
 
     def mark_exited(self, run_id: int, pid: int, returncode: int) -> bool:
         """Called when a worker process we launched exits: if its run still looks active, it is lost."""
@@ -550,7 +841,7 @@ class RunStore:
             conn.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, 'lost', ?)",
                          (int(run_id), row["step"], now, msg))
             return True
-        return self._tx(check)
+        return self._tx(check, last_words=True)
 
     def set_best_test_bpd(self, run_id: int, value: float) -> None:
         self._tx(lambda c: c.execute(
@@ -564,6 +855,7 @@ class RunStore:
         def update(conn):
             row = self._get_row(conn, run_id)
             self._check_owner(row, owner, "change")
+            self.limits.check_model(json.loads(row["config"]), train.get("batch_size"))
             if row["status"] in ACTIVE_STATUSES:
                 raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; stop it first")
             conn.execute("UPDATE runs SET train=?, status=CASE WHEN status='finished' THEN 'stopped' "
@@ -654,7 +946,7 @@ class RunStore:
             return n, paths
         n, paths = self._tx(trunc)
         for p in paths:
-            path = Path(p)
+            path = Path(self._sample_path(run_id, p))
             if path.parent == self.run_dir(run_id):
                 path.unlink(missing_ok=True)
         return n
@@ -664,7 +956,8 @@ class RunStore:
         if kind not in EVENT_KINDS:
             raise ValueError(f"event kind must be one of {', '.join(EVENT_KINDS)}; got {kind!r}")
         self._tx(lambda c: c.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, ?, ?)",
-                                     (int(run_id), step, time.time(), kind, str(message))))
+                                     (int(run_id), step, time.time(), kind, str(message))),
+                 last_words=kind in ("error", "stop", "finish", "lost"))
 
     def events(self, run_id: int, kinds: Iterable[str] | None = None, after_id: int | None = None) -> list[dict]:
         """Events in order: dicts with id, step, wall, kind, message."""
@@ -681,21 +974,48 @@ class RunStore:
         return [dict(r) for r in self._read(lambda c: c.execute(sql, params).fetchall())]
 
     def add_samples(self, run_id: int, step: int, path: str | os.PathLike) -> None:
+        """Record a sample grid. A file in the run's folder is stored by its name relative to
+        the folder, so a copied or moved runs folder shows its own grids."""
         self._tx(lambda c: c.execute("INSERT INTO samples (run_id, step, wall, path) VALUES (?, ?, ?, ?)",
-                                     (int(run_id), int(step), time.time(), str(path))))
+                                     (int(run_id), int(step), time.time(), self._stored_path(run_id, path))))
+
+    def _stored_path(self, run_id: int, path: str | os.PathLike) -> str:
+        folder, p = self.run_dir(run_id), Path(path)
+        if not p.is_absolute():
+            return p.as_posix()
+        for base in (folder, folder.resolve()):
+            try:
+                return p.relative_to(base).as_posix()
+            except ValueError:
+                continue
+        return str(p)
+
+    def _sample_path(self, run_id: int, stored: str) -> str:
+        """An absolute path for a stored one: relative rows are under the run's folder; an
+        absolute row written by an older version whose folder is named like this run's is read
+        from this store's folder when the file is there (a copied runs folder)."""
+        p = Path(stored)
+        folder = self.run_dir(run_id)
+        if not p.is_absolute():
+            return str(folder / p)
+        if p.parent.name == folder.name and p.parent != folder:
+            here = folder / p.name
+            if here.is_file() or not p.is_file():
+                return str(here)
+        return str(p)
 
     def samples(self, run_id: int) -> list[dict]:
-        """Every sample grid of a run, oldest first: dicts with step, wall, path."""
+        """Every sample grid of a run, oldest first: dicts with step, wall, path (absolute)."""
         rows = self._read(lambda c: c.execute(
             "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step, id", (int(run_id),)).fetchall())
-        return [dict(r) for r in rows]
+        return [{**dict(r), "path": self._sample_path(run_id, r["path"])} for r in rows]
 
     def latest_samples(self, run_id: int) -> dict | None:
-        """The newest sample grid: {"step", "wall", "path"}, or None."""
+        """The newest sample grid: {"step", "wall", "path"} (path absolute), or None."""
         row = self._read(lambda c: c.execute(
             "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step DESC, id DESC LIMIT 1",
             (int(run_id),)).fetchone())
-        return None if row is None else dict(row)
+        return None if row is None else {**dict(row), "path": self._sample_path(run_id, row["path"])}
 
     def integrity_check(self) -> str:
         return self._read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])

@@ -332,7 +332,7 @@ def submit(store, spec: StudySpec, image_shape: tuple[int, int, int], owner: str
     for seed in p.seeds:                      # seed-major: a stopped study has whole seeds
         for arm in p.arms:
             cfg, tc = arm.run_configs(seed)
-            worker._validate(cfg.to_dict(), tc.to_dict())
+            worker._validate(cfg.to_dict(), tc.to_dict(), store)
             planned.append((arm.name, seed, f"{spec.name or 'study'}-{arm.name}-s{seed}", spec.dataset,
                             cfg.to_dict(), tc.to_dict(), spec.model_preset))
     study_id = StudyStore(store).create(spec.name or spec.preset or "study", p.describe(), planned, owner=owner)

@@ -88,8 +88,8 @@ class StudyStore:
         check_room = getattr(self.store, "check_queue_room", None)
         if check_room is not None:
             check_room(owner, len(planned))
-        for *_, train, _preset in planned:
-            self.store.limits.check_train(train)   # every run or none
+        for *_, config, train, _preset in planned:
+            self.store.limits.check_run(config, train)   # every run or none, before anything is stored
         owner_text = None if owner is None else str(owner)[:200]
         study_name = sanitize_name(name, fallback="study")
         study_id = self.store._tx(lambda c: c.execute(

@@ -31,6 +31,7 @@ is one ``BEGIN IMMEDIATE`` transaction, so two of them racing never exceed the l
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .store import RunLimitError, RunStateError, RunStore
+from .store import RunLimitError, RunStateError, RunStore, StoreUnavailableError
 
 __all__ = ["submit", "start_run", "start_waiting", "stop_run", "resume_run", "wait_for_run",
            "running_processes", "main", "RunLimitError", "RunStateError"]
@@ -88,13 +89,17 @@ def _launch(store: RunStore, run_id: int) -> subprocess.Popen:
             cwd=str(REPO_ROOT), env=env, start_new_session=True, close_fds=True)
 
 
-def _validate(config: dict, train: dict) -> None:
+def _validate(config: dict, train: dict, store: RunStore | None = None) -> None:
     """Refuse bad values before any process exists, with the field and its valid range,
-    rather than in a process that dies at once."""
+    rather than in a process that dies at once; with a store, also its server's caps
+    (steps, batch, minutes, and in classroom mode the model's parameters and activation
+    memory: ConfigError naming the field)."""
     from .config import FlowConfig, TrainConfig   # torch-free: no trainer import to check a form
 
     FlowConfig.from_dict(config)
     TrainConfig.from_dict(train)
+    if store is not None:
+        store.limits.check_run(config, train)
 
 
 def _launch_claimed(store: RunStore, run_id: int, watch: bool = True) -> int:
@@ -108,7 +113,11 @@ def _launch_claimed(store: RunStore, run_id: int, watch: bool = True) -> int:
     try:
         proc = _launch(store, run_id)
     except Exception as exc:
-        store.finish_run(run_id, "failed", f"Could not start the training process: {exc}")
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            reason = f"the disk is full (no space left on device for {store.log_path(run_id)})"
+        else:
+            reason = str(exc)
+        store.finish_run(run_id, "failed", f"Could not start the training process: {reason}.")
         raise
     proc._flowlab_run_id = int(run_id)  # type: ignore[attr-defined]
     try:
@@ -134,7 +143,7 @@ def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(f"no run with id {run_id}")
-    _validate(run["config"], run["train"])
+    _validate(run["config"], run["train"], store)
     store.request_start(run_id, owner)
     return _launch_claimed(store, run_id)
 
@@ -151,9 +160,12 @@ def submit(store: RunStore, name, dataset: str, config: dict, train: dict, *,
     ``queue=True`` (studies): the run is stored as ``waiting`` and starts as soon as a slot is
     free — now, or when a running run ends, whether or not any page is open.
 
-    ValueError (a bad config, or over a classroom cap) is raised before anything is stored.
+    ValueError (a bad config, or over a server cap: steps, batch, minutes, and in classroom
+    mode the model's parameters and activation memory, as a ConfigError naming the field) is
+    raised before anything is stored; with ``queue=True``, RunLimitError when the owner
+    already has as many runs waiting or training as ``FLOWLAB_MAX_WAITING_PER_VISITOR`` allows.
     """
-    _validate(config, train)
+    _validate(config, train, store)
     if queue:
         run_id = store.create_run(name, dataset, config, train, owner=owner, preset=preset,
                                   status="waiting")
@@ -228,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_id", type=int, help="id of a queued run in the store")
     parser.add_argument("--runs-dir", default=None, help="run store folder (default $FLOWLAB_RUNS_DIR)")
     args = parser.parse_args(argv)
-    store = RunStore(args.runs_dir)
+    try:
+        store = RunStore(args.runs_dir)
+    except StoreUnavailableError as exc:   # nowhere to record it: the log and the exit code say it
+        print(f"run {args.run_id}: {exc}", flush=True)
+        return 1
     print(f"worker pid {os.getpid()} for run {args.run_id} (store {store.root})", flush=True)
     try:
         return _train_one(store, args.run_id)
@@ -255,7 +271,10 @@ def _train_one(store: RunStore, run_id: int) -> int:
         result = train_run(store, run_id, handle_signals=True)
     except BaseException as exc:  # noqa: BLE001 — even an import error must reach the app in words
         traceback.print_exc()
-        message = f"The training process failed to start ({type(exc).__name__}: {str(exc)[:300]})."
+        if isinstance(exc, StoreUnavailableError):
+            message = str(exc)   # one sentence already: a full disk, a damaged database ...
+        else:
+            message = f"The training process failed to start ({type(exc).__name__}: {str(exc)[:300]})."
         try:
             store.finish_run(run_id, "failed", message)
         except Exception:
