@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run store folder (default $FLOWLAB_RUNS_DIR or checkpoints/runs)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the answer as JSON here")
     p.add_argument("--no-wait", action="store_true", help="queue the study and return")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="do not measure this device's speed before starting (earlier runs still count)")
     p.add_argument("--show", type=int, default=None, metavar="ID", help="print the answer of an existing study")
     p.add_argument("--list", action="store_true", help="list the studies in the store")
     return p
@@ -146,20 +148,38 @@ def _json_target_problem(path: str, no_wait: bool) -> str | None:
     return None
 
 
-def _estimate_line(store, p) -> str:
-    from .estimate import SpeedRequest, history_images_per_s
-    speeds = {}
-    for arm in p.arms:
-        known = history_images_per_s(store, SpeedRequest(arm.config.to_dict(), arm.train.batch_size,
-                                                         arm.train.device, arm.train.bf16, arm.train.threads,
-                                                         arm.train.grad_clip))
-        speeds[arm.name] = known["images_per_s"] if known else None
+def _estimate_line(store, p, wait_s: float = 45.0) -> str:
+    """The whole study's time on this device: from earlier runs of the same settings here, or
+    from a short measurement of each arm in a subprocess (at most ``wait_s``; 0: do not measure)."""
+    from .estimate import SpeedEstimator, SpeedRequest
+    estimator = SpeedEstimator(store.root / "speed-estimates")
+    requests = {arm.name: SpeedRequest(arm.config.to_dict(), arm.train.batch_size, arm.train.device,
+                                       arm.train.bf16, arm.train.threads, arm.train.grad_clip)
+                for arm in p.arms}
+    speeds: dict[str, float | None] = {}
+    deadline = time.monotonic() + wait_s
+    while True:
+        for name, request in requests.items():
+            if speeds.get(name) is None:
+                got = (estimator.estimate(request, store) if wait_s > 0
+                       else estimator.cached(request) or _history(store, request))
+                if got and "images_per_s" in got:
+                    speeds[name] = got["images_per_s"]
+        if all(speeds.get(n) for n in requests) or time.monotonic() > deadline or wait_s <= 0:
+            break
+        time.sleep(0.5)
     seconds = estimate_seconds(p, speeds)
     if seconds is None:
-        return ("time: not known yet on this device (no earlier run of these settings); "
-                "an estimate follows after the first run")
+        return ("time: not known yet on this device (no earlier run of these settings; the measurement "
+                "did not finish); an estimate follows after the first run")
     return (f"time: about {_duration(seconds)} for all {p.n_runs} runs, one after another "
-            "(from the speed of earlier runs of these settings here)")
+            f"(training at {min(speeds.values()):,.0f}–{max(speeds.values()):,.0f} images/s here, plus "
+            "evaluations and start-up; longer if the machine is busy)")
+
+
+def _history(store, request):
+    from .estimate import history_images_per_s
+    return history_images_per_s(store, request)
 
 
 def _duration(seconds: float) -> str:
@@ -241,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  arms: {'; '.join(a.name for a in p.arms)}")
     print(f"  training: lr {tc.lr:g}, {tc.lr_schedule} schedule, warm-up {tc.warmup_steps} steps, "
           f"batch {tc.batch_size}, test every {tc.eval_every} steps, full test set at the end")
-    print(f"  {_estimate_line(store, p)}")
+    print(f"  {_estimate_line(store, p, 0.0 if args.no_estimate else 45.0)}", flush=True)
     for w in p.warnings:
         print(f"  warning: {w}")
     try:

@@ -232,6 +232,7 @@ def test_cli_runs_a_tiny_study_and_writes_json_for_every_arm_and_seed(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Verdict:" in proc.stdout
+    assert "time: about" in proc.stdout          # measured on this device before the study started
     data = json.loads(out.read_text())
     assert set(data) >= {"study", "arms", "baseline", "differences"}
     assert [a["name"] for a in data["arms"]] == ["reverse", "shuffle"] and data["baseline"] == "reverse"
