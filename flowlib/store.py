@@ -16,7 +16,7 @@ return an absolute path inside this store's folder, so a copied runs folder show
 Layout under the root::
 
     runs.sqlite            runs, metrics, events, samples tables (WAL journal)
-    runs.reserve           1 MiB kept free for a run's last words on a full disk (see below)
+    runs.reserve           1 MiB kept free for a run's last words on a full disk (flowlib.store_file)
     run-00001/             checkpoint.pt, samples_step0000050.png, worker.log
     run-00002/ ...
 
@@ -49,17 +49,15 @@ Environment: ``FLOWLAB_RUNS_DIR`` is where the store lives (default
 ``FLOWLAB_CLASSROOM``, ``FLOWLAB_HEARTBEAT_STALE_S`` ...) are read by
 :meth:`flowlib.limits.Limits.from_env` when a ``RunStore`` is made without limits.
 
-Storage faults: before anything is written, ``RunStore()`` checks that an existing
-``runs.sqlite`` is Flow Lab's: its header must be SQLite's, its size must match the page count
-the header records, and its ``application_id`` must be Flow Lab's or 0 with a ``runs`` table
-of ours (or no tables at all). A file replaced by other bytes, truncated, or holding another
-program's tables is refused untouched. Those refusals, a read-only runs folder and a full
-disk all raise :class:`StoreUnavailableError`, a RuntimeError whose message is one sentence
-in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"read_only"``,
-``"disk_full"`` or ``"io"``. A run's last words on a full disk (its final status, the error
-event, a lost mark) may use ``runs.reserve``: it is deleted and the write tried once more, so
-a run whose disk filled up ends ``failed`` with the reason instead of ``lost``. The reserve is
-made again by the next ``RunStore()`` that finds enough free space.
+Storage faults: the database file and its disk are :mod:`flowlib.store_file`'s job
+(:class:`~flowlib.store_file.DatabaseFile`, one per store). Before anything is written,
+``RunStore()`` has it refuse, untouched, a ``runs.sqlite`` that is not Flow Lab's (another
+program's, truncated, not SQLite at all); those refusals, a read-only runs folder and a full
+disk raise :class:`StoreUnavailableError` (importable from here), a RuntimeError whose message
+is one sentence in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"read_only"``,
+``"disk_full"`` or ``"io"``. Writes passed ``last_words=True`` (a run's final status, the error
+event, a lost mark) may spend ``runs.reserve`` on a full disk, so such a run ends ``failed``
+with the reason instead of ``lost``; reads on a full disk fall back to the file as is.
 
 Owners: ``owner`` is an opaque visitor id the app passes. A run created with an owner can be
 started, stopped, renamed or deleted only by a caller passing the same owner, or by a caller
@@ -68,19 +66,18 @@ passing ``owner=None`` (trusted: the CLI, the teacher). The app must always pass
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shutil
 import sqlite3
-import stat
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .limits import Limits
+from .store_file import (APPLICATION_ID, RESERVE_BYTES, RESERVE_MIN_FREE, RESERVE_NAME,  # noqa: F401 (re-exported)
+                         DatabaseFile, StoreUnavailableError, is_busy, storage_code)
 
 __all__ = ["RunStore", "Limits", "StoreBusyError", "StoreUnavailableError", "RunLimitError", "RunStateError",
            "sanitize_name", "STATUSES", "ACTIVE_STATUSES", "STARTABLE_STATUSES", "WAITING",
@@ -99,17 +96,6 @@ MAX_OWNER = 200
 DB_NAME = "runs.sqlite"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "worker.log"
-RESERVE_NAME = "runs.reserve"
-RESERVE_BYTES = 1 << 20          # a final status and an error event need a few WAL pages
-RESERVE_MIN_FREE = 8 << 20       # the reserve is (re)made only when this much is free
-APPLICATION_ID = 0x466C4C62      # "FlLb" in the header of runs.sqlite: this file is ours
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_OUR_COLUMNS = {"id", "name", "dataset", "config", "train", "status", "step", "message"}
-# SQLite result codes (primary) that mean the file or the disk, not the SQL, is the problem
-_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, \
-    _SQLITE_NOTADB = 3, 8, 10, 11, 13, 14, 26
-_STORAGE_CODES = {_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL,
-                  _SQLITE_CANTOPEN, _SQLITE_NOTADB}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -163,19 +149,6 @@ class StoreBusyError(RuntimeError):
     """The database stayed locked by another program for longer than the retry bound."""
 
 
-class StoreUnavailableError(RuntimeError):
-    """The run store cannot be read or written: the message says why in one sentence.
-
-    ``reason``: ``"foreign"`` (another program's database), ``"damaged"`` (not an SQLite
-    file, truncated, corrupt), ``"read_only"`` (the runs folder cannot be written),
-    ``"disk_full"``, or ``"io"`` (any other disk error).
-    """
-
-    def __init__(self, message: str, reason: str = "io"):
-        super().__init__(message)
-        self.reason = reason
-
-
 class RunLimitError(ValueError):
     """Starting would exceed the concurrent-run limit; the message names the run in the way."""
 
@@ -206,25 +179,6 @@ def sanitize_name(name: Any, fallback: str = "run") -> str:
     return text or fallback
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def _storage_code(exc: sqlite3.Error) -> int | None:
-    """The SQLite primary result code when it blames the file or the disk, else None."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF if code & 0xFF in _STORAGE_CODES else None
-    text = str(exc).lower()   # Python < 3.11 has no error codes: read the words
-    for words, code in (("disk is full", _SQLITE_FULL), ("disk i/o", _SQLITE_IOERR),
-                        ("readonly", _SQLITE_READONLY), ("unable to open", _SQLITE_CANTOPEN),
-                        ("not a database", _SQLITE_NOTADB), ("malformed", _SQLITE_CORRUPT)):
-        if words in text:
-            return code
-    return None
-
-
 def _decode(row: sqlite3.Row) -> dict:
     run = dict(row)
     for key in ("config", "train"):
@@ -244,12 +198,13 @@ class RunStore:
         self.limits = limits if limits is not None else Limits.from_env()
         self.db_path = self.root / DB_NAME
         self.reserve_path = self.root / RESERVE_NAME
+        self._file = DatabaseFile(self.root, self.db_path, self.reserve_path, self.limits.db_timeout_s)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise self._os_unavailable(exc, f"the runs folder {self.root} could not be created") from None
+            raise self._file.os_unavailable(exc, f"the runs folder {self.root} could not be created") from None
         existed = self.db_path.is_file() and self.db_path.stat().st_size > 0
-        self._retry(self._check_is_ours)   # read-only: nothing is written to a file that is not ours
+        self._retry(self._file.check_is_ours)   # read-only: nothing is written to a file that is not ours
 
         def init(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -264,155 +219,10 @@ class RunStore:
                 raise
             # Our schema is already there: reads still work (see _read), and the run in hand
             # must be able to record how it ended, so a full disk does not refuse the store.
-        self._make_reserve()
+        self._file.make_reserve()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
-
-    # -- storage faults ------------------------------------------------------------------
-    def _check_is_ours(self) -> None:
-        """Refuse, without writing anything, a runs.sqlite that is not a Flow Lab run database."""
-        path = self.db_path
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            return                                    # a new store
-        except OSError as exc:
-            raise self._os_unavailable(exc, f"the run database {path} could not be read") from None
-        where = f"The run database {path}"
-        advice = (" It was left untouched: move it away (or restore it from a backup) or point "
-                  "FLOWLAB_RUNS_DIR / --runs-dir at another folder.")
-        if not stat.S_ISREG(info.st_mode):
-            raise StoreUnavailableError(f"{where} is not a regular file.{advice}", "damaged")
-        if info.st_size == 0:
-            return                                    # SQLite's own empty database
-        try:
-            with open(path, "rb") as f:
-                head = f.read(100)
-        except OSError as exc:
-            raise self._os_unavailable(exc, f"the run database {path} could not be read") from None
-        if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
-            raise StoreUnavailableError(
-                f"{where} is not an SQLite database (its first bytes are wrong: it was replaced, "
-                f"truncated or damaged).{advice}", "damaged")
-        page_size = int.from_bytes(head[16:18], "big")
-        page_size = 65536 if page_size == 1 else page_size
-        pages = int.from_bytes(head[28:32], "big")
-        if head[24:28] == head[92:96] and pages and info.st_size < page_size * pages:
-            raise StoreUnavailableError(
-                f"{where} is truncated ({info.st_size:,} of its {page_size * pages:,} bytes are "
-                f"left).{advice}", "damaged")
-        app_id = int.from_bytes(head[68:72], "big")
-        if app_id == APPLICATION_ID:
-            return
-        if app_id != 0:
-            raise StoreUnavailableError(f"{where} belongs to another program (its application id "
-                                        f"is {app_id:#x}), not Flow Lab.{advice}", "foreign")
-        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=self.limits.db_timeout_s)
-        except sqlite3.Error as exc:
-            raise self._sqlite_unavailable(exc) from None
-        try:
-            tables = sorted(r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"))
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-        except sqlite3.Error as exc:
-            if _is_busy(exc):
-                raise
-            code = _storage_code(exc)
-            if code in (None, _SQLITE_CORRUPT, _SQLITE_NOTADB):
-                raise StoreUnavailableError(f"{where} is damaged ({exc}).{advice}", "damaged") from None
-            raise self._sqlite_unavailable(exc) from None
-        finally:
-            conn.close()
-        if tables and not _OUR_COLUMNS <= columns:
-            shown = ", ".join(tables[:6]) + (" ..." if len(tables) > 6 else "")
-            raise StoreUnavailableError(f"{where} holds another program's tables ({shown}), not "
-                                        f"Flow Lab's runs.{advice}", "foreign")
-
-    def _free_bytes(self) -> int | None:
-        try:
-            return shutil.disk_usage(self.root).free
-        except OSError:
-            return None
-
-    def _folder_read_only(self) -> bool:
-        """True when no file can be made in the runs folder (permissions or a read-only mount)."""
-        probe = self.root / f".write-probe-{os.getpid()}"
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-        os.close(fd)
-        probe.unlink(missing_ok=True)
-        return False
-
-    def _read_only_error(self) -> StoreUnavailableError:
-        return StoreUnavailableError(
-            f"The runs folder {self.root} is read-only for this program, so runs cannot be "
-            "recorded there; make it writable or point FLOWLAB_RUNS_DIR / --runs-dir at another "
-            "folder.", "read_only")
-
-    def _disk_full_error(self) -> StoreUnavailableError:
-        return StoreUnavailableError(
-            f"The disk holding the run store {self.root} is full (no space left on device); free "
-            "some space, then try again.", "disk_full")
-
-    def _os_unavailable(self, exc: OSError, what: str) -> StoreUnavailableError:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return self._disk_full_error()
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return self._read_only_error()
-        return StoreUnavailableError(f"{what[:1].upper()}{what[1:]} ({exc.strerror or exc}).", "io")
-
-    def _sqlite_unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
-        """The one-sentence error for an SQLite failure that blames the file or the disk."""
-        code = _storage_code(exc)
-        free = self._free_bytes()
-        if code == _SQLITE_FULL or (code == _SQLITE_IOERR and free is not None and free < RESERVE_BYTES):
-            return self._disk_full_error()
-        if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM) and self._folder_read_only():
-            return self._read_only_error()
-        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-            return StoreUnavailableError(
-                f"The run database {self.db_path} is damaged ({exc}); move it away or restore it "
-                "from a backup.", "damaged")
-        if code == _SQLITE_IOERR:
-            return StoreUnavailableError(
-                f"The run database {self.db_path} could not be written (disk I/O error): the disk "
-                "may be full or failing; free some space, then try again.", "io")
-        return StoreUnavailableError(f"The run database {self.db_path} could not be used ({exc}).", "io")
-
-    def _make_reserve(self) -> None:
-        """Keep RESERVE_BYTES allocated in runs.reserve while the disk has room (best effort)."""
-        if self.reserve_path.exists():
-            return
-        free = self._free_bytes()
-        if free is None or free < RESERVE_MIN_FREE:
-            return
-        tmp = self.root / f".{RESERVE_NAME}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                try:
-                    os.posix_fallocate(fd, 0, RESERVE_BYTES)   # really allocated, not sparse
-                except (AttributeError, OSError):
-                    os.write(fd, b"\0" * RESERVE_BYTES)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.reserve_path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-
-    def _release_reserve(self) -> bool:
-        try:
-            self.reserve_path.unlink()
-            return True
-        except OSError:
-            return False
 
     # -- connections, transactions, retries --------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -440,11 +250,11 @@ class RunStore:
             try:
                 return fn()
             except sqlite3.DatabaseError as exc:
-                if not _is_busy(exc):
-                    if _storage_code(exc) is None:
+                if not is_busy(exc):
+                    if storage_code(exc) is None:
                         raise
-                    error = self._sqlite_unavailable(exc)
-                    if last_words and error.reason in ("disk_full", "io") and self._release_reserve():
+                    error = self._file.sqlite_unavailable(exc)
+                    if last_words and error.reason in ("disk_full", "io") and self._file.release_reserve():
                         last_words = False
                         continue
                     raise error from None
@@ -479,23 +289,8 @@ class RunStore:
         try:
             return self._retry(lambda: self._with_conn(fn))
         except StoreUnavailableError as exc:
-            # On a full disk SQLite cannot even make the WAL index (-shm) a reader needs. When
-            # there is no WAL, every commit is in the database file: read that file as is.
-            wal = self.db_path.with_name(DB_NAME + "-wal")
-            if exc.reason not in ("disk_full", "io") or (wal.exists() and wal.stat().st_size > 0):
-                raise
-            try:
-                conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self.db_path.resolve()))}"
-                                       "?immutable=1", uri=True)
-            except sqlite3.Error:
-                raise exc from None
-            try:
-                conn.row_factory = sqlite3.Row
-                return fn(conn)
-            except sqlite3.Error:
-                raise exc from None
-            finally:
-                conn.close()
+            # On a full disk, read the database file as is when no WAL holds commits (store_file).
+            return self._file.read_as_is(fn, exc)
 
     # -- paths ------------------------------------------------------------------------
     def run_dir(self, run_id: int) -> Path:

@@ -21,6 +21,7 @@ from flowlib.checkpoint import save_checkpoint
 from flowlib.config import ConfigError
 from flowlib.limits import Limits, activation_mb
 from flowlib.store import RunLimitError, RunStateError, RunStore, StoreUnavailableError
+from flowlib.store_file import DatabaseFile
 from flowlib.train import TrainConfig, describe_failure, train_run
 
 TINY = preset("faces-fast", levels=2, steps=1, hidden=4, permutation="reverse")
@@ -228,7 +229,7 @@ def _fill_disk(monkeypatch, store, error="database or disk is full"):
     disk = {"full": False, "reserve": store.reserve_path, "error": error}
     real_connect = RunStore._connect
     monkeypatch.setattr(RunStore, "_connect", lambda self: _Conn(real_connect(self), disk))
-    monkeypatch.setattr(RunStore, "_free_bytes", lambda self: 0 if disk["full"] else 10**9)
+    monkeypatch.setattr(DatabaseFile, "free_bytes", lambda self: 0 if disk["full"] else 10**9)
     return disk
 
 
@@ -269,7 +270,7 @@ def test_a_disk_io_error_that_is_not_a_full_disk_says_so(store, monkeypatch):
     run_id = store.create_run("x", "faces", TINY.to_dict(), _tc())
     disk = _fill_disk(monkeypatch, store, error="disk I/O error")
     disk["full"] = True
-    monkeypatch.setattr(RunStore, "_free_bytes", lambda self: 10**9)
+    monkeypatch.setattr(DatabaseFile, "free_bytes", lambda self: 10**9)
     with pytest.raises(StoreUnavailableError, match=r"could not be written \(disk I/O error\)") as info:
         store.request_start(run_id)
     assert info.value.reason == "io"
