@@ -9,13 +9,13 @@
     store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
     store.check_queue_room(visitor_id, 5)    # RunLimitError if 5 more waiting runs exceed the visitor's cap
 
-Sample grids are stored by their path relative to the run's folder (rows written by older
-versions hold absolute paths and still read); ``samples()`` and ``latest_samples()`` always
-return an absolute path inside this store's folder, so a copied runs folder shows its own grids.
+Metrics, events and sample grids are in :mod:`flowlib.store_records` (a mixin of RunStore);
+the database file's own faults (foreign, damaged, read-only, disk full) in
+:mod:`flowlib.store_file`; studies (groups of runs) in :mod:`flowlib.study_store`.
 
 Layout under the root::
 
-    runs.sqlite            runs, metrics, events, samples tables (WAL journal)
+    runs.sqlite            runs, metrics, events, samples, studies tables (WAL journal)
     runs.reserve           1 MiB kept free for a run's last words on a full disk (flowlib.store_file)
     run-00001/             checkpoint.pt, samples_step0000050.png, worker.log
     run-00002/ ...
@@ -75,6 +75,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .store_records import EVENT_KINDS, RunRecords
 from .limits import Limits
 from .store_file import (APPLICATION_ID, RESERVE_BYTES, RESERVE_MIN_FREE, RESERVE_NAME,  # noqa: F401 (re-exported)
                          DatabaseFile, StoreUnavailableError, is_busy, storage_code)
@@ -88,8 +89,6 @@ ACTIVE_STATUSES = ("queued", "running", "stopping")
 WAITING = "waiting"   # in the queue for a free slot; started by the worker, oldest first
 STARTABLE_STATUSES = ("created", "waiting", "stopped", "failed", "lost")
 _QUEUED_MESSAGE = "waiting for the training process to start"
-EVENT_KINDS = ("start", "resume", "nan_skip", "rollback", "lr_drop", "eval", "checkpoint",
-               "samples", "warning", "error", "stop", "finish", "lost")
 
 MAX_NAME = 80
 MAX_OWNER = 200
@@ -190,7 +189,7 @@ def _decode(row: sqlite3.Row) -> dict:
     return run
 
 
-class RunStore:
+class RunStore(RunRecords):
     """Runs, metrics, events and sample grids of one server, in ``<root>/runs.sqlite``."""
 
     def __init__(self, root: str | os.PathLike | None = None, limits: Limits | None = None):
@@ -685,132 +684,6 @@ class RunStore:
         folder = self.run_dir(run_id)
         if folder.parent == self.root and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
-
-    # -- metrics ------------------------------------------------------------------------
-    def append_metrics(self, run_id: int, rows: Iterable[tuple[int, float, str, float]]) -> int:
-        """Insert (step, wall, key, value) rows in one transaction; returns how many."""
-        rows = [(int(run_id), int(s), float(w), str(k), None if v is None else float(v))
-                for s, w, k, v in rows]
-        if rows:
-            self._tx(lambda c: c.executemany(
-                "INSERT INTO metrics (run_id, step, wall, key, value) VALUES (?, ?, ?, ?, ?)", rows))
-        return len(rows)
-
-    def metrics(self, run_id: int, keys: Iterable[str] | None = None,
-                after_step: int | None = None) -> dict[str, dict[str, list]]:
-        """Curves for charts: ``{key: {"step": [...], "wall": [...], "value": [...]}}``, step order.
-
-        ``after_step`` returns only newer points (for incremental polling).
-        """
-        sql = "SELECT key, step, wall, value FROM metrics WHERE run_id=?"
-        params: list = [int(run_id)]
-        if keys is not None:
-            keys = list(keys)
-            if not keys:
-                return {}
-            sql += f" AND key IN ({','.join('?' * len(keys))})"
-            params += keys
-        if after_step is not None:
-            sql += " AND step > ?"
-            params.append(int(after_step))
-        sql += " ORDER BY key, step"
-        out: dict[str, dict[str, list]] = {}
-        for key, step, wall, value in self._read(lambda c: c.execute(sql, params).fetchall()):
-            curve = out.get(key)
-            if curve is None:
-                curve = out[key] = {"step": [], "wall": [], "value": []}
-            curve["step"].append(step)
-            curve["wall"].append(wall)
-            curve["value"].append(value)
-        return out
-
-    def latest_metrics(self, run_id: int) -> dict[str, tuple[int, float]]:
-        """The newest value of each key: ``{key: (step, value)}`` (one indexed query)."""
-        rows = self._read(lambda c: c.execute(
-            "SELECT key, MAX(step) AS step, value FROM metrics WHERE run_id=? GROUP BY key",
-            (int(run_id),)).fetchall())
-        return {r["key"]: (r["step"], r["value"]) for r in rows}
-
-    def truncate_after(self, run_id: int, step: int) -> int:
-        """Forget metrics and sample grids after ``step`` (before re-training from a checkpoint there)."""
-        def trunc(conn):
-            paths = [r[0] for r in conn.execute("SELECT path FROM samples WHERE run_id=? AND step>?",
-                                                (int(run_id), int(step)))]
-            n = conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (int(run_id), int(step))).rowcount
-            conn.execute("DELETE FROM samples WHERE run_id=? AND step>?", (int(run_id), int(step)))
-            return n, paths
-        n, paths = self._tx(trunc)
-        for p in paths:
-            path = Path(self._sample_path(run_id, p))
-            if path.parent == self.run_dir(run_id):
-                path.unlink(missing_ok=True)
-        return n
-
-    # -- events and samples ---------------------------------------------------------------
-    def add_event(self, run_id: int, kind: str, message: str, step: int | None = None) -> None:
-        if kind not in EVENT_KINDS:
-            raise ValueError(f"event kind must be one of {', '.join(EVENT_KINDS)}; got {kind!r}")
-        self._tx(lambda c: c.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, ?, ?)",
-                                     (int(run_id), step, time.time(), kind, str(message))),
-                 last_words=kind in ("error", "stop", "finish", "lost"))
-
-    def events(self, run_id: int, kinds: Iterable[str] | None = None, after_id: int | None = None) -> list[dict]:
-        """Events in order: dicts with id, step, wall, kind, message."""
-        sql = "SELECT id, step, wall, kind, message FROM events WHERE run_id=?"
-        params: list = [int(run_id)]
-        if kinds is not None:
-            kinds = list(kinds)
-            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
-            params += kinds
-        if after_id is not None:
-            sql += " AND id > ?"
-            params.append(int(after_id))
-        sql += " ORDER BY id"
-        return [dict(r) for r in self._read(lambda c: c.execute(sql, params).fetchall())]
-
-    def add_samples(self, run_id: int, step: int, path: str | os.PathLike) -> None:
-        """Record a sample grid. A file in the run's folder is stored by its name relative to
-        the folder, so a copied or moved runs folder shows its own grids."""
-        self._tx(lambda c: c.execute("INSERT INTO samples (run_id, step, wall, path) VALUES (?, ?, ?, ?)",
-                                     (int(run_id), int(step), time.time(), self._stored_path(run_id, path))))
-
-    def _stored_path(self, run_id: int, path: str | os.PathLike) -> str:
-        folder, p = self.run_dir(run_id), Path(path)
-        if not p.is_absolute():
-            return p.as_posix()
-        for base in (folder, folder.resolve()):
-            try:
-                return p.relative_to(base).as_posix()
-            except ValueError:
-                continue
-        return str(p)
-
-    def _sample_path(self, run_id: int, stored: str) -> str:
-        """An absolute path for a stored one: relative rows are under the run's folder; an
-        absolute row written by an older version whose folder is named like this run's is read
-        from this store's folder when the file is there (a copied runs folder)."""
-        p = Path(stored)
-        folder = self.run_dir(run_id)
-        if not p.is_absolute():
-            return str(folder / p)
-        if p.parent.name == folder.name and p.parent != folder:
-            here = folder / p.name
-            if here.is_file() or not p.is_file():
-                return str(here)
-        return str(p)
-
-    def samples(self, run_id: int) -> list[dict]:
-        """Every sample grid of a run, oldest first: dicts with step, wall, path (absolute)."""
-        rows = self._read(lambda c: c.execute(
-            "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step, id", (int(run_id),)).fetchall())
-        return [{**dict(r), "path": self._sample_path(run_id, r["path"])} for r in rows]
-
-    def latest_samples(self, run_id: int) -> dict | None:
-        """The newest sample grid: {"step", "wall", "path"} (path absolute), or None."""
-        row = self._read(lambda c: c.execute(
-            "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step DESC, id DESC LIMIT 1",
-            (int(run_id),)).fetchone())
-        return None if row is None else {**dict(row), "path": self._sample_path(run_id, row["path"])}
 
     def integrity_check(self) -> str:
         return self._read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])
