@@ -6,6 +6,50 @@ from pages import ui
 
 ui.require_router()
 
+JOURNEY_SEED = 3          # the fresh noise of the picture's second row
+JOURNEY_TEMPERATURE = 0.8  # Sampling's usual setting: fewer odd strokes than T = 1
+
+
+@st.cache_data(show_spinner="Running the demo flow once…", max_entries=4)
+def journey_picture(path: str, mtime: float, dataset: str, index: int = 0):
+    """The Home picture: a test image to noise and fresh noise to an image, through a shipped
+    demo checkpoint, level by level. Cached per checkpoint file, so the page stays instant.
+    Returns (RGB picture, round-trip error) or (None, why)."""
+    import torch
+
+    from flowlib import viz
+    from pages import explore_common as ec
+
+    model, _, error = ec._load(path, mtime)
+    if error is not None:
+        return None, error
+    images = ec.test_images(dataset)
+    if isinstance(images, str):
+        return None, images
+    with ec.compute():
+        eps = model.sample_eps(1, torch.Generator().manual_seed(JOURNEY_SEED))
+        journey = viz.flow_journey(model, images[index].numpy(), eps, JOURNEY_TEMPERATURE)
+    scale = viz.fit_factor(model.config.image_shape[1], 112)
+    return viz.journey_strip(journey, scale, font_size=18), journey["round_trip"]
+
+
+def show_journey() -> None:
+    from pages import explore_common as ec
+
+    path = ec.DEMOS["MNIST digits demo (mnist-fast)"]
+    if not path.is_file():
+        st.caption("(The picture of a flow at work needs the demo checkpoint "
+                   "checkpoints/mnist-fast.pt.)")
+        return
+    picture, info = journey_picture(str(path), ec._mtime(path), "mnist")
+    if picture is None:
+        st.caption(f"(The picture of a flow at work could not be drawn: {info})")
+        return
+    st.image(picture, output_format="PNG", width=500,
+             caption="The shipped MNIST demo flow at work. Top: a test digit run forwards, level "
+                     "by level, into noise. Bottom: fresh noise run backwards into a new digit. "
+                     f"Backwards, the top row gives its digit back exactly (error {info:.0e}).")
+
 st.title("Flow Lab")
 st.markdown(
     "#### Train a normalizing flow on handwritten digits or faces, watch it learn live, "
@@ -25,13 +69,17 @@ better). Glow and RealNVP build such networks from simple *coupling* layers: hal
 pixels decide how to shift and scale the other half.
 """
     )
+    show_journey()
 with right:
     st.markdown("##### Quickest paths")
     if st.button("Train MNIST now", icon=":material/play_circle:", type="primary",
                  width="stretch", key="home_train"):
         st.switch_page("pages/train.py", query_params={"dataset": "mnist", "preset": "mnist-fast"})
     st.caption("Opens **Train** with the MNIST digits and the small Glow preset picked. Press "
-               "**Start**: bits/dim starts near 8 and falls below 2 within minutes.")
+               "**Start**: by the first logged step bits/dim is already about 3 (8 would be "
+               "random noise; the easy part, that most pixels are black, is learnt at once), "
+               "then it keeps falling as the shapes of the digits are learnt (the shipped "
+               "demo, trained for 15,000 steps, reaches about 1.1).")
     if st.button("Explore a trained model", icon=":material/auto_awesome:", width="stretch",
                  key="home_explore"):
         st.switch_page("pages/sampling.py")

@@ -196,15 +196,16 @@ with ec.compute():
         logdet = float(perm.log_abs_det())
         st.markdown(f"**{perm.label}** ({perm.channels}×{perm.channels}): every output "
                     f"channel is a weighted mix of all input channels at the same pixel. "
-                    f"log|det W| = {logdet:+.4f}, so this layer adds "
-                    f"H·W·log|det W| = {sp_h}·{sp_w}·{logdet:+.4f} = **{sp_h * sp_w * logdet:+.2f} nats** "
+                    f"log|det W| = {viz.signed_number(logdet, 4)}, so this layer adds "
+                    f"H·W·log|det W| = {sp_h}·{sp_w}·{viz.signed_factor(logdet)} = "
+                    f"**{viz.signed_number(sp_h * sp_w * logdet, 2)} nats** "
                     f"to every image's log-det.")
         if "L" in factors:
             cols = st.columns(4)
-            figs = [viz.matrix_heatmap(w_mat, "W = P·L·U", height=300),
+            figs = [viz.matrix_heatmap(w_mat, "W = P·L·(U + diag(s))", height=300),
                     viz.matrix_heatmap(factors["P"], "P (fixed permutation)", height=300),
                     viz.matrix_heatmap(factors["L"], "L (unit lower triangle)", height=300),
-                    viz.matrix_heatmap(factors["U"], "U (diagonal = s)", height=300)]
+                    viz.matrix_heatmap(factors["U"], "U + diag(s): s on the diagonal", height=300)]
             for col, fig in zip(cols, figs):
                 col.plotly_chart(fig, width="stretch", key=f"masks_fig_{fig.layout.title.text}")
             st.latex(r"W = P\,L\,(U + \mathrm{diag}(s)),\qquad \log|\det W| = \sum_i \log|s_i|")

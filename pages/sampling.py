@@ -61,8 +61,15 @@ def cached_grid(path: str, mtime: float, seed: int, temps: tuple, n: int = 64) -
 # ------------------------------------------------------------------------------ temperature slider
 st.header("1 · One temperature, 64 samples")
 cols = st.columns([3, 1, 1])
+per_level_on = bool(st.session_state.get("sampling_per_level", False))
 temp = cols[0].slider("Temperature T", 0.0, 1.2, 0.7, 0.05, key="sampling_temp",
-                      help="z = μ + T·σ·ε for every level's latent.")
+                      disabled=per_level_on,
+                      help="z = μ + T·σ·ε for every level's latent."
+                           + (" Switched off: the per-level temperatures below are in use."
+                              if per_level_on else ""))
+if per_level_on:
+    cols[0].caption("Off while **Temperature per level** is ticked: each level's own slider "
+                    "below sets its temperature. Untick it to use this one again.")
 if cols[1].button("New seed", key="sampling_new_seed", icon=":material/casino:"):
     st.session_state["sampling_seed"] += 1
 seed = int(st.session_state["sampling_seed"])
@@ -95,8 +102,12 @@ rows = [cached_grid(path, mtime, seed, (t,) * L, n_cols) for t in GLOW_TEMPERATU
 s2 = viz.fit_factor(H, 72)
 table = viz.labelled_grid([viz.image_grid(r, ncol=n_cols, pad=3, scale=s2) for r in rows],
                           [f"T = {t:g}" for t in GLOW_TEMPERATURES], label_width=100, font_size=20)
-st.image(table, caption="Each column uses the same noise ε; only T changes. T = 0 decodes the "
-                        "prior's mean: one smooth 'average' image per column.", output_format="PNG")
+t0_same = GLOW_TEMPERATURES[0] == 0 and bool((rows[0] == rows[0][:1]).all())
+st.image(table, caption="Each column uses the same noise ε; only T changes. "
+                        + ("At T = 0 the noise is multiplied by 0, so every column decodes the "
+                           "same point, the prior's mean: the top row is one image repeated, "
+                           "the most 'typical' image this model knows." if t0_same else
+                           "T = 0 decodes the prior's mean."), output_format="PNG")
 st.download_button("Download this grid (PNG)", viz.png_bytes(table), file_name=f"temperatures-seed{seed}.png",
                    mime="image/png", key="sampling_dl_table")
 
@@ -145,7 +156,7 @@ with ec.explain():
         "A flow is trained to cover *every* training image, so its Gaussian has to be wide, and "
         "the far-out parts of it decode to odd images. Shrinking T keeps the samples near the "
         "centre, where the model is most confident: smoother and cleaner, but also more alike "
-        "and more average (T = 0 is a single 'mean' image per column). Glow's paper shows "
+        "and more average (at T = 0 no noise is left, so every sample is the same 'mean' image). Glow's paper shows "
         "T ≈ 0.7 as a good compromise.\n\n"
         "**Per level.** Each level's latent has its own temperature: the coarse levels decide the "
         "layout, the fine levels the texture.\n\n"

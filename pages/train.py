@@ -37,6 +37,7 @@ TRAIN_SETTINGS = dict(settings_of(TrainConfig))
 FORM_FIELDS = ("dataset", "preset", "budget_kind", "max_steps", "max_minutes", "name", "path",
                "size", "channels", *MODEL_FIELDS, *TRAIN_FIELDS)
 FORM_KEY = "tr_"  # prefix of the form's widget keys in st.session_state
+FORM_OPEN_KEY = "train_form_open"  # whether this tab shows the set-up form expanded
 # Where a field's error is shown when the field has no widget of its own.
 ERROR_SLOT_OF = {"max_steps": "budget", "max_minutes": "budget", "image_shape": "levels"}
 CLASSROOM_DATASETS = ("mnist", "faces", "folder")
@@ -185,15 +186,22 @@ def shown_run_id(store, runs) -> int | None:
 
 def start_new_run(store, cfg: FlowConfig, tc: TrainConfig, name: str, preset_name: str) -> None:
     from flowlib import worker
+    from flowlib.store import RunLimitError
 
     label = name.strip() or f"{tc.dataset}-{preset_name}"
     try:
         run_id = worker.submit(store, label, tc.dataset, cfg.to_dict(), tc.to_dict(),
                                owner=ui.visitor_id(), preset=preset_name)
-    except (ValueError, OSError) as exc:  # RunLimitError (every slot taken) is a ValueError
+    except RunLimitError:  # every slot taken (a race: Start is disabled while blocked)
+        others = [r for r in store.list_runs() if r["status"] in ui.ACTIVE_STATUSES]
+        st.session_state["train_flash"] = ("error", busy_words(others, store.limits.max_concurrent)
+                                           + " Stop it first, or wait until it finishes.")
+        return
+    except (ValueError, OSError) as exc:
         st.session_state["train_flash"] = ("error", friendly(str(exc)))
         return
     st.session_state["train_run"] = run_id
+    st.session_state[FORM_OPEN_KEY] = False   # the dashboard is what matters now
     st.query_params["run"] = str(run_id)
     st.session_state["train_flash"] = ("success", f"Started run {run_id} '{store.get_run(run_id)['name']}'. "
                                                   "The first points appear after a few seconds.")
@@ -212,7 +220,8 @@ if flash:
 
 # Arriving from Home's "Train MNIST now": ?dataset=mnist&preset=mnist-fast picks them once.
 qp = (st.query_params.get("dataset"), st.query_params.get("preset"))
-if any(qp) and st.session_state.get(FORM_KEY + "applied_qp") != qp:
+arrived_with_qp = any(qp) and st.session_state.get(FORM_KEY + "applied_qp") != qp
+if arrived_with_qp:
     st.session_state[FORM_KEY + "applied_qp"] = qp
     if qp[0]:
         st.session_state[FORM_KEY + "dataset"] = qp[0]
@@ -240,7 +249,16 @@ if st.session_state.get(FORM_KEY + "dataset") not in names:
 if st.session_state.get(FORM_KEY + "preset") not in PRESETS:
     st.session_state[FORM_KEY + "preset"] = "mnist-fast"
 
-with st.expander("**Set up a new run**: data, model, budget", expanded=not active,
+# Whether the set-up form is open is this tab's choice, kept in session state. It used to be
+# `expanded=not active`, so pressing Stop flipped it open and pushed the dashboard below the
+# fold. Open on a tab's first visit with no runs, or when Home's "Train MNIST now" sent us;
+# closed once a run is started; Stop leaves it as it is.
+if FORM_OPEN_KEY not in st.session_state:
+    st.session_state[FORM_OPEN_KEY] = run_id is None
+if arrived_with_qp:
+    st.session_state[FORM_OPEN_KEY] = True
+with st.expander("**Set up a new run**: data, model, budget",
+                 expanded=bool(st.session_state[FORM_OPEN_KEY]) and not active,
                  icon=":material/tune:"):
     data_col, preset_col, budget_col = st.columns([1.2, 1.2, 1], gap="large")
     with data_col:
@@ -419,9 +437,7 @@ def bpd_figure(m: dict, events: list, axis: str, run_id: int):
     add_event_marks(fig, m, events, axis)
     ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title="bits/dim (lower is better)",
                    uirevision=f"bpd-{run_id}-{axis}", height=420)
-    fig.add_annotation(text="what is bits/dim? (hover)", hovertext=ui.BPD_HELP, showarrow=False, xref="paper",
-                       yref="paper", x=1, y=1.0, xanchor="right", yanchor="bottom",
-                       font=dict(size=14, color="#3b5bdb"))
+    ui.add_bpd_help(fig)
     return fig
 
 
@@ -510,7 +526,64 @@ def progress(run: dict, m: dict) -> tuple[float, str]:
             eta = f" · about {ui.fmt_duration(max(0.0, min(left)))} left"
     of = f" of {train['max_steps']:,}" if train.get("max_steps") else ""
     budget = f" (budget {train['max_minutes']:g} min)" if train.get("max_minutes") else ""
-    return frac, f"Step {step:,}{of}{budget} · {ui.fmt_duration(elapsed)} of training{eta}"
+    # The step comes from the heartbeat (every second); the other numbers from the last logged
+    # row, which can be several steps older: each says which step it belongs to.
+    words = [f"Step {step:,}{of}{budget}"]
+    bpd = m.get("train_bpd") or {}
+    if bpd.get("value"):
+        text = f"{bpd['value'][-1]:.3f} bits/dim at step {bpd['step'][-1]:,}"
+        test = m.get("test_bpd") or {}
+        if test.get("value"):
+            text += f" (test {test['value'][-1]:.3f} at step {test['step'][-1]:,})"
+        words.append(text)
+    el = m.get("elapsed_s") or {}
+    if el.get("value"):
+        words.append(f"{ui.fmt_duration(elapsed)} of training by step {el['step'][-1]:,}")
+    return frac, " · ".join(words) + eta
+
+
+def busy_words(others: list[dict], limit: int) -> str:
+    """'Run 2 'mnist-b' is training (step 340), and this server trains one run at a time.'"""
+    names = ", ".join(f"run {o['id']} '{o['name']}' (step {o['step'] or 0:,})" for o in others[:3])
+    names = names[:1].upper() + names[1:]
+    verb = "is" if len(others) == 1 else "are"
+    at_a_time = "one run" if limit == 1 else f"{limit} runs"
+    return f"{names} {verb} training, and this server trains {at_a_time} at a time."
+
+
+def other_runs_bar(store, run: dict) -> None:
+    """While this page shows a run that is not training, say which other run is, and offer to
+    show it, or to stop it so that this one can be resumed (issue 18, item 7)."""
+    from flowlib import worker
+
+    others = [r for r in store.list_runs()
+              if r["status"] in ui.ACTIVE_STATUSES and r["id"] != run["id"]]
+    if not others or run["status"] in ui.ACTIVE_STATUSES:
+        return
+    limit = store.limits.max_concurrent
+    full = len(others) >= limit
+    other = others[0]
+    text = busy_words(others, limit)
+    if full and run["status"] in ("stopped", "failed", "lost", "finished"):
+        text += (f" To continue run {run['id']}, stop run {other['id']} first, or wait until "
+                 "it finishes.")
+    st.info(text, icon=":material/model_training:")
+    c1, c2, _ = st.columns([1.3, 1.3, 2.4])
+    if c1.button(f"Show run {other['id']}", icon=":material/monitoring:",
+                 key=f"show_other_{run['id']}_{other['id']}", width="stretch"):
+        st.session_state["train_run"] = other["id"]
+        st.query_params["run"] = str(other["id"])
+        st.rerun(scope="app")
+    if full and c2.button(f"Stop run {other['id']}", icon=":material/stop:",
+                          key=f"stop_other_{run['id']}_{other['id']}", width="stretch",
+                          help="Finishes its current step, saves a checkpoint and stops; it can "
+                               "be resumed later."):
+        try:
+            worker.stop_run(store, other["id"], owner=ui.control_owner())
+        except (PermissionError, KeyError, ValueError) as exc:
+            st.error(friendly(str(exc)), icon=":material/block:")
+        else:
+            st.rerun(scope="app")
 
 
 def controls(store, run: dict) -> None:
@@ -544,7 +617,15 @@ def controls(store, run: dict) -> None:
                     worker.resume_run(store, rid, owner=ui.control_owner(),
                                       max_minutes=run["train"]["max_minutes"] + 5)
                 st.rerun(scope="app")
-    except (RunLimitError, RunStateError, PermissionError, ValueError, KeyError) as exc:
+    except RunLimitError:
+        # The store's message ends "…or raise FLOWLAB_MAX_CONCURRENT": a server setting a
+        # teacher at a projector cannot act on. Say it in words, naming the run in the way.
+        others = [r for r in store.list_runs() if r["status"] in ui.ACTIVE_STATUSES and r["id"] != rid]
+        st.error(busy_words(others, store.limits.max_concurrent) + f" Stop it first (the button "
+                 f"above), or wait until it finishes; then press Resume again."
+                 if others else "Every training slot is taken; wait until a run finishes.",
+                 icon=":material/block:")
+    except (RunStateError, PermissionError, ValueError, KeyError) as exc:
         st.error(friendly(str(exc)), icon=":material/block:")
     if b2.button("Compare in Runs", icon=":material/stacked_line_chart:", key=f"compare_{rid}",
                  width="stretch"):
@@ -579,6 +660,7 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
                f"{cfgd.get('coupling')}, {cfgd.get('permutation')}, {cfgd.get('mask')} mask · "
                f"batch {run['train'].get('batch_size')}, lr {run['train'].get('lr'):g} "
                f"({run['train'].get('lr_schedule', 'constant')})")
+    other_runs_bar(store, run)
     controls(store, run)
 
     if status == "failed":
@@ -593,10 +675,6 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
     m = store.metrics(run_id)
     events = store.events(run_id)
     frac, words = progress(run, m)
-    last = {k: v["value"][-1] for k, v in m.items() if v["value"]}
-    if "train_bpd" in last:
-        test = f" (test {last['test_bpd']:.3f})" if "test_bpd" in last else ""
-        words = words.replace(" · ", f" · {last['train_bpd']:.3f} bits/dim{test} · ", 1)
     st.progress(frac, text=words)
 
     last = {k: v["value"][-1] for k, v in m.items() if v["value"]}

@@ -84,6 +84,55 @@ def require_router() -> None:
         st.rerun()
 
 
+# -- media files -----------------------------------------------------------------------------
+MEDIA_GRACE_S = 120.0
+
+
+def keep_media_files_a_while(grace_s: float = MEDIA_GRACE_S) -> None:
+    """Delete a picture's media file only ``grace_s`` seconds after Streamlit lets go of it.
+
+    Why (issue 18, item 13): the browser console filled with 404 "Image source error" for
+    /media/<hash>.png after quick slider moves and page switches. Streamlit registers each
+    st.image's PNG for the current run and, at the end of the *next* run, deletes every file
+    that run did not show again. When a run is interrupted (a second slider step, a click on
+    another page) the browser may still be loading — or still displaying, as stale elements —
+    the pictures of the run before, and asks for files that are already gone. Reproduced with
+    twelve quick arrow-key steps on a page's slider; fixed by keeping dropped files for a
+    while. A file shown again in the meantime is simply live again (same content hash).
+    The pictures are tens of kB, so two minutes of them cost little memory.
+    """
+    import threading
+    import time
+
+    try:
+        from streamlit import runtime
+        if not runtime.exists():
+            return  # AppTest and bare mode: no server, no browser to race with
+        manager = runtime.get_instance().media_file_mgr
+        storage = manager._storage
+    except Exception:  # noqa: BLE001 - an internal that moved: keep Streamlit's behaviour
+        return
+    if getattr(storage, "_flowlab_grace", None) is not None:
+        return
+    delete_now = storage.delete_file
+    pending: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def delete_file(file_id: str) -> None:
+        now = time.monotonic()
+        with lock:
+            pending[file_id] = now + grace_s
+            due = [f for f, t in pending.items() if t <= now]
+            for f in due:
+                del pending[f]
+        for f in due:
+            if f not in getattr(manager, "_file_metadata", {}):  # not registered again since
+                delete_now(f)
+
+    storage.delete_file = delete_file
+    storage._flowlab_grace = grace_s
+
+
 # -- errors --------------------------------------------------------------------------------
 @contextlib.contextmanager
 def guard(what: str):
@@ -200,6 +249,12 @@ PAGE_CSS = """
 <style>
 /* A projector has little height to spare: less empty space above each page's title. */
 [data-testid="stMainBlockContainer"] { padding-top: 2.2rem; }
+/* Secondary text must stay legible from the back of a room: Streamlit's captions are
+   14 px at 60 % opacity; here they are 16 px and a dark grey (contrast about 10:1). */
+[data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p,
+[data-testid="stImageCaption"] {
+    font-size: 1rem !important; color: #3d4250 !important; opacity: 1 !important;
+}
 </style>
 """
 
@@ -319,6 +374,18 @@ def base_layout(fig, *, x_title: str, y_title: str, uirevision, height: int = 38
                      showgrid=True)
     fig.update_yaxes(title=dict(text=y_title, font=dict(size=17)), tickfont=dict(size=15),
                      showgrid=True)
+
+
+def add_bpd_help(fig) -> None:
+    """'what is bits/dim? (hover)' in the plot's top-right corner, inside the axes.
+
+    Not on the legend's line above the plot (where it used to be): with four legend entries,
+    "events" last, the legend ran into it. A bits/dim curve falls, so the top-right corner
+    of the plot is where no curve is.
+    """
+    fig.add_annotation(text="what is bits/dim? (hover)", hovertext=BPD_HELP, showarrow=False,
+                       xref="paper", yref="paper", x=1, y=1.0, xanchor="right", yanchor="top",
+                       bgcolor="rgba(255,255,255,0.85)", font=dict(size=14, color="#3b5bdb"))
 
 
 def x_values(curve: dict, elapsed: dict | None, axis: str) -> list:

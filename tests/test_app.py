@@ -187,7 +187,7 @@ def test_start_tiny_run_reaches_finished_with_points_in_the_chart(runs_dir):
     table = runs_at.dataframe[0].value
     assert list(table["id"]) == [run["id"]]
     assert table["status"].iloc[0] == "finished"
-    assert table["best test bits/dim"].iloc[0] < 8.5
+    assert float(table["best test bits/dim"].iloc[0]) < 8.5
 
 
 def test_stop_and_resume(runs_dir):

@@ -16,7 +16,8 @@ _EXPORTS = {
     "PAD_COLOUR": "images", "as_numpy": "images", "upscale": "images", "fit_factor": "images",
     "to_rgb": "images", "image_grid": "images", "labelled_grid": "images",
     "hstack_images": "images", "png_bytes": "images", "diverging_rgb": "images",
-    "latent_grid": "images",
+    "latent_grid": "images", "signed_number": "images", "signed_factor": "images",
+    "wrap_text": "images",
     # the colour blend the pictures use; its test checks the squeeze tiles against it
     "_tint": "images",
     "BLOCK_COLOURS": "masks", "BLOCK_NAMES": "masks", "X1_COLOUR": "masks", "X2_COLOUR": "masks",
@@ -29,6 +30,7 @@ _EXPORTS = {
     "matrix_heatmap": "figures", "actnorm_scales": "figures", "actnorm_figure": "figures",
     "bpd_budget_figure": "figures",
     "lerp": "latents", "slerp": "latents", "interpolate_latents": "latents",
+    "fold_to_image": "latents", "flow_journey": "latents", "journey_strip": "latents",
     "UploadError": "uploads", "MAX_UPLOAD_BYTES": "uploads", "MAX_UPLOAD_PIXELS": "uploads",
     "prepare_upload": "uploads", "synthetic_stroke": "uploads",
 }

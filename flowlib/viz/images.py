@@ -16,7 +16,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["PAD_COLOUR", "as_numpy", "upscale", "fit_factor", "to_rgb", "image_grid",
-           "labelled_grid", "hstack_images", "png_bytes", "diverging_rgb", "latent_grid"]
+           "labelled_grid", "hstack_images", "png_bytes", "diverging_rgb", "latent_grid",
+           "signed_number", "signed_factor", "wrap_text"]
 
 PAD_COLOUR = 255
 
@@ -103,7 +104,7 @@ def labelled_grid(rows: Sequence[np.ndarray], labels: Sequence[str], label_width
         out.paste(Image.fromarray(r), (label_width, y))
         box = draw.textbbox((0, 0), text, font=font)
         draw.text((max(2, label_width - (box[2] - box[0]) - 8), y + (r.shape[0] - (box[3] - box[1])) // 2 - box[1]),
-                  text, fill=(20, 20, 20), font=font)
+                  text, fill=(20, 20, 20), font=font, align="right")
         y += r.shape[0]
     return np.asarray(out)
 
@@ -112,22 +113,63 @@ def hstack_images(images: Sequence[np.ndarray], gap: int = 8, captions: Sequence
                   font_size: int = 18) -> np.ndarray:
     """Place RGB pictures side by side (top-aligned) with optional captions under each."""
     images = [to_rgb(i) for i in images]
-    cap_h = font_size + 10 if captions else 0
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    # A caption wider than its picture wraps onto more lines instead of running into the
+    # next caption (or off the right edge); the strip grows taller to hold the longest one.
+    lines = [wrap_text(captions[k], images[k].shape[1], font, measure) for k in range(len(images))] \
+        if captions else [[] for _ in images]
+    line_h = font_size + 4
+    cap_h = max(len(ls) for ls in lines) * line_h + 6 if captions else 0
+    widths = []
+    for img, ls in zip(images, lines):
+        text_w = max((measure.textbbox((0, 0), t, font=font)[2] for t in ls), default=0)
+        widths.append(max(img.shape[1], text_w))
     height = max(i.shape[0] for i in images) + cap_h
-    width = sum(i.shape[1] for i in images) + gap * (len(images) - 1)
+    width = sum(widths) + gap * (len(images) - 1)
     out = Image.new("RGB", (width, height), (PAD_COLOUR,) * 3)
     draw = ImageDraw.Draw(out)
-    font = _font(font_size)
     x = 0
-    for k, img in enumerate(images):
-        out.paste(Image.fromarray(img), (x, 0))
-        if captions:
-            text = captions[k]
+    for img, ls, cell_w in zip(images, lines, widths):
+        out.paste(Image.fromarray(img), (x + (cell_w - img.shape[1]) // 2, 0))
+        for n, text in enumerate(ls):
             box = draw.textbbox((0, 0), text, font=font)
-            draw.text((x + max(0, (img.shape[1] - (box[2] - box[0])) // 2), img.shape[0] + 4),
+            draw.text((x + max(0, (cell_w - (box[2] - box[0])) // 2), img.shape[0] + 4 + n * line_h),
                       text, fill=(20, 20, 20), font=font)
-        x += img.shape[1] + gap
+        x += cell_w + gap
     return np.asarray(out)
+
+
+def signed_number(value: float, digits: int = 3) -> str:
+    """A number with a typographic sign: '+0.398', '−0.398' (U+2212, not a hyphen)."""
+    text = f"{float(value):+.{digits}f}"
+    return text.replace("-", "\u2212")
+
+
+def signed_factor(value: float, digits: int = 3) -> str:
+    """A number as a factor in a product: '0.398', or '(−0.398)' in parentheses when negative,
+    so '14·14·(−0.398)' never reads as a subtraction."""
+    text = f"{float(value):.{digits}f}"
+    return f"(\u2212{text[1:]})" if text.startswith("-") else text
+
+
+def wrap_text(text: str, width: int, font, draw) -> list[str]:
+    """Split ``text`` into lines no wider than ``width`` pixels (a single long word stays whole).
+
+    An explicit newline always starts a new line."""
+    lines: list[str] = []
+    for para in str(text).split("\n"):
+        line = ""
+        for word in para.split(" "):
+            trial = f"{line} {word}" if line else word
+            box = draw.textbbox((0, 0), trial, font=font)
+            if line and box[2] - box[0] > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
 
 
 def png_bytes(img) -> bytes:

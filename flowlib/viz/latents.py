@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["lerp", "slerp", "interpolate_latents"]
+__all__ = ["lerp", "slerp", "interpolate_latents", "fold_to_image", "flow_journey", "journey_strip"]
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -53,4 +53,114 @@ def interpolate_latents(zs_a: Sequence[torch.Tensor], zs_b: Sequence[torch.Tenso
     for z, n in zip(zs_a, sizes):
         out.append(path[:, start:start + n].reshape(len(ts), *z.shape[1:]))
         start += n
+    return out
+
+
+# ---------------------------------------------------------------------------- image <-> noise
+
+def fold_to_image(h: torch.Tensor | None, zs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Lay a flow's state out in the image's shape, for a picture.
+
+    The state between levels is the tensor ``h`` going on (None past the top level) and the
+    latents ``zs`` already split off (finest first). Each level split ``cat([h_next, z])``
+    after a squeeze, so concatenating and unsqueezing level by level (coarsest first) gives
+    back a [B, C, H, W] tensor: a display fold only, nothing is inverted.
+    """
+    from flowlib.ops import unsqueeze2d
+
+    t = h
+    for z in reversed(list(zs)):
+        t = z if t is None else torch.cat([t, z], dim=1)
+        t = unsqueeze2d(t)
+    if t is None:
+        raise ValueError("fold_to_image needs a tensor or at least one latent")
+    return t
+
+
+def _to_grey(t: torch.Tensor) -> torch.Tensor:
+    """A [C, H, W] state as uint8 grey: standardised (median 0, robust spread), ±3 -> 0..255."""
+    v = t.detach().double().cpu()
+    med = v.median()
+    spread = (v - med).abs().median() * 1.4826
+    if not torch.isfinite(spread) or spread < 1e-8:
+        spread = v.std().clamp_min(1e-8)
+    g = ((v - med) / spread).clamp(-3, 3)
+    return ((g + 3) / 6 * 255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def flow_journey(model, pixels, eps: Sequence[torch.Tensor], temperature: float = 0.8) -> dict:
+    """An image's way to noise through the flow, level by level, and fresh noise's way back.
+
+    ``pixels`` uint8 [C, H, W]; ``eps`` one standard-normal tensor [1, *shape] per level.
+    Returns ``{"forward": [uint8 [C, H, W]] (the image, then the state after each level,
+    the last being its standardised latent ε), "backward": [...] (the noise T·ε, the state
+    after undoing each level, coarsest first, the last being the new image),
+    "round_trip": max |decode(encode(x)) − x| in model units}``. States are shown
+    standardised (see ``_to_grey``), so each picture's contrast is its own.
+    """
+    x = model.dequantize(torch.as_tensor(pixels, dtype=torch.uint8)[None], noise=False)[0]
+    h = x
+    if model.input_transform is not None:
+        h, _ = model.input_transform(h)
+    forward = [torch.as_tensor(pixels, dtype=torch.uint8)]
+    zs, eps_in = [], []
+    for level in model.levels:
+        out = level(h)
+        h = out.h_next
+        zs.append(out.z)
+        eps_in.append(out.eps)
+        forward.append(_to_grey(fold_to_image(h, eps_in)[0]))
+    round_trip = float((model.decode(zs) - x).abs().max())
+    n = len(model.levels)
+    scaled = [temperature * e for e in eps]
+    backward = [_to_grey(fold_to_image(None, scaled)[0])]
+    h = None
+    for i in reversed(range(n)):
+        h = model.levels[i].inverse(h, None, temperature, eps[i], batch=1)
+        if i > 0:
+            backward.append(_to_grey(fold_to_image(h, scaled[:i])[0]))
+    if model.input_transform is not None:
+        h = model.input_transform.inverse(h)
+    backward.append(model.to_uint8(h)[0])
+    return {"forward": forward, "backward": backward, "round_trip": round_trip}
+
+
+def journey_strip(journey: dict, scale: int, font_size: int = 18):
+    """The two rows of :func:`flow_journey` as one picture with a caption under each frame."""
+    import numpy as np
+
+    from .images import hstack_images, to_rgb, upscale
+
+    fwd, bwd = journey["forward"], journey["backward"]
+    n = len(fwd) - 1
+    f_caps = ["a real image"] + [f"after level {k + 1}" for k in range(n - 1)] + ["its latent (noise)"]
+    b_caps = ["fresh noise"] + [f"level {k + 1} undone" for k in range(n - 1, 0, -1)] + ["a new image"]
+    tiles = lambda frames: [upscale(to_rgb(f.numpy()), scale) for f in frames]  # noqa: E731
+    arrow = lambda h, right: _arrow(h, right)  # noqa: E731
+    rows = []
+    for frames, caps, right in ((fwd, f_caps, True), (bwd, b_caps, True)):
+        pics, words = [], []
+        for k, tile in enumerate(tiles(frames)):
+            if k:
+                pics.append(arrow(tile.shape[0], right))
+                words.append("")
+            pics.append(tile)
+            words.append(caps[k])
+        rows.append(hstack_images(pics, gap=6, captions=words, font_size=font_size))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 14), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(rows)
+
+
+def _arrow(height: int, right: bool = True, width: int = 34):
+    """A grey arrow → (or ←) as an RGB picture ``height`` tall."""
+    import numpy as np
+
+    out = np.full((height, width, 3), 255, np.uint8)
+    mid = height // 2
+    out[mid - 2:mid + 2, 4:width - 10] = 110
+    for k in range(12):
+        x = width - 4 - k if right else 4 + k
+        out[max(0, mid - k):mid + k + 1, x] = 110
     return out

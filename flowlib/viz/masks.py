@@ -92,7 +92,11 @@ def squeezed_channel_tiles(image, scale: int = 10) -> list[tuple[str, np.ndarray
     for k in range(sq.shape[0]):
         c, di, dj = squeeze_source(k)
         tile = upscale(_tint(sq[k], BLOCK_COLOURS[2 * di + dj], strength=0.6), scale)
-        label = f"ch {k} = pixel (2i+{di}, 2j+{dj})" + (f" of ch {c}" if x.shape[0] > 1 else "")
+        # Line breaks at the natural joints, so a narrow tile's caption wraps cleanly
+        # (hstack_images wraps further only if a line is still wider than the tile).
+        label = (f"ch {k} = pixel\n(2i+{di}, 2j+{dj})" + (f"\nof ch {c}" if x.shape[0] > 1 else "")
+                 if scale * sq.shape[-1] < 200 else
+                 f"ch {k} = pixel (2i+{di}, 2j+{dj})" + (f" of ch {c}" if x.shape[0] > 1 else ""))
         tiles.append((label, _outline(tile)))
     return tiles
 

@@ -40,6 +40,15 @@ def _widget(name: str, s: Setting, key: str, extra_help: str = "") -> None:
         st.text_input(s.label, key=key, help=text)
 
 
+def _cell_weight(s: Setting) -> float:
+    """A widget's relative width in its row: its longest choice's words, within [16, 34]
+    characters (a select needs about 4 characters more than its text for the arrow)."""
+    longest = len(s.label)
+    if s.choices is not None and s.kind != "device":
+        longest = max([longest] + [len(s.words(c)) + 4 for c in s.choices])
+    return float(min(34, max(16, longest)))
+
+
 def render_settings(cls, names, key_prefix: str, columns: int = 4,
                     extra_help: Mapping[str, str] | None = None) -> dict:
     """Widgets for the fields ``names`` of ``cls``, row by row in a grid; {field: error slot}.
@@ -51,8 +60,13 @@ def render_settings(cls, names, key_prefix: str, columns: int = 4,
     names = list(names)
     slots = {}
     for row_start in range(0, len(names), columns):
-        cells = st.columns(columns, vertical_alignment="bottom")  # checkboxes line up with inputs
-        for cell, name in zip(cells, names[row_start:row_start + columns]):
+        row = names[row_start:row_start + columns]
+        weights = [_cell_weight(meta[name]) for name in row]
+        weights += [sum(weights) / len(weights)] * (columns - len(row))
+        # A select whose choices are long ("learned 1×1 conv, LU-factored") gets a wider cell,
+        # so its closed box shows the whole choice instead of cutting it off.
+        cells = st.columns(weights, vertical_alignment="bottom")  # checkboxes line up with inputs
+        for cell, name in zip(cells, row):
             with cell:
                 _widget(name, meta[name], key_prefix + name, (extra_help or {}).get(name, ""))
                 slots[name] = st.empty()
