@@ -327,13 +327,23 @@ def _store(root: str, env_key: tuple):
 
 
 _LIMIT_VARS = ("FLOWLAB_CLASSROOM", "FLOWLAB_MAX_CONCURRENT", "FLOWLAB_MAX_STEPS",
-               "FLOWLAB_MAX_BATCH", "FLOWLAB_MAX_MINUTES", "FLOWLAB_HEARTBEAT_STALE_S")
+               "FLOWLAB_MAX_BATCH", "FLOWLAB_MAX_MINUTES", "FLOWLAB_HEARTBEAT_STALE_S",
+               "FLOWLAB_MAX_PARAMS", "FLOWLAB_MAX_ACTIVATION_MB", "FLOWLAB_MAX_WAITING_PER_VISITOR")
 
 
 def get_store():
-    """The server's RunStore (one per runs folder and limit settings)."""
-    from flowlib.store import default_root
-    return _store(str(default_root()), tuple(os.environ.get(v, "") for v in _LIMIT_VARS))
+    """The server's RunStore (one per runs folder and limit settings).
+
+    A run database that cannot be used (another program's file, a damaged or truncated one,
+    a read-only folder, a full disk) stops the page with its one-sentence reason; the file
+    is left untouched, and the next rerun tries again (a failure is not cached).
+    """
+    from flowlib.store import StoreUnavailableError, default_root
+    try:
+        return _store(str(default_root()), tuple(os.environ.get(v, "") for v in _LIMIT_VARS))
+    except StoreUnavailableError as exc:
+        st.error(f"The run store cannot be used: {exc}", icon=":material/database:")
+        st.stop()
 
 
 def control_owner() -> str | None:

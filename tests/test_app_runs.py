@@ -67,3 +67,15 @@ def test_ticked_run_without_points_says_when_they_come_and_can_be_stopped(runs_d
     at.button(key=f"stop_{rid}").click().run()
     assert not at.exception, at.exception
     assert store().get_run(rid)["status"] == "stopping"
+
+
+def test_a_foreign_run_database_stops_the_page_with_one_sentence_and_is_not_touched(runs_dir):
+    db = runs_dir / "runs.sqlite"
+    db.write_bytes(b"not a database at all, " * 50)
+    before = db.read_bytes()
+    at = page()
+    at.run()
+    assert not at.exception, at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "The run store cannot be used" in errors and "not an SQLite database" in errors
+    assert db.read_bytes() == before
