@@ -23,6 +23,8 @@ PAGES = {
         st.Page("pages/masks.py", title="Masks & squeeze", icon=":material/grid_on:"),
         st.Page("pages/latents.py", title="Latents", icon=":material/layers:"),
         st.Page("pages/sampling.py", title="Sampling", icon=":material/auto_awesome:"),
+        st.Page("pages/step_by_step.py", title="One image, step by step", icon=":material/timeline:"),
+        st.Page("pages/likelihood.py", title="What the likelihood knows", icon=":material/query_stats:"),
     ],
 }
 
