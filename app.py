@@ -6,7 +6,7 @@ teaching order: start, train and compare, then look inside a trained flow.
 
 import streamlit as st
 
-from pages import ui
+from pages.common import ui
 
 st.set_page_config(page_title="Flow Lab", page_icon="🌊", layout="wide")
 

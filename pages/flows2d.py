@@ -19,7 +19,7 @@ import torch
 from flowlib import flows2d as f2d
 from flowlib import flows2d_figures as figs
 from flowlib.layers import ActNorm
-from pages import ui
+from pages.common import ui
 
 ui.require_router()  # a bookmarked /flows2d on a fresh server must still go through app.py
 

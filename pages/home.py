@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import ui
+from pages.common import ui
 
 ui.require_router()
 
@@ -18,7 +18,7 @@ def journey_picture(path: str, mtime: float, dataset: str, index: int = 0):
     import torch
 
     from flowlib import viz
-    from pages import explore_common as ec
+    from pages.common import explore as ec
 
     model, _, error = ec._load(path, mtime)
     if error is not None:
@@ -34,7 +34,7 @@ def journey_picture(path: str, mtime: float, dataset: str, index: int = 0):
 
 
 def show_journey() -> None:
-    from pages import explore_common as ec
+    from pages.common import explore as ec
 
     path = ec.DEMOS["MNIST digits demo (mnist-fast)"]
     if not path.is_file():

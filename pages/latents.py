@@ -7,8 +7,8 @@ import streamlit as st
 import torch
 
 from flowlib import viz
-from pages import explore_common as ec
-from pages import ui
+from pages.common import explore as ec
+from pages.common import ui
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 

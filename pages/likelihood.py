@@ -10,8 +10,8 @@ from flowlib import viz
 from flowlib.data import DATASETS
 from flowlib.ood import (OTHER_DATASET, Scores, comparison_sets, gaussian_shell, likelihood_flags,
                          score_images, typicality_flags)
-from pages import explore_common as ec
-from pages import ui
+from pages.common import explore as ec
+from pages.common import ui
 from pages.common import canvas
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py

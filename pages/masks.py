@@ -9,8 +9,8 @@ import torch
 from flowlib import viz
 from flowlib.layers import make_permutation
 from flowlib.ops import squeeze2d, unsqueeze2d
-from pages import explore_common as ec
-from pages import ui
+from pages.common import explore as ec
+from pages.common import ui
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 

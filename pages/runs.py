@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from flowlib.study_store import StudyStore
-from pages import ui
+from pages.common import ui
 from pages.common import studies
 from pages.common.settings_form import settings_table
 

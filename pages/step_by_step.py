@@ -10,8 +10,8 @@ import torch
 from flowlib import viz
 from flowlib.viz.latents import _to_grey
 from flowlib.walk import coupling_parts, fresh_model, state_image, walk_backward, walk_forward
-from pages import explore_common as ec
-from pages import ui
+from pages.common import explore as ec
+from pages.common import ui
 from pages.common import canvas
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py

@@ -19,7 +19,7 @@ from flowlib.config import (APP_TRAIN_DEFAULTS, PRESET_LR, PRESET_NOTES, PRESETS
 from flowlib.data import DatasetError, list_datasets, load_images, store_upload
 from flowlib.device import bf16_is_fast, pick_device
 from flowlib.estimate import SpeedEstimator, SpeedRequest, parameter_count
-from pages import ui
+from pages.common import ui
 from pages.common import settings_form
 
 ui.require_router()

@@ -230,6 +230,6 @@ def test_the_runs_diff_compares_the_schedule_and_bf16():
 
 
 def test_the_sample_caption_follows_the_temperatures():
-    from pages import ui
+    from pages.common import ui
     assert ui.sample_caption().startswith("Rows: temperature 0, 0.5, 0.7, 1 (top to bottom)")
     assert ui.sample_caption((0.3, 0.9)).startswith("Rows: temperature 0.3, 0.9 (top")

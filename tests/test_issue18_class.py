@@ -111,7 +111,7 @@ def test_hstack_images_makes_room_for_a_caption_wider_than_its_picture():
 def test_bpd_help_sits_inside_the_plot_not_on_the_legend_line():
     import plotly.graph_objects as go
 
-    from pages import ui
+    from pages.common import ui
 
     fig = go.Figure(go.Scatter(x=[0, 1], y=[3, 2], name="events"))
     ui.base_layout(fig, x_title="step", y_title="bits/dim", uirevision=1)
@@ -159,7 +159,7 @@ def test_home_shows_a_flow_at_work_and_makes_a_true_claim():
 
 
 def test_secondary_text_is_legible_at_a_projector():
-    from pages import ui
+    from pages.common import ui
 
     css = ui.PAGE_CSS
     assert "stCaptionContainer" in css and "font-size: 1rem" in css and "opacity: 1" in css
@@ -296,7 +296,7 @@ def test_dropped_media_files_are_kept_for_a_grace_period(monkeypatch):
 
     import streamlit.runtime as st_runtime
 
-    from pages import ui
+    from pages.common import ui
 
     deleted = []
     storage = types.SimpleNamespace(delete_file=deleted.append)

@@ -290,3 +290,66 @@ def test_devices_here():
             pick_device("cuda")
     with pytest.raises(ValueError, match="device must be one of"):
         pick_device("tpu")
+
+
+def test_relative_clip_cuts_a_spike_and_leaves_ordinary_steps_alone():
+    clip = train_mod._GradClip(absolute=None, factor=3.0)
+    for _ in range(clip.MIN_STEPS - 1):          # too young: only the absolute clip (none here)
+        assert clip.threshold() == math.inf
+        clip.record(100.0, clip.threshold())
+    for _ in range(50):
+        clip.record(100.0, clip.threshold())
+    assert clip.threshold() == pytest.approx(300.0)   # 3 × the (bias-corrected) mean of 100s
+    for norm in (80.0, 150.0, 250.0):             # ordinary spread: nothing clipped
+        limit = clip.threshold()
+        assert norm < limit
+        clip.record(norm, limit)
+    limit = clip.threshold()
+    clip.record(5000.0, limit)                    # a spike is cut, and barely moves the bar
+    assert clip.clipped == 1 and clip.threshold() < 1.15 * limit   # not 5000 / 20 steps more
+    both = train_mod._GradClip(absolute=50.0, factor=3.0)
+    for _ in range(30):
+        both.record(100.0, both.threshold())
+    assert both.threshold() == 50.0               # the absolute clip stays an upper bound
+    copy = train_mod._GradClip(None, 3.0)
+    copy.load(clip.state())
+    assert copy.threshold() == clip.threshold() and copy.clipped == 1
+    copy.load(None)                               # a checkpoint from before: starts afresh
+    assert copy.count == 0 and copy.threshold() == math.inf
+
+
+def test_a_gradient_spike_is_clipped_and_the_clip_state_survives_stop_and_resume(store, monkeypatch):
+    real = train_mod._compute_terms
+    calls = {"n": 0}
+
+    def spike_at_25(model, x, generator, autocast):   # the 25th batch's loss × 100: a 100× gradient
+        calls["n"] += 1
+        terms = real(model, x, generator, autocast)
+        return terms._replace(total=terms.total * 100) if calls["n"] == 25 else terms
+
+    monkeypatch.setattr(train_mod, "_compute_terms", spike_at_25)
+    spiky = _queued_run(store, "spiky", grad_clip=None, grad_clip_relative=3.0)
+    assert train_run(store, spiky).status == "finished"
+    state = load_checkpoint(store.checkpoint_path(spiky))["grad_clip"]
+    assert state["count"] == 30 and state["clipped"] == 1     # the spike, and no ordinary step
+    monkeypatch.setattr(train_mod, "_compute_terms", real)
+
+    straight = _queued_run(store, "straight", grad_clip=None, grad_clip_relative=3.0)
+    assert train_run(store, straight).status == "finished"
+    a = load_checkpoint(store.checkpoint_path(straight))
+    run_id = _queued_run(store, "interrupted", grad_clip=None, grad_clip_relative=3.0)
+    stop_at = threading.Event()
+
+    def on_log(m):
+        if m["step"] >= 25 and not stop_at.is_set():
+            stop_at.set()
+            time.sleep(0.6)
+
+    assert train_run(store, run_id, should_stop=stop_at.is_set, on_log=on_log).step == 25
+    assert load_checkpoint(store.checkpoint_path(run_id))["grad_clip"]["count"] == 25
+    store.request_start(run_id)
+    assert train_run(store, run_id).status == "finished"
+    b = load_checkpoint(store.checkpoint_path(run_id))
+    assert b["grad_clip"] == a["grad_clip"] and a["grad_clip"]["count"] == 30
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key

@@ -22,7 +22,7 @@ from flowlib.study import (MAX_SEEDS, NOT_VARIABLE, STUDY_PRESETS, StudySpec, an
                            estimate_seconds, plan, submit)
 from flowlib.study_store import StudyStore
 from flowlib.viz.study_figures import study_curves_figure
-from pages import ui
+from pages.common import ui
 
 __all__ = ["launcher", "section", "study_of_runs"]
 

@@ -20,7 +20,7 @@ import torch
 from flowlib.checkpoint import CheckpointError, load_model
 from flowlib.viz import UploadError, prepare_upload, synthetic_stroke
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the repository (this file is pages/common/explore.py)
 DEMO_DIR = ROOT / "checkpoints"
 DEMOS = {  # label -> file: the pretrained models that ship with the app
     "MNIST digits demo (mnist-fast)": DEMO_DIR / "mnist-fast.pt",

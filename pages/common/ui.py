@@ -2,7 +2,7 @@
 
 Everything a page needs from the outside world goes through here, so the pages stay short:
 
-    from pages import ui
+    from pages.common import ui
     with ui.guard("loading the runs"):      # an error becomes a sentence, not a stack trace
         store = ui.get_store()
     ui.visitor_id()                         # who "owns" the runs this browser starts
