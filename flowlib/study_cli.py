@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -190,19 +191,21 @@ def _wait(store, study_id: int, p) -> None:
     from . import worker
     from .study_store import StudyStore
 
-    studies, seen, t0 = StudyStore(store), {}, time.monotonic()
-    done_at = []
+    studies, seen = StudyStore(store), {}
     while True:
         study = studies.get(study_id)
         runs = study["runs"] if study else []
         for r in runs:
             if r["status"] in ENDED and seen.get(r["id"]) != r["status"]:
                 seen[r["id"]] = r["status"]
-                done_at.append(time.monotonic() - t0)
                 left = sum(1 for x in runs if x["status"] not in ENDED)
                 eta = ""
-                if left:
-                    eta = f" About {_duration(done_at[-1] / len(done_at) * left)} left."
+                took = [x["ended"] - x["started"] for x in runs
+                        if x["status"] == "finished" and x.get("started") and x.get("ended")]
+                if left and took:
+                    # from how long this study's finished runs trained (not the time spent waiting
+                    # for a slot, which another study or run may have held)
+                    eta = f" About {_duration(statistics.median(took) * left)} left."
                 message = r["message"].rstrip(".")
                 print(f"[{len(seen)}/{len(runs)}] run {r['id']} {r['arm']} seed {r['seed']}: {r['status']} — "
                       f"{message}.{eta}", flush=True)
