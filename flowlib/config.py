@@ -437,9 +437,19 @@ class TrainConfig(_Checked):
         none_words="no time budget", label="Minutes of training", short="minute budget",
         flag="--minutes", unit="minutes", help="wall-time budget in minutes, across resumes")
     grad_clip: float | None = _setting(
-        50.0, kind="float", bounds=(0.0, 1e9), low_open=True, optional=True, none_words="no clipping",
+        None, kind="float", bounds=(0.0, 1e9), low_open=True, optional=True, none_words="no fixed clip",
         label="Gradient clip", flag="--grad-clip", cli_none=0,
-        help="clip the gradient norm to this (0 = no clipping); healthy mnist-fast norms measured 2–40")
+        help="also clip the gradient norm at this fixed value (0 = no fixed clip, the default): the "
+             "usual norms differ 50× between models (mnist-fast 2–40, uniform noise without logit 100–300)")
+    grad_clip_relative: float | None = _setting(
+        3.0, kind="float", bounds=(1.0, 1e6), low_open=True, optional=True, none_words="no relative clipping",
+        label="Relative gradient clip", flag="--grad-clip-relative", cli_none=0,
+        help="clip the gradient norm at this multiple of its running mean over ~20 steps "
+             "(0 = off): cuts spikes whatever a model's usual norm is",
+        explain="Clips a step's gradient norm at this multiple of the mean of recent norms "
+                "(about the last 20 steps, from step 10 on). Ordinary steps pass untouched and a "
+                "batch with an unusually large gradient is cut to the usual size, whether the "
+                "model's norms are 5 or 300; the fixed gradient clip stays as an upper bound.")
     seed: int = _setting(
         0, kind="int", bounds=(0, 2**31 - 1), label="Training seed", flag="--seed",
         help="seed of batch order, dequantisation noise and torch's RNG")

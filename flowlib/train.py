@@ -65,7 +65,7 @@ from .optim import make_optimizer  # noqa: F401 (re-exported: benchmarks and scr
 from .samples import write_sample_grid
 from .session import STOP_POLL_S, Monitor, append_log, persist, stop_signals
 from .speed import tune_for_training
-from .store import RunStore, StoreBusyError
+from .store import RunStore, StoreBusyError, StoreUnavailableError
 
 __all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_sample_grid",
            "evaluate_bpd", "make_optimizer", "TrainingDiverged", "MAX_ROLLBACKS",
@@ -97,12 +97,38 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, MemoryError) or "out of memory" in str(exc).lower())
 
 
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError that caused ``exc``, if any: torch.save turns a failed write (a full disk)
+    into ``RuntimeError: ... unexpected pos`` with the OSError only as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def describe_failure(exc: BaseException, during: str = "", batch_size: int | None = None,
                      last_checkpoint_step: int | None = None) -> str:
-    """A one-paragraph explanation of a failure for the app: what, when, what to do. No traceback."""
+    """A one-paragraph explanation of a failure for the app: what, when, what to do. No traceback.
+
+    ``last_checkpoint_step``: pass it only when that checkpoint file still exists.
+    """
     where = f" {during}" if during else ""
     kept = (f" The previous checkpoint (step {last_checkpoint_step}) is intact."
             if last_checkpoint_step is not None else "")
+    if isinstance(exc, StoreUnavailableError):
+        if exc.reason == "disk_full":
+            return f"The disk is full (no space left on device){where}.{kept} Free some space, then resume."
+        return f"The run store could not be used{where}: {exc}{kept}"
+    if not isinstance(exc, OSError) and ("unexpected pos" in str(exc) or "failed writing" in str(exc)):
+        cause = _os_error_behind(exc)
+        if cause is not None:
+            exc = cause
+        else:   # torch.save's writer lost bytes: nearly always a full disk
+            return (f"Writing a file failed{where} (the disk may be full: {str(exc).strip()[:200]})."
+                    f"{kept} Free some space, then resume.")
     if _is_oom(exc):
         smaller = f" (e.g. {max(1, batch_size // 2)} instead of {batch_size})" if batch_size else ""
         return (f"Out of memory{where}. Try a smaller batch size{smaller} or a smaller model "
@@ -159,6 +185,52 @@ class _Sampler:
                                   f"but the dataset now has {self.n}; the data changed since")
         self.gen.set_state(state["gen"])
         self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+
+
+class _GradClip:
+    """Gradient-norm clipping: at ``absolute``, and at ``factor`` × the running mean of recent norms.
+
+    A fixed threshold only guards against spikes while it sits above the ordinary norms, and
+    those differ by a factor of 50 between models (mnist-fast: 2–40; uniform noise without
+    the logit: 100–300, so a clip at 50 scaled 95 % of all steps). The relative threshold
+    follows the run's own norms: ordinary steps pass untouched, a batch whose gradient is
+    ``factor`` times the usual size is cut down to it. The running mean is over the norms as
+    applied (after clipping), so a spike barely raises the bar for the next one; it starts
+    after ``MIN_STEPS`` finite steps (before that only ``absolute`` applies, if set). Its state
+    (with the count of clipped steps) is in every checkpoint: a resumed run clips exactly as an
+    uninterrupted one.
+
+    What it does not cure (benchmarks/RESULTS.md, "Training stability"): the test bits/dim
+    swings of uniform-noise models at a constant learning rate come without outlier
+    gradients; they are Adam's steps of size lr in directions where the loss is very sharp.
+    """
+
+    BETA = 0.95         # the running mean's memory: about 20 steps (the bar can rise 10 % a step)
+    MIN_STEPS = 10      # Adam's first steps have unit size whatever the gradient's norm
+
+    def __init__(self, absolute: float | None, factor: float | None):
+        self.absolute, self.factor = absolute, factor
+        self.mean, self.count, self.clipped = 0.0, 0, 0   # count: finite steps seen
+
+    def threshold(self) -> float:
+        limit = self.absolute if self.absolute is not None else math.inf
+        if self.factor is not None and self.count >= self.MIN_STEPS:
+            limit = min(limit, self.factor * self.mean / (1.0 - self.BETA ** self.count))
+        return limit
+
+    def record(self, norm: float, limit: float) -> None:
+        """After a finite step: count it and fold the norm as applied (at most ``limit``) in."""
+        self.clipped += norm > limit
+        self.mean = self.BETA * self.mean + (1.0 - self.BETA) * min(norm, limit)
+        self.count += 1
+
+    def state(self) -> dict:
+        return {"mean": self.mean, "count": self.count, "clipped": self.clipped}
+
+    def load(self, state: dict | None) -> None:
+        state = state or {}   # a checkpoint from before relative clipping: start afresh
+        self.mean, self.count = float(state.get("mean", 0.0)), int(state.get("count", 0))
+        self.clipped = int(state.get("clipped", 0))
 
 
 @torch.no_grad()
@@ -222,7 +294,9 @@ class _Training:
     # -- setup ----------------------------------------------------------------------
     def setup(self) -> None:
         tc, cfg = self.tc, self.cfg
-        self.store.limits.check_train(tc.to_dict())
+        self.set_up = False                 # train_run keeps the stored step until this is True
+        self.server_cap_hit = False         # ended by the server's minutes cap (budget_reached)
+        self.store.limits.check_run(cfg.to_dict(), tc.to_dict())
         self.stage = "while choosing the device"
         self.device = pick_device(tc.device)
         threads = configure_threads(self.device, tc.threads)
@@ -250,6 +324,7 @@ class _Training:
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = make_optimizer(self.params, tc.lr)
+        self.clipper = _GradClip(tc.grad_clip, tc.grad_clip_relative)
         self.sampler = _Sampler(self.train_x.shape[0], tc.batch_size, tc.seed)
         self.noise_gen = torch.Generator().manual_seed(tc.seed + 1)
         self.lr_scale, self.rollbacks = 1.0, 0
@@ -266,6 +341,14 @@ class _Training:
             note = f"; {dropped} metric rows after it will be re-trained" if dropped else ""
             self.event("resume", f"resumed from the checkpoint at step {self.step} on {where}{note}")
         else:
+            stored = self.store.get_run(self.run_id)
+            trained = stored["step"] if stored is not None else 0
+            if trained or self.store.latest_metrics(self.run_id):
+                # Training again from step 0 would append a second curve over the first.
+                raise CheckpointError(
+                    f"{self.ckpt_path}: this run trained to step {trained:,} but its checkpoint is "
+                    "missing (was its folder deleted?); it was not restarted from step 0, which "
+                    "would mix two trainings in one curve. Start a new run instead.")
             self.stage = "while initialising ActNorm"
             gen = torch.Generator().manual_seed(tc.seed + 2)
             n_init = min(self.train_x.shape[0], max(tc.batch_size, 512))
@@ -281,6 +364,7 @@ class _Training:
                                   "training in float32")
         self.eps = self.model.sample_eps(tc.samples_per_temperature, torch.Generator().manual_seed(SAMPLE_SEED))
         self.threads = threads
+        self.set_up = True
 
     def payload(self) -> dict:
         tc = self.tc
@@ -291,7 +375,7 @@ class _Training:
                 "rng": rng, "sampler": self.sampler.state(), "dataset": tc.dataset,
                 "dataset_options": dict(tc.dataset_options), "train": tc.to_dict(),
                 "best_test_bpd": self.best, "elapsed_s": self.elapsed(), "lr_scale": self.lr_scale,
-                "rollbacks": self.rollbacks, "run_id": self.run_id, "saved": time.time()}
+                "rollbacks": self.rollbacks, "grad_clip": self.clipper.state(), "run_id": self.run_id, "saved": time.time()}
 
     def save_checkpoint(self, announce: bool = True) -> None:
         # model_payload holds live tensors; torch.save copies them to the file synchronously.
@@ -316,6 +400,7 @@ class _Training:
         self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
         self.lr_scale = float(ckpt.get("lr_scale", 1.0))
         self.rollbacks = int(ckpt.get("rollbacks", 0))
+        self.clipper.load(ckpt.get("grad_clip"))
         self.last_ckpt_step = self.step
         self.monitor.step = self.step
 
@@ -324,13 +409,18 @@ class _Training:
         """The learning rate after warm-up, before any decay (lowered by rollbacks)."""
         return self.tc.lr * self.lr_scale
 
-    def budget_fraction(self, step: int) -> float:
-        """How much of the budget is spent, 0..1: the larger of the step and the time fractions."""
+    def budget_fraction(self, step: int, server_cap: bool = True) -> float:
+        """How much of the budget is spent, 0..1: the largest of the step and the time fractions,
+        the server's minutes cap included unless ``server_cap`` is False (so the cosine of a
+        run that the cap will end still anneals by then)."""
         tc, used = self.tc, 0.0
         if tc.max_steps is not None:
             used = step / tc.max_steps
-        if tc.max_minutes is not None:
-            used = max(used, self.elapsed() / (tc.max_minutes * 60))
+        minutes = [tc.max_minutes] if tc.max_minutes is not None else []
+        if server_cap and self.store.limits.max_minutes is not None:
+            minutes.append(self.store.limits.max_minutes)
+        if minutes:
+            used = max(used, self.elapsed() / (min(minutes) * 60))
         return min(1.0, max(0.0, used))
 
     def lr_at(self, step: int) -> float:
@@ -343,7 +433,16 @@ class _Training:
         return self.peak_lr() * warm * decay
 
     def budget_reached(self) -> bool:
-        return self.budget_fraction(self.step) >= 1.0
+        """The run's own budget is spent, or the server's minutes cap (FLOWLAB_MAX_MINUTES) is
+        reached: the cap holds whatever budget the run asked for (a run created before the cap
+        was set, or with a step budget only)."""
+        if self.budget_fraction(self.step, server_cap=False) >= 1.0:
+            return True
+        cap = self.store.limits.max_minutes
+        if cap is not None and self.elapsed() >= cap * 60:
+            self.server_cap_hit = True
+            return True
+        return False
 
     def stop_wanted(self, now: float) -> bool:
         if self.monitor.stop_event.is_set():
@@ -393,7 +492,6 @@ class _Training:
                     else contextlib.nullcontext)
         self.reset_window()
         bad_streak = 0
-        clip = tc.grad_clip if tc.grad_clip is not None else float("inf")
         self.stage = "while training"
         while True:
             if self.budget_reached():
@@ -409,6 +507,7 @@ class _Training:
             loss = terms.total.float().mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            clip = self.clipper.threshold()
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, clip)
             # one host sync per step: loss, grad norm and the bpd split together
             stats = torch.cat([loss.detach().reshape(1), gnorm.detach().float().reshape(1).to(loss.device),
@@ -418,6 +517,7 @@ class _Training:
             finite = all(math.isfinite(v) for v in stats)
             if finite:
                 self.opt.step()
+                self.clipper.record(stats[1], clip)
                 bad_streak = 0
                 self.win_good += 1
                 for i, v in enumerate(stats):
@@ -453,8 +553,9 @@ class _Training:
             raise TrainingDiverged(
                 f"Training diverged: non-finite losses kept returning after {self.rollbacks} rollbacks "
                 f"(the peak learning rate is down to {self.peak_lr():.3g}). Lower lr, raise warmup_steps, "
-                "lower affine_clamp, or try additive coupling. The last checkpoint "
-                f"(step {self.last_ckpt_step}) is intact.")
+                "lower affine_clamp, or try additive coupling."
+                + (f" The last checkpoint (step {self.last_ckpt_step}) is intact."
+                   if self.ckpt_path.is_file() else ""))
         ckpt = load_checkpoint(self.ckpt_path, map_location=self.device)
         rollbacks, lr_scale, elapsed = self.rollbacks + 1, self.lr_scale * tc.lr_drop, self.elapsed()
         self.restore(ckpt)
@@ -507,8 +608,14 @@ class _Training:
         self.stage = f"while saving the final checkpoint at step {self.step}"
         self.save_checkpoint()
         self.flush_metrics()
-        budget = f"{self.step:,} steps" if tc.max_steps is not None and self.step >= tc.max_steps \
-            else f"{tc.max_minutes:g} minutes ({self.step:,} steps)"
+        if getattr(self, "server_cap_hit", False):
+            cap = self.store.limits.max_minutes
+            of = f" of {tc.max_steps:,}" if tc.max_steps is not None else ""
+            budget = (f"at this server's time cap of {cap:g} minutes per run (FLOWLAB_MAX_MINUTES), "
+                      f"at step {self.step:,}{of}")
+        else:
+            budget = f"{self.step:,} steps" if tc.max_steps is not None and self.step >= tc.max_steps \
+                else f"{tc.max_minutes:g} minutes ({self.step:,} steps)"
         message = f"Finished {budget}: {full:.4f} bits/dim on the full test set ({self.test_x.shape[0]:,} images)."
         self.event("finish", message)
         return RunResult("finished", message, self.step)
@@ -530,8 +637,11 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     Sets ``running`` with this process's pid, heartbeats from a background thread, and ends
     with ``stopped`` / ``finished`` / ``failed`` and a message in words. Never raises for a
     training failure (the result and the store say what happened; the traceback goes to the
-    run's worker.log); raises KeyError for an unknown run. ``should_stop`` is polled at most
-    every 0.5 s; ``handle_signals`` turns SIGINT/SIGTERM into a clean stop (main thread only).
+    run's worker.log); raises KeyError for an unknown run, and StoreUnavailableError when the
+    store cannot be used before training begins (a full disk, a damaged database). The
+    server's minutes cap (``FLOWLAB_MAX_MINUTES``) ends any run, whatever its own budget.
+    ``should_stop`` is polled at most every 0.5 s; ``handle_signals`` turns SIGINT/SIGTERM
+    into a clean stop (main thread only).
     """
     run = persist(lambda: store.get_run(run_id))
     if run is None:
@@ -555,19 +665,30 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     except BaseException as exc:  # noqa: BLE001 — every failure becomes a status and a message
         during = session.stage if session is not None else "while starting"
         batch = session.tc.batch_size if session is not None else run["train"].get("batch_size")
-        ckpt_step = session.last_ckpt_step if session is not None else None
+        # a checkpoint is "intact" only if its file is still there
+        ckpt_step = session.last_ckpt_step if session is not None and session.ckpt_path.is_file() else None
+        folder_gone = session is not None and not session.run_dir.is_dir()
         if isinstance(exc, KeyboardInterrupt):
             message = (f"Interrupted {during}, before a checkpoint could be saved"
                        + (f"; the checkpoint at step {ckpt_step} is intact." if ckpt_step is not None else "."))
             status = "stopped"
+        elif folder_gone:
+            message = (f"The run's folder {session.run_dir} was deleted (noticed {during}), and its "
+                       "checkpoint with it, so this run cannot continue; start a new run.")
+            status = "failed"
         else:
             message = describe_failure(exc, during, batch, ckpt_step)
             status = "failed"
-        step = session.step if session is not None else run["step"]
+        # Until setup has loaded the checkpoint (or started afresh) the stored step stands: a
+        # resume that fails on a bad checkpoint must not reset the run to step 0.
+        step = session.step if session is not None and getattr(session, "set_up", False) else run["step"]
         append_log(store.log_path(run_id), f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] run {run_id} "
                                             f"{status} at step {step}: {message}\n" + traceback.format_exc())
         if session is not None:
-            session.flush_metrics()
+            try:
+                session.flush_metrics()
+            except Exception:  # noqa: BLE001 - e.g. the full disk that ended the run
+                pass
         try:
             store.add_event(run_id, "error" if status == "failed" else "stop", message, step)
         except Exception:
@@ -575,7 +696,13 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
         result = RunResult(status, message, step)
     finally:
         monitor.close()
-    persist(lambda: store.finish_run(run_id, result.status, result.message, result.step))
+    try:
+        persist(lambda: store.finish_run(run_id, result.status, result.message, result.step))
+    except StoreUnavailableError as exc:
+        # Even the reserve could not record it: say so here; the store will read "lost".
+        append_log(store.log_path(run_id), f"could not record the run's end in the store: {exc}\n")
+        result = RunResult(result.status, f"{result.message} (Not recorded in the run store: {exc})",
+                           result.step)
     return result
 
 

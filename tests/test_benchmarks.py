@@ -39,3 +39,13 @@ def test_side_by_side_says_what_is_missing(tmp_path):
     (tmp_path / "model.py").write_text("import not_a_real_package_xyz\n")
     with pytest.raises(SystemExit, match="pip install not_a_real_package_xyz"):
         side_by_side.main(["--reference", str(tmp_path)])
+
+
+def test_stability_benchmark_runs_seeds_and_reports_the_spread(capsys):
+    from benchmarks import stability
+    assert stability.main(["--steps", "8", "--seeds", "2", "--settings", "after", "--eval-every", "2",
+                           "--settle", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "final bpd" in out and "s.d." in out and out.count("\n   0 ") == 1 and "\n   1 " in out
+    with pytest.raises(SystemExit, match="unknown setting"):
+        stability.main(["--settings", "sometimes"])
