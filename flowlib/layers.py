@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import global_channel_moments
 from .ops import channel_split_sizes, checkerboard_mask, squeeze2d, unsqueeze2d
 from .permutations import (ChannelMixing, InvConv1x1, InvConv1x1LU, ReversePermutation,
                            ShufflePermutation, make_permutation)
@@ -41,8 +42,37 @@ from .permutations import (ChannelMixing, InvConv1x1, InvConv1x1LU, ReversePermu
 __all__ = [
     "ActNorm", "ChannelMixing", "ReversePermutation", "ShufflePermutation", "InvConv1x1",
     "InvConv1x1LU", "Squeeze", "ZeroConv2d", "CouplingNet", "Coupling", "FlowStep", "make_permutation",
-    "low_precision_networks", "run_network", "VariationalDequantizer", "LogitTransform",
+    "low_precision_networks", "noise_shard", "uniform_noise", "run_network", "VariationalDequantizer", "LogitTransform",
 ]
+
+# Under torchrun each rank trains on one shard of a global batch: (rank, world size), or None.
+_NOISE_SHARD: contextvars.ContextVar = contextvars.ContextVar("flowlib_noise_shard", default=None)
+
+
+@contextlib.contextmanager
+def noise_shard(rank: int, world_size: int):
+    """Draw dequantisation noise as if for the whole global batch, and keep this rank's rows.
+
+    Every rank holds the same generator state, so rank r gets exactly the noise that one
+    process training on the global batch gives rows r·B .. (r+1)·B - 1 (flowlib.distributed).
+    """
+    token = _NOISE_SHARD.set((rank, world_size) if world_size > 1 else None)
+    try:
+        yield
+    finally:
+        _NOISE_SHARD.reset(token)
+
+
+def uniform_noise(shape, generator: torch.Generator | None = None) -> torch.Tensor:
+    """U[0, 1) noise of ``shape`` [B, ...] on the CPU from ``generator``, sharded under :func:`noise_shard`."""
+    shard = _NOISE_SHARD.get()
+    if shard is None:
+        return torch.rand(shape, generator=generator)
+    rank, world = shard
+    rows = shape[0]
+    full = torch.rand((rows * world, *shape[1:]), generator=generator)
+    return full[rank * rows:(rank + 1) * rows]
+
 
 # Precision of the coupling networks' convolutions; None = the input's own (float32).
 _NET_DTYPE: contextvars.ContextVar = contextvars.ContextVar("flowlib_net_dtype", default=None)
@@ -91,8 +121,9 @@ class ActNorm(nn.Module):
     def initialize(self, x: torch.Tensor) -> None:
         """Set bias and scale from this batch's per-channel mean and standard deviation."""
         flat = x.transpose(0, 1).reshape(self.channels, -1).float()
-        mean = flat.mean(dim=1)
-        std = flat.std(dim=1, unbiased=False)
+        # Under torchrun the statistics are those of the global batch (every rank's shard),
+        # so all ranks start from the same scale and shift (flowlib.distributed).
+        mean, std = global_channel_moments(flat)
         # A channel that is constant over the batch (e.g. a coupling net's input where a
         # checkerboard on a 1×1 grid masks everything) has nothing to normalise: keep its
         # scale at 1 rather than multiplying by 1/eps.
@@ -397,7 +428,7 @@ class VariationalDequantizer(nn.Module):
         uniform noise), a deterministic choice for display.
         """
         if noise:
-            v = torch.rand(x_int.shape, generator=generator).to(x_int.device)
+            v = uniform_noise(x_int.shape, generator).to(x_int.device)
             eps = torch.logit(v, eps=1e-6)
         else:
             eps = torch.zeros_like(x_int)

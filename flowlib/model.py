@@ -39,7 +39,7 @@ from torch import nn
 # ``from flowlib.model import FlowConfig, PRESETS`` keeps working.
 from .config import PRESET_NOTES, PRESETS, FlowConfig, dataclass_from_dict, preset  # noqa: F401
 from .layers import (ActNorm, FlowStep, LogitTransform, Squeeze, VariationalDequantizer,
-                     ZeroConv2d, gaussian_log_prob)
+                     ZeroConv2d, gaussian_log_prob, uniform_noise)
 
 __all__ = ["FlowConfig", "FlowModel", "EncodeOutput", "BitsPerDim", "Level", "LevelOutput",
            "PRESETS", "PRESET_NOTES", "preset"]
@@ -401,7 +401,7 @@ class FlowModel(nn.Module):
         """
         x = self.pixel_bins(x_uint8)
         if noise:
-            u = torch.rand(x.shape, generator=generator).to(x.device)
+            u = uniform_noise(x.shape, generator).to(x.device)
         else:
             u = torch.full_like(x, 0.5)
         return (x + u) / self.config.n_bins - 0.5
