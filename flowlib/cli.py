@@ -143,12 +143,55 @@ class Progress:
             self.stream.write("\n")
 
 
+def _device_type(args) -> str:
+    import torch
+    wanted = getattr(args, "train_device", None) or "auto"
+    return "cuda" if wanted.startswith(("cuda", "auto")) and torch.cuda.is_available() else "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .data import load_images      # torch: only once the flags are known to be good
-    from .train import train_run
+    """Train one run; under ``torchrun --nproc_per_node=N`` every rank runs this: rank 0 creates
+    (or resumes) the run in the store and trains it, the others follow it (flowlib.distributed)."""
+    from . import distributed
+    from .store import default_root
+    from .train import follow_run
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    dist = distributed.from_env(_device_type(args))
+    code = 1
+    try:
+        if dist.active and not dist.is_main:
+            run = distributed.broadcast_object(None, dist)
+            if run is None:
+                code = 2        # rank 0 printed why
+                return code
+            result = follow_run(run, args.runs_dir or default_root(), dist)
+            code = 0 if result.status in ("finished", "stopped") else 1
+            return code
+        announced = False
+        try:
+            code, announced = _main_rank(args, parser, dist)
+            return code
+        finally:
+            if dist.active and not announced:
+                distributed.broadcast_object(None, dist)   # the followers must not wait for ever
+    finally:
+        if dist.active:
+            import torch.distributed as torch_dist
+            if code in (0, 2):
+                # Leave together: a rank that tears its connections down while rank 0 still
+                # writes the final checkpoint can make gloo abort rank 0 at exit.
+                torch_dist.barrier()
+            torch_dist.destroy_process_group()
+
+
+def _main_rank(args, parser, dist) -> tuple[int, bool]:
+    """The single process, or rank 0: (exit code, whether the run was announced to the other ranks)."""
+    from . import distributed
+    from .data import load_images      # torch: only once the flags are known to be good
+    from .train import train_run
+
     err = sys.stderr
     try:
         store = RunStore(args.runs_dir)
@@ -184,14 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, PermissionError, StoreBusyError, StoreUnavailableError) as exc:
         # StoreUnavailableError: a damaged or foreign runs.sqlite, a read-only folder, a full disk
         print(f"error: {exc}", file=err)
-        return 2
-    print(f"run {run_id} '{run['name']}' -> {store.run_dir(run_id)}  (store {store.db_path})", file=err)
+        return 2, False
+    print(f"run {run_id} '{run['name']}' -> {store.run_dir(run_id)}  (store {store.db_path})"
+          + (f"  on {dist.world_size} processes" if dist.active else ""), file=err)
+    distributed.broadcast_object(run, dist)
     progress = Progress(err, args.quiet)
     try:
-        result = train_run(store, run_id, on_log=progress, handle_signals=True)
+        result = train_run(store, run_id, on_log=progress, handle_signals=True, dist=dist)
     except StoreUnavailableError as exc:   # the store failed before training could begin
         print(f"error: {exc}", file=err)
-        return 1
+        return 1, True
     finally:
         progress.close()
         from .worker import start_waiting
@@ -200,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         except (StoreBusyError, StoreUnavailableError) as exc:
             print(f"could not start the next waiting run: {exc}", file=err)
     print(f"{result.status}: {result.message}", file=err)
-    return 0 if result.status in ("finished", "stopped") else 1
+    return (0 if result.status in ("finished", "stopped") else 1), True
 
 
 if __name__ == "__main__":

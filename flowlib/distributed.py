@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "SINGLE", "from_env", "shard_slice", "all_reduce_mean", "broadcast_flags",
+__all__ = ["Dist", "SINGLE", "from_env", "shard_slice", "all_reduce_mean", "broadcast_values",
            "broadcast_object", "global_channel_moments"]
 
 
@@ -91,13 +91,15 @@ def all_reduce_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
     return out / d.world_size
 
 
-def broadcast_flags(flags: list[bool], d: Dist, device: torch.device) -> list[bool]:
-    """Rank 0's booleans, on every rank (one tiny broadcast)."""
+def broadcast_values(values: list[float], d: Dist, device: torch.device) -> list[float]:
+    """Rank 0's numbers (decisions, the learning rate), on every rank: one tiny broadcast.
+
+    float64, so a learning rate arrives bit for bit."""
     if not d.active:
-        return flags
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
     dist.broadcast(t, src=0)
-    return [bool(v > 0.5) for v in t.tolist()]
+    return t.tolist()
 
 
 def broadcast_object(obj, d: Dist):
@@ -121,3 +123,43 @@ def global_channel_moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     mean = stats[0] / stats[2]
     var = (stats[1] / stats[2] - mean * mean).clamp_min(0.0)
     return mean.to(flat.dtype), var.sqrt().to(flat.dtype)
+
+
+class FollowerStore:
+    """What a rank other than 0 sees of the run store: the run's folder and the server's
+    limits, and nothing it could write. Rank 0 alone records metrics, events and the status;
+    the others only read checkpoints (resume, rollback) from the run's folder."""
+
+    def __init__(self, root, run: dict, limits=None):
+        from pathlib import Path
+
+        from .store import RunStore
+        from .limits import Limits
+        self.root = Path(root)
+        self.limits = limits if limits is not None else Limits.from_env()
+        self._run = dict(run)
+        self._paths = RunStore.run_dir, RunStore.checkpoint_path, RunStore.log_path
+
+    def run_dir(self, run_id: int):
+        return self._paths[0](self, run_id)
+
+    def checkpoint_path(self, run_id: int):
+        return self._paths[1](self, run_id)
+
+    def log_path(self, run_id: int):
+        return self._paths[2](self, run_id)
+
+    def get_run(self, run_id: int) -> dict:
+        return dict(self._run)
+
+    def latest_metrics(self, run_id: int) -> dict:
+        return {}
+
+    def truncate_after(self, run_id: int, step: int) -> int:
+        return 0
+
+    def __getattr__(self, name):
+        # every other store method is a write that rank 0 makes: here it does nothing
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None

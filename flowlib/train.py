@@ -59,12 +59,14 @@ from .checkpoint import CheckpointError, load_checkpoint, model_payload, save_ch
 from .config import LR_SCHEDULES, PRESET_LR, FlowConfig, TrainConfig  # noqa: F401 (re-exported)
 from .data import DatasetError, load_images
 from .device import bf16_is_fast, configure_threads, describe_device, pick_device
-from .layers import low_precision_networks
+from .distributed import SINGLE, Dist, all_reduce_mean, broadcast_values, shard_slice
+from .layers import low_precision_networks, noise_shard
 from .model import FlowModel
 from .optim import make_optimizer  # noqa: F401 (re-exported: benchmarks and scripts use it)
 from .samples import write_sample_grid
 from .session import STOP_POLL_S, Monitor, append_log, persist, stop_signals
 from .speed import tune_for_training
+from .threads import ThreadGovernor
 from .store import RunStore, StoreBusyError, StoreUnavailableError
 
 __all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_sample_grid",
@@ -155,6 +157,18 @@ def _compute_terms(model: FlowModel, x_uint8: torch.Tensor, generator: torch.Gen
     """The model's bits/dim terms for one batch (tests patch this to inject NaN or OOM)."""
     with autocast():
         return model.bits_per_dim_terms(x_uint8, generator=generator)
+
+
+class _LossModule(torch.nn.Module):
+    """The model's bits/dim terms as a module's forward, so DistributedDataParallel can wrap it
+    (DDP averages gradients only through its wrapped module's forward)."""
+
+    def __init__(self, model: FlowModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_uint8: torch.Tensor, generator: torch.Generator):
+        return self.model.bits_per_dim_terms(x_uint8, generator=generator)
 
 
 class _Sampler:
@@ -257,8 +271,10 @@ class _Training:
     """One training session of one run. Internal: all knobs are in TrainConfig / FlowConfig."""
 
     def __init__(self, store: RunStore, run: dict, monitor: Monitor,
-                 should_stop: Callable[[], bool] | None, on_log: Callable[[dict], None] | None):
+                 should_stop: Callable[[], bool] | None, on_log: Callable[[dict], None] | None,
+                 dist: Dist = SINGLE):
         self.store, self.run_id, self.monitor = store, run["id"], monitor
+        self.dist = dist            # under torchrun: this rank; only rank 0 writes anything
         self.should_stop, self.on_log = should_stop, on_log
         self.tc = TrainConfig.from_dict(run["train"])
         self.cfg = FlowConfig.from_dict(run["config"])
@@ -273,13 +289,16 @@ class _Training:
 
     # -- helpers ----------------------------------------------------------------------
     def event(self, kind: str, message: str, step: int | None = None) -> None:
+        if not self.dist.is_main:
+            return
         try:
             self.store.add_event(self.run_id, kind, message, self.step if step is None else step)
         except StoreBusyError:
             pass  # an event lost to a locked database is better than a dead run
 
     def flush_metrics(self) -> None:
-        if not self.metric_buffer:
+        if not self.metric_buffer or not self.dist.is_main:
+            self.metric_buffer = [] if not self.dist.is_main else self.metric_buffer
             return
         try:
             self.store.append_metrics(self.run_id, self.metric_buffer)
@@ -299,7 +318,16 @@ class _Training:
         self.store.limits.check_run(cfg.to_dict(), tc.to_dict())
         self.stage = "while choosing the device"
         self.device = pick_device(tc.device)
-        threads = configure_threads(self.device, tc.threads)
+        if self.dist.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)   # one GPU per rank
+        shared_cores = None
+        if self.dist.active and self.device.type == "cpu" and tc.threads is None:
+            shared_cores = max(1, (os.cpu_count() or 1) // self.dist.world_size)   # ranks share the cores
+        threads = configure_threads(self.device, tc.threads if shared_cores is None else shared_cores)
+        # threads=None on a CPU of its own: the count follows the load (flowlib.threads). A fixed
+        # count (a number, or the ranks' share under torchrun) stays put, so runs are bit-exact.
+        self.governor = (ThreadGovernor(cores=threads) if self.device.type == "cpu" and tc.threads is None
+                         and not self.dist.active and (os.cpu_count() or 1) > 1 else None)
         self.use_bf16 = tc.bf16 and bf16_is_fast(self.device)
         if self.device.type == "cpu":
             tune_for_training()
@@ -331,9 +359,11 @@ class _Training:
         self.elapsed_before = 0.0
         self.session_start = time.monotonic()
         self.last_grid_step = None
-        for stale in self.run_dir.glob(".*.tmp"):  # left by a kill mid-write
+        for stale in (self.run_dir.glob(".*.tmp") if self.dist.is_main else ()):  # left by a kill mid-write
             stale.unlink(missing_ok=True)
         where = describe_device(self.device)
+        if self.dist.active:
+            where += f" × {self.dist.world_size} processes (torchrun; global batch {tc.batch_size})"
         if self.ckpt_path.is_file():
             self.stage = "while loading the checkpoint"
             self.restore(load_checkpoint(self.ckpt_path, map_location=self.device))
@@ -352,9 +382,12 @@ class _Training:
             self.stage = "while initialising ActNorm"
             gen = torch.Generator().manual_seed(tc.seed + 2)
             n_init = min(self.train_x.shape[0], max(tc.batch_size, 512))
+            n_init -= n_init % self.dist.world_size          # equal shards under torchrun
             idx = torch.randperm(self.train_x.shape[0], generator=gen)[:n_init].to(self.device)
             with torch.no_grad():
-                self.model.initialize(self.model.preprocess(self.train_x[idx], generator=gen))
+                x0 = self.model.preprocess(self.train_x[idx], generator=gen)
+                # each rank passes its shard; ActNorm all-reduces, so all start from the global batch
+                self.model.initialize(x0[shard_slice(n_init, self.dist)])
             self.event("start", f"training {cfg.summary()} on {tc.dataset} ({self.train_x.shape[0]:,} "
                                 f"images) on {where}; {self.model.num_parameters():,} parameters")
             self.stage = "while saving the first checkpoint"
@@ -363,6 +396,17 @@ class _Training:
             self.event("warning", f"bf16 would be slower than float32 on this {self.device.type}; "
                                   "training in float32")
         self.eps = self.model.sample_eps(tc.samples_per_temperature, torch.Generator().manual_seed(SAMPLE_SEED))
+        self.ddp = None
+        if self.dist.active:
+            shard_slice(tc.batch_size, self.dist)       # refuses a batch that does not split evenly
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            try:   # buffers (ActNorm's "initialized" flag) are equal on every rank: no per-step sync
+                self.ddp = DistributedDataParallel(_LossModule(self.model), device_ids=ids,
+                                                   forward_sync_buffers=False)
+            except TypeError:   # a torch from before forward_sync_buffers
+                self.ddp = DistributedDataParallel(_LossModule(self.model), device_ids=ids,
+                                                   broadcast_buffers=False)
         self.threads = threads
         self.set_up = True
 
@@ -379,7 +423,8 @@ class _Training:
 
     def save_checkpoint(self, announce: bool = True) -> None:
         # model_payload holds live tensors; torch.save copies them to the file synchronously.
-        save_checkpoint(self.ckpt_path, self.payload())
+        if self.dist.is_main:   # under torchrun rank 0 writes; the others keep the same bookkeeping
+            save_checkpoint(self.ckpt_path, self.payload())
         self.last_ckpt_step = self.step
         self.last_ckpt_time = time.monotonic()
         if announce:
@@ -444,6 +489,17 @@ class _Training:
             return True
         return False
 
+    def decide(self) -> tuple[bool, bool, float]:
+        """(budget spent, stop wanted, this step's learning rate). Under torchrun rank 0 decides
+        (it alone sees the store, the signals and its clock) and every rank gets its answer."""
+        if self.dist.is_main:
+            values = [float(self.budget_reached()), float(self.stop_wanted(time.monotonic())),
+                      self.lr_at(self.step)]
+        else:
+            values = [0.0, 0.0, 0.0]
+        budget, stop, lr = broadcast_values(values, self.dist, self.device)
+        return budget > 0.5, stop > 0.5, lr
+
     def stop_wanted(self, now: float) -> bool:
         if self.monitor.stop_event.is_set():
             return True
@@ -460,7 +516,8 @@ class _Training:
 
     def log_window(self) -> None:
         """One metrics row per key: means over the good steps since the last row, one DB write."""
-        if not self.win_images:
+        if not self.win_images or not self.dist.is_main:
+            self.reset_window()
             return
         tc, wall, step = self.tc, time.time(), self.step
         rows = []
@@ -494,16 +551,22 @@ class _Training:
         bad_streak = 0
         self.stage = "while training"
         while True:
-            if self.budget_reached():
+            budget_spent, stop, lr = self.decide()
+            if budget_spent:
                 return self.finish()
-            if self.stop_wanted(time.monotonic()):
+            if stop:
                 return self.stop()
             t0 = time.perf_counter()
-            lr = self.lr_at(self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            x = self.train_x[self.sampler.next().to(self.device)]
-            terms = _compute_terms(self.model, x, self.noise_gen, autocast)
+            idx = self.sampler.next()
+            if self.ddp is None:
+                x = self.train_x[idx.to(self.device)]
+                terms = _compute_terms(self.model, x, self.noise_gen, autocast)
+            else:   # this rank's shard of the global batch, with its rows of the global noise
+                x = self.train_x[idx[shard_slice(idx.shape[0], self.dist)].to(self.device)]
+                with noise_shard(self.dist.rank, self.dist.world_size), autocast():
+                    terms = self.ddp(x, self.noise_gen)
             loss = terms.total.float().mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -513,7 +576,9 @@ class _Training:
             stats = torch.cat([loss.detach().reshape(1), gnorm.detach().float().reshape(1).to(loss.device),
                                terms.prior_levels.detach().float().mean(0),
                                terms.logdet.detach().float().mean().reshape(1),
-                               terms.dequant.detach().float().mean().reshape(1)]).tolist()
+                               terms.dequant.detach().float().mean().reshape(1)])
+            # under torchrun: the global batch's means, the same on every rank (so is the verdict below)
+            stats = all_reduce_mean(stats, self.dist).tolist()
             finite = all(math.isfinite(v) for v in stats)
             if finite:
                 self.opt.step()
@@ -524,8 +589,12 @@ class _Training:
                     self.win_sums[i] += v
             self.step += 1
             self.monitor.step = self.step
-            self.win_images += x.shape[0]
-            self.win_time += time.perf_counter() - t0
+            images = x.shape[0] * self.dist.world_size
+            self.win_images += images
+            step_time = time.perf_counter() - t0
+            self.win_time += step_time
+            if self.governor is not None:
+                self.governor.step_done(step_time, images)
             if not finite:
                 bad_streak += 1
                 what = "loss" if not math.isfinite(stats[0]) else "gradient norm"
@@ -573,6 +642,8 @@ class _Training:
 
     def evaluate(self, full: bool = False) -> float:
         tc = self.tc
+        if not self.dist.is_main:
+            return float("nan")     # rank 0 evaluates and draws the grids
         self.stage = f"while evaluating at step {self.step}"
         images = self.test_x if full else self.eval_x
         bpd = evaluate_bpd(self.model, images, batch=EVAL_BATCH)
@@ -631,7 +702,8 @@ class _Training:
 
 
 def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] | None = None,
-              on_log: Callable[[dict], None] | None = None, handle_signals: bool = False) -> RunResult:
+              on_log: Callable[[dict], None] | None = None, handle_signals: bool = False,
+              dist: Dist = SINGLE) -> RunResult:
     """Train a run the store knows (status ``queued``: claim it first with ``request_start``).
 
     Sets ``running`` with this process's pid, heartbeats from a background thread, and ends
@@ -641,7 +713,8 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     store cannot be used before training begins (a full disk, a damaged database). The
     server's minutes cap (``FLOWLAB_MAX_MINUTES``) ends any run, whatever its own budget.
     ``should_stop`` is polled at most every 0.5 s; ``handle_signals`` turns SIGINT/SIGTERM
-    into a clean stop (main thread only).
+    into a clean stop (main thread only). ``dist``: rank 0 of a torchrun group (the other
+    ranks run :func:`follow_run`); see flowlib.distributed.
     """
     run = persist(lambda: store.get_run(run_id))
     if run is None:
@@ -659,7 +732,7 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     session = None
     try:
         with stop_signals(monitor.stop_event, handle_signals):
-            session = _Training(store, run, monitor, should_stop, on_log)
+            session = _Training(store, run, monitor, should_stop, on_log, dist)
             session.setup()
             result = session.run()
     except BaseException as exc:  # noqa: BLE001 — every failure becomes a status and a message
@@ -704,6 +777,31 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
         result = RunResult(result.status, f"{result.message} (Not recorded in the run store: {exc})",
                            result.step)
     return result
+
+
+def follow_run(run: dict, runs_dir, dist: Dist) -> RunResult:
+    """A rank other than 0 under torchrun: train the run rank 0 announced, in lockstep with it.
+
+    It writes nothing (rank 0 records everything); Ctrl-C and SIGTERM reach every rank from
+    torchrun, and rank 0's decision to stop reaches this one at the next step.
+    """
+    from .distributed import FollowerStore
+
+    store = FollowerStore(runs_dir, run)
+    monitor = _LocalMonitor()
+    with stop_signals(monitor.stop_event, True):   # a signal must not kill a rank mid-collective
+        session = _Training(store, run, monitor, None, None, dist)
+        session.setup()
+        return session.run()
+
+
+class _LocalMonitor:
+    """The Monitor's two fields, without a heartbeat thread (only rank 0 beats)."""
+
+    def __init__(self):
+        import threading
+        self.step = None
+        self.stop_event = threading.Event()
 
 
 def __getattr__(name):
