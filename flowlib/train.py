@@ -396,6 +396,17 @@ class _Training:
             self.event("warning", f"bf16 would be slower than float32 on this {self.device.type}; "
                                   "training in float32")
         self.eps = self.model.sample_eps(tc.samples_per_temperature, torch.Generator().manual_seed(SAMPLE_SEED))
+        if self.step == 0 and self.dist.is_main and self.last_grid_step is None:
+            # A grid before the first step: the page shows what an untrained flow samples
+            # (noise) at once, instead of an empty panel until the first evaluation.
+            self.stage = "while saving the first sample grid"
+            path = write_sample_grid(self.model, self.eps, tc.sample_temperatures,
+                                     self.run_dir / f"samples_step{0:07d}.png")
+            self.last_grid_step = 0
+            try:
+                self.store.add_samples(self.run_id, 0, path)
+            except StoreBusyError:
+                pass
         self.ddp = None
         if self.dist.active:
             shard_slice(tc.batch_size, self.dist)       # refuses a batch that does not split evenly

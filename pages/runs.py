@@ -73,7 +73,7 @@ def overlay_figure(store, runs: list[dict], key: str, axis: str):
         if not c:
             continue
         colour = ui.PALETTE[i % len(ui.PALETTE)]
-        mode = "lines+markers" if key == "test_bpd" else "lines"
+        mode = "lines+markers" if key == "test_bpd" else ui.line_mode(c["value"])
         fig.add_trace(go.Scatter(x=ui.x_values(c, m.get("elapsed_s"), axis), y=c["value"], mode=mode,
                                  name=f"{r['id']} · {r['name']}", line=dict(color=colour, width=3),
                                  marker=dict(size=8),

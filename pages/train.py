@@ -204,7 +204,29 @@ def start_new_run(store, cfg: FlowConfig, tc: TrainConfig, name: str, preset_nam
     st.session_state[FORM_OPEN_KEY] = False   # the dashboard is what matters now
     st.query_params["run"] = str(run_id)
     st.session_state["train_flash"] = ("success", f"Started run {run_id} '{store.get_run(run_id)['name']}'. "
-                                                  "The first points appear after a few seconds.")
+                                                  + first_points_words(store, cfg, tc))
+
+
+# Measured here: a worker process needs ~6-10 s on 2 cores (torch import, the data from disk,
+# the model, ActNorm's start) before its first step; longer while the machine is busy.
+STARTUP_S = (6, 15)
+
+
+def first_points_words(store, cfg: FlowConfig, tc: TrainConfig) -> str:
+    """When the first chart point is due, honestly: start-up plus ``log_every`` steps at the
+    estimated speed (a range, since the machine's load moves it)."""
+    speed = speed_estimate(store, cfg, tc)
+    ips = speed.get("images_per_s") if speed else None
+    test = (f"; the first test point at step {tc.first_eval:,}" if tc.first_eval
+            else f"; the first test point at step {tc.eval_every:,}")
+    if not ips:
+        return (f"The first training point comes at step {tc.log_every} once the process has loaded the "
+                f"data and built the model (usually {STARTUP_S[0]}–{STARTUP_S[1]} s here){test}.")
+    step_s = tc.batch_size / ips
+    low = STARTUP_S[0] + tc.log_every * step_s
+    high = STARTUP_S[1] + 2 * tc.log_every * step_s     # a busy machine: twice as slow
+    return (f"The first training point is due at step {tc.log_every}, in about {low:.0f}–{high:.0f} s "
+            f"(start-up, then {step_s * 1000:.0f} ms per step at the estimated speed){test}.")
 
 
 # -- page: setup ---------------------------------------------------------------------------
@@ -420,7 +442,7 @@ def bpd_figure(m: dict, events: list, axis: str, run_id: int):
     hover = "%{y:.3f} bits/dim"
     if "train_bpd" in m:
         c = m["train_bpd"]
-        fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode="lines",
+        fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]),
                                  name="train (batches)", line=dict(color=ui.PALETTE[0], width=3),
                                  hovertemplate=hover))
     if "test_bpd" in m:
@@ -468,13 +490,13 @@ def decomposition_figure(m: dict, levels: int, n_bits: int, axis: str, run_id: i
         c = m.get(f"bpd_prior_L{i}")
         if c:
             what = "finest" if i == 0 else ("coarsest" if i == levels - 1 else "")
-            fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode="lines",
+            fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]),
                                      name=f"prior of level {i + 1} latent" + (f" ({what})" if what else ""),
                                      line=dict(width=3, color=ui.PALETTE[i % len(ui.PALETTE)]),
                                      hovertemplate="%{y:.3f} bits/dim"))
     c = m.get("bpd_logdet")
     if c:
-        fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode="lines",
+        fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]),
                                  name="log-det term", line=dict(width=3, color="#c92a2a", dash="dash"),
                                  hovertemplate="%{y:.3f} bits/dim"))
         xs = ui.x_values(c, el, axis)
@@ -483,7 +505,7 @@ def decomposition_figure(m: dict, levels: int, n_bits: int, axis: str, run_id: i
                                  line=dict(width=2, color="#868e96", dash="dot")))
     d = m.get("bpd_dequant")   # learned dequantisation only
     if d:
-        fig.add_trace(go.Scatter(x=ui.x_values(d, el, axis), y=d["value"], mode="lines",
+        fig.add_trace(go.Scatter(x=ui.x_values(d, el, axis), y=d["value"], mode=ui.line_mode(d["value"]),
                                  name="dequantisation noise log q", hovertemplate="%{y:.3f} bits/dim",
                                  line=dict(width=3, color="#2b8a3e", dash="dashdot")))
     ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title="bits/dim",
@@ -494,7 +516,7 @@ def decomposition_figure(m: dict, levels: int, n_bits: int, axis: str, run_id: i
 
 def simple_figure(c: dict, el, axis: str, y_title: str, name: str, colour: str, key: str,
                   fmt: str = ".3g"):
-    fig = go.Figure(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode="lines", name=name,
+    fig = go.Figure(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]), name=name,
                                line=dict(color=colour, width=3),
                                hovertemplate=f"%{{y:{fmt}}} {y_title}<extra></extra>"))
     ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title=y_title, uirevision=key, height=300,
@@ -692,8 +714,9 @@ def render_dashboard(run_id: int, was_active: bool) -> None:
     k5.metric("Learning rate", f"{last['lr']:.2g}" if "lr" in last else "–", help=ui.LR_HELP,
               border=True)
     if not m:
-        st.info("Waiting for the first measurements: the training process is loading the data "
-                "and building the model (a few seconds).", icon=":material/hourglass_top:")
+        st.info("Waiting for the first measurements: the training process is loading the data and "
+                f"building the model, then logs its first point at step {run['train'].get('log_every', 10)}.",
+                icon=":material/hourglass_top:")
         return
 
     left, right = st.columns([3, 2], gap="large")

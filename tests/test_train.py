@@ -65,7 +65,7 @@ def test_thirty_step_run_writes_metrics_events_samples_and_a_reloadable_checkpoi
         assert m["loss_nats"]["value"][s] == pytest.approx(m["train_bpd"]["value"][s] * 32 * 32 * math.log(2))
     assert m["lr"]["value"][0] == pytest.approx(1e-3)         # warm-up over 5 steps is done by step 5
     assert [e["kind"] for e in store.events(run_id)][:2] == ["start", "eval"]
-    assert [s["step"] for s in store.samples(run_id)] == [10, 20, 30]
+    assert [s["step"] for s in store.samples(run_id)] == [0, 10, 20, 30]   # a grid before the first step too
     # The reloaded model is the trained one: its full-test bpd matches the logged one exactly.
     model, ckpt = load_model(store.checkpoint_path(run_id))
     assert ckpt["step"] == 30 and ckpt["dataset"] == "faces" and ckpt["train"]["max_steps"] == 30

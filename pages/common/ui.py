@@ -369,6 +369,11 @@ EVENT_STYLE = {  # kind -> (colour, words)
 }
 
 
+def line_mode(values) -> str:
+    """Plotly mode for a curve: a line alone draws nothing for one point, so short curves get markers."""
+    return "lines" if len(values) >= 3 else "lines+markers"
+
+
 def base_layout(fig, *, x_title: str, y_title: str, uirevision, height: int = 380,
                 title: str | None = None, legend: bool = True) -> None:
     fig.update_layout(
