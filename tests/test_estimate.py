@@ -150,3 +150,26 @@ def test_a_measurement_is_renewed_after_a_day(tmp_path, monkeypatch):
     assert estimator.cached(request)["images_per_s"] == 500.0
     monkeypatch.setattr(estimate, "REMEASURE_AFTER_S", -1.0)
     assert estimator.cached(request) is None
+
+
+def test_a_figure_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(tmp_path, monkeypatch):
+    import json
+    import os
+    import time
+
+    from flowlib import estimate
+    from flowlib.config import PRESETS
+    est = estimate.SpeedEstimator(tmp_path)
+    request = estimate.SpeedRequest(PRESETS["mnist-fast"].to_dict(), 64)
+    path = est.path(request)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images_per_s": 17.0, "source": "measured", "load": 3.0}))
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    monkeypatch.setattr(estimate, "_load_per_core", lambda: 2.5)      # still busy: keep it
+    assert est.cached(request)["images_per_s"] == 17.0
+    monkeypatch.setattr(estimate, "_load_per_core", lambda: 0.2)      # quiet now: measure again
+    assert est.cached(request) is None
+    path.write_text(json.dumps({"images_per_s": 900.0, "source": "measured", "load": 0.4}))
+    os.utime(path, (old, old))
+    assert est.cached(request)["images_per_s"] == 900.0               # a quiet figure stays
