@@ -63,12 +63,21 @@ def test_masks_page_renders_and_shows_the_no_permutation_contrast():
     assert not at.warning and any("after 2 step" in s.value for s in at.success)
 
 
-def test_masks_page_draw_a_shape_source():
+def test_masks_page_draw_by_hand_source_asks_for_a_drawing():
     at = _run("masks")
-    _by_key(at.radio, "masks_source").set_value("Draw a shape").run()
+    _by_key(at.radio, "masks_source").set_value("Draw by hand").run()
+    _ok(at)
+    assert any("Draw something in the black square" in i.value for i in at.info)
+
+
+def test_draw_by_hand_without_the_canvas_package_falls_back_to_slider_shapes(monkeypatch):
+    from pages.common import canvas
+    monkeypatch.setattr(canvas, "st_canvas", None)
+    at = _run("latents")
+    _by_key(at.radio, "latents_source").set_value("Draw by hand").run()
     _ok(at)
     before = _images(at)
-    _by_key(at.selectbox, "masks_shape").set_value("zero").run()
+    _by_key(at.selectbox, "latents_draw_shape").set_value("zero").run()
     _ok(at)
     assert _images(at) != before
 

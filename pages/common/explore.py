@@ -18,7 +18,7 @@ import streamlit as st
 import torch
 
 from flowlib.checkpoint import CheckpointError, load_model
-from flowlib.viz import UploadError, prepare_upload, synthetic_stroke
+from flowlib.viz import UploadError, prepare_upload
 
 ROOT = Path(__file__).resolve().parents[2]   # the repository (this file is pages/common/explore.py)
 DEMO_DIR = ROOT / "checkpoints"
@@ -183,7 +183,6 @@ def test_images(name: str):
         return str(exc)
 
 
-SHAPES = ("seven", "one", "zero", "four", "cross", "bar")
 
 
 def image_source(loaded: Loaded, key: str, default_index: int = 0) -> tuple[np.ndarray, str] | None:
@@ -193,7 +192,7 @@ def image_source(loaded: Loaded, key: str, default_index: int = 0) -> tuple[np.n
     """
     shape = tuple(loaded.config.image_shape)
     images = test_images(loaded.dataset) if loaded.dataset else "this model's dataset is not built in"
-    sources = ["Test image", "Upload a picture", "Draw a shape"]
+    sources = ["Test image", "Upload a picture", "Draw by hand"]
     if isinstance(images, str):
         sources = sources[1:]
     source = st.radio("Image", sources, horizontal=True, key=f"{key}_source")
@@ -219,14 +218,14 @@ def image_source(loaded: Loaded, key: str, default_index: int = 0) -> tuple[np.n
             if st.checkbox("Invert (MNIST digits are white on black)", value=True, key=f"{key}_invert"):
                 pixels = 255 - pixels
         return pixels, f"upload {up.name}"
-    # Streamlit has no drawing canvas without an extra package: a pen stroke from sliders instead.
-    cols = st.columns(4)
-    kind = cols[0].selectbox("Shape", SHAPES, key=f"{key}_shape")
-    thick = cols[1].slider("Pen width", 0.05, 0.3, 0.13, 0.01, key=f"{key}_thick")
-    angle = cols[2].slider("Tilt (degrees)", -45, 45, 0, 5, key=f"{key}_angle")
-    size = cols[3].slider("Size", 0.4, 1.0, 0.75, 0.05, key=f"{key}_size")
-    invert = loaded.dataset == "faces"
-    return synthetic_stroke(shape, kind, thick, angle, size, invert=invert), f"drawn {kind}"
+    # A canvas (streamlit-drawable-canvas); without the package, a pen stroke from sliders.
+    from pages.common import canvas
+    pixels = canvas.draw_image(f"{key}_draw", shape, invert=loaded.dataset == "faces")
+    if pixels is None:
+        st.info("Draw something in the black square: a digit, a letter, a face, a scribble.",
+                icon=":material/draw:")
+        return None
+    return pixels, "your drawing"
 
 
 @contextlib.contextmanager
