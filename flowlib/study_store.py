@@ -49,6 +49,7 @@ CREATE INDEX IF NOT EXISTS study_runs_study ON study_runs (study_id);
 PlannedRun = tuple[str, int, str, str, dict, dict, "str | None"]
 
 _CANCELLED = "cancelled: its study was stopped before this run began"
+_READY: set[tuple] = set()   # database files whose study tables exist (checked once per process)
 
 
 def study_status(runs: Iterable[dict]) -> str:
@@ -74,7 +75,13 @@ class StudyStore:
 
     def __init__(self, store: RunStore):
         self.store = store
-        self.store._retry(lambda: self.store._with_conn(lambda c: c.executescript(_SCHEMA)))
+        try:   # the file itself, so a database replaced at the same path gets its tables too
+            key = (str(store.db_path), store.db_path.stat().st_ino)
+        except OSError:
+            key = (str(store.db_path), None)
+        if key not in _READY:   # pages make one per rerun: create the tables once per process
+            self.store._retry(lambda: self.store._with_conn(lambda c: c.executescript(_SCHEMA)))
+            _READY.add(key)
 
     # -- creating -------------------------------------------------------------------------
     def create(self, name: Any, spec: dict, planned: list[PlannedRun], owner: str | None = None) -> int:
