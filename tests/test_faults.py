@@ -131,7 +131,7 @@ def test_disk_full_while_saving_a_sample_grid_fails_the_run_and_keeps_the_checkp
     monkeypatch.setattr(Image.Image, "save", _enospc)
     result = train_run(store, run_id)
     assert result.status == "failed"
-    assert "disk is full" in result.message and "sample grid at step 10" in result.message
+    assert "disk is full" in result.message and "while saving the first sample grid" in result.message
     assert load_checkpoint(store.checkpoint_path(run_id))["step"] == 0     # the one after ActNorm init
     assert sorted(p.name for p in store.run_dir(run_id).iterdir()) == ["checkpoint.pt", "worker.log"]
 
