@@ -47,7 +47,6 @@ import contextlib
 import errno
 import math
 import os
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -67,6 +66,8 @@ from .samples import write_sample_grid
 from .session import STOP_POLL_S, Monitor, append_log, persist, stop_signals
 from .speed import tune_for_training
 from .threads import ThreadGovernor
+from .train_parts import (EVAL_BATCH, EVAL_SEED, _GradClip, _LossModule, _Sampler,  # noqa: F401
+                          evaluate_bpd)   # evaluate_bpd is re-exported: tests and scripts use it
 from .store import RunStore, StoreBusyError, StoreUnavailableError
 
 __all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_sample_grid",
@@ -75,8 +76,6 @@ __all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_s
 
 MAX_ROLLBACKS = 8           # lr is then lr_drop**8 of the original (1/256 at 0.5): give up, say so
 SAMPLE_SEED = 1234          # fixed latents, so successive grids show the same samples improving
-EVAL_SEED = 0               # fixed eval subset and dequantisation noise: test points comparable
-EVAL_BATCH = 500
 
 
 class TrainingDiverged(RuntimeError):
@@ -157,113 +156,6 @@ def _compute_terms(model: FlowModel, x_uint8: torch.Tensor, generator: torch.Gen
     """The model's bits/dim terms for one batch (tests patch this to inject NaN or OOM)."""
     with autocast():
         return model.bits_per_dim_terms(x_uint8, generator=generator)
-
-
-class _LossModule(torch.nn.Module):
-    """The model's bits/dim terms as a module's forward, so DistributedDataParallel can wrap it
-    (DDP averages gradients only through its wrapped module's forward)."""
-
-    def __init__(self, model: FlowModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x_uint8: torch.Tensor, generator: torch.Generator):
-        return self.model.bits_per_dim_terms(x_uint8, generator=generator)
-
-
-class _Sampler:
-    """Random batches without replacement: walk a seeded permutation, reshuffle when spent."""
-
-    def __init__(self, n: int, batch: int, seed: int):
-        self.n, self.batch = n, batch
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.gen)
-        self.pos = 0
-
-    def next(self) -> torch.Tensor:
-        if self.batch >= self.n:
-            return torch.randint(self.n, (self.batch,), generator=self.gen)
-        if self.pos + self.batch > self.n:
-            self.perm = torch.randperm(self.n, generator=self.gen)
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + self.batch]
-        self.pos += self.batch
-        return idx
-
-    def state(self) -> dict:
-        return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
-
-    def load(self, state: dict) -> None:
-        if int(state["perm"].numel()) != self.n:
-            raise CheckpointError(f"the checkpoint's batch order covers {state['perm'].numel()} images "
-                                  f"but the dataset now has {self.n}; the data changed since")
-        self.gen.set_state(state["gen"])
-        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
-
-
-class _GradClip:
-    """Gradient-norm clipping: at ``absolute``, and at ``factor`` × the running mean of recent norms.
-
-    A fixed threshold only guards against spikes while it sits above the ordinary norms, and
-    those differ by a factor of 50 between models (mnist-fast: 2–40; uniform noise without
-    the logit: 100–300, so a clip at 50 scaled 95 % of all steps). The relative threshold
-    follows the run's own norms: ordinary steps pass untouched, a batch whose gradient is
-    ``factor`` times the usual size is cut down to it. The running mean is over the norms as
-    applied (after clipping), so a spike barely raises the bar for the next one; it starts
-    after ``MIN_STEPS`` finite steps (before that only ``absolute`` applies, if set). Its state
-    (with the count of clipped steps) is in every checkpoint: a resumed run clips exactly as an
-    uninterrupted one.
-
-    What it does not cure (benchmarks/RESULTS.md, "Training stability"): the test bits/dim
-    swings of uniform-noise models at a constant learning rate come without outlier
-    gradients; they are Adam's steps of size lr in directions where the loss is very sharp.
-    """
-
-    BETA = 0.95         # the running mean's memory: about 20 steps (the bar can rise 10 % a step)
-    MIN_STEPS = 10      # Adam's first steps have unit size whatever the gradient's norm
-
-    def __init__(self, absolute: float | None, factor: float | None):
-        self.absolute, self.factor = absolute, factor
-        self.mean, self.count, self.clipped = 0.0, 0, 0   # count: finite steps seen
-
-    def threshold(self) -> float:
-        limit = self.absolute if self.absolute is not None else math.inf
-        if self.factor is not None and self.count >= self.MIN_STEPS:
-            limit = min(limit, self.factor * self.mean / (1.0 - self.BETA ** self.count))
-        return limit
-
-    def record(self, norm: float, limit: float) -> None:
-        """After a finite step: count it and fold the norm as applied (at most ``limit``) in."""
-        self.clipped += norm > limit
-        self.mean = self.BETA * self.mean + (1.0 - self.BETA) * min(norm, limit)
-        self.count += 1
-
-    def state(self) -> dict:
-        return {"mean": self.mean, "count": self.count, "clipped": self.clipped}
-
-    def load(self, state: dict | None) -> None:
-        state = state or {}   # a checkpoint from before relative clipping: start afresh
-        self.mean, self.count = float(state.get("mean", 0.0)), int(state.get("count", 0))
-        self.clipped = int(state.get("clipped", 0))
-
-
-@torch.no_grad()
-def evaluate_bpd(model: FlowModel, images: torch.Tensor, batch: int = EVAL_BATCH,
-                 seed: int = EVAL_SEED) -> float:
-    """Mean bits/dim of uint8 images with fixed dequantisation noise (comparable across evals)."""
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
-    try:
-        for start in range(0, images.shape[0], batch):
-            chunk = images[start:start + batch]
-            bpd = model.bits_per_dim(chunk, generator=gen)
-            total += float(bpd.double().sum())
-            count += chunk.shape[0]
-    finally:
-        model.train(was_training)
-    return total / max(count, 1)
 
 
 # ---------------------------------------------------------------------------- the run
