@@ -392,6 +392,17 @@ class _Training:
             return True
         return False
 
+    def release(self) -> None:
+        """Drop the DistributedDataParallel wrapper now, while its process group still exists.
+
+        Left to the garbage collector, it can outlive ``destroy_process_group`` and abort the
+        process at exit ("terminate called without an active exception", seen under load).
+        """
+        if getattr(self, "ddp", None) is not None:
+            self.ddp = None
+            import gc
+            gc.collect()
+
     def decide(self) -> tuple[bool, bool, float]:
         """(budget spent, stop wanted, this step's learning rate). Under torchrun rank 0 decides
         (it alone sees the store, the signals and its clock) and every rank gets its answer."""
@@ -672,6 +683,8 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
         result = RunResult(status, message, step)
     finally:
         monitor.close()
+        if session is not None:
+            session.release()
     try:
         persist(lambda: store.finish_run(run_id, result.status, result.message, result.step))
     except StoreUnavailableError as exc:
@@ -694,8 +707,11 @@ def follow_run(run: dict, runs_dir, dist: Dist) -> RunResult:
     monitor = _LocalMonitor()
     with stop_signals(monitor.stop_event, True):   # a signal must not kill a rank mid-collective
         session = _Training(store, run, monitor, None, None, dist)
-        session.setup()
-        return session.run()
+        try:
+            session.setup()
+            return session.run()
+        finally:
+            session.release()
 
 
 class _LocalMonitor:
