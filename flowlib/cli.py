@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main_rank(args, parser, dist) -> tuple[int, bool]:
     """The single process, or rank 0: (exit code, whether the run was announced to the other ranks)."""
     from . import distributed
-    from .data import load_images      # torch: only once the flags are known to be good
+    from .data import image_shape      # torch: only once the flags are known to be good
     from .train import train_run
 
     err = sys.stderr
@@ -217,7 +217,7 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
             shape = flow.pop("image_shape", None)
             if shape is None:
                 print(f"loading {dataset} to read its image shape ...", file=err)
-                shape = tuple(load_images(dataset, "test", **options).images.shape[1:])
+                shape = image_shape(dataset, **options)
             config = PRESETS[args.preset].replace(image_shape=shape, **flow)
             name = args.name or f"{args.preset}-{dataset}"
             # Created already holding a slot (one transaction): a refusal leaves no run behind.

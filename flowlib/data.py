@@ -72,6 +72,7 @@ __all__ = [
     "cache_dir",
     "list_datasets",
     "load_images",
+    "image_shape",
     "parse_cifar_batch",
     "read_idx",
     "restricted_load",
@@ -208,6 +209,11 @@ def list_datasets() -> list[dict[str, Any]]:
         }
         for spec in DATASETS.values()
     ]
+
+
+def image_shape(name: str, **source_options: Any) -> tuple[int, int, int]:
+    """(C, H, W) of a dataset's images, read from its test split (what a model for it needs)."""
+    return tuple(load_images(name, "test", **source_options).info.shape)
 
 
 def load_images(name: str, split: str = "train", **source_options: Any) -> ImageSet:

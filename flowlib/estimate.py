@@ -132,6 +132,12 @@ class SpeedRequest:
     threads: int | None = None       # TrainConfig.threads; None = every core, as the trainer does
     grad_clip: float | None = 50.0   # TrainConfig.grad_clip: clipping is part of the step
 
+    @classmethod
+    def for_run(cls, config, train) -> "SpeedRequest":
+        """The request for a run's FlowConfig and TrainConfig (what its training step depends on)."""
+        return cls(config.to_dict(), int(train.batch_size), train.device, bool(train.bf16), train.threads,
+                   train.grad_clip)
+
     @property
     def measured_batch(self) -> int:
         return max(1, min(int(self.batch), MAX_MEASURED_BATCH))
@@ -214,17 +220,21 @@ class SpeedEstimator:
             proc = _RUNNING.get(str(self.path(request)))
         return proc is not None and proc.poll() is None
 
+    def known(self, request: SpeedRequest, store=None) -> dict | None:
+        """What is known without measuring: earlier runs' speed here, else the disk cache."""
+        if store is not None:
+            found = history_images_per_s(store, request)
+            if found is not None:
+                return found
+        return self.cached(request)
+
     def estimate(self, request: SpeedRequest, store=None) -> dict | None:
         """The estimate if known now; otherwise start measuring (at most MAX_PARALLEL at once)
         and return None: call again later. Never blocks for more than a file read and a query.
 
         Results: ``{"images_per_s", "source": "history" | "measured", ...}`` or ``{"error": words}``.
         """
-        if store is not None:
-            known = history_images_per_s(store, request)
-            if known is not None:
-                return known
-        known = self.cached(request)
+        known = self.known(request, store)
         if known is not None:
             return known
         too_big = self._too_big_to_measure(request)

@@ -529,10 +529,10 @@ def json_result(result: dict) -> dict:
 
 
 def dataset_shape(dataset: str, options: dict | None = None) -> tuple[int, int, int]:
-    """(C, H, W) of a dataset's images (reads its test split once; cached by the data layer)."""
-    from .data import load_images
+    """(C, H, W) of a dataset's images (flowlib.data.image_shape; imported late: torch)."""
+    from .data import image_shape
 
-    return tuple(load_images(dataset, "test", **(options or {})).info.shape)
+    return image_shape(dataset, **(options or {}))
 
 
 if __name__ == "__main__":

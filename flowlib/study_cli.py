@@ -154,16 +154,13 @@ def _estimate_line(store, p, wait_s: float = 45.0) -> str:
     from a short measurement of each arm in a subprocess (at most ``wait_s``; 0: do not measure)."""
     from .estimate import SpeedEstimator, SpeedRequest
     estimator = SpeedEstimator(store.root / "speed-estimates")
-    requests = {arm.name: SpeedRequest(arm.config.to_dict(), arm.train.batch_size, arm.train.device,
-                                       arm.train.bf16, arm.train.threads, arm.train.grad_clip)
-                for arm in p.arms}
+    requests = {arm.name: SpeedRequest.for_run(arm.config, arm.train) for arm in p.arms}
     speeds: dict[str, float | None] = {}
     deadline = time.monotonic() + wait_s
     while True:
         for name, request in requests.items():
             if speeds.get(name) is None:
-                got = (estimator.estimate(request, store) if wait_s > 0
-                       else estimator.cached(request) or _history(store, request))
+                got = estimator.estimate(request, store) if wait_s > 0 else estimator.known(request, store)
                 if got and "images_per_s" in got:
                     speeds[name] = got["images_per_s"]
         if all(speeds.get(n) for n in requests) or time.monotonic() > deadline or wait_s <= 0:
@@ -176,11 +173,6 @@ def _estimate_line(store, p, wait_s: float = 45.0) -> str:
     return (f"time: about {_duration(seconds)} for all {p.n_runs} runs, one after another "
             f"(training at {min(speeds.values()):,.0f}–{max(speeds.values()):,.0f} images/s here, plus "
             "evaluations and start-up; longer if the machine is busy)")
-
-
-def _history(store, request):
-    from .estimate import history_images_per_s
-    return history_images_per_s(store, request)
 
 
 def _duration(seconds: float) -> str:

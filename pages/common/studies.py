@@ -85,9 +85,7 @@ def _estimate_text(store, p) -> tuple[str, bool]:
     estimator = _estimator(str(store.root / "speed-estimates"))
     speeds, pending, errors = {}, False, []
     for arm in p.arms:
-        tc = arm.train
-        got = estimator.estimate(SpeedRequest(arm.config.to_dict(), int(tc.batch_size), tc.device,
-                                              bool(tc.bf16), tc.threads, tc.grad_clip), store)
+        got = estimator.estimate(SpeedRequest.for_run(arm.config, arm.train), store)
         if got is None:
             pending = True
         elif "error" in got:
