@@ -73,8 +73,7 @@ def speed_estimator(cache_dir: str) -> SpeedEstimator:
 def speed_estimate(store, cfg: FlowConfig, tc: TrainConfig) -> dict | None:
     """Images/s of this config from earlier runs, the cache, or a measuring process started
     now (None until it answers). Never builds the model or trains in this server."""
-    request = SpeedRequest(cfg.to_dict(), int(tc.batch_size), tc.device, bool(tc.bf16), tc.threads,
-                           tc.grad_clip)
+    request = SpeedRequest.for_run(cfg, tc)
     return speed_estimator(str(store.root / "speed-estimates")).estimate(request, store)
 
 
@@ -643,8 +642,8 @@ def controls(store, run: dict) -> None:
         # The store's message ends "…or raise FLOWLAB_MAX_CONCURRENT": a server setting a
         # teacher at a projector cannot act on. Say it in words, naming the run in the way.
         others = [r for r in store.list_runs() if r["status"] in ui.ACTIVE_STATUSES and r["id"] != rid]
-        st.error(busy_words(others, store.limits.max_concurrent) + f" Stop it first (the button "
-                 f"above), or wait until it finishes; then press Resume again."
+        st.error(busy_words(others, store.limits.max_concurrent) + " Stop it first (the button "
+                 "above), or wait until it finishes; then press Resume again."
                  if others else "Every training slot is taken; wait until a run finishes.",
                  icon=":material/block:")
     except (RunStateError, PermissionError, ValueError, KeyError) as exc:
