@@ -22,26 +22,14 @@ from flowlib.config import ConfigError
 from flowlib.limits import Limits, activation_mb
 from flowlib.store import RunLimitError, RunStateError, RunStore, StoreUnavailableError
 from flowlib.store_file import DatabaseFile
-from flowlib.train import TrainConfig, describe_failure, train_run
+from flowlib.train import describe_failure, train_run
 
-TINY = preset("faces-fast", levels=2, steps=1, hidden=4, permutation="reverse")
-
-
-def _tc(**kw):
-    base = dict(dataset="faces", batch_size=8, max_steps=30, warmup_steps=5, log_every=2, eval_every=10**6,
-                first_eval=10, eval_subset=40, samples_per_temperature=2, threads=1)
-    return TrainConfig(**{**base, **kw}).to_dict()
+from tests.test_faults import TINY, _queued, _tc  # noqa: E402 - the same tiny run as the fault tests
 
 
 @pytest.fixture
 def store(tmp_path):
     return RunStore(tmp_path / "runs", Limits(stale_after_s=3.0, start_timeout_s=60, db_timeout_s=1.0))
-
-
-def _queued(store, **kw):
-    run_id = store.create_run("f", "faces", TINY.to_dict(), _tc(**kw))
-    store.request_start(run_id)
-    return run_id
 
 
 def _sidecars(root: Path):
