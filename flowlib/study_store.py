@@ -132,7 +132,8 @@ class StudyStore:
                                   c.execute("DELETE FROM studies WHERE id=?", (study_id,))))
 
     # -- reading --------------------------------------------------------------------------
-    def _decode(self, row, links: list) -> dict:
+    def _decode(self, row, links: list, runs_by_id: dict[int, dict] | None = None) -> dict:
+        """``runs_by_id``: every run already read (list); else each linked run is read here."""
         study = dict(row)
         try:
             study["spec"] = json.loads(study["spec"])
@@ -140,7 +141,8 @@ class StudyStore:
             study["spec"] = {}
         runs = []
         for link in links:
-            run = self.store.get_run(link["run_id"])
+            run = (runs_by_id.get(link["run_id"]) if runs_by_id is not None
+                   else self.store.get_run(link["run_id"]))
             if run is not None:
                 runs.append({**run, "arm": link["arm"], "seed": link["seed"]})
         study["runs"] = runs
@@ -164,12 +166,17 @@ class StudyStore:
             if owner is None:
                 return c.execute("SELECT * FROM studies ORDER BY id DESC").fetchall()
             return c.execute("SELECT * FROM studies WHERE owner=? ORDER BY id DESC", (owner,)).fetchall()
-        out = []
-        for row in self.store._read(read):
-            links = self.store._read(lambda c, i=row["id"]: c.execute(
-                "SELECT run_id, arm, seed FROM study_runs WHERE study_id=? ORDER BY run_id", (i,)).fetchall())
-            out.append(self._decode(row, links))
-        return out
+        rows = self.store._read(read)
+        if not rows:
+            return []
+        # Three reads for the whole page, not two per study and one per run: the Runs page
+        # calls this every few seconds while a study trains.
+        runs_by_id = {r["id"]: r for r in self.store.list_runs()}
+        links: dict[int, list] = {}
+        for link in self.store._read(lambda c: c.execute(
+                "SELECT study_id, run_id, arm, seed FROM study_runs ORDER BY run_id").fetchall()):
+            links.setdefault(link["study_id"], []).append(link)
+        return [self._decode(row, links.get(row["id"], []), runs_by_id) for row in rows]
 
     def run_ids(self) -> dict[int, int]:
         """{run id: study id} for every run that belongs to a study."""
