@@ -20,7 +20,7 @@ from typing import Iterable
 __all__ = ["RunRecords", "EVENT_KINDS"]
 
 EVENT_KINDS = ("start", "resume", "nan_skip", "rollback", "lr_drop", "eval", "checkpoint",
-               "samples", "warning", "error", "stop", "finish", "lost")
+               "samples", "warning", "error", "stop", "finish", "lost", "early_stop")
 
 
 class RunRecords:

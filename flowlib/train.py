@@ -67,7 +67,7 @@ from .session import STOP_POLL_S, Monitor, append_log, persist, stop_signals
 from .speed import tune_for_training
 from .threads import ThreadGovernor
 from .train_parts import (EVAL_BATCH, EVAL_SEED, _GradClip, _LossModule, _Sampler,  # noqa: F401
-                          evaluate_bpd)   # evaluate_bpd is re-exported: tests and scripts use it
+                          augment_batch, evaluate_bpd)   # evaluate_bpd is re-exported: tests and scripts use it
 from .store import RunStore, StoreBusyError, StoreUnavailableError
 
 __all__ = ["TrainConfig", "RunResult", "train_run", "describe_failure", "write_sample_grid",
@@ -80,6 +80,28 @@ SAMPLE_SEED = 1234          # fixed latents, so successive grids show the same s
 
 class TrainingDiverged(RuntimeError):
     """Non-finite losses kept coming back after every rollback and learning-rate drop."""
+
+
+class OutOfMemoryAtBatch(RuntimeError):
+    """A training step ran out of memory; ``fits`` is the largest halved batch size whose step
+    was tried afterwards and fitted (None: not even one image), and the checkpoint holds
+    every step before the failed one."""
+
+    def __init__(self, batch: int, fits: int | None, step: int, device: str):
+        self.batch, self.fits, self.step = batch, fits, step
+        where = "this GPU" if device == "cuda" else f"this {device}"
+        if fits is None:
+            advice = (f"Not even a batch of 1 fits on {where} now: the model is too large for it "
+                      "(fewer levels, flow steps or hidden channels), or other programs hold its memory.")
+        else:
+            advice = (f"A step with batch size {fits} fits on {where} (tried just after the failure): "
+                      f"resume with batch size {fits}, or start a new run with it.")
+        super().__init__(f"Out of memory at step {step + 1:,} with batch size {batch}. {advice}")
+
+
+def _free_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,8 @@ def describe_failure(exc: BaseException, during: str = "", batch_size: int | Non
         else:   # torch.save's writer lost bytes: nearly always a full disk
             return (f"Writing a file failed{where} (the disk may be full: {str(exc).strip()[:200]})."
                     f"{kept} Free some space, then resume.")
+    if isinstance(exc, OutOfMemoryAtBatch):
+        return f"{exc}{kept}"
     if _is_oom(exc):
         smaller = f" (e.g. {max(1, batch_size // 2)} instead of {batch_size})" if batch_size else ""
         return (f"Out of memory{where}. Try a smaller batch size{smaller} or a smaller model "
@@ -177,6 +201,10 @@ class _Training:
         self.last_ckpt_step: int | None = None
         self.best = None
         self.last_test = None
+        # early stopping (TrainConfig.early_stop_evals): the best eval-subset score, its step and
+        # weights, and how many evaluations since did not beat it
+        self.early = {"best": None, "step": None, "since": 0, "weights": None}
+        self.early_stopped = False
         self.metric_buffer: list[tuple] = []
 
     # -- helpers ----------------------------------------------------------------------
@@ -322,7 +350,8 @@ class _Training:
                 "rng": rng, "sampler": self.sampler.state(), "dataset": tc.dataset,
                 "dataset_options": dict(tc.dataset_options), "train": tc.to_dict(),
                 "best_test_bpd": self.best, "elapsed_s": self.elapsed(), "lr_scale": self.lr_scale,
-                "rollbacks": self.rollbacks, "grad_clip": self.clipper.state(), "run_id": self.run_id, "saved": time.time()}
+                "rollbacks": self.rollbacks, "grad_clip": self.clipper.state(), "run_id": self.run_id,
+                "saved": time.time(), **({"early_stop": dict(self.early)} if tc.early_stop_evals else {})}
 
     def save_checkpoint(self, announce: bool = True) -> None:
         # model_payload holds live tensors; torch.save copies them to the file synchronously.
@@ -349,6 +378,8 @@ class _Training:
         self.lr_scale = float(ckpt.get("lr_scale", 1.0))
         self.rollbacks = int(ckpt.get("rollbacks", 0))
         self.clipper.load(ckpt.get("grad_clip"))
+        if self.tc.early_stop_evals and "early_stop" in ckpt:
+            self.early = dict(ckpt["early_stop"])
         self.last_ckpt_step = self.step
         self.monitor.step = self.step
 
@@ -384,7 +415,7 @@ class _Training:
         """The run's own budget is spent, or the server's minutes cap (FLOWLAB_MAX_MINUTES) is
         reached: the cap holds whatever budget the run asked for (a run created before the cap
         was set, or with a step budget only)."""
-        if self.budget_fraction(self.step, server_cap=False) >= 1.0:
+        if self.early_stopped or self.budget_fraction(self.step, server_cap=False) >= 1.0:
             return True
         cap = self.store.limits.max_minutes
         if cap is not None and self.elapsed() >= cap * 60:
@@ -474,16 +505,29 @@ class _Training:
             for group in self.opt.param_groups:
                 group["lr"] = lr
             idx = self.sampler.next()
-            if self.ddp is None:
-                x = self.train_x[idx.to(self.device)]
-                terms = _compute_terms(self.model, x, self.noise_gen, autocast)
-            else:   # this rank's shard of the global batch, with its rows of the global noise
-                x = self.train_x[idx[shard_slice(idx.shape[0], self.dist)].to(self.device)]
-                with noise_shard(self.dist.rank, self.dist.world_size), autocast():
-                    terms = self.ddp(x, self.noise_gen)
-            loss = terms.total.float().mean()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            oom = None
+            try:
+                if self.ddp is None:
+                    x = augment_batch(self.train_x[idx.to(self.device)], tc.augment, tc.seed, self.step)
+                    terms = _compute_terms(self.model, x, self.noise_gen, autocast)
+                else:   # this rank's shard of the global batch, with its rows of the global noise
+                    rows = shard_slice(idx.shape[0], self.dist)
+                    x = augment_batch(self.train_x[idx[rows].to(self.device)], tc.augment, tc.seed,
+                                      self.step, rows=rows, global_batch=idx.shape[0])
+                    with noise_shard(self.dist.rank, self.dist.world_size), autocast():
+                        terms = self.ddp(x, self.noise_gen)
+                loss = terms.total.float().mean()
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+            except Exception as exc:   # noqa: BLE001 - only out-of-memory is handled here
+                if not _is_oom(exc) or self.ddp is not None:
+                    raise
+                oom = f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+            if oom is not None:
+                # outside the except block: its traceback, which holds the failed step's
+                # activations, is gone before the smaller batches are tried
+                terms = loss = x = None
+                raise self.out_of_memory(autocast, oom)
             clip = self.clipper.threshold()
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, clip)
             # one host sync per step: loss, grad norm and the bpd split together
@@ -573,6 +617,8 @@ class _Training:
                 pass
         what = f"the full test set ({images.shape[0]:,} images)" if full else f"{images.shape[0]:,} held-out images"
         self.event("eval", f"step {self.step}: test {bpd:.4f} bits/dim on {what}")
+        if tc.early_stop_evals and not full:
+            self.track_early_stop(bpd)
         if self.last_grid_step != self.step:
             self.stage = f"while saving the sample grid at step {self.step}"
             path = write_sample_grid(self.model, self.eps, tc.sample_temperatures,
@@ -586,9 +632,65 @@ class _Training:
         self.stage = "while training"
         return bpd
 
+    def out_of_memory(self, autocast, detail: str) -> OutOfMemoryAtBatch:
+        """After a step ran out of memory: find the batch size that fits, keep every step
+        trained so far in a checkpoint, and say both (the weights are those of the last
+        completed step: the failed one never reached the optimizer)."""
+        batch = self.tc.batch_size
+        append_log(self.store.log_path(self.run_id), f"step {self.step + 1}, batch size {batch}: {detail}\n")
+        self.stage = f"while finding a batch size that fits, after running out of memory at step {self.step + 1}"
+        fits = self.fitting_batch(batch, autocast)
+        if fits is not None and self.dist.is_main:
+            self.metric_buffer.append((self.step, time.time(), "oom_fitting_batch", float(fits)))
+            self.flush_metrics()
+        self.stage = f"while saving the checkpoint at step {self.step}"
+        self.save_checkpoint(announce=False)
+        return OutOfMemoryAtBatch(batch, fits, self.step, self.device.type)
+
+    def fitting_batch(self, failed: int, autocast) -> int | None:
+        """The largest of failed/2, failed/4, ... whose training step (forward and backward on
+        real images) fits in memory now; None if not even 1 does. Nothing is updated: the
+        gradients are dropped and the run's own noise generator is not touched."""
+        batch = min(failed // 2, self.train_x.shape[0])
+        while batch >= 1:
+            self.opt.zero_grad(set_to_none=True)
+            _free_cached_memory(self.device)
+            try:
+                terms = _compute_terms(self.model, self.train_x[:batch], torch.Generator().manual_seed(0),
+                                       autocast)
+                terms.total.float().mean().backward()
+                return batch
+            except Exception as exc:   # noqa: BLE001
+                if not _is_oom(exc):
+                    raise
+            finally:
+                terms = None
+                self.opt.zero_grad(set_to_none=True)
+                _free_cached_memory(self.device)
+            batch //= 2
+        return None
+
+    def track_early_stop(self, bpd: float) -> None:
+        """Keep the weights of the best evaluation; after ``early_stop_evals`` evaluations
+        without a better one, end the run (``budget_reached``) with those weights."""
+        early = self.early
+        if math.isfinite(bpd) and (early["best"] is None or bpd < early["best"]):
+            early.update(best=bpd, step=self.step, since=0,
+                         weights={k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        else:
+            early["since"] += 1
+            self.early_stopped = early["since"] >= self.tc.early_stop_evals
+
     def finish(self) -> RunResult:
         tc = self.tc
         self.log_window()
+        early_note = ""
+        if self.early_stopped and self.early["weights"] is not None:
+            self.model.load_state_dict(self.early["weights"])
+            early_note = (f" Stopped early: {tc.early_stop_evals} evaluation(s) in a row did not beat "
+                          f"step {self.early['step']:,} ({self.early['best']:.4f} bits/dim on the "
+                          f"evaluation images), so the model keeps that step's weights.")
+            self.event("early_stop", early_note.strip())
         full = self.evaluate(full=True)
         self.stage = f"while saving the final checkpoint at step {self.step}"
         self.save_checkpoint()
@@ -598,10 +700,13 @@ class _Training:
             of = f" of {tc.max_steps:,}" if tc.max_steps is not None else ""
             budget = (f"at this server's time cap of {cap:g} minutes per run (FLOWLAB_MAX_MINUTES), "
                       f"at step {self.step:,}{of}")
+        elif self.early_stopped:
+            budget = f"at step {self.step:,} (early stopping)"
         else:
             budget = f"{self.step:,} steps" if tc.max_steps is not None and self.step >= tc.max_steps \
                 else f"{tc.max_minutes:g} minutes ({self.step:,} steps)"
-        message = f"Finished {budget}: {full:.4f} bits/dim on the full test set ({self.test_x.shape[0]:,} images)."
+        message = (f"Finished {budget}: {full:.4f} bits/dim on the full test set "
+                   f"({self.test_x.shape[0]:,} images).{early_note}")
         self.event("finish", message)
         return RunResult("finished", message, self.step)
 

@@ -15,7 +15,7 @@ import torch
 from .checkpoint import CheckpointError
 from .model import FlowModel
 
-__all__ = ["EVAL_SEED", "EVAL_BATCH", "evaluate_bpd"]
+__all__ = ["EVAL_SEED", "EVAL_BATCH", "evaluate_bpd", "augment_batch"]
 
 EVAL_SEED = 0               # fixed eval subset and dequantisation noise: test points comparable
 EVAL_BATCH = 500
@@ -61,6 +61,41 @@ class _Sampler:
                                   f"but the dataset now has {self.n}; the data changed since")
         self.gen.set_state(state["gen"])
         self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+
+
+AUGMENT_SHIFT = 2           # pixels, each direction, for "flip-shift"
+
+
+def augment_batch(x: torch.Tensor, mode: str, seed: int, step: int, rows: slice | None = None,
+                  global_batch: int | None = None) -> torch.Tensor:
+    """Random mirrored / shifted copies of a uint8 batch (N, C, H, W), for ``augment`` modes
+    ``flip`` and ``flip-shift`` (``none`` returns ``x``).
+
+    The random choices come from a generator seeded by (seed, step) alone, so a resumed run
+    and an uninterrupted one change the same images the same way, with no state to save.
+    ``rows``/``global_batch``: under torchrun ``x`` is the rows ``rows`` of a global batch of
+    ``global_batch`` images; every rank draws the global batch's choices and keeps its own, so
+    the ranks together change the batch exactly as one process would.
+    """
+    if mode == "none":
+        return x
+    total = x.shape[0] if global_batch is None else global_batch
+    start = 0 if rows is None else (rows.start or 0)
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    flip = torch.rand(total, generator=gen)[start:start + x.shape[0]] < 0.5
+    out = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+    if mode == "flip-shift":
+        r = AUGMENT_SHIFT
+        shifts = torch.randint(-r, r + 1, (total, 2), generator=gen)[start:start + x.shape[0]].to(x.device)
+        n, _, h, w = out.shape
+        padded = torch.nn.functional.pad(out.float(), (r, r, r, r), mode="replicate").to(x.dtype)
+        rows_i = torch.arange(h, device=x.device)[None, :] + r - shifts[:, :1]       # (N, H)
+        cols_i = torch.arange(w, device=x.device)[None, :] + r - shifts[:, 1:]       # (N, W)
+        batch_i = torch.arange(n, device=x.device)[:, None, None]
+        # advanced indices first: (N, H, W, C), then back to (N, C, H, W)
+        out = padded.permute(0, 2, 3, 1)[batch_i, rows_i[:, :, None], cols_i[:, None, :]]
+        out = out.permute(0, 3, 1, 2).contiguous()
+    return out
 
 
 class _GradClip:

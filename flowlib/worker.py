@@ -207,15 +207,18 @@ def stop_run(store: RunStore, run_id: int, owner: str | None = None) -> bool:
 
 
 def resume_run(store: RunStore, run_id: int, owner: str | None = None,
-               max_steps: int | None = None, max_minutes: float | None = None) -> int:
+               max_steps: int | None = None, max_minutes: float | None = None,
+               batch_size: int | None = None) -> int:
     """Continue a stopped / lost / failed (or finished, with a larger budget) run from its
-    checkpoint: same step count, optimizer state, LR schedule and curves. Returns the pid."""
+    checkpoint: same step count, optimizer state, LR schedule and curves. Returns the pid.
+    ``batch_size``: continue with another batch size (after running out of memory)."""
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(f"no run with id {run_id}")
-    if max_steps is not None or max_minutes is not None:
+    if max_steps is not None or max_minutes is not None or batch_size is not None:
         from .config import TrainConfig  # validation lives with the config
-        changes = {k: v for k, v in (("max_steps", max_steps), ("max_minutes", max_minutes)) if v is not None}
+        changes = {k: v for k, v in (("max_steps", max_steps), ("max_minutes", max_minutes),
+                                     ("batch_size", batch_size)) if v is not None}
         store.update_train(run_id, TrainConfig.from_dict({**run["train"], **changes}).to_dict(), owner)
     return start_run(store, run_id, owner)
 

@@ -189,23 +189,51 @@ def test_trainer_survives_a_database_locked_by_another_program(tmp_path):
 
 
 # -- out of memory --------------------------------------------------------------------------------
-def test_gpu_out_of_memory_fails_cleanly_suggesting_a_smaller_batch(store, monkeypatch):
+def _oom_when(monkeypatch, fails):
+    """Make the step's forward pass raise CUDA's out-of-memory error when fails(call, batch)."""
     real, calls = train_mod._compute_terms, {"n": 0}
 
-    def oom(*args):
+    def maybe_oom(model, x, *args):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if fails(calls["n"], x.shape[0]):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(*args)
+        return real(model, x, *args)
 
-    monkeypatch.setattr(train_mod, "_compute_terms", oom)
-    run_id = _queued(store)
+    monkeypatch.setattr(train_mod, "_compute_terms", maybe_oom)
+
+
+def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store, monkeypatch):
+    # Steps 1-4 train at batch 8; from step 5 on, more than 2 images do not fit.
+    _oom_when(monkeypatch, lambda call, batch: call >= 5 and batch > 2)
+    run_id = _queued(store, lr_schedule="constant")
     result = train_run(store, run_id)
     assert result.status == "failed" and result.step == 4
-    assert result.message.startswith("Out of memory while training.")
-    assert "smaller batch size (e.g. 4 instead of 8)" in result.message
+    assert result.message.startswith("Out of memory at step 5 with batch size 8. A step with batch "
+                                     "size 2 fits"), result.message
+    assert "checkpoint (step 4) is intact" in result.message
     assert "Traceback" not in result.message and "OutOfMemoryError" in store.log_path(run_id).read_text()
-    assert load_checkpoint(store.checkpoint_path(run_id))["step"] == 0
+    ckpt = load_checkpoint(store.checkpoint_path(run_id))
+    assert ckpt["step"] == 4                                  # nothing trained is lost
+    assert store.metrics(run_id, keys=["oom_fitting_batch"])["oom_fitting_batch"]["value"] == [2.0]
+    # the probe changed nothing: the saved weights are those of an uninterrupted 4-step run
+    monkeypatch.undo()
+    ref = _queued(store, max_steps=4, lr_schedule="constant")
+    assert train_run(store, ref).status == "finished"
+    ref_model = load_checkpoint(store.checkpoint_path(ref))["model"]
+    for key, value in ref_model.items():
+        assert torch.equal(value, ckpt["model"][key]), key
+    # and the run resumes from step 4 with the batch that fits
+    from flowlib import worker
+    monkeypatch.setattr(worker, "start_run", lambda store, rid, owner=None: 0)   # no process here
+    worker.resume_run(store, run_id, batch_size=2)
+    assert store.get_run(run_id)["train"]["batch_size"] == 2
+
+
+def test_out_of_memory_when_not_even_one_image_fits_says_so(store, monkeypatch):
+    _oom_when(monkeypatch, lambda call, batch: call >= 3)
+    result = train_run(store, _queued(store))
+    assert result.status == "failed" and result.step == 2
+    assert "Not even a batch of 1 fits" in result.message and "too large" in result.message
 
 
 # -- double clicks --------------------------------------------------------------------------------
