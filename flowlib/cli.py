@@ -213,6 +213,12 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
             options = {"path": args.data_path} if args.data_path else {}
             if "max_minutes" in overrides and "max_steps" not in overrides:
                 overrides["max_steps"] = None  # --minutes alone: a time budget only
+            if "batch_size" not in overrides:   # 256 on a GPU, 64 on a CPU
+                from .device import default_batch_size, pick_device
+                try:
+                    overrides["batch_size"] = default_batch_size(pick_device(overrides.get("device", "auto")))
+                except ValueError:
+                    pass    # a device that is not here: the trainer says so in the run's message
             train = TrainConfig(dataset=dataset, dataset_options=options).replace(**overrides)
             shape = flow.pop("image_shape", None)
             if shape is None:

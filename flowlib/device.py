@@ -18,7 +18,8 @@ import torch
 
 from .config import DEVICE_CHOICES  # declared with the TrainConfig.device setting
 
-__all__ = ["DEVICE_CHOICES", "pick_device", "describe_device", "configure_threads", "available_devices"]
+__all__ = ["DEVICE_CHOICES", "pick_device", "describe_device", "configure_threads", "available_devices",
+           "default_batch_size"]
 
 
 def _mps_available() -> bool:
@@ -72,6 +73,17 @@ def configure_threads(device: torch.device | str, threads: int | None = None) ->
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+# A GPU step of a small flow costs about the same for 64 images as for 256 (kernel launches,
+# not arithmetic, bound it), so a GPU default of 64 would leave most of it idle. On a CPU 64
+# is near the best images/s (benchmarks/RESULTS.md).
+DEFAULT_BATCH = {"cuda": 256}
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """The batch size a new run gets when none is given: 256 on a CUDA GPU, else 64."""
+    return DEFAULT_BATCH.get(torch.device(device).type, 64)
 
 
 def describe_device(device: torch.device | str | None = None) -> str:

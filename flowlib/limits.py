@@ -12,9 +12,11 @@ the app, the worker and the CLI read the same variables the same way.
 
 Environment:
 
-``FLOWLAB_MAX_CONCURRENT``    active runs allowed on this server (default 1)
+``FLOWLAB_MAX_CONCURRENT``    active runs allowed on this server (default: 1 on a CPU; on an
+                              NVIDIA GPU one per 16 GiB of its memory, at most 4 —
+                              :func:`flowlib.gpu.default_concurrent_runs`)
 ``FLOWLAB_CLASSROOM=1``       classroom mode: caps below default to 5000 steps, batch 256,
-                              60 minutes, 1 concurrent run, 3,000,000 parameters, 2048 MB of
+                              60 minutes, 3,000,000 parameters, 2048 MB of
                               activations, 12 waiting runs per visitor, unless set explicitly
 ``FLOWLAB_MAX_STEPS``         most training steps a run may ask for
 ``FLOWLAB_MAX_BATCH``         largest batch size a run may ask for
@@ -38,6 +40,7 @@ import os
 from dataclasses import dataclass
 
 from .config import ConfigError
+from .gpu import default_concurrent_runs
 
 __all__ = ["Limits", "env_flag", "env_int", "env_float", "activation_mb"]
 
@@ -130,7 +133,7 @@ class Limits:
         minutes_given = bool(os.environ.get("FLOWLAB_MAX_MINUTES", "").strip())
         max_minutes = env_float("FLOWLAB_MAX_MINUTES", 60.0) if (classroom or minutes_given) else None
         return cls(
-            max_concurrent=env_int("FLOWLAB_MAX_CONCURRENT", 1),
+            max_concurrent=env_int("FLOWLAB_MAX_CONCURRENT", None) or default_concurrent_runs(),
             max_steps=env_int("FLOWLAB_MAX_STEPS", 5000 if classroom else None),
             max_batch=env_int("FLOWLAB_MAX_BATCH", 256 if classroom else None),
             max_minutes=max_minutes,

@@ -258,7 +258,7 @@ for key, value in st.session_state.get(FORM_KEY + "saved_form", {}).items():
 form_defaults = {f: getattr(APP_TRAIN_DEFAULTS, f) for f in ("max_steps", "max_minutes", *TRAIN_FIELDS)}
 form_defaults.update(  # this server's caps, and bf16 only where it is fast
     max_steps=min(APP_TRAIN_DEFAULTS.max_steps, store.limits.max_steps or APP_TRAIN_DEFAULTS.max_steps),
-    batch_size=min(APP_TRAIN_DEFAULTS.batch_size, store.limits.max_batch or APP_TRAIN_DEFAULTS.batch_size),
+    batch_size=min(ui.default_batch(), store.limits.max_batch or ui.default_batch()),
     bf16=fast_bf16_here())
 for field, value in form_defaults.items():
     st.session_state.setdefault(FORM_KEY + field, value)
@@ -607,6 +607,16 @@ def other_runs_bar(store, run: dict) -> None:
             st.rerun(scope="app")
 
 
+def fitting_batch(store, run: dict) -> int | None:
+    """The batch size that fitted after this failed run ran out of memory (the trainer tried
+    it and recorded it), when it is smaller than the run's own; else None."""
+    if run["status"] != "failed":
+        return None
+    values = store.metrics(run["id"], keys=["oom_fitting_batch"]).get("oom_fitting_batch", {}).get("value")
+    fits = int(values[-1]) if values else None
+    return fits if fits is not None and fits < run["train"].get("batch_size", 0) else None
+
+
 def controls(store, run: dict) -> None:
     from flowlib import worker
     from flowlib.store import RunLimitError, RunStateError
@@ -621,8 +631,18 @@ def controls(store, run: dict) -> None:
                 worker.stop_run(store, rid, owner=ui.control_owner())
                 st.rerun()
         elif status in ("stopped", "failed", "lost"):
-            if b1.button("Resume", icon=":material/play_arrow:", type="primary", key=f"resume_{rid}",
-                         width="stretch", help="Continue from the last checkpoint with the same settings."):
+            fits = fitting_batch(store, run)
+            if fits is not None:
+                # out of memory: resuming with the same batch would fail again at once
+                if b1.button(f"Resume with batch {fits}", icon=":material/play_arrow:", type="primary",
+                             key=f"resume_{rid}", width="stretch",
+                             help=f"Continue from the last checkpoint with batch size {fits}, which "
+                                  "fitted in memory when it was tried; every other setting stays."):
+                    worker.resume_run(store, rid, owner=ui.control_owner(), batch_size=fits)
+                    st.session_state["train_run"] = rid
+                    st.rerun(scope="app")
+            elif b1.button("Resume", icon=":material/play_arrow:", type="primary", key=f"resume_{rid}",
+                           width="stretch", help="Continue from the last checkpoint with the same settings."):
                 worker.resume_run(store, rid, owner=ui.control_owner())
                 st.session_state["train_run"] = rid
                 st.rerun(scope="app")

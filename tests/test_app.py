@@ -227,6 +227,25 @@ def test_a_failed_run_says_why_on_its_dashboard(runs_dir, tmp_path):
     assert "Traceback" not in shown
 
 
+def test_a_run_that_ran_out_of_memory_offers_to_resume_with_the_batch_that_fits(runs_dir):
+    import os
+    from flowlib import preset
+    from flowlib.train import TrainConfig
+    s = store()
+    run_id = s.create_run("big batch", "mnist", preset("mnist-fast").to_dict(),
+                          TrainConfig(max_steps=100, batch_size=64).to_dict())
+    s.request_start(run_id)
+    s.begin_run(run_id, os.getpid())
+    s.append_metrics(run_id, [(3, 1000.0, "oom_fitting_batch", 16.0)])
+    s.finish_run(run_id, "failed", "Out of memory at step 4 with batch size 64. A step with batch size 16 "
+                                   "fits on this GPU (tried just after the failure): resume with batch "
+                                   "size 16, or start a new run with it.", 3)
+    at = train_page(run=str(run_id))
+    assert not at.exception, at.exception
+    assert at.button(key=f"resume_{run_id}").label == "Resume with batch 16"
+    assert "batch size 16 fits" in " ".join(e.value for e in at.error)
+
+
 # -- Runs ------------------------------------------------------------------------------------
 def _finished_run(name: str, owner: str | None = None, permutation: str = "conv1x1_lu") -> int:
     """A run in the store with a few metric rows, as a finished worker would leave it."""

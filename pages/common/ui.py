@@ -232,6 +232,27 @@ def device_line() -> str:
         return f"CPU, {os.cpu_count() or 1} threads"
 
 
+@st.cache_resource(show_spinner=False)
+def default_batch() -> int:
+    """The Train form's batch size: 256 on a CUDA GPU, else 64 (flowlib.device.default_batch_size)."""
+    try:
+        from flowlib.device import default_batch_size, pick_device
+        return default_batch_size(pick_device("auto"))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("default_batch failed: %s", exc)
+        return 64
+
+
+def gpu_line() -> str | None:
+    """'12.3 of 79.6 GiB in use · 85 % busy' for the first GPU (all processes, from NVML), or None."""
+    from flowlib.gpu import gpu_status
+    status = gpu_status()
+    if status is None:
+        return None
+    busy = f" · {status['util_percent']} % busy" if status["util_percent"] is not None else ""
+    return f"{status['used_gib']:.1f} of {status['total_gib']:.1f} GiB in use{busy}"
+
+
 # -- formatting ----------------------------------------------------------------------------
 def fmt_duration(seconds) -> str:
     if seconds is None:
@@ -301,6 +322,9 @@ def _sidebar_runs(was_busy: bool) -> None:
     waiting = [r for r in runs if r["status"] == WAITING]
     if was_busy and not active and not waiting:
         st.rerun(scope="app")  # nothing trains any more: switch this timer off
+    gpu = gpu_line()
+    if gpu:   # refreshed with this fragment: every 5 s while something trains
+        st.markdown(f"**GPU** · {gpu}")
     if active:
         for r in active[:3]:
             st.markdown(f"**Training** · {STATUS_WORDS.get(r['status'], r['status'])}, "
@@ -364,6 +388,7 @@ EVENT_STYLE = {  # kind -> (colour, words)
     "error": ("#c92a2a", "failed"),
     "resume": ("#2b8a3e", "resumed"),
     "stop": ("#495057", "stopped"),
+    "early_stop": ("#2b8a3e", "stopped early (best weights kept)"),
     "lost": ("#c92a2a", "process lost"),
     "warning": ("#f08c00", "warning"),
 }
