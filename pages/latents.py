@@ -69,6 +69,10 @@ col_c.metric("Invertibility error  max |decode(encode(x)) − x|", f"{enc['err']
 col_c.metric("This image's bits/dim", f"{enc['total']:.3f}",
              help="−log2 p(x) per pixel value: how many bits the model needs to store this image.")
 
+note = ec.costly_image_note(enc["total"], loaded)
+if note:
+    st.info(note, icon=":material/help:")
+
 # ------------------------------------------------------------------------------ per-level latents
 st.header("1 · One latent per level")
 st.caption("Finest first. Colour: blue negative, white 0, red positive. Left: the raw latent z; "

@@ -174,3 +174,16 @@ def test_masks_page_describes_each_permutation_kind_through_its_protocol(empty_r
     at.selectbox[0].set_value(option).run()
     _ok(at)
     assert any(shown in m.value for m in at.markdown), [m.value for m in at.markdown if "log|det" in m.value]
+
+
+def test_an_out_of_domain_image_gets_an_explanation_of_its_cost():
+    from pages.common import explore as ec
+    from flowlib.checkpoint import load_model
+    model, ckpt = load_model(DEMOS[1])                        # faces
+    loaded = ec.Loaded("faces demo", DEMOS[1], model, ckpt)
+    typical = ckpt["final_test_bpd"]
+    assert ec.costly_image_note(typical + 0.5, loaded) is None          # an ordinary image
+    note = ec.costly_image_note(53.7, loaded)
+    assert "53.70 bits/dim" in note and f"{typical:.2f}" in note and "more than the 8 bits/dim" in note
+    assert "more than the 8" not in ec.costly_image_note(typical + 1.5, loaded)
+    assert ec.costly_image_note(53.7, ec.Loaded("no score", DEMOS[1], model, {})) is None

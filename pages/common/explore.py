@@ -228,6 +228,28 @@ def image_source(loaded: Loaded, key: str, default_index: int = 0) -> tuple[np.n
     return pixels, "your drawing"
 
 
+def costly_image_note(bits_per_dim: float, loaded: Loaded) -> str | None:
+    """Why an image costs far more than the model's typical test image (one bit/dim or more
+    above its held-out score), in words; None for an ordinary image or an unknown score.
+
+    A drawn "seven" on the faces model scored 53.7 bits/dim next to "8 = random noise", and a
+    class read it as a broken model (issue 18)."""
+    typical = loaded.ckpt.get("final_test_bpd", loaded.ckpt.get("best_test_bpd"))
+    if not isinstance(typical, (int, float)) or not bits_per_dim > typical + 1.0:
+        return None
+    n_bits = loaded.config.n_bits
+    dims = int(np.prod(loaded.config.image_shape))
+    beyond_raw = (f" That is more than the {n_bits} bits/dim that storing the raw pixel values "
+                  "costs with no model at all: the model is not merely unsure about this image, it "
+                  "is confident the pixels should be something else." if bits_per_dim > n_bits else "")
+    return (f"**Why this image costs so much.** It costs {bits_per_dim:.2f} bits/dim, against "
+            f"{typical:.2f} for a typical held-out image of the data the model learnt from. A flow "
+            "spends all of its probability on what it was trained on, so every pixel value it does "
+            "not expect (another background, thicker strokes, a shape its data never had) lands "
+            f"where its density is thin, and the cost adds up over all {dims:,} values.{beyond_raw} "
+            "Section 2 below shows which level pays.")
+
+
 @contextlib.contextmanager
 def compute():
     """inference_mode with VIEW_THREADS torch threads, restored afterwards."""
