@@ -21,7 +21,7 @@ $(DEV_STAMP): $(APP_STAMP) requirements-dev.txt
 setup: $(APP_STAMP)
 
 run: $(APP_STAMP)
-	$(VENV)/bin/streamlit run app.py
+	$(PY) app.py
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest

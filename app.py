@@ -1,10 +1,20 @@
 """Flow Lab: router only. Every page lives in pages/; the library in flowlib/.
 
-Run with `streamlit run app.py`. The page list is explicit so the sidebar order is the
-teaching order: start, train and compare, then look inside a trained flow.
+Run with `python app.py` (what `make run` does): it serves the app like `streamlit run app.py`
+(which also works, and takes the same flags) after starting to import torch and load the
+demo models in the background, so the first visit does not wait for them
+(pages/common/serve.py). The page list is explicit so the sidebar order is the teaching
+order: start, train and compare, then look inside a trained flow.
 """
 
+import sys
+
 import streamlit as st
+from streamlit import runtime
+
+if __name__ == "__main__" and not runtime.exists():   # `python app.py`, not a page run
+    from pages.common.serve import serve
+    sys.exit(serve(__file__, sys.argv[1:]))
 
 from pages.common import ui
 

@@ -3,8 +3,11 @@
     python -m benchmarks.ui_latency                       # quiet, then with an mnist-fast run training
     python -m benchmarks.ui_latency --scenarios quiet --repeats 5 --pages masks latents sampling
 
-A fresh Streamlit server per scenario (cold: the first visit of the first page includes the
-server's imports) and headless Chromium at 1600×1000. The time of one interaction is from the
+A fresh Streamlit server per scenario, started as `make run` starts it (`python app.py`: its
+warm-up thread imports the libraries and loads the demo models, and the first visit is timed
+once the server prints that it is ready, as a teacher opens the page after the ready line), or
+with ``--no-warm-up`` as plain `streamlit run app.py` (cold: the first visit pays the imports);
+headless Chromium at 1600×1000. The time of one interaction is from the
 action in the browser to the server's ``script_finished`` message on the websocket (Streamlit's
 own "this run is done" signal, read from the protobuf frames), so nothing depends on guessing
 when the page looks settled. Controls are found on each page, not named here: the first
@@ -152,16 +155,22 @@ def _start_training(runs_dir: Path) -> subprocess.Popen:
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def run_scenario(scenario: str, pages: list[str], repeats: int, controls: int) -> tuple[list[dict], float]:
+READY_LINE = "Flow Lab: libraries and demo models loaded"   # printed by pages/common/serve.py
+
+
+def run_scenario(scenario: str, pages: list[str], repeats: int, controls: int,
+                 warm_up: bool = True) -> tuple[list[dict], float]:
     with tempfile.TemporaryDirectory(prefix="flowlab-latency-") as tmp:
         runs_dir = Path(tmp) / "runs"
         runs_dir.mkdir()
         trainer = _start_training(runs_dir) if scenario == "training" else None
-        server = StreamlitServer(runs_dir, Path(tmp) / "server.log")
+        server = StreamlitServer(runs_dir, Path(tmp) / "server.log", warm_up=warm_up)
         try:
             if trainer is not None:
                 time.sleep(15)     # past start-up: the run is training when the server starts
             url = server.start()
+            if warm_up and not server.wait_for_log(READY_LINE, timeout=120):
+                print("warning: the server never printed its ready line; measuring anyway")
             rows = measure(url, pages, repeats, controls)
             load = os.getloadavg()[0]
         finally:
@@ -181,10 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", nargs="+", default=list(PAGES), choices=list(PAGES))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--controls", type=int, default=4, help="controls measured per look-inside page")
+    ap.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                    help="serve with plain `streamlit run app.py` instead of `python app.py` (which "
+                         "loads the libraries and demo models before the first visit; the first "
+                         "visit is then timed after the server prints that it is ready)")
     args = ap.parse_args(argv)
     print(f"machine: {os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.1f}")
     for scenario in args.scenarios:
-        rows, load = run_scenario(scenario, args.pages, args.repeats, args.controls)
+        rows, load = run_scenario(scenario, args.pages, args.repeats, args.controls, args.warm_up)
         title = "quiet" if scenario == "quiet" else "with an mnist-fast run training"
         print(f"\n### {title} (load average at the end {load:.1f})\n")
         print("| page | interaction | median s | range s | n |\n|---|---|---:|---:|---:|")

@@ -6,33 +6,6 @@ from pages.common import ui
 
 ui.require_router()
 
-JOURNEY_SEED = 3          # the fresh noise of the picture's second row
-JOURNEY_TEMPERATURE = 0.8  # Sampling's usual setting: fewer odd strokes than T = 1
-
-
-@st.cache_data(show_spinner="Running the demo flow once…", max_entries=4)
-def journey_picture(path: str, mtime: float, dataset: str, index: int = 0):
-    """The Home picture: a test image to noise and fresh noise to an image, through a shipped
-    demo checkpoint, level by level. Cached per checkpoint file, so the page stays instant.
-    Returns (RGB picture, round-trip error) or (None, why)."""
-    import torch
-
-    from flowlib import viz
-    from pages.common import explore as ec
-
-    model, _, error = ec._load(path, mtime)
-    if error is not None:
-        return None, error
-    images = ec.test_images(dataset)
-    if isinstance(images, str):
-        return None, images
-    with ec.compute():
-        eps = model.sample_eps(1, torch.Generator().manual_seed(JOURNEY_SEED))
-        journey = viz.flow_journey(model, images[index].numpy(), eps, JOURNEY_TEMPERATURE)
-    scale = viz.fit_factor(model.config.image_shape[1], 112)
-    return viz.journey_strip(journey, scale, font_size=18), journey["round_trip"]
-
-
 def show_journey() -> None:
     from pages.common import explore as ec
 
@@ -41,7 +14,7 @@ def show_journey() -> None:
         st.caption("(The picture of a flow at work needs the demo checkpoint "
                    "checkpoints/mnist-fast.pt.)")
         return
-    picture, info = journey_picture(str(path), ec._mtime(path), "mnist")
+    picture, info = ec.journey_picture(str(path), ec._mtime(path), "mnist")
     if picture is None:
         st.caption(f"(The picture of a flow at work could not be drawn: {info})")
         return

@@ -98,84 +98,92 @@ with col_b:
                      "channel is a quarter of the pixels, so x1 still sees every neighbourhood.", output_format="PNG")
 
 # ------------------------------------------------------------------------------ masks through steps
-st.header("3 · Which values get transformed, step by step")
-st.markdown("One coupling leaves x1 untouched. The next coupling must condition on *different* "
-            "values, or half the numbers would never change. Follow the colours through K steps.")
-mode = st.radio("Show", ["Try a mask and a permutation", "The chosen model"], horizontal=True,
-                key="masks_trace_mode")
-if mode == "The chosen model":
-    stages = [(lv, "pre") for lv in range(L) if len(model.levels[lv].pre_steps)]
-    stages += [(lv, "post") for lv in range(L)]
-    names = {s: f"level {s[0] + 1}" + (" (checkerboard steps before the squeeze)" if s[1] == "pre" else "")
-             for s in stages}
-    stage = st.selectbox("Steps of", stages, format_func=names.get, key="masks_trace_stage")
-    shape, specs = viz.model_step_specs(model, *stage)
-    perm_kind = loaded.config.permutation
-else:
-    cols = st.columns(3)
-    mask_kind = cols[0].radio("Mask", ["channel", "checkerboard"], key="masks_try_mask")
-    perm_kind = cols[1].radio("Between couplings", ["none", "reverse", "shuffle", "conv1x1"],
-                              format_func={"none": "nothing (identity)", "reverse": "reverse channels",
-                                           "shuffle": "random shuffle", "conv1x1": "1×1 conv"}.get,
-                              index=1, key="masks_try_perm")
-    k_steps = cols[2].slider("Steps K", 1, 6, 4, key="masks_try_k")
-    shape = [c1, h1, w1]
-
-    def try_specs(perm: str) -> list[dict]:
-        gen = torch.Generator().manual_seed(0)
-        out = []
-        for k in range(k_steps):
-            mix = None
-            if perm != "none":
-                mix = viz.channel_mixing(make_permutation(perm, c1, gen))
-            out.append({"mix": mix, "mask": mask_kind, "parity": k % 2})
-        return out
-
-    specs = try_specs(perm_kind)
-    compare = {name: viz.trace_masks(shape, try_specs(key))[-1].covered_fraction
-               for key, name in (("none", "nothing"), ("reverse", "reverse"), ("shuffle", "shuffle"),
-                                 ("conv1x1", "1×1 conv"))}
-    st.markdown(f"**Values transformed after {k_steps} {mask_kind}-mask steps:** "
-                + " · ".join(f"{name} **{100 * v:.0f} %**" for name, v in compare.items()))
-
-trace = viz.trace_masks(shape, specs)
-cs, hs, ws = shape
-vals = sq1 if (cs, hs, ws) == (c1, h1, w1) else None
-if vals is None and (cs, hs, ws) == (C, H, W):
-    vals = pixels
-scale = viz.fit_factor(hs, max(40, min(110, 900 // max(cs, 1))))
-for t in trace:
-    if t.origin is not None:
-        shown = None if vals is None else vals[t.origin]
-        if t.mask_type == "channel":
-            labels = [f"{'x1' if t.x1[p].any() else 'x2'} = ch {o}" for p, o in enumerate(t.origin)]
-        else:
-            labels = [f"ch {o}" for o in t.origin]
+# A fragment: moving this section's controls (mask, permutation, steps K) reruns only this
+# section, not the squeeze walk above or the trained parameters below (issue 18: the steps-K
+# slider took 0.43 s when it reran the whole page).
+@st.fragment
+def masks_through_steps() -> None:
+    st.header("3 · Which values get transformed, step by step")
+    st.markdown("One coupling leaves x1 untouched. The next coupling must condition on *different* "
+                "values, or half the numbers would never change. Follow the colours through K steps.")
+    mode = st.radio("Show", ["Try a mask and a permutation", "The chosen model"], horizontal=True,
+                    key="masks_trace_mode")
+    if mode == "The chosen model":
+        stages = [(lv, "pre") for lv in range(L) if len(model.levels[lv].pre_steps)]
+        stages += [(lv, "post") for lv in range(L)]
+        names = {s: f"level {s[0] + 1}" + (" (checkerboard steps before the squeeze)" if s[1] == "pre" else "")
+                 for s in stages}
+        stage = st.selectbox("Steps of", stages, format_func=names.get, key="masks_trace_stage")
+        shape, specs = viz.model_step_specs(model, *stage)
+        perm_kind = loaded.config.permutation
     else:
-        shown = None
-        labels = [f"mix of {int(t.influence[p].sum())} ch" for p in range(cs)]
-    total = t.covered.size
-    left, right = st.columns([2.2, 1])
-    with left:
-        mixing = {"none": "no permutation", "permutation": "after the permutation",
-                  "conv": "after the 1×1 conv (every position is a mix of channels)"}[t.mixing]
-        st.image(viz.mask_tiles_image(t.x1, shown, scale=scale, labels=labels, font_size=14),
-                 caption=f"Step {t.step} ({mixing}): {t.mask_type} mask"
-                         + (f", parity {t.parity}" if t.mask_type == "checkerboard" else "")
-                         + ". Blue = x1 (kept), orange = x2 (transformed).", output_format="PNG")
-    with right:
-        st.image(viz.coverage_image(t.covered, scale=max(2, scale // 2),
-                                    labels=[f"ch {o}" for o in range(cs)], font_size=13),
-                 caption=f"Original values transformed so far: {t.covered_count:,} of {total:,} "
-                         f"({100 * t.covered_fraction:.0f} %)", output_format="PNG")
-final = trace[-1].covered_fraction
-if final < 1:
-    st.warning(f"After {len(trace)} steps only {100 * final:.0f} % of the values have ever been "
-               "transformed: the rest pass through the whole level unchanged. That is why flows "
-               "put a reversal, a shuffle or a 1×1 convolution between couplings.")
-else:
-    first_full = next(t.step for t in trace if t.covered_fraction == 1)
-    st.success(f"Every value has been transformed after {first_full} step(s).")
+        cols = st.columns(3)
+        mask_kind = cols[0].radio("Mask", ["channel", "checkerboard"], key="masks_try_mask")
+        perm_kind = cols[1].radio("Between couplings", ["none", "reverse", "shuffle", "conv1x1"],
+                                  format_func={"none": "nothing (identity)", "reverse": "reverse channels",
+                                               "shuffle": "random shuffle", "conv1x1": "1×1 conv"}.get,
+                                  index=1, key="masks_try_perm")
+        k_steps = cols[2].slider("Steps K", 1, 6, 4, key="masks_try_k")
+        shape = [c1, h1, w1]
+
+        def try_specs(perm: str) -> list[dict]:
+            gen = torch.Generator().manual_seed(0)
+            out = []
+            for k in range(k_steps):
+                mix = None
+                if perm != "none":
+                    mix = viz.channel_mixing(make_permutation(perm, c1, gen))
+                out.append({"mix": mix, "mask": mask_kind, "parity": k % 2})
+            return out
+
+        specs = try_specs(perm_kind)
+        compare = {name: viz.trace_masks(shape, try_specs(key))[-1].covered_fraction
+                   for key, name in (("none", "nothing"), ("reverse", "reverse"), ("shuffle", "shuffle"),
+                                     ("conv1x1", "1×1 conv"))}
+        st.markdown(f"**Values transformed after {k_steps} {mask_kind}-mask steps:** "
+                    + " · ".join(f"{name} **{100 * v:.0f} %**" for name, v in compare.items()))
+
+    trace = viz.trace_masks(shape, specs)
+    cs, hs, ws = shape
+    vals = sq1 if (cs, hs, ws) == (c1, h1, w1) else None
+    if vals is None and (cs, hs, ws) == (C, H, W):
+        vals = pixels
+    scale = viz.fit_factor(hs, max(40, min(110, 900 // max(cs, 1))))
+    for t in trace:
+        if t.origin is not None:
+            shown = None if vals is None else vals[t.origin]
+            if t.mask_type == "channel":
+                labels = [f"{'x1' if t.x1[p].any() else 'x2'} = ch {o}" for p, o in enumerate(t.origin)]
+            else:
+                labels = [f"ch {o}" for o in t.origin]
+        else:
+            shown = None
+            labels = [f"mix of {int(t.influence[p].sum())} ch" for p in range(cs)]
+        total = t.covered.size
+        left, right = st.columns([2.2, 1])
+        with left:
+            mixing = {"none": "no permutation", "permutation": "after the permutation",
+                      "conv": "after the 1×1 conv (every position is a mix of channels)"}[t.mixing]
+            st.image(viz.mask_tiles_image(t.x1, shown, scale=scale, labels=labels, font_size=14),
+                     caption=f"Step {t.step} ({mixing}): {t.mask_type} mask"
+                             + (f", parity {t.parity}" if t.mask_type == "checkerboard" else "")
+                             + ". Blue = x1 (kept), orange = x2 (transformed).", output_format="PNG")
+        with right:
+            st.image(viz.coverage_image(t.covered, scale=max(2, scale // 2),
+                                        labels=[f"ch {o}" for o in range(cs)], font_size=13),
+                     caption=f"Original values transformed so far: {t.covered_count:,} of {total:,} "
+                             f"({100 * t.covered_fraction:.0f} %)", output_format="PNG")
+    final = trace[-1].covered_fraction
+    if final < 1:
+        st.warning(f"After {len(trace)} steps only {100 * final:.0f} % of the values have ever been "
+                   "transformed: the rest pass through the whole level unchanged. That is why flows "
+                   "put a reversal, a shuffle or a 1×1 convolution between couplings.")
+    else:
+        first_full = next(t.step for t in trace if t.covered_fraction == 1)
+        st.success(f"Every value has been transformed after {first_full} step(s).")
+
+
+masks_through_steps()
 
 # ------------------------------------------------------------------------------ trained parameters
 st.header("4 · What the trained layers learned")

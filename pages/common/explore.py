@@ -250,6 +250,31 @@ def costly_image_note(bits_per_dim: float, loaded: Loaded) -> str | None:
             "Section 2 below shows which level pays.")
 
 
+# -- Home's picture ----------------------------------------------------------------------------
+JOURNEY_SEED = 3          # the fresh noise of the picture's second row
+JOURNEY_TEMPERATURE = 0.8  # Sampling's usual setting: fewer odd strokes than T = 1
+
+
+@st.cache_data(show_spinner="Running the demo flow once…", max_entries=4)
+def journey_picture(path: str, mtime: float, dataset: str, index: int = 0):
+    """Home's picture: a test image to noise and fresh noise to an image, through a shipped
+    demo checkpoint, level by level. Cached per checkpoint file, so the page stays instant;
+    kept here rather than in pages/home.py so the server can draw it before the first visit
+    (pages/common/serve.py). Returns (RGB picture, round-trip error) or (None, why)."""
+    from flowlib import viz
+    model, _, error = _load(path, mtime)
+    if error is not None:
+        return None, error
+    images = test_images(dataset)
+    if isinstance(images, str):
+        return None, images
+    with compute():
+        eps = model.sample_eps(1, torch.Generator().manual_seed(JOURNEY_SEED))
+        journey = viz.flow_journey(model, images[index].numpy(), eps, JOURNEY_TEMPERATURE)
+    scale = viz.fit_factor(model.config.image_shape[1], 112)
+    return viz.journey_strip(journey, scale, font_size=18), journey["round_trip"]
+
+
 @contextlib.contextmanager
 def compute():
     """inference_mode with VIEW_THREADS torch threads, restored afterwards."""

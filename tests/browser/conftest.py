@@ -45,9 +45,11 @@ def _healthy(url: str) -> bool:
 
 
 class StreamlitServer:
-    """`streamlit run app.py` on 127.0.0.1 in its own process group."""
+    """`python app.py` (or, with ``warm_up=False``, plain `streamlit run app.py`) on 127.0.0.1
+    in its own process group."""
 
-    def __init__(self, runs_dir: Path, log_path: Path, env: dict | None = None):
+    def __init__(self, runs_dir: Path, log_path: Path, env: dict | None = None, warm_up: bool = True):
+        self.launcher = ["app.py"] if warm_up else ["-m", "streamlit", "run", "app.py"]
         self.runs_dir = runs_dir
         self.log_path = log_path
         self.extra_env = env or {}
@@ -60,7 +62,8 @@ class StreamlitServer:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+            # `python app.py` is what `make run` serves: Streamlit plus the warm-up thread
+            [sys.executable, *self.launcher, "--server.headless", "true",
              "--server.address", "127.0.0.1", "--server.port", str(port),
              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -75,6 +78,16 @@ class StreamlitServer:
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"streamlit did not become healthy in {timeout:.0f} s; see {self.log_path}")
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> bool:
+        """Wait until the server's log holds ``text`` (e.g. the warm-up's ready line)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._log.flush()
+            if text in self.log_path.read_text(errors="replace"):
+                return True
+            time.sleep(0.2)
+        return False
 
     def stop(self) -> None:
         """Kill the server's process group (not the training workers: they run in their own)."""

@@ -1,0 +1,72 @@
+"""`python app.py`: serve Flow Lab with the heavy work done before the first visitor.
+
+    python app.py                       # what `make run` does; any `streamlit run` flag works:
+    python app.py --server.port 8502
+
+Streamlit imports a page's modules and fills its caches on the first visit, so the first
+person to open a fresh server (the teacher, at the projector) waited 3.3 s for Home: about
+1 s of that is importing torch, the rest loading the demo model and drawing Home's picture.
+Here a background thread does all of it while the server starts, in the server's own
+process, where Streamlit's caches (``st.cache_data`` / ``st.cache_resource``, module-level)
+and ``sys.modules`` are shared with every session. The server answers at once; a visitor
+who comes before the warm-up ends just waits for the part still running, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+log = logging.getLogger("flowlab.serve")
+
+WARM_UP_THREAD = "flowlab-warm-up"
+# Streamlit logs "missing ScriptRunContext" / "No runtime found" for cached calls made outside
+# a page run: expected in the warm-up thread, and they would read like errors in the server
+# log. A filter (not a level: Streamlit resets its loggers' levels as it starts) drops only
+# that thread's records.
+_QUIET = ("streamlit.runtime.caching", "streamlit.runtime.scriptrunner_utils.script_run_context")
+
+
+def _not_from_warm_up(record: logging.LogRecord) -> bool:
+    return record.threadName != WARM_UP_THREAD
+
+
+def warm_up() -> float:
+    """Import the libraries, load the demo models and their test images, draw Home's picture;
+    returns the seconds it took. Failures are logged, never raised: the pages say the same
+    things in their own words when a visitor comes."""
+    start = time.perf_counter()
+    for name in _QUIET:
+        logging.getLogger(name).addFilter(_not_from_warm_up)
+    try:
+        import plotly.graph_objects  # noqa: F401
+        import torch  # noqa: F401
+
+        from flowlib import flows2d, flows2d_figures, viz  # noqa: F401
+        from flowlib.store import RunStore  # noqa: F401
+        from pages.common import explore as ec
+
+        for label, path in ec.DEMOS.items():
+            if path.is_file():
+                ec.load(path)
+        for dataset in ("mnist", "faces"):
+            ec.test_images(dataset)
+        home_demo = ec.DEMOS.get("MNIST digits demo (mnist-fast)")
+        if home_demo is not None and home_demo.is_file():
+            ec.journey_picture(str(home_demo), ec._mtime(home_demo), "mnist")
+    except Exception as exc:  # noqa: BLE001 - a warm-up must never stop the server
+        log.warning("warm-up stopped early: %s: %s", type(exc).__name__, exc)
+    return time.perf_counter() - start
+
+
+def serve(app_path: str, args: list[str]) -> int:
+    """Start the warm-up thread, then run ``streamlit run app_path *args`` in this process."""
+    def warm() -> None:
+        print(f"  Flow Lab: libraries and demo models loaded in {warm_up():.1f} s\n", flush=True)
+
+    threading.Thread(target=warm, name=WARM_UP_THREAD, daemon=True).start()
+    from streamlit.web import cli
+    sys.argv = ["streamlit", "run", app_path, *args]
+    return cli.main(prog_name="streamlit")
