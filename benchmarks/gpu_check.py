@@ -12,6 +12,10 @@ Writes under OUT_DIR (each step's output in its own file, and ``summary.md`` las
 4. ``worker.txt``     a run started through ``flowlib.worker`` and read back from the store
 5. ``torchrun.txt``   a 2-process ``torchrun`` smoke run, if the machine has 2 or more GPUs
                       and the trainer supports it (``--help`` mentions torchrun)
+6. ``train_page.txt`` the Train page through AppTest: the sidebar's device and GPU lines, the
+                      form's default batch size, the time estimate
+7. ``oom.txt``        a run with a batch far too large for the GPU: it must fail with a
+                      message naming the batch size that fits (CUDA only)
 
 Every step has its own time limit and a failure is written down, not raised, so one broken
 step never hides the others. No number here is a claim until it came from a CUDA machine:
@@ -158,6 +162,44 @@ def main(argv=None) -> int:
     else:
         why = "fewer than 2 GPUs" if n_gpus < 2 else "the trainer has no torchrun support yet"
         lines.append(f"5. torchrun: skipped ({why})")
+    page_script = (
+        "from streamlit.testing.v1 import AppTest\n"
+        "at = AppTest.from_file('app.py', default_timeout=180)\n"
+        "at.switch_page('pages/train.py')\n"
+        "at.run()\n"
+        "print('exceptions:', [e.message for e in at.exception])\n"
+        "print('sidebar:', [m.value for m in at.sidebar.markdown])\n"
+        "print('form batch size:', at.session_state['tr_batch_size'])\n"
+        "texts = [m.value for m in at.markdown] + [c.value for c in at.caption]\n"
+        "print('estimate:', [t for t in texts if 'images/s' in t][:3])\n")
+    code, secs = _run([py, "-c", page_script], out / "train_page.txt", timeout=240,
+                      env=dict(os.environ, FLOWLAB_RUNS_DIR=str(out / "page_runs")))
+    lines.append(f"6. Train page (AppTest): exit {code} in {secs:.0f} s: sidebar, batch default and "
+                 "time estimate in train_page.txt")
+
+    if device == "cuda":
+        # A batch whose activations (the classroom cap's estimate) are twice the GPU's memory:
+        # the run must stop with a message naming a batch that fits, its checkpoint intact.
+        from flowlib.config import preset
+        from flowlib.limits import activation_mb
+        cfg = preset("glow", image_shape=(1, 32, 32))
+        total_mb = torch.cuda.get_device_properties(0).total_memory / 2**20
+        huge = 64
+        while activation_mb(cfg, huge) < 2 * total_mb:
+            huge *= 2
+        code, secs = _run([py, "-m", "flowlib.train", "--preset", "glow", "--image-shape", "1,32,32",
+                           "--dataset", "faces", "--device", "cuda", "--steps", "5", "--batch-size",
+                           str(huge), "--eval-every", "1000", "--first-eval", "0", "--quiet",
+                           "--name", "gpu-check-oom", "--runs-dir", str(out / "oom_runs")],
+                          out / "oom.txt", timeout=240)
+        try:
+            oom = _read_run(out / "oom_runs")
+        except Exception as exc:  # noqa: BLE001
+            oom = {"error": f"{type(exc).__name__}: {exc}"}
+        lines.append(f"7. out of memory at batch {huge}: exit {code} in {secs:.0f} s; "
+                     f"{oom.get('status')}: {oom.get('message') or oom.get('error')}")
+    else:
+        lines.append("7. out of memory: skipped on the CPU (it would exhaust this machine's RAM)")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -46,6 +46,12 @@ def warm_up() -> float:
 
         from flowlib import flows2d, flows2d_figures, viz  # noqa: F401
         from flowlib.store import RunStore  # noqa: F401
+
+        # The first optimizer of a process imports torch._dynamo (1.4 s of the 2-D page's
+        # first visit, measured with py-spy), and plotly loads its validators on the first
+        # figure: do both once here.
+        flows2d.make_optimizer(flows2d.Flow2D(flows2d.Flow2DConfig()))
+        plotly.graph_objects.Figure(plotly.graph_objects.Scatter(x=[0], y=[0])).update_layout(height=100)
         from pages.common import explore as ec
 
         for label, path in ec.DEMOS.items():
