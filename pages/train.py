@@ -1,17 +1,15 @@
 """Train: pick the data and a model, press Start, watch it learn live.
 
 The page never trains in-process: Start asks ``flowlib.worker`` to launch a separate
-process, and the dashboard below only reads the run store (an ``st.fragment`` that polls
-every 2 s while the run is active and stops polling when it is not).
+process, and the dashboard below (``pages.common.run_dashboard``) only reads the run store
+(an ``st.fragment`` that polls every 2 s while the run is active and stops polling when it is not).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from flowlib.config import (APP_TRAIN_DEFAULTS, PRESET_LR, PRESET_NOTES, PRESETS, ConfigError, FlowConfig,
@@ -21,6 +19,7 @@ from flowlib.device import bf16_is_fast, pick_device
 from flowlib.estimate import SpeedEstimator, SpeedRequest, parameter_count
 from pages.common import ui
 from pages.common import settings_form
+from pages.common.run_dashboard import busy_words, friendly, render_dashboard
 
 ui.require_router()
 
@@ -124,10 +123,6 @@ def load_preset_into_widgets(name: str, shape) -> None:
     else:
         st.session_state.pop(FORM_KEY + "levels_note", None)
     st.session_state[FORM_KEY + "loaded_preset"] = (name, tuple(shape))
-
-
-def friendly(message: str) -> str:
-    return message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
 
 
 def error_slot(field: str | None) -> str:
@@ -434,375 +429,6 @@ st.session_state[FORM_KEY + "saved_form"] = {
     if FORM_KEY + f in st.session_state}
 
 
-# -- page: the live dashboard ----------------------------------------------------------------
-def bpd_figure(m: dict, events: list, axis: str, run_id: int):
-    el = m.get("elapsed_s")
-    fig = go.Figure()
-    hover = "%{y:.3f} bits/dim"
-    if "train_bpd" in m:
-        c = m["train_bpd"]
-        fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]),
-                                 name="train (batches)", line=dict(color=ui.PALETTE[0], width=3),
-                                 hovertemplate=hover))
-    if "test_bpd" in m:
-        c = m["test_bpd"]
-        fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode="lines+markers",
-                                 name="test (held-out images)", marker=dict(size=9),
-                                 line=dict(color=ui.PALETTE[1], width=3), hovertemplate=hover))
-    if "test_bpd_full" in m:
-        c = m["test_bpd_full"]
-        fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode="markers",
-                                 name="test (full set, at the end)",
-                                 marker=dict(size=16, symbol="star", color=ui.PALETTE[2]),
-                                 hovertemplate=hover))
-    add_event_marks(fig, m, events, axis)
-    ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title="bits/dim (lower is better)",
-                   uirevision=f"bpd-{run_id}-{axis}", height=420)
-    ui.add_bpd_help(fig)
-    return fig
-
-
-def add_event_marks(fig, m: dict, events: list, axis: str) -> None:
-    """NaN skips, rollbacks, LR drops, errors and resumes: a dotted line where they happened."""
-    marks = [e for e in events if e["kind"] in ui.EVENT_STYLE and e.get("step") is not None]
-    if not marks:
-        return
-    el = m.get("elapsed_s")
-    ref = m.get("train_bpd")
-    steps = [e["step"] for e in marks]
-    xs = ui.x_values({"step": steps}, el, axis)
-    ys = (np.interp(steps, ref["step"], ref["value"]).tolist() if ref and ref["step"]
-          else [None] * len(marks))
-    for x, e in zip(xs, marks):
-        fig.add_vline(x=x, line=dict(color=ui.EVENT_STYLE[e["kind"]][0], dash="dot", width=2))
-    fig.add_trace(go.Scatter(
-        x=xs, y=ys, mode="markers", name="events",
-        marker=dict(size=14, symbol="x", color=[ui.EVENT_STYLE[e["kind"]][0] for e in marks]),
-        text=[f"{ui.EVENT_STYLE[e['kind']][1]}: {e['message']}" for e in marks],
-        hovertemplate="%{text}<extra></extra>"))
-
-
-def decomposition_figure(m: dict, levels: int, n_bits: int, axis: str, run_id: int):
-    el = m.get("elapsed_s")
-    fig = go.Figure()
-    for i in range(levels):
-        c = m.get(f"bpd_prior_L{i}")
-        if c:
-            what = "finest" if i == 0 else ("coarsest" if i == levels - 1 else "")
-            fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]),
-                                     name=f"prior of level {i + 1} latent" + (f" ({what})" if what else ""),
-                                     line=dict(width=3, color=ui.PALETTE[i % len(ui.PALETTE)]),
-                                     hovertemplate="%{y:.3f} bits/dim"))
-    c = m.get("bpd_logdet")
-    if c:
-        fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]),
-                                 name="log-det term", line=dict(width=3, color="#c92a2a", dash="dash"),
-                                 hovertemplate="%{y:.3f} bits/dim"))
-        xs = ui.x_values(c, el, axis)
-        fig.add_trace(go.Scatter(x=[xs[0], xs[-1]], y=[n_bits, n_bits], mode="lines",
-                                 name=f"quantisation (+{n_bits})", hoverinfo="skip",
-                                 line=dict(width=2, color="#868e96", dash="dot")))
-    d = m.get("bpd_dequant")   # learned dequantisation only
-    if d:
-        fig.add_trace(go.Scatter(x=ui.x_values(d, el, axis), y=d["value"], mode=ui.line_mode(d["value"]),
-                                 name="dequantisation noise log q", hovertemplate="%{y:.3f} bits/dim",
-                                 line=dict(width=3, color="#2b8a3e", dash="dashdot")))
-    ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title="bits/dim",
-                   uirevision=f"dec-{run_id}-{axis}", height=380)
-    fig.add_hline(y=0, line=dict(color="#495057", width=1))
-    return fig
-
-
-def simple_figure(c: dict, el, axis: str, y_title: str, name: str, colour: str, key: str,
-                  fmt: str = ".3g"):
-    fig = go.Figure(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]), name=name,
-                               line=dict(color=colour, width=3),
-                               hovertemplate=f"%{{y:{fmt}}} {y_title}<extra></extra>"))
-    ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title=y_title, uirevision=key, height=300,
-                   legend=False)
-    return fig
-
-
-def progress(run: dict, m: dict) -> tuple[float, str]:
-    """(fraction done, words) from the budget, the step and the recent speed."""
-    train = run["train"]
-    step = run["step"] or 0
-    elapsed = (m.get("elapsed_s") or {}).get("value", [0.0])[-1] if m.get("elapsed_s") else 0.0
-    fracs = []
-    if train.get("max_steps"):
-        fracs.append(step / train["max_steps"])
-    if train.get("max_minutes"):
-        fracs.append(elapsed / (train["max_minutes"] * 60))
-    frac = min(1.0, max(fracs) if fracs else 0.0)
-    ips = m.get("images_per_s", {}).get("value", [])
-    eta = ""
-    if run["status"] in ("running",) and ips:
-        steps_s = float(np.mean(ips[-5:])) / max(1, train.get("batch_size", 64))
-        left = []
-        if train.get("max_steps"):
-            left.append((train["max_steps"] - step) / max(steps_s, 1e-9))
-        if train.get("max_minutes"):
-            left.append(train["max_minutes"] * 60 - elapsed)
-        if left:
-            eta = f" · about {ui.fmt_duration(max(0.0, min(left)))} left"
-    of = f" of {train['max_steps']:,}" if train.get("max_steps") else ""
-    budget = f" (budget {train['max_minutes']:g} min)" if train.get("max_minutes") else ""
-    # The step comes from the heartbeat (every second); the other numbers from the last logged
-    # row, which can be several steps older: each says which step it belongs to.
-    words = [f"Step {step:,}{of}{budget}"]
-    bpd = m.get("train_bpd") or {}
-    if bpd.get("value"):
-        text = f"{bpd['value'][-1]:.3f} bits/dim at step {bpd['step'][-1]:,}"
-        test = m.get("test_bpd") or {}
-        if test.get("value"):
-            text += f" (test {test['value'][-1]:.3f} at step {test['step'][-1]:,})"
-        words.append(text)
-    el = m.get("elapsed_s") or {}
-    if el.get("value"):
-        words.append(f"{ui.fmt_duration(elapsed)} of training by step {el['step'][-1]:,}")
-    return frac, " · ".join(words) + eta
-
-
-def busy_words(others: list[dict], limit: int) -> str:
-    """'Run 2 'mnist-b' is training (step 340), and this server trains one run at a time.'"""
-    names = ", ".join(f"run {o['id']} '{o['name']}' (step {o['step'] or 0:,})" for o in others[:3])
-    names = names[:1].upper() + names[1:]
-    verb = "is" if len(others) == 1 else "are"
-    at_a_time = "one run" if limit == 1 else f"{limit} runs"
-    return f"{names} {verb} training, and this server trains {at_a_time} at a time."
-
-
-def other_runs_bar(store, run: dict) -> None:
-    """While this page shows a run that is not training, say which other run is, and offer to
-    show it, or to stop it so that this one can be resumed (issue 18, item 7)."""
-    from flowlib import worker
-
-    others = [r for r in store.list_runs()
-              if r["status"] in ui.ACTIVE_STATUSES and r["id"] != run["id"]]
-    if not others or run["status"] in ui.ACTIVE_STATUSES:
-        return
-    limit = store.limits.max_concurrent
-    full = len(others) >= limit
-    other = others[0]
-    text = busy_words(others, limit)
-    if full and run["status"] in ("stopped", "failed", "lost", "finished"):
-        text += (f" To continue run {run['id']}, stop run {other['id']} first, or wait until "
-                 "it finishes.")
-    st.info(text, icon=":material/model_training:")
-    c1, c2, _ = st.columns([1.3, 1.3, 2.4])
-    if c1.button(f"Show run {other['id']}", icon=":material/monitoring:",
-                 key=f"show_other_{run['id']}_{other['id']}", width="stretch"):
-        st.session_state["train_run"] = other["id"]
-        st.query_params["run"] = str(other["id"])
-        st.rerun(scope="app")
-    if full and c2.button(f"Stop run {other['id']}", icon=":material/stop:",
-                          key=f"stop_other_{run['id']}_{other['id']}", width="stretch",
-                          help="Finishes its current step, saves a checkpoint and stops; it can "
-                               "be resumed later."):
-        try:
-            worker.stop_run(store, other["id"], owner=ui.control_owner())
-        except (PermissionError, KeyError, ValueError) as exc:
-            st.error(friendly(str(exc)), icon=":material/block:")
-        else:
-            st.rerun(scope="app")
-
-
-def fitting_batch(store, run: dict) -> int | None:
-    """The batch size that fitted after this failed run ran out of memory (the trainer tried
-    it and recorded it), when it is smaller than the run's own; else None."""
-    if run["status"] != "failed":
-        return None
-    values = store.metrics(run["id"], keys=["oom_fitting_batch"]).get("oom_fitting_batch", {}).get("value")
-    fits = int(values[-1]) if values else None
-    return fits if fits is not None and fits < run["train"].get("batch_size", 0) else None
-
-
-def controls(store, run: dict) -> None:
-    from flowlib import worker
-    from flowlib.store import RunLimitError, RunStateError
-
-    status = run["status"]
-    rid = run["id"]
-    b1, b2, b3, _ = st.columns([1, 1, 1.3, 1.7])
-    try:
-        if status in ("queued", "running"):
-            if b1.button("Stop", icon=":material/stop:", key=f"stop_{rid}", width="stretch",
-                         help="Finishes the current step, saves a checkpoint, and stops. Resume continues."):
-                worker.stop_run(store, rid, owner=ui.control_owner())
-                st.rerun()
-        elif status in ("stopped", "failed", "lost"):
-            fits = fitting_batch(store, run)
-            if fits is not None:
-                # out of memory: resuming with the same batch would fail again at once
-                if b1.button(f"Resume with batch {fits}", icon=":material/play_arrow:", type="primary",
-                             key=f"resume_{rid}", width="stretch",
-                             help=f"Continue from the last checkpoint with batch size {fits}, which "
-                                  "fitted in memory when it was tried; every other setting stays."):
-                    worker.resume_run(store, rid, owner=ui.control_owner(), batch_size=fits)
-                    st.session_state["train_run"] = rid
-                    st.rerun(scope="app")
-            elif b1.button("Resume", icon=":material/play_arrow:", type="primary", key=f"resume_{rid}",
-                           width="stretch", help="Continue from the last checkpoint with the same settings."):
-                worker.resume_run(store, rid, owner=ui.control_owner())
-                st.session_state["train_run"] = rid
-                st.rerun(scope="app")
-        elif status == "finished":
-            more = 1000 if run["train"].get("max_steps") else None
-            label = "Train 1,000 more steps" if more else "Train 5 more minutes"
-            if b1.button(label, icon=":material/add:", key=f"more_{rid}", width="stretch",
-                         help="Raise the budget and continue from the final checkpoint."):
-                if more:
-                    worker.resume_run(store, rid, owner=ui.control_owner(),
-                                      max_steps=run["train"]["max_steps"] + more)
-                else:
-                    worker.resume_run(store, rid, owner=ui.control_owner(),
-                                      max_minutes=run["train"]["max_minutes"] + 5)
-                st.rerun(scope="app")
-    except RunLimitError:
-        # The store's message ends "…or raise FLOWLAB_MAX_CONCURRENT": a server setting a
-        # teacher at a projector cannot act on. Say it in words, naming the run in the way.
-        others = [r for r in store.list_runs() if r["status"] in ui.ACTIVE_STATUSES and r["id"] != rid]
-        st.error(busy_words(others, store.limits.max_concurrent) + " Stop it first (the button "
-                 "above), or wait until it finishes; then press Resume again."
-                 if others else "Every training slot is taken; wait until a run finishes.",
-                 icon=":material/block:")
-    except (RunStateError, PermissionError, ValueError, KeyError) as exc:
-        st.error(friendly(str(exc)), icon=":material/block:")
-    if b2.button("Compare in Runs", icon=":material/stacked_line_chart:", key=f"compare_{rid}",
-                 width="stretch"):
-        st.switch_page("pages/runs.py", query_params={"compare": str(rid)})
-    ckpt = store.checkpoint_path(rid)
-    if status in ("stopped", "finished", "failed", "lost") and ckpt.is_file():
-        if b3.button("Look inside this model", icon=":material/layers:", key=f"explore_{rid}",
-                     width="stretch"):
-            st.session_state[ui.EXPLORE_KEY] = str(ckpt)
-            st.switch_page("pages/latents.py")
-
-
-def render_dashboard(run_id: int, was_active: bool) -> None:
-    run = store.get_run(run_id)
-    if run is None:
-        st.info("This run was deleted. Start a new one above, or pick one on the Runs page.")
-        return
-    status = run["status"]
-    if was_active and status not in ui.ACTIVE_STATUSES:
-        st.rerun(scope="app")  # the run ended: update the buttons and switch the timer off
-    icon = {"running": ":material/sync:", "queued": ":material/hourglass_top:",
-            "stopping": ":material/pause_circle:", "stopped": ":material/pause_circle:",
-            "finished": ":material/check_circle:", "failed": ":material/error:",
-            "lost": ":material/warning:"}.get(status, "")
-    colour = {"running": "green", "queued": "blue", "stopping": "orange", "stopped": "gray",
-              "finished": "green", "failed": "red", "lost": "orange"}.get(status, "gray")
-    st.markdown(f"### Run {run['id']} · {run['name']} &nbsp; :{colour}-badge[{icon} "
-                f"{ui.STATUS_WORDS.get(status, status)}]")
-    cfgd = run["config"]
-    st.caption(f"{run['dataset']} · preset {run.get('preset') or 'custom'} · "
-               f"L={cfgd.get('levels')}, K={cfgd.get('steps')}, hidden {cfgd.get('hidden')}, "
-               f"{cfgd.get('coupling')}, {cfgd.get('permutation')}, {cfgd.get('mask')} mask · "
-               f"batch {run['train'].get('batch_size')}, lr {run['train'].get('lr'):g} "
-               f"({run['train'].get('lr_schedule', 'constant')})")
-    other_runs_bar(store, run)
-    controls(store, run)
-
-    if status == "failed":
-        st.error(f"**This run failed.** {run['message']}", icon=":material/error:")
-    elif status == "lost":
-        st.warning(run["message"], icon=":material/warning:")
-    elif status == "finished":
-        st.success(run["message"], icon=":material/check_circle:")
-    elif status in ("queued", "stopping", "stopped"):
-        st.info(friendly(run["message"]), icon=":material/info:")
-
-    m = store.metrics(run_id)
-    events = store.events(run_id)
-    frac, words = progress(run, m)
-    st.progress(frac, text=words)
-
-    last = {k: v["value"][-1] for k, v in m.items() if v["value"]}
-    k1, k2, k3, k4, k5 = st.columns(5)
-    k1.metric("Train bits/dim", f"{last['train_bpd']:.3f}" if "train_bpd" in last else "–",
-              help=ui.BPD_HELP, border=True)
-    k2.metric("Test bits/dim", f"{last['test_bpd']:.3f}" if "test_bpd" in last else "–",
-              help="The same measure on held-out test images the model never trains on. "
-                   + ui.BPD_HELP, border=True)
-    k3.metric("Loss", f"{last['loss_nats']:,.0f} nats" if "loss_nats" in last else "–",
-              help=ui.LOSS_HELP, border=True)
-    # The unit sits in the label: "1,057 img/s" did not fit the card at 1600 px and got cut.
-    k4.metric("Images / second", f"{last['images_per_s']:,.0f}" if "images_per_s" in last else "–",
-              help=ui.IMAGES_PER_S_HELP, border=True)
-    k5.metric("Learning rate", f"{last['lr']:.2g}" if "lr" in last else "–", help=ui.LR_HELP,
-              border=True)
-    if not m:
-        st.info("Waiting for the first measurements: the training process is loading the data and "
-                f"building the model, then logs its first point at step {run['train'].get('log_every', 10)}.",
-                icon=":material/hourglass_top:")
-        return
-
-    left, right = st.columns([3, 2], gap="large")
-    with left:
-        t1, t2 = st.columns([3, 2], vertical_alignment="bottom")
-        t1.markdown("**Bits per dimension**: train and test", help=ui.BPD_HELP)
-        axis = t2.segmented_control(
-            "x-axis of every chart", ["step", "time"], default="step", key=f"axis_{run_id}",
-            format_func=lambda a: "by step" if a == "step" else "by training time",
-            required=True, label_visibility="collapsed") or "step"
-        st.plotly_chart(bpd_figure(m, events, axis, run_id), key=f"bpd_chart_{run_id}",
-                        config={"displaylogo": False})
-    with right:
-        st.markdown("**Samples from the model**", help="Decoded from fixed latent noise at each "
-                    "evaluation; temperature scales the noise (0 = the most likely image).")
-        latest = store.latest_samples(run_id)
-        if latest and Path(latest["path"]).is_file():
-            from PIL import Image
-            img = Image.open(latest["path"])
-            factor = max(1, 640 // max(1, img.width))
-            if factor > 1:
-                img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
-            st.image(img, width="stretch")
-            temperatures = run["train"].get("sample_temperatures") or TrainConfig.sample_temperatures
-            st.caption(f"Step {latest['step']:,}. {ui.sample_caption(temperatures)}")
-        else:
-            st.caption("The first sample grid appears at the first evaluation "
-                       f"(step {run['train'].get('first_eval') or run['train'].get('eval_every')}).")
-
-    levels = int(run["config"].get("levels", 1))
-    n_bits = int(run["config"].get("n_bits", 8))
-    d1, d2 = st.columns(2, gap="large")
-    with d1:
-        st.markdown("**Where the bits go**: train bits/dim split into its parts",
-                    help="train bits/dim = Σ (each level's prior term) + log-det term + n_bits. The "
-                         "prior terms: how unlikely each scale's latent is under its Gaussian. The "
-                         "log-det term is negative when the flow spreads the data out; it pays for "
-                         "squeezing the data into the Gaussians. With learned dequantisation noise "
-                         "one more term, log q of that noise, is added (green).")
-        st.plotly_chart(decomposition_figure(m, levels, n_bits, axis, run_id),
-                        key=f"dec_chart_{run_id}", config={"displaylogo": False})
-    def metric_chart(metric: str, title: str, help_text: str, y_title: str, name: str,
-                     colour: str, short: str, fmt: str) -> None:
-        """One metric's line chart under its title; nothing before its first logged row."""
-        if metric in m:
-            st.markdown(title, help=help_text)
-            st.plotly_chart(simple_figure(m[metric], m.get("elapsed_s"), axis, y_title, name, colour,
-                                          f"{short}-{run_id}-{axis}", fmt),
-                            key=f"{short}_chart_{run_id}", config={"displaylogo": False})
-
-    with d2:
-        metric_chart("loss_nats", "**Training loss**: negative log-likelihood per image",
-                     ui.LOSS_HELP, "nats/image", "loss", ui.PALETTE[3], "loss", ",.0f")
-    s1, s2 = st.columns(2, gap="large")
-    with s1:
-        metric_chart("images_per_s", "**Speed**", ui.IMAGES_PER_S_HELP, "images/s", "images/s",
-                     ui.PALETTE[4], "ips", ",.0f")
-    with s2:
-        metric_chart("lr", "**Learning rate**", ui.LR_HELP, "learning rate", "lr", ui.PALETTE[5],
-                     "lr", ".2g")
-    shown = [e for e in events if e["kind"] not in ("samples", "checkpoint")]
-    with st.expander(f"Events ({len(shown)})", icon=":material/list:"):
-        for e in shown[-50:]:
-            at = f"step {e['step']:,}" if e.get("step") is not None else ""
-            st.markdown(f"- **{e['kind']}** {at}: {e['message']}")
-
-
 st.divider()
 if run_id is None:
     st.info("No runs yet. Pick a dataset and press **Start** above; the live curves appear here.",
@@ -814,6 +440,6 @@ else:
     @st.fragment(run_every=2.0 if poll else None)
     def live_dashboard():
         with ui.guard("updating the live dashboard"):
-            render_dashboard(run_id, poll)
+            render_dashboard(store, run_id, poll)
 
     live_dashboard()
