@@ -12,8 +12,9 @@ import json
 import numpy as np
 import streamlit as st
 
-from flowlib.config import (APP_TRAIN_DEFAULTS, PRESET_LR, PRESET_NOTES, PRESETS, ConfigError, FlowConfig,
-                            TrainConfig, field_errors, form_fields, max_levels, settings_of)
+from flowlib.config import (APP_TRAIN_DEFAULTS, DATASET_TRAIN_DEFAULTS, PRESET_LR, PRESET_NOTES, PRESETS,
+                            ConfigError, FlowConfig, TrainConfig, field_errors, form_fields, max_levels,
+                            settings_of)
 from flowlib.data import DatasetError, list_datasets, load_images, store_upload
 from flowlib.device import bf16_is_fast, pick_device
 from flowlib.estimate import SpeedEstimator, SpeedRequest, parameter_count
@@ -108,6 +109,14 @@ def estimate_line(cfg: FlowConfig, tc: TrainConfig, n_test: int, busy: bool, pol
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def load_dataset_defaults() -> None:
+    """On a change of dataset: the training settings proposed for it (augmentation for the
+    360 faces), and back to the form's defaults for a dataset without any."""
+    proposed = DATASET_TRAIN_DEFAULTS.get(st.session_state.get(FORM_KEY + "dataset"), {})
+    for field in {f for d in DATASET_TRAIN_DEFAULTS.values() for f in d}:
+        st.session_state[FORM_KEY + field] = proposed.get(field, getattr(APP_TRAIN_DEFAULTS, field))
+
+
 def load_preset_into_widgets(name: str, shape) -> None:
     """Copy a preset's model settings into the widgets, fitting levels to the image size."""
     cfg = PRESETS[name]
@@ -241,6 +250,7 @@ if arrived_with_qp:
     st.session_state[FORM_KEY + "applied_qp"] = qp
     if qp[0]:
         st.session_state[FORM_KEY + "dataset"] = qp[0]
+        load_dataset_defaults()
     if qp[1] in PRESETS:
         st.session_state[FORM_KEY + "preset"] = qp[1]
 
@@ -279,7 +289,7 @@ with st.expander("**Set up a new run**: data, model, budget",
     data_col, preset_col, budget_col = st.columns([1.2, 1.2, 1], gap="large")
     with data_col:
         dataset = st.selectbox(
-            "Dataset", names, key=FORM_KEY + "dataset",
+            "Dataset", names, key=FORM_KEY + "dataset", on_change=load_dataset_defaults,
             format_func=lambda n: registry[n]["display_name"],
             help="Built-in datasets work offline; the others read your own files.")
         spec = registry[dataset]

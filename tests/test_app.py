@@ -211,6 +211,18 @@ def test_stop_and_resume(runs_dir):
     wait_status(run_id, ("stopped",), timeout=120)
 
 
+def test_picking_faces_proposes_augmentation_and_mnist_takes_it_back(runs_dir):
+    at = train_page(dataset="mnist", preset="mnist-fast")
+    augment = lambda: next(w for w in at.get("selectbox") + at.get("radio") if w.key == "tr_augment")  # noqa: E731
+    assert augment().value == "none"
+    at.selectbox(key="tr_dataset").set_value("faces").run()
+    assert not at.exception, at.exception
+    assert augment().value == "flip-shift"                   # 360 photos: mirrored and shifted copies
+    at.selectbox(key="tr_dataset").set_value("mnist").run()
+    assert augment().value == "none"                         # digits must not be mirrored
+    assert train_page(dataset="faces", preset="faces-fast").session_state["tr_augment"] == "flip-shift"
+
+
 def test_a_failed_run_says_why_on_its_dashboard(runs_dir, tmp_path):
     from flowlib import preset, worker
     from flowlib.train import TrainConfig
