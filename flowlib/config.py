@@ -468,7 +468,9 @@ class TrainConfig(_Checked):
         None, kind="int", bounds=(1, 10**6), optional=True, none_words="never stop early",
         label="Early stopping (evaluations)", flag="--early-stop-evals", cli_none=0,
         help="end the run when the held-out bits/dim has not improved for this many evaluations "
-             "and keep the weights of the best one (0 = never stop early, the default)")
+             "and keep the weights of the best one (0 = never stop early, the default); a copy of "
+             "the best weights is kept in memory and in the checkpoint, which doubles its size. "
+             "The evaluations use test images, so the final test score is then slightly optimistic")
     seed: int = _setting(
         0, kind="int", bounds=(0, 2**31 - 1), label="Training seed", flag="--seed",
         help="seed of batch order, dequantisation noise and torch's RNG")
