@@ -9,7 +9,7 @@ ui.require_router()
 def show_journey() -> None:
     from pages.common import explore as ec
 
-    path = ec.DEMOS["MNIST digits demo (mnist-fast)"]
+    path = ec.DEMOS[ec.MNIST_DEMO]
     if not path.is_file():
         st.caption("(The picture of a flow at work needs the demo checkpoint "
                    "checkpoints/mnist-fast.pt.)")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
-import torch
 
 from flowlib import viz
 from pages.common import explore as ec
@@ -12,7 +10,7 @@ from pages.common import ui
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
-GLOW_TEMPERATURES = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0)  # the set shown in the Glow paper
+GLOW_TEMPERATURES = ec.GLOW_TEMPERATURES
 
 st.title("Sampling")
 st.markdown(
@@ -25,9 +23,9 @@ loaded = ec.model_picker("sampling_model")
 if loaded is None:
     st.stop()
 if loaded.path in ec.DEMOS.values():
-    st.caption("The demo models are small (under 200k parameters, at most ten minutes of "
-               "training on a 2-core CPU), so expect rough shapes; what to watch is how the "
-               "samples change with the temperature.")
+    st.caption("The demo models are small (at most 440k parameters, under an hour of training "
+               "on a 2-core CPU), so expect some odd shapes; what to watch is how the samples "
+               "change with the temperature.")
 model = loaded.model
 C, H, W = loaded.config.image_shape
 L = loaded.config.levels
@@ -35,27 +33,6 @@ path, mtime = str(loaded.path), ec._mtime(loaded.path)
 
 if "sampling_seed" not in st.session_state:
     st.session_state["sampling_seed"] = 0
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def noise(path: str, mtime: float, seed: int, n: int):
-    """The fixed latent noise ε for a model and seed (shared by every temperature)."""
-    model, _, _ = ec._load(path, mtime)
-    return model.sample_eps(n, torch.Generator().manual_seed(seed))
-
-
-def sample_grid(path: str, mtime: float, seed: int, temps: tuple, n: int = 64) -> np.ndarray:
-    """uint8 [n, C, H, W] samples at one temperature per level (finest first)."""
-    model, _, _ = ec._load(path, mtime)
-    with ec.compute():
-        eps = [e[:n] for e in noise(path, mtime, seed, 64)]
-        x = model.sample(n, temperature=list(temps), eps=eps)
-        return model.to_uint8(x).numpy()
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def cached_grid(path: str, mtime: float, seed: int, temps: tuple, n: int = 64) -> np.ndarray:
-    return sample_grid(path, mtime, seed, temps, n)
 
 
 # ------------------------------------------------------------------------------ temperature slider
@@ -84,8 +61,9 @@ with st.expander("Temperature per level (finest first)"):
                                      key=f"sampling_temp_{k}", disabled=not per_level))
     st.caption("Try T = 0 for the coarsest level and 1 for the finest: the same blurry layout "
                "with fresh fine texture. The reverse keeps the detail statistics and redraws the shape.")
-temps = tuple(float(t) for t in level_temps) if per_level else (float(temp),) * L
-grid64 = cached_grid(path, mtime, seed, temps)
+# rounded: the browser's slider can send 0.7500000000000001, and the grids are cached by value
+temps = tuple(round(float(t), 2) for t in level_temps) if per_level else (round(float(temp), 2),) * L
+grid64 = ec.sample_grid(path, mtime, seed, temps)
 scale = viz.fit_factor(H, 84)
 big = viz.image_grid(grid64, ncol=8, pad=3, scale=scale)
 st.session_state["sampling_last_grid"] = (temps, seed, grid64.sum().item())
@@ -98,7 +76,7 @@ st.download_button("Download this grid (PNG)", viz.png_bytes(big),
 # ------------------------------------------------------------------------------ Glow's temperature set
 st.header("2 · The same 8 samples at Glow's temperatures")
 n_cols = 8
-rows = [cached_grid(path, mtime, seed, (t,) * L, n_cols) for t in GLOW_TEMPERATURES]
+rows = [ec.sample_grid(path, mtime, seed, (t,) * L, n_cols) for t in GLOW_TEMPERATURES]
 s2 = viz.fit_factor(H, 72)
 table = viz.labelled_grid([viz.image_grid(r, ncol=n_cols, pad=3, scale=s2) for r in rows],
                           [f"T = {t:g}" for t in GLOW_TEMPERATURES], label_width=100, font_size=20)
@@ -123,21 +101,7 @@ else:
     ib = cols[1].number_input("Second test image", 0, n - 1, min(1, n - 1), key="sampling_ib")
     frames = cols[2].slider("Frames", 5, 13, 9, 2, key="sampling_frames")
 
-    @st.cache_data(show_spinner=False, max_entries=64)
-    def interpolation(path: str, mtime: float, ia: int, ib: int, frames: int, dataset: str):
-        model, _, _ = ec._load(path, mtime)
-        imgs = ec.test_images(dataset)
-        ts = np.linspace(0, 1, frames).tolist()
-        out = {}
-        with ec.compute():
-            za = model.encode(ec.to_model_space(model, imgs[ia].numpy())).zs
-            zb = model.encode(ec.to_model_space(model, imgs[ib].numpy())).zs
-            for mode in ("linear", "spherical"):
-                path_z = viz.interpolate_latents(za, zb, ts, mode)
-                out[mode] = model.to_uint8(model.decode(path_z)).numpy()
-        return out, ts
-
-    strips, ts = interpolation(path, mtime, int(ia), int(ib), int(frames), loaded.dataset)
+    strips, ts = ec.interpolation_strips(path, mtime, int(ia), int(ib), int(frames), loaded.dataset)
     s3 = viz.fit_factor(H, 84)
     strip = viz.labelled_grid([viz.image_grid(strips[m], ncol=frames, pad=3, scale=s3) for m in ("linear", "spherical")],
                               ["linear", "spherical"], label_width=120, font_size=20)

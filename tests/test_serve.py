@@ -15,16 +15,28 @@ from pages.common import serve
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_warm_up_loads_every_demo_its_test_images_and_homes_picture(monkeypatch):
+def test_warm_up_loads_every_demo_and_draws_what_the_pages_open_with(monkeypatch):
     calls = []
-    monkeypatch.setattr(ec, "load", lambda path: calls.append(("load", Path(path).name)))
+    real_load = ec.load
+    monkeypatch.setattr(ec, "load", lambda path: calls.append(("load", Path(path).name)) or real_load(path))
     monkeypatch.setattr(ec, "test_images", lambda name: calls.append(("images", name)))
     monkeypatch.setattr(ec, "journey_picture", lambda path, mtime, dataset: calls.append(("home", dataset)))
+    monkeypatch.setattr(ec, "sample_grid", lambda path, mtime, seed, temps, n=64:
+                        calls.append(("grid", Path(path).name, seed, temps, n)))
+    monkeypatch.setattr(ec, "interpolation_strips", lambda path, mtime, ia, ib, frames, dataset:
+                        calls.append(("walk", Path(path).name, ia, ib, frames, dataset)))
     assert serve.warm_up() >= 0
     demos = {p.name for p in ec.DEMOS.values() if p.is_file()}
-    assert {name for kind, name in calls if kind == "load"} == demos
+    assert {c[1] for c in calls if c[0] == "load"} == demos
     assert ("images", "mnist") in calls and ("images", "faces") in calls
     assert ("home", "mnist") in calls or "mnist-fast.pt" not in demos
+    if "mnist-fast.pt" in demos:   # every slider temperature of the default seed, L = 2 levels
+        grids = {c[3][0] for c in calls if c[0] == "grid" and c[1] == "mnist-fast.pt" and c[4] == 64}
+        assert grids == set(ec.SAMPLING_TEMPERATURES) and 0.75 in grids
+        assert ("grid", "mnist-fast.pt", 0, (0.7, 0.7), 64) in calls
+        assert ("walk", "mnist-fast.pt", 0, 1, 9, "mnist") in calls
+    if "faces-fast.pt" in demos:
+        assert ("walk", "faces-fast.pt", 0, 1, 13, "faces") in calls
 
 
 def test_a_failing_warm_up_never_stops_the_server(monkeypatch, caplog):

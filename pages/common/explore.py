@@ -22,9 +22,11 @@ from flowlib.viz import UploadError, prepare_upload
 
 ROOT = Path(__file__).resolve().parents[2]   # the repository (this file is pages/common/explore.py)
 DEMO_DIR = ROOT / "checkpoints"
-DEMOS = {  # label -> file: the pretrained models that ship with the app
-    "MNIST digits demo (mnist-fast)": DEMO_DIR / "mnist-fast.pt",
-    "Faces demo (faces-fast)": DEMO_DIR / "faces-fast.pt",
+MNIST_DEMO = "MNIST digits demo (Glow, L=2, K=8, width 128)"
+FACES_DEMO = "Faces demo (Glow, L=3, K=4, width 64)"
+DEMOS = {  # label -> file: the pretrained models that ship with the app (checkpoints/README.md)
+    MNIST_DEMO: DEMO_DIR / "mnist-fast.pt",
+    FACES_DEMO: DEMO_DIR / "faces-fast.pt",
 }
 # Torch threads for the pages' maths. One thread is the robust choice: these small models
 # decode 64 samples in ~0.1 s on one core, and on a busy 2-core machine (a trainer running
@@ -248,6 +250,52 @@ def costly_image_note(bits_per_dim: float, loaded: Loaded) -> str | None:
             "not expect (another background, thicker strokes, a shape its data never had) lands "
             f"where its density is thin, and the cost adds up over all {dims:,} values.{beyond_raw} "
             "Section 2 below shows which level pays.")
+
+
+# -- Sampling's grids ---------------------------------------------------------------------------
+# Here rather than in pages/sampling.py so the server can draw the demo models' grids for the
+# default seed at every slider temperature before the first visit (pages/common/serve.py):
+# one 64-sample grid of the MNIST demo costs 0.12 s on one thread.
+SAMPLING_TEMPERATURES = tuple(round(0.05 * k, 2) for k in range(25))   # the slider's 0.00 … 1.20
+GLOW_TEMPERATURES = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0)  # the set shown in the Glow paper
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def sampling_noise(path: str, mtime: float, seed: int, n: int):
+    """The fixed latent noise ε for a model and seed (shared by every temperature)."""
+    model, _, _ = _load(path, mtime)
+    return model.sample_eps(n, torch.Generator().manual_seed(seed))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def sample_grid(path: str, mtime: float, seed: int, temps: tuple, n: int = 64) -> np.ndarray:
+    """uint8 [n, C, H, W] samples at one temperature per level (finest first)."""
+    model, _, _ = _load(path, mtime)
+    with compute():
+        eps = [e[:n] for e in sampling_noise(path, mtime, seed, 64)]
+        x = model.sample(n, temperature=list(temps), eps=eps)
+        return model.to_uint8(x).numpy()
+
+
+INTERPOLATION_FRAMES = (5, 7, 9, 11, 13)   # the Frames slider's values
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def interpolation_strips(path: str, mtime: float, ia: int, ib: int, frames: int, dataset: str):
+    """Decoded frames on the linear and the spherical path between two test images' latents:
+    ({"linear": uint8 [frames, C, H, W], "spherical": ...}, the path positions)."""
+    from flowlib import viz
+    model, _, _ = _load(path, mtime)
+    imgs = test_images(dataset)
+    ts = np.linspace(0, 1, frames).tolist()
+    out = {}
+    with compute():
+        za = model.encode(to_model_space(model, imgs[ia].numpy())).zs
+        zb = model.encode(to_model_space(model, imgs[ib].numpy())).zs
+        for mode in ("linear", "spherical"):
+            path_z = viz.interpolate_latents(za, zb, ts, mode)
+            out[mode] = model.to_uint8(model.decode(path_z)).numpy()
+    return out, ts
 
 
 # -- Home's picture ----------------------------------------------------------------------------

@@ -59,9 +59,22 @@ def warm_up() -> float:
                 ec.load(path)
         for dataset in ("mnist", "faces"):
             ec.test_images(dataset)
-        home_demo = ec.DEMOS.get("MNIST digits demo (mnist-fast)")
-        if home_demo is not None and home_demo.is_file():
+        home_demo = ec.DEMOS[ec.MNIST_DEMO]
+        if home_demo.is_file():
             ec.journey_picture(str(home_demo), ec._mtime(home_demo), "mnist")
+        # Sampling's default seed at every temperature of its slider, and Glow's table
+        for path in ec.DEMOS.values():
+            if path.is_file():
+                model, _, error = ec.load(path)
+                if error is None:
+                    levels = model.config.levels
+                    for t in ec.SAMPLING_TEMPERATURES:
+                        ec.sample_grid(str(path), ec._mtime(path), 0, (t,) * levels)
+                    for t in ec.GLOW_TEMPERATURES:
+                        ec.sample_grid(str(path), ec._mtime(path), 0, (t,) * levels, 8)
+                    dataset = ec.Loaded("", path, model, {}).dataset
+                    for frames in ec.INTERPOLATION_FRAMES:    # test images 0 and 1, as the page opens
+                        ec.interpolation_strips(str(path), ec._mtime(path), 0, 1, frames, dataset)
     except Exception as exc:  # noqa: BLE001 - a warm-up must never stop the server
         log.warning("warm-up stopped early: %s: %s", type(exc).__name__, exc)
     return time.perf_counter() - start
