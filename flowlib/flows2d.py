@@ -404,22 +404,35 @@ def make_optimizer(model: Flow2D, lr: float = 5e-3) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
+WARMUP_STEPS = 30
+
+
 def train_steps(model: Flow2D, opt: torch.optim.Optimizer, data: torch.Tensor, n_steps: int,
                 batch_size: int = 512, generator: torch.Generator | None = None,
-                time_budget_s: float | None = None, max_grad_norm: float = 10.0) -> list[float]:
+                time_budget_s: float | None = None, max_grad_norm: float = 10.0,
+                start_step: int = 0, warmup_steps: int = WARMUP_STEPS) -> list[float]:
     """Up to ``n_steps`` Adam steps on minibatches of ``data``; returns each step's loss
     (mean −log p(x), nats per point). Stops early once ``time_budget_s`` has passed, so a page
     can train in short chunks and stay responsive. The first batch initialises ActNorm.
 
     Gradients are clipped to ``max_grad_norm``: a batch that lands where a young flow has
-    squeezed space hard gives a huge loss (a spike to 20 nats was seen on two moons), and an
-    unclipped step from it undoes a hundred steps of training."""
+    squeezed space hard gives a huge loss, and an unclipped step from it undoes a hundred
+    steps of training. The learning rate also rises linearly over the first ``warmup_steps``
+    (``start_step``: steps already taken, when training comes in chunks): without it the page's
+    default two-moons flow jumped from 2.3 to 31 nats near step 30, and 8 Gaussians to 21;
+    with 30 steps of warm-up the worst rise after step 10 was 0.6 and 9 nats, and the loss
+    after 400 steps was as low or lower on four of the five targets."""
     if not model.is_initialized():
         model.initialize(data[:batch_size])
     losses, start = [], time.perf_counter()
     model.train()
+    for group in opt.param_groups:
+        group.setdefault("peak_lr", group["lr"])
     with one_thread():
-        for _ in range(n_steps):
+        for i in range(n_steps):
+            warm = min(1.0, (start_step + i + 1) / warmup_steps) if warmup_steps else 1.0
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * warm
             idx = torch.randint(0, len(data), (min(batch_size, len(data)),), generator=generator)
             loss = -model.log_prob(data[idx]).mean()
             opt.zero_grad(set_to_none=True)

@@ -91,6 +91,7 @@ def live(job_keys: list[str], draw, stop_key: str) -> None:
                 start = time.perf_counter()
                 todo = j.max_steps - len(j.losses)
                 j.losses += f2d.train_steps(j.model, j.opt, j.data, todo, generator=j.generator,
+                                            start_step=len(j.losses),
                                             time_budget_s=CHUNK_S / len(running))
                 j.train_s += time.perf_counter() - start
                 j.running = len(j.losses) < j.max_steps

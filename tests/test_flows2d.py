@@ -225,3 +225,21 @@ def test_one_thread_nests_across_callers_and_restores_the_count():
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 1  # the outer block still holds it
     assert torch.get_num_threads() == before
+
+
+def test_warm_up_ramps_the_learning_rate_and_chunks_train_like_one_call():
+    from flowlib.flows2d import WARMUP_STEPS
+    data = sample_target("two_moons", 1000, seed=0)
+    whole, chunked = Flow2D(Flow2DConfig(steps=2, hidden=16)), Flow2D(Flow2DConfig(steps=2, hidden=16))
+    opt_w, opt_c = make_optimizer(whole, lr=5e-3), make_optimizer(chunked, lr=5e-3)
+    gen_w, gen_c = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    one = train_steps(whole, opt_w, data, 1, generator=gen_w)
+    assert opt_w.param_groups[0]["lr"] == pytest.approx(5e-3 / WARMUP_STEPS)   # step 1 of the ramp
+    one += train_steps(whole, opt_w, data, 39, generator=gen_w, start_step=1)
+    assert opt_w.param_groups[0]["lr"] == pytest.approx(5e-3)                   # the peak after it
+    pieces = []
+    for k in range(4):   # the page trains in chunks: the ramp continues across them
+        pieces += train_steps(chunked, opt_c, data, 10, generator=gen_c, start_step=10 * k)
+    assert pieces == one
+    for a, b in zip(whole.parameters(), chunked.parameters()):
+        assert torch.equal(a, b)

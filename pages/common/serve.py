@@ -15,6 +15,7 @@ who comes before the warm-up ends just waits for the part still running, as befo
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ import time
 log = logging.getLogger("flowlab.serve")
 
 WARM_UP_THREAD = "flowlab-warm-up"
+WARM_UP_NICE = 15     # of 19: the warm-up takes only CPU that no visitor wants
 # Streamlit logs "missing ScriptRunContext" / "No runtime found" for cached calls made outside
 # a page run: expected in the warm-up thread, and they would read like errors in the server
 # log. A filter (not a level: Streamlit resets its loggers' levels as it starts) drops only
@@ -31,6 +33,16 @@ _QUIET = ("streamlit.runtime.caching", "streamlit.runtime.scriptrunner_utils.scr
 
 def _not_from_warm_up(record: logging.LogRecord) -> bool:
     return record.threadName != WARM_UP_THREAD
+
+
+def _lower_this_threads_priority() -> None:
+    """Nice the calling thread (Linux threads are tasks of their own), so a visitor who comes
+    while the warm-up still draws the Sampling grids gets the CPU first: measured with the
+    warm-up at normal priority, the 2-D page trained 400 steps in 3.7–4.2 s instead of 2.9."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_UP_NICE)
+    except (AttributeError, OSError):   # not Linux, or not allowed: the warm-up still runs
+        pass
 
 
 def warm_up() -> float:
@@ -83,6 +95,7 @@ def warm_up() -> float:
 def serve(app_path: str, args: list[str]) -> int:
     """Start the warm-up thread, then run ``streamlit run app_path *args`` in this process."""
     def warm() -> None:
+        _lower_this_threads_priority()
         print(f"  Flow Lab: libraries and demo models loaded in {warm_up():.1f} s\n", flush=True)
 
     threading.Thread(target=warm, name=WARM_UP_THREAD, daemon=True).start()
