@@ -419,7 +419,7 @@ def train_steps(model: Flow2D, opt: torch.optim.Optimizer, data: torch.Tensor, n
     squeezed space hard gives a huge loss, and an unclipped step from it undoes a hundred
     steps of training. The learning rate also rises linearly over the first ``warmup_steps``
     (``start_step``: steps already taken, when training comes in chunks): without it the page's
-    default two-moons flow jumped from 2.3 to 31 nats near step 30, and 8 Gaussians to 21;
+    default two-moons flow had one step at 31 nats (from 2.3) near step 30, 8 Gaussians one at 21;
     with 30 steps of warm-up the worst rise after step 10 was 0.6 and 9 nats, and the loss
     after 400 steps was as low or lower on four of the five targets."""
     if not model.is_initialized():
