@@ -75,9 +75,10 @@ def configure_threads(device: torch.device | str, threads: int | None = None) ->
     return threads
 
 
-# A GPU step of a small flow costs about the same for 64 images as for 256 (kernel launches,
-# not arithmetic, bound it), so a GPU default of 64 would leave most of it idle. On a CPU 64
-# is near the best images/s (benchmarks/RESULTS.md).
+# On a GPU a step of these small flows should be bound by kernel launches rather than by
+# arithmetic, so a batch of 64 would leave most of it idle (expected, not yet measured: no GPU
+# has been lent to this project; benchmarks/gpu_check.py measures it). On a CPU 64 is near the
+# best images/s (benchmarks/RESULTS.md).
 DEFAULT_BATCH = {"cuda": 256}
 
 
