@@ -51,8 +51,9 @@ with right:
     st.caption("Opens **Train** with the MNIST digits and the small Glow preset picked. Press "
                "**Start**: by the first logged step bits/dim is already about 3 (8 would be "
                "random noise; the easy part, that most pixels are black, is learnt at once), "
-               "then it keeps falling as the shapes of the digits are learnt (the shipped "
-               "demo, trained for 15,000 steps, reaches about 1.1).")
+               "then it keeps falling as the shapes of the digits are learnt: this preset "
+               "reaches about 1.13 in 10 minutes on 2 CPU cores, and the shipped demo, twice as "
+               "wide and deep, 1.07 in 54 minutes.")
     if st.button("Explore a trained model", icon=":material/auto_awesome:", width="stretch",
                  key="home_explore"):
         st.switch_page("pages/sampling.py")
