@@ -19,14 +19,11 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 @pytest.fixture
-def runs_dir(tmp_path, monkeypatch):
-    path = tmp_path / "runs"
-    path.mkdir()
-    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(path))
-    monkeypatch.delenv("FLOWLAB_CLASSROOM", raising=False)
-    yield path
+def runs_dir(runs_dir):
+    """tests/conftest.py's empty store; runs the page started are stopped afterwards."""
+    yield runs_dir
     from tests.browser.conftest import stop_training
-    stop_training(path)
+    stop_training(runs_dir)
 
 
 def app(page: str | None = None, **query) -> AppTest:

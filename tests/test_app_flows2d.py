@@ -11,34 +11,20 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.apptest_kit import ROOT, assert_ok, widget
+
 PAGE = str(ROOT / "pages" / "flows2d.py")
 SECTIONS = ["1 · Pick a target", "2 · The push-forward", "3 · A probe", "4 · Additive vs affine",
             "5 · ActNorm", "6 · Zero init"]
 
 
-@pytest.fixture(autouse=True)
-def empty_runs(tmp_path, monkeypatch):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(runs))
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def by_key(widgets, key):
-    return next(w for w in widgets if w.key == key)
+pytestmark = pytest.mark.usefixtures("runs_dir")   # tests/conftest.py: an empty store each
 
 
 def chart(at: AppTest, key: str) -> dict:
@@ -64,16 +50,16 @@ def text(at: AppTest) -> str:
 
 
 def small_flow(at: AppTest, steps: int = 2, train_steps: int = 40) -> AppTest:
-    by_key(at.slider, "f2d_steps").set_value(steps)
-    by_key(at.number_input, "f2d_max_steps").set_value(train_steps)
-    by_key(at.number_input, "f2d_pair_steps").set_value(train_steps)
-    return ok(at.run())
+    widget(at.slider, "f2d_steps").set_value(steps)
+    widget(at.number_input, "f2d_max_steps").set_value(train_steps)
+    widget(at.number_input, "f2d_pair_steps").set_value(train_steps)
+    return assert_ok(at.run())
 
 
 def test_the_page_is_in_the_navigation_and_every_section_explains_itself():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.switch_page("pages/flows2d.py")
-    ok(at.run())
+    assert_ok(at.run())
     headers = [h.value for h in at.header]
     assert all(any(h.startswith(s) for h in headers) for s in SECTIONS), headers
     assert len(at.expander) >= 6  # a "What am I looking at?" per section
@@ -84,16 +70,16 @@ def test_the_page_is_in_the_navigation_and_every_section_explains_itself():
 
 
 def test_train_in_chunks_until_done_then_stop_a_second_run():
-    at = small_flow(ok(AppTest.from_file(PAGE, default_timeout=120).run()))
+    at = small_flow(assert_ok(AppTest.from_file(PAGE, default_timeout=120).run()))
     assert "Not trained yet" in text(at)
     before = values(chart(at, "f2d_model_heat")["data"][0]["z"])
-    by_key(at.button, "f2d_train").click()
-    ok(at.run())
+    widget(at.button, "f2d_train").click()
+    assert_ok(at.run())
     job = at.session_state["f2d_job"]
     for _ in range(60):  # the fragment's timer, by hand: one chunk per run
         if not job.running:
             break
-        ok(at.run())
+        assert_ok(at.run())
     assert not job.running and len(job.losses) == 40
     assert "Step 40" in text(at)
     loss = values(chart(at, "f2d_loss_chart")["data"][0]["y"])
@@ -102,24 +88,24 @@ def test_train_in_chunks_until_done_then_stop_a_second_run():
     assert not np.allclose(before, after)  # the density on screen is the trained model's
 
     # a longer run: one chunk, then Stop
-    by_key(at.number_input, "f2d_max_steps").set_value(10_000)
-    ok(at.run())
-    by_key(at.button, "f2d_train").click()
-    ok(at.run())
+    widget(at.number_input, "f2d_max_steps").set_value(10_000)
+    assert_ok(at.run())
+    widget(at.button, "f2d_train").click()
+    assert_ok(at.run())
     assert job.running and 40 < len(job.losses) < 10_000
-    by_key(at.button, "f2d_stop").click()
-    ok(at.run())
+    widget(at.button, "f2d_stop").click()
+    assert_ok(at.run())
     stopped_at = len(job.losses)
     assert not job.running
-    ok(at.run())
+    assert_ok(at.run())
     assert len(job.losses) == stopped_at  # no more training after Stop
-    assert not by_key(at.button, "f2d_train").disabled
+    assert not widget(at.button, "f2d_train").disabled
 
 
 def test_probe_sum_and_jacobian_are_the_models_numbers():
-    at = small_flow(ok(AppTest.from_file(PAGE, default_timeout=120).run()))
-    by_key(at.radio, "f2d_zero_init").set_value(False)  # random couplings: non-trivial numbers
-    ok(at.run())
+    at = small_flow(assert_ok(AppTest.from_file(PAGE, default_timeout=120).run()))
+    widget(at.radio, "f2d_zero_init").set_value(False)  # random couplings: non-trivial numbers
+    assert_ok(at.run())
     model = at.session_state["f2d_job"].model.double_copy()
     with torch.no_grad():
         log_p = float(model.log_prob(torch.tensor([[0.8, 0.4]], dtype=torch.float64)))
@@ -129,19 +115,19 @@ def test_probe_sum_and_jacobian_are_the_models_numbers():
     # the coupling's Jacobian shows its exact zero in red; its log-det is the diagonal's logs
     assert r"\color{#c92a2a}{0}" in latex and r"\log|J_{11}| + \log|J_{22}|" in latex
     assert "Autograd's log|det J|" in text(at)
-    by_key(at.selectbox, "f2d_jac_layer").set_value(1)  # the LU matrix: linear, not triangular
-    ok(at.run())
+    widget(at.selectbox, "f2d_jac_layer").set_value(1)  # the LU matrix: linear, not triangular
+    assert_ok(at.run())
     assert "Σ log|sᵢ|" in text(at)
 
 
 def test_additive_is_flat_and_zero_init_is_the_identity():
-    at = small_flow(ok(AppTest.from_file(PAGE, default_timeout=120).run()), train_steps=20)
-    by_key(at.button, "f2d_cmp_train").click()
-    ok(at.run())
+    at = small_flow(assert_ok(AppTest.from_file(PAGE, default_timeout=120).run()), train_steps=20)
+    widget(at.button, "f2d_cmp_train").click()
+    assert_ok(at.run())
     for _ in range(40):
         if not any(at.session_state[k].running for k in ("f2d_cmp_affine", "f2d_cmp_additive")):
             break
-        ok(at.run())
+        assert_ok(at.run())
     additive = values(chart(at, "f2d_cmp_logdet_additive")["data"][0]["z"])
     affine = values(chart(at, "f2d_cmp_logdet_affine")["data"][0]["z"])
     assert np.all(additive == 0) and np.abs(affine).max() > 0
@@ -156,23 +142,23 @@ def test_additive_is_flat_and_zero_init_is_the_identity():
 
 
 def test_layer_slider_directions_and_user_points():
-    at = small_flow(ok(AppTest.from_file(PAGE, default_timeout=120).run()))
-    by_key(at.select_slider, "f2d_layer").set_value(0)
-    ok(at.run())
+    at = small_flow(assert_ok(AppTest.from_file(PAGE, default_timeout=120).run()))
+    widget(at.select_slider, "f2d_layer").set_value(0)
+    assert_ok(at.run())
     assert "Position 0 is the data itself" in text(at)
-    by_key(at.radio, "f2d_direction").set_value("latent → data (sampling)")
-    by_key(at.toggle, "f2d_animate").set_value(True)
-    ok(at.run())
+    widget(at.radio, "f2d_direction").set_value("latent → data (sampling)")
+    widget(at.toggle, "f2d_animate").set_value(True)
+    assert_ok(at.run())
     frames = chart(at, "f2d_animation")["frames"]
     assert len(frames) == 1 + len(at.session_state["f2d_job"].model.layers)
 
-    by_key(at.selectbox, "f2d_target").set_value("points")
-    ok(at.run())
+    widget(at.selectbox, "f2d_target").set_value("points")
+    assert_ok(at.run())
     assert chart(at, "f2d_canvas")
     placed = len(at.session_state["f2d_points"])
-    by_key(at.button, "f2d_undo").click()
-    ok(at.run())
+    widget(at.button, "f2d_undo").click()
+    assert_ok(at.run())
     assert len(at.session_state["f2d_points"]) == placed - 1
-    by_key(at.button, "f2d_clear").click()
+    widget(at.button, "f2d_clear").click()
     at.run()
     assert any("at least one point" in w.value for w in at.warning)

@@ -11,29 +11,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.apptest_kit import ROOT, assert_ok, needs_demos, widget
+
 PAGE = str(ROOT / "pages" / "likelihood.py")
-DEMOS = [ROOT / "checkpoints" / "mnist-fast.pt", ROOT / "checkpoints" / "faces-fast.pt"]
-
-pytestmark = pytest.mark.skipif(not all(p.is_file() for p in DEMOS),
-                                reason="demo checkpoints are not in checkpoints/")
+pytestmark = [needs_demos, pytest.mark.usefixtures("runs_dir")]   # runs_dir: tests/conftest.py
 
 
-@pytest.fixture(autouse=True)
-def empty_runs(tmp_path, monkeypatch):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(runs))
-    return runs
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def _by_key(widgets, key):
-    return next(w for w in widgets if w.key == key)
 
 
 def _run(**state) -> AppTest:
@@ -42,7 +25,7 @@ def _run(**state) -> AppTest:
     for k, v in state.items():
         at.session_state[k] = v
     at.run()
-    _ok(at)
+    assert_ok(at)
     return at
 
 
@@ -104,11 +87,11 @@ def test_likelihood_page_adds_kept_drawings_and_faces_model():
     table = at.dataframe[0].value
     assert "your drawings" in list(table["data set"])
     assert any("1 drawing(s) kept" in c.value for c in at.caption)
-    _by_key(at.button, "lik_forget").click().run()
-    _ok(at)
+    widget(at.button, "lik_forget").click().run()
+    assert_ok(at)
     assert "your drawings" not in list(at.dataframe[0].value["data set"])
     faces = next(label for label in at.selectbox[0].options if "Faces" in label)
     at.selectbox[0].set_value(faces).run()
-    _ok(at)
+    assert_ok(at)
     names = " ".join(at.dataframe[0].value["data set"])
     assert "ORL faces" in names and "MNIST digits (padded to fit)" in names

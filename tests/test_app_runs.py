@@ -4,22 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from flowlib import preset
 from flowlib.config import TrainConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-
-
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch):
-    path = tmp_path / "runs"
-    path.mkdir()
-    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(path))
-    monkeypatch.delenv("FLOWLAB_CLASSROOM", raising=False)
-    yield path
 
 
 def store():

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.apptest_kit import ROOT, assert_ok, image_urls, needs_demos, widget
+
 PAGE = str(ROOT / "pages" / "step_by_step.py")
-DEMOS = [ROOT / "checkpoints" / "mnist-fast.pt", ROOT / "checkpoints" / "faces-fast.pt"]
-
-pytestmark = pytest.mark.skipif(not all(p.is_file() for p in DEMOS),
-                                reason="demo checkpoints are not in checkpoints/")
+pytestmark = [needs_demos, pytest.mark.usefixtures("runs_dir")]   # runs_dir: tests/conftest.py
 
 
-@pytest.fixture(autouse=True)
-def empty_runs(tmp_path, monkeypatch):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(runs))
-    return runs
 
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.message for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def _images(at: AppTest) -> list[str]:
-    return [img.url for el in at.get("image") for img in el.proto.imgs]
-
-
-def _by_key(widgets, key):
-    return next(w for w in widgets if w.key == key)
 
 
 def _metric(at: AppTest, start: str) -> str:
@@ -42,7 +20,7 @@ def _metric(at: AppTest, start: str) -> str:
 
 def test_walk_page_renders_every_section():
     at = AppTest.from_file(PAGE, default_timeout=180).run()
-    _ok(at)
+    assert_ok(at)
     headers = [h.value for h in at.header]
     assert len(headers) == 6 and headers[0].startswith("1 ·") and headers[-1].startswith("6 ·")
     assert float(_metric(at, "Invertibility error")) < 1e-4
@@ -61,41 +39,41 @@ def test_walk_page_renders_every_section():
 
 def test_walk_page_image_op_and_backward_controls():
     at = AppTest.from_file(PAGE, default_timeout=180).run()
-    _ok(at)
-    before = _images(at)
-    _by_key(at.slider, "walk_index").set_value(3).run()
-    _ok(at)
-    assert _images(at)[0] != before[0]
+    assert_ok(at)
+    before = image_urls(at)
+    widget(at.slider, "walk_index").set_value(3).run()
+    assert_ok(at)
+    assert image_urls(at)[0] != before[0]
     # every kind of operation can be inspected
     formulas = set()
     pieces = ("logit", r"\to [4C", "H\\cdot W\\cdot\\sum_c", r"\log|\det W|", "e^{s(x_1)}",
               r"\log p(z_\ell\mid h)")
-    n_ops = len(_by_key(at.selectbox, "walk_op").options)
+    n_ops = len(widget(at.selectbox, "walk_op").options)
     # logit, squeeze, ActNorm, 1×1 conv, coupling, ..., the split of level 1 (after K steps)
     for k in range(1, n_ops):
-        _by_key(at.selectbox, "walk_op").set_value(k).run()
-        _ok(at)
+        widget(at.selectbox, "walk_op").set_value(k).run()
+        assert_ok(at)
         formulas |= {el.value for el in at.latex}
         if all(any(piece in f for f in formulas) for piece in pieces):
             break
     for piece in pieces:
         assert any(piece in f for f in formulas), piece
-    _by_key(at.radio, "walk_back_mode").set_value("fresh noise").run()
-    _ok(at)
-    grid = _images(at)
-    _by_key(at.button, "walk_reseed").click().run()
-    _ok(at)
-    assert _images(at) != grid
+    widget(at.radio, "walk_back_mode").set_value("fresh noise").run()
+    assert_ok(at)
+    grid = image_urls(at)
+    widget(at.button, "walk_reseed").click().run()
+    assert_ok(at)
+    assert image_urls(at) != grid
 
 
 def test_walk_page_faces_demo_and_a_later_coupling():
     at = AppTest.from_file(PAGE, default_timeout=180).run()
     faces = next(label for label in at.selectbox[0].options if "Faces" in label)
     at.selectbox[0].set_value(faces).run()
-    _ok(at)
-    pick = _by_key(at.selectbox, "walk_fresh_pick")
+    assert_ok(at)
+    pick = widget(at.selectbox, "walk_fresh_pick")
     pick.set_value(pick.options[-1]).run()  # the top level's last coupling
-    _ok(at)
+    assert_ok(at)
     assert float(_metric(at, "Fresh coupling: max |y − x|")) == 0.0
     table = at.dataframe[0].value
     assert table["latent leaving"].str.startswith("z").sum() == 3  # faces-fast: 3 levels
@@ -103,8 +81,8 @@ def test_walk_page_faces_demo_and_a_later_coupling():
 
 def test_walk_page_draw_by_hand_without_a_drawing_says_what_to_do():
     at = AppTest.from_file(PAGE, default_timeout=180).run()
-    _by_key(at.radio, "walk_source").set_value("Draw by hand").run()
-    _ok(at)
+    widget(at.radio, "walk_source").set_value("Draw by hand").run()
+    assert_ok(at)
     assert any("Draw something" in i.value for i in at.info)
 
 
@@ -112,8 +90,8 @@ def test_walk_page_without_the_canvas_package_falls_back_to_slider_shapes(monkey
     from pages.common import canvas
     monkeypatch.setattr(canvas, "st_canvas", None)
     at = AppTest.from_file(PAGE, default_timeout=180).run()
-    _by_key(at.radio, "walk_source").set_value("Draw by hand").run()
-    _ok(at)
+    widget(at.radio, "walk_source").set_value("Draw by hand").run()
+    assert_ok(at)
     assert any("pip install streamlit-drawable-canvas==0.13.0" in i.value for i in at.info)
     assert len(at.header) == 6  # the walk goes on with the slider-drawn shape
     assert float(_metric(at, "Invertibility error")) < 1e-4

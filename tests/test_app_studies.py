@@ -16,18 +16,15 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 @pytest.fixture
-def runs_dir(tmp_path, monkeypatch):
+def runs_dir(runs_dir, monkeypatch):
+    """tests/conftest.py's empty store, where studies queue but never train."""
     from flowlib import worker
     from flowlib.estimate import SpeedEstimator
-    path = tmp_path / "runs"
-    path.mkdir()
-    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(path))
-    monkeypatch.delenv("FLOWLAB_CLASSROOM", raising=False)
     # queued, never trained here; the speed is "known" so no measuring process starts
     monkeypatch.setattr(worker, "start_waiting", lambda store, watch=True: [])
     monkeypatch.setattr(SpeedEstimator, "estimate",
                         lambda self, request, store=None: {"images_per_s": 1000.0, "source": "history"})
-    yield path
+    yield runs_dir
 
 
 def store():

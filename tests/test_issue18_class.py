@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,22 +15,8 @@ from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
 from flowlib import viz
-
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
-DEMOS = [ROOT / "checkpoints" / "mnist-fast.pt", ROOT / "checkpoints" / "faces-fast.pt"]
-needs_demos = pytest.mark.skipif(not all(p.is_file() for p in DEMOS),
-                                 reason="demo checkpoints are not in checkpoints/")
-
-
-@pytest.fixture(autouse=True)
-def runs_dir(tmp_path, monkeypatch):
-    path = tmp_path / "runs"
-    path.mkdir()
-    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(path))
-    monkeypatch.delenv("FLOWLAB_CLASSROOM", raising=False)
-    monkeypatch.delenv("FLOWLAB_MAX_CONCURRENT", raising=False)
-    return path
+from tests.apptest_kit import APP, DEMOS, needs_demos
+pytestmark = pytest.mark.usefixtures("runs_dir")   # tests/conftest.py: an empty store each
 
 
 def page(name: str, **query) -> AppTest:

@@ -132,12 +132,10 @@ def stop_training(runs_dir: Path, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
-def runs_dir(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "runs"
-    path.mkdir()
-    monkeypatch.setenv("FLOWLAB_RUNS_DIR", str(path))
-    yield path
-    stop_training(path)
+def runs_dir(runs_dir) -> Path:
+    """tests/conftest.py's empty store; runs the browser started are stopped afterwards."""
+    yield runs_dir
+    stop_training(runs_dir)
 
 
 @pytest.fixture
