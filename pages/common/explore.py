@@ -59,11 +59,16 @@ class Loaded:
         shape = tuple(self.config.image_shape)
         return {(1, 28, 28): "mnist", (1, 32, 32): "faces"}.get(shape)
 
+    @property
+    def held_out_bpd(self) -> float | None:
+        """The checkpoint's test bits/dim: the final full-test score, else the best evaluation."""
+        bpd = self.ckpt.get("final_test_bpd", self.ckpt.get("best_test_bpd"))
+        return float(bpd) if isinstance(bpd, (int, float)) else None
+
     def describe(self) -> str:
         parts = [self.config.summary(), f"{self.model.num_parameters():,} parameters"]
-        bpd = self.ckpt.get("final_test_bpd", self.ckpt.get("best_test_bpd"))
-        if isinstance(bpd, (int, float)):
-            parts.append(f"held-out {bpd:.2f} bits/dim")
+        if self.held_out_bpd is not None:
+            parts.append(f"held-out {self.held_out_bpd:.2f} bits/dim")
         step = self.ckpt.get("step")
         if isinstance(step, int):
             parts.append(f"{step:,} training steps")
@@ -236,8 +241,8 @@ def costly_image_note(bits_per_dim: float, loaded: Loaded) -> str | None:
 
     A drawn "seven" on the faces model scored 53.7 bits/dim next to "8 = random noise", and a
     class read it as a broken model (issue 18)."""
-    typical = loaded.ckpt.get("final_test_bpd", loaded.ckpt.get("best_test_bpd"))
-    if not isinstance(typical, (int, float)) or not bits_per_dim > typical + 1.0:
+    typical = loaded.held_out_bpd
+    if typical is None or not bits_per_dim > typical + 1.0:
         return None
     n_bits = loaded.config.n_bits
     dims = int(np.prod(loaded.config.image_shape))

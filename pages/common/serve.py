@@ -66,27 +66,24 @@ def warm_up() -> float:
         plotly.graph_objects.Figure(plotly.graph_objects.Scatter(x=[0], y=[0])).update_layout(height=100)
         from pages.common import explore as ec
 
-        for label, path in ec.DEMOS.items():
-            if path.is_file():
-                ec.load(path)
+        # the cheap parts every page opens with first, then the Sampling page's many grids
+        demos = [ec.Loaded(label, path, *ec.load(path)[:2]) for label, path in ec.DEMOS.items()
+                 if path.is_file()]
         for dataset in ("mnist", "faces"):
             ec.test_images(dataset)
         home_demo = ec.DEMOS[ec.MNIST_DEMO]
         if home_demo.is_file():
             ec.journey_picture(str(home_demo), ec._mtime(home_demo), "mnist")
-        # Sampling's default seed at every temperature of its slider, and Glow's table
-        for path in ec.DEMOS.values():
-            if path.is_file():
-                model, _, error = ec.load(path)
-                if error is None:
-                    levels = model.config.levels
-                    for t in ec.SAMPLING_TEMPERATURES:
-                        ec.sample_grid(str(path), ec._mtime(path), 0, (t,) * levels)
-                    for t in ec.GLOW_TEMPERATURES:
-                        ec.sample_grid(str(path), ec._mtime(path), 0, (t,) * levels, 8)
-                    dataset = ec.Loaded("", path, model, {}).dataset
-                    for frames in ec.INTERPOLATION_FRAMES:    # test images 0 and 1, as the page opens
-                        ec.interpolation_strips(str(path), ec._mtime(path), 0, 1, frames, dataset)
+        for demo in demos:
+            if demo.model is None:      # a broken file: its page says why when it is opened
+                continue
+            path, mtime, levels = str(demo.path), ec._mtime(demo.path), demo.config.levels
+            for t in ec.SAMPLING_TEMPERATURES:     # the default seed at every slider temperature
+                ec.sample_grid(path, mtime, 0, (t,) * levels)
+            for t in ec.GLOW_TEMPERATURES:         # and Glow's table
+                ec.sample_grid(path, mtime, 0, (t,) * levels, 8)
+            for frames in ec.INTERPOLATION_FRAMES:  # test images 0 and 1, as the page opens
+                ec.interpolation_strips(path, mtime, 0, 1, frames, demo.dataset)
     except Exception as exc:  # noqa: BLE001 - a warm-up must never stop the server
         log.warning("warm-up stopped early: %s: %s", type(exc).__name__, exc)
     return time.perf_counter() - start
