@@ -123,22 +123,14 @@ def single_run_actions(store, run: dict, study_id: int | None) -> None:
         else:
             st.caption("No checkpoint yet.")
     if st.session_state.get("runs_confirm_delete") == rid and allowed:
-        with st.container(border=True):
-            st.warning(f"Delete run **{rid} · {run['name']}**? Its curves, samples and checkpoint "
-                       "are removed for good.", icon=":material/delete:")
-            y, n, _ = st.columns([1, 1, 2])
-            if y.button(f"Yes, delete run {rid}", type="primary", key=f"confirm_delete_{rid}",
-                        width="stretch"):
-                st.session_state.pop("runs_confirm_delete", None)
-                try:
-                    store.delete_run(rid, owner=ui.control_owner())
-                    st.session_state["runs_flash"] = ("success", f"Deleted run {rid} '{run['name']}'.")
-                except (PermissionError, ValueError, KeyError) as exc:
-                    st.session_state["runs_flash"] = ("error", str(exc))
-                st.rerun(scope="app")
-            if n.button("Keep it", key=f"cancel_delete_{rid}", width="stretch"):
-                st.session_state.pop("runs_confirm_delete", None)
-                st.rerun(scope="app")
+        def delete() -> str:
+            store.delete_run(rid, owner=ui.control_owner())
+            return f"Deleted run {rid} '{run['name']}'."
+
+        ui.confirm_delete("runs_confirm_delete",
+                          f"Delete run **{rid} · {run['name']}**? Its curves, samples and checkpoint "
+                          "are removed for good.",
+                          f"Yes, delete run {rid}", f"confirm_delete_{rid}", f"cancel_delete_{rid}", delete)
     b1, b2, b3, _ = st.columns([1, 1, 1, 1])
     if run["status"] in ("queued", "running") and b3.button(
             "Stop this run", icon=":material/stop:", key=f"stop_{rid}", width="stretch", disabled=not allowed,

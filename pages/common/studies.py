@@ -263,22 +263,15 @@ def _actions(store, study: dict) -> None:
                                                                                     "study and all its runs."):
         st.session_state["study_confirm_delete"] = sid
     if st.session_state.get("study_confirm_delete") == sid and allowed:
-        with st.container(border=True):
-            st.warning(f"Delete study **{sid} · {study['name']}** and its {len(study['runs'])} runs? Their "
-                       "curves, samples and checkpoints are removed for good.", icon=":material/delete:")
-            y, n, _ = st.columns([1, 1, 2])
-            if y.button(f"Yes, delete study {sid}", type="primary", key=f"study_confirm_{sid}", width="stretch"):
-                st.session_state.pop("study_confirm_delete", None)
-                try:
-                    count = studies.delete(sid, ui.control_owner())
-                    st.session_state["runs_flash"] = ("success", f"Deleted study {sid} and its {count} runs.")
-                    st.session_state.pop("study_selected", None)
-                except (PermissionError, KeyError, ValueError) as exc:
-                    st.session_state["runs_flash"] = ("error", str(exc))
-                st.rerun(scope="app")
-            if n.button("Keep it", key=f"study_keep_{sid}", width="stretch"):
-                st.session_state.pop("study_confirm_delete", None)
-                st.rerun(scope="app")
+        def delete() -> str:
+            count = studies.delete(sid, ui.control_owner())
+            st.session_state.pop("study_selected", None)
+            return f"Deleted study {sid} and its {count} runs."
+
+        ui.confirm_delete("study_confirm_delete",
+                          f"Delete study **{sid} · {study['name']}** and its {len(study['runs'])} runs? "
+                          "Their curves, samples and checkpoints are removed for good.",
+                          f"Yes, delete study {sid}", f"study_confirm_{sid}", f"study_keep_{sid}", delete)
 
 
 def section(store, studies_list: list[dict]) -> None:

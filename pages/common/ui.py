@@ -253,6 +253,27 @@ def gpu_line() -> str | None:
     return f"{status['used_gib']:.1f} of {status['total_gib']:.1f} GiB in use{busy}"
 
 
+# -- asking once ---------------------------------------------------------------------------
+def confirm_delete(state_key: str, warning: str, yes_label: str, yes_key: str, keep_key: str,
+                   delete) -> None:
+    """The box a Delete… button opens (it set ``st.session_state[state_key]``): the warning, a
+    Yes button that calls ``delete()`` (returning the words for the Runs page's flash line; a
+    PermissionError, KeyError or ValueError becomes its error line) and Keep it."""
+    with st.container(border=True):
+        st.warning(warning, icon=":material/delete:")
+        yes, keep, _ = st.columns([1, 1, 2])
+        if yes.button(yes_label, type="primary", key=yes_key, width="stretch"):
+            st.session_state.pop(state_key, None)
+            try:
+                st.session_state["runs_flash"] = ("success", delete())
+            except (PermissionError, KeyError, ValueError) as exc:
+                st.session_state["runs_flash"] = ("error", str(exc))
+            st.rerun(scope="app")
+        if keep.button("Keep it", key=keep_key, width="stretch"):
+            st.session_state.pop(state_key, None)
+            st.rerun(scope="app")
+
+
 # -- formatting ----------------------------------------------------------------------------
 def fmt_duration(seconds) -> str:
     if seconds is None:
