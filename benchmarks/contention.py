@@ -8,7 +8,7 @@ time from a training run. This measures mnist-fast training (batch 64, float32, 
 trainer's step) for ``--seconds`` per figure in a fresh process, once per thread policy:
 
 ``1`` / ``2`` ... fixed torch thread counts
-``auto``          flowlib.threads.ThreadGovernor, as the trainer runs
+``auto``          flowlib.machine.threads.ThreadGovernor, as the trainer runs
 
 beside ``--busy`` processes that each spin one core (pure Python loops, started before and
 killed after each figure). Each figure is images/s over the whole timed span (probes
@@ -36,9 +36,9 @@ def measure_here(policy: str, seconds: float, warmup_s: float = 3.0) -> dict:
 
     from benchmarks.run import make_train_step
     from flowlib import FlowModel, preset
-    from flowlib.speed import tune_for_training
-    from flowlib.threads import ThreadGovernor
-    from flowlib.train import make_optimizer
+    from flowlib.machine.memory import tune_for_training
+    from flowlib.machine.threads import ThreadGovernor
+    from flowlib.train.step import make_optimizer
 
     tune_for_training()
     cores = os.cpu_count() or 1
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     if args.seconds <= 0 or args.repeats < 1 or any(b < 0 for b in args.busy):
         parser.error("--seconds must be > 0, --repeats ≥ 1 and --busy counts ≥ 0")
     cores = os.cpu_count() or 1
-    from flowlib.threads import candidate_thread_counts
+    from flowlib.machine.threads import candidate_thread_counts
     policies = args.policies or [str(n) for n in sorted(candidate_thread_counts(cores))] + ["auto"]
     for p in policies:
         if p != "auto" and not (p.isdigit() and int(p) >= 1):

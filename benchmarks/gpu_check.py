@@ -9,7 +9,7 @@ Writes under OUT_DIR (each step's output in its own file, and ``summary.md`` las
 2. ``bench.md``       the benchmark table on CUDA (images/s, ms per 64-sample grid, peak memory)
 3. ``mnist_run.txt``  a fixed-time MNIST run (mnist-fast, 3 minutes): test bits/dim against
                       wall time, read back from the run store
-4. ``worker.txt``     a run started through ``flowlib.worker`` and read back from the store
+4. ``worker.txt``     a run started through ``flowlib.jobs.worker`` and read back from the store
 5. ``torchrun.txt``   a 2-process ``torchrun`` smoke run, if the machine has 2 or more GPUs
                       and the trainer supports it (``--help`` mentions torchrun)
 6. ``train_page.txt`` the Train page through AppTest: the sidebar's device and GPU lines, the
@@ -52,7 +52,7 @@ def _run(cmd: list[str], out: Path, timeout: float, env: dict | None = None) -> 
 
 def _read_run(runs_dir: Path) -> dict:
     """The newest run of a store, with its test bits/dim curve against training time."""
-    from flowlib.store import RunStore
+    from flowlib.store.runs import RunStore
     store = RunStore(runs_dir)
     runs = store.list_runs()
     if not runs:
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
         # A batch whose activations (the classroom cap's estimate) are twice the GPU's memory:
         # the run must stop with a message naming a batch that fits, its checkpoint intact.
         from flowlib.config import preset
-        from flowlib.limits import activation_mb
+        from flowlib.size import activation_mb
         cfg = preset("glow", image_shape=(1, 32, 32))
         total_mb = torch.cuda.get_device_properties(0).total_memory / 2**20
         huge = 64

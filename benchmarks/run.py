@@ -34,7 +34,7 @@ class BenchConfig:
     description: str
     model: dict          # FlowConfig fields (or {"preset": name, ...overrides})
     batch: int
-    bf16: bool = False   # coupling networks in bf16 (flowlib.layers.low_precision_networks)
+    bf16: bool = False   # coupling networks in bf16 (flowlib.core.layers.low_precision_networks)
 
 
 def demo_model(channels: int) -> dict:
@@ -46,11 +46,11 @@ def demo_model(channels: int) -> dict:
 def make_train_step(model, batch, optimizer, bf16: bool):
     """One training step as flowlib.train takes it: bits/dim loss (coupling networks in bf16
     if asked), backward, gradient clipping at 50, Adam."""
-    import torch
-
     import contextlib
 
-    from flowlib.layers import low_precision_networks
+    import torch
+
+    from flowlib.core.layers import low_precision_networks
 
     params = list(model.parameters())
     precision = (lambda: low_precision_networks(torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -121,14 +121,14 @@ def _median_ms(fn, warmup: int, repeats: int, sync) -> float:
 def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str,
             malloc_tuning: bool = True) -> dict:
     """Measure one configuration in this process; returns a JSON-able row."""
-    import torch
-
     import contextlib
 
+    import torch
+
     from flowlib import FlowConfig, FlowModel, preset
-    from flowlib.layers import low_precision_networks
-    from flowlib.speed import tune_for_training
-    from flowlib.train import make_optimizer
+    from flowlib.core.layers import low_precision_networks
+    from flowlib.machine.memory import tune_for_training
+    from flowlib.train.step import make_optimizer
 
     if malloc_tuning:
         tune_for_training()
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
                         help="torch CPU threads (default: all cores)")
     parser.add_argument("--markdown", action="store_true", help="print only the markdown table")
     parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="leave glibc's allocator as it is (to measure what flowlib.speed buys)")
+                        help="leave glibc's allocator as it is (to measure what flowlib.machine.memory buys)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config here
     args = parser.parse_args(argv)
 

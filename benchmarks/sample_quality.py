@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from flowlib.checkpoint import load_model
+    from flowlib.core.checkpoint import load_model
     from flowlib.data import load_images
 
     model, _ = load_model(args.checkpoint)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from flowlib import viz
-from flowlib.checkpoint import load_model
+from flowlib.core.checkpoint import load_model
+from flowlib.viz.images import fit_factor, image_grid, png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMOS = [ROOT / "checkpoints" / "mnist-fast.pt", ROOT / "checkpoints" / "faces-fast.pt"]
@@ -35,8 +35,8 @@ def one_grid(model, eps, temperature: float) -> tuple[float, float]:
     with torch.inference_mode():
         x = model.to_uint8(model.sample(64, temperature=temperature, eps=eps)).numpy()
     t1 = time.perf_counter()
-    grid = viz.image_grid(x, ncol=8, pad=3, scale=viz.fit_factor(x.shape[-2], 84))
-    viz.png_bytes(grid)
+    grid = image_grid(x, ncol=8, pad=3, scale=fit_factor(x.shape[-2], 84))
+    png_bytes(grid)
     return t1 - t0, time.perf_counter() - t1
 
 

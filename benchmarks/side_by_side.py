@@ -17,7 +17,7 @@ steps after 2 warm-up steps. Minor page faults per step are reported too: they a
 memory churn that makes the reference slower per image at batch 64.
 
 Flow Lab is measured twice: float32, and with its coupling networks in bf16
-(``flowlib.layers.low_precision_networks``; log-determinants and priors stay float32). The
+(``flowlib.core.layers.low_precision_networks``; log-determinants and priors stay float32). The
 last part checks that bf16 keeps the maths: a demo-shape model is trained for
 ``--likelihood-steps`` steps, then its test bits/dim is evaluated in float32 and with bf16
 networks on the same images and the same dequantisation noise.
@@ -92,8 +92,8 @@ def measure(impl: str, batch: int, repeats: int, reference: str | None) -> dict:
             model(x_uint8.float() / n_bins - 0.5 + torch.rand(x_uint8.shape) / n_bins)
     else:
         from flowlib import FlowConfig, FlowModel
-        from flowlib.speed import tune_for_training
-        from flowlib.train import make_optimizer
+        from flowlib.machine.memory import tune_for_training
+        from flowlib.train.step import make_optimizer
         tune_for_training()  # as Flow Lab's trainer does; the reference keeps glibc's default
         model = FlowModel(FlowConfig(**DEMO))
         model.initialize(model.preprocess(x_uint8, generator=gen))
@@ -120,10 +120,10 @@ def likelihood_check(steps: int, batch: int) -> dict:
     import torch
 
     from flowlib import FlowConfig, FlowModel
+    from flowlib.core.layers import low_precision_networks
     from flowlib.data import load_images
-    from flowlib.layers import low_precision_networks
-    from flowlib.speed import tune_for_training
-    from flowlib.train import make_optimizer
+    from flowlib.machine.memory import tune_for_training
+    from flowlib.train.step import make_optimizer
 
     tune_for_training()
     torch.manual_seed(0)

@@ -32,10 +32,11 @@ SETTINGS = {
 
 
 def run_one(setting: str, seed: int, args, root: str) -> dict:
-    from flowlib.checkpoint import load_checkpoint
     from flowlib.config import TrainConfig, preset
-    from flowlib.store import Limits, RunStore
-    from flowlib.train import train_run
+    from flowlib.core.checkpoint import load_checkpoint
+    from flowlib.store.limits import Limits
+    from flowlib.store.runs import RunStore
+    from flowlib.train.loop import train_run
 
     model = {"plain": dict(permutation="reverse", dequantization="uniform", input_transform="none"),
              "preset": {}}[args.model]

@@ -8,24 +8,43 @@
     x = model.sample(16, temperature=0.7)
     model.bits_per_dim(x_uint8)      # [B]
 
+The package is a house of floors (``FLOORS`` below, lowest first). A module imports only
+from its own folder (without loops) or from a lower floor, never from above or from another
+folder on its own floor; ``tests/test_architecture.py`` parses every import, those inside
+functions included, and fails on a loop or an upward import. Each ``__main__.py`` is an
+entry point for ``python -m`` and sits on the top floor whatever folder holds it.
+
 No Streamlit import anywhere in this package: the app imports flowlib, never the reverse.
-The names below are imported on first use, so `python -m flowlib.worker` can answer a
-stop request before paying for `import torch`.
+The names below are imported on first use, so a process that needs only the torch-free
+floors (the worker answering a stop request, the CLI's ``--help``) never loads torch.
 """
 
-import importlib
+FLOORS = (
+    ("config", "env", "size", "fileio"),   # settings, environment, arithmetic, atomic files: no torch
+    ("machine",),                          # the device, NVIDIA GPUs, threads, allocator tuning
+    ("core", "data"),                      # the flows themselves; the datasets
+    ("store",),                            # the run store (SQLite), its records, studies' tables, limits
+    ("viz", "analysis"),                   # pictures and figures; the walk and likelihood scores
+    ("train",),                            # one training session: loop, step, state, heartbeat, torchrun
+    ("jobs",),                             # the processes the server launches: worker, speed estimate
+    ("study",),                            # comparisons of settings over seeds, and their answers
+    ("cli",),                              # python -m flowlib.train / flowlib.study
+)
 
-_EXPORTS = {
-    "FlowConfig": "config", "FlowModel": "model", "PRESETS": "config", "PRESET_NOTES": "config",
-    "preset": "config", "EncodeOutput": "model", "BitsPerDim": "model",
-}
-
-__all__ = list(_EXPORTS)
+__all__ = ["FlowConfig", "FlowModel", "PRESETS", "PRESET_NOTES", "preset", "EncodeOutput", "BitsPerDim",
+           "tune_for_training", "FLOORS"]
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name in ("FlowConfig", "PRESETS", "PRESET_NOTES", "preset"):
+        from flowlib import config
+        return getattr(config, name)
+    if name in ("FlowModel", "EncodeOutput", "BitsPerDim"):
+        from flowlib.core import model
+        return getattr(model, name)
+    if name == "tune_for_training":
+        from flowlib.machine.memory import tune_for_training
+        return tune_for_training
     raise AttributeError(f"module 'flowlib' has no attribute {name!r}")
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import streamlit as st
 import torch
 
-from flowlib import flows2d as f2d
-from flowlib import flows2d_figures as figs
-from flowlib.layers import ActNorm
+from flowlib.core import flows2d as f2d
+from flowlib.core.layers import ActNorm
+from flowlib.viz import flows2d as figs
 from pages.common import ui
 
 ui.require_router()  # a bookmarked /flows2d on a fresh server must still go through app.py

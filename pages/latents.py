@@ -6,7 +6,8 @@ import numpy as np
 import streamlit as st
 import torch
 
-from flowlib import viz
+from flowlib.viz.figures import bpd_budget_figure
+from flowlib.viz.images import fit_factor, image_grid, labelled_grid, latent_grid, png_bytes, to_rgb, upscale
 from pages.common import explore as ec
 from pages.common import ui
 
@@ -55,14 +56,14 @@ def encode_image(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
 
 
 enc = encode_image(str(loaded.path), ec._mtime(loaded.path), pixels.tobytes(), pixels.shape)
-up = viz.fit_factor(H, 200)
+up = fit_factor(H, 200)
 
 # ------------------------------------------------------------------------------ image + round trip
 col_a, col_b, col_c = st.columns([1, 1, 2])
 # Both at the same explicit width: an upload and its reconstruction must be compared at one size.
-col_a.image(viz.upscale(viz.to_rgb(pixels), up), caption=f"input: {where}", output_format="PNG",
+col_a.image(upscale(to_rgb(pixels), up), caption=f"input: {where}", output_format="PNG",
             width=W * up)
-col_b.image(viz.upscale(viz.to_rgb(enc["recon"]), up), caption="decode(encode(x))", output_format="PNG",
+col_b.image(upscale(to_rgb(enc["recon"]), up), caption="decode(encode(x))", output_format="PNG",
             width=W * up)
 col_c.metric("Invertibility error  max |decode(encode(x)) − x|", f"{enc['err']:.1e}",
              help="In model units (pixels span −0.5…0.5). Only float rounding: the flow is exactly invertible.")
@@ -83,8 +84,8 @@ for k in range(L):
     c, h, w = z.shape
     ncol = min(c, 8)
     target = 90 if c > 4 else 170
-    raw_img, lim = viz.latent_grid(z, limit=None, ncol=ncol, target=target)
-    std_img, _ = viz.latent_grid(e, limit=3.0, ncol=ncol, target=target)
+    raw_img, lim = latent_grid(z, limit=None, ncol=ncol, target=target)
+    std_img, _ = latent_grid(e, limit=3.0, ncol=ncol, target=target)
     role = "finest: left after level 1" if k == 0 else ("coarsest: what is left at the top" if k == L - 1
                                                          else f"left after level {k + 1}")
     st.subheader(f"z{k + 1}  [{c}, {h}, {w}]  — {role}")
@@ -101,7 +102,7 @@ st.latex(r"\text{bits/dim} = \sum_{\ell}\underbrace{\frac{-\log p(z_\ell\mid z_{
          + r"\;+\;\underbrace{n_\text{bits}}_{\text{quantisation}}")
 left, right = st.columns([3, 2])
 with left:
-    fig = viz.bpd_budget_figure(enc["prior"], enc["logdet"], enc["quant"], enc["total"],
+    fig = bpd_budget_figure(enc["prior"], enc["logdet"], enc["quant"], enc["total"],
                                 dequant=enc["dequant"])
     st.plotly_chart(fig, width="stretch", key="latents_budget")
 with right:
@@ -170,8 +171,8 @@ def scale_rows(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, temp:
 
 rows, labels, diffs = scale_rows(str(loaded.path), ec._mtime(loaded.path), pixels.tobytes(), pixels.shape,
                                  float(temp), int(n_draw), seed)
-s = viz.fit_factor(H, 84)
-grid = viz.labelled_grid([viz.image_grid(r, ncol=len(r), pad=3, scale=s) for r in rows], labels,
+s = fit_factor(H, 84)
+grid = labelled_grid([image_grid(r, ncol=len(r), pad=3, scale=s) for r in rows], labels,
                          label_width=270, font_size=18)
 st.image(grid, caption=f"First column: the input. Other columns: redraws at T = {temp:.2f}, the same "
                        "noise in every row. Keeping the coarse latents keeps the shape; only strokes "
@@ -191,7 +192,7 @@ if fine_label is not None and diffs[fine_label] < 8:  # under ~3 % of the pixel 
                "(measured on the first test images)." if loaded.path in ec.DEMOS.values()
                and loaded.dataset == "mnist" else ""),
             icon=":material/info:")
-st.download_button("Download this grid (PNG)", viz.png_bytes(grid), file_name="what-each-scale-stores.png",
+st.download_button("Download this grid (PNG)", png_bytes(grid), file_name="what-each-scale-stores.png",
                    mime="image/png", key="latents_dl")
 
 with ec.explain():

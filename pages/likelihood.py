@@ -6,13 +6,19 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from flowlib import viz
+from flowlib.analysis.ood import (
+    OTHER_DATASET,
+    Scores,
+    comparison_sets,
+    gaussian_shell,
+    likelihood_flags,
+    score_images,
+    typicality_flags,
+)
 from flowlib.data import DATASETS
-from flowlib.ood import (OTHER_DATASET, Scores, comparison_sets, gaussian_shell, likelihood_flags,
-                         score_images, typicality_flags)
+from flowlib.viz.images import fit_factor, image_grid, labelled_grid, to_rgb, upscale
+from pages.common import canvas, ui
 from pages.common import explore as ec
-from pages.common import ui
-from pages.common import canvas
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
@@ -129,8 +135,8 @@ def examples(rows_bytes: tuple, labels: tuple, shape: tuple, scale: int):
     rows = []
     for b in rows_bytes:
         imgs = np.frombuffer(b, np.uint8).reshape(-1, *shape)
-        rows.append(viz.image_grid(imgs, ncol=len(imgs), pad=3, scale=scale, pad_value=150))
-    return viz.labelled_grid(rows, list(labels), label_width=330, font_size=19)
+        rows.append(image_grid(imgs, ncol=len(imgs), pad=3, scale=scale, pad_value=150))
+    return labelled_grid(rows, list(labels), label_width=330, font_size=19)
 
 
 picks = []
@@ -138,7 +144,7 @@ for key, (label, sc, images) in results.items():
     order = np.argsort(sc.total)
     idx = order[np.linspace(0, len(order) - 1, min(8, len(order))).round().astype(int)]
     picks.append((images[idx].tobytes(), f"{label.split(' (')[0]}\n{sc.total[idx[0]]:.2f} to {sc.total[idx[-1]]:.2f}"))
-ex = examples(tuple(p[0] for p in picks), tuple(p[1] for p in picks), SHAPE, viz.fit_factor(H, 56))
+ex = examples(tuple(p[0] for p in picks), tuple(p[1] for p in picks), SHAPE, fit_factor(H, 56))
 st.image(ex, width=ex.shape[1], output_format="PNG",
          caption="Examples from each set, from its most likely (left) to its least likely (right), "
                  "with their bits/dim.")
@@ -166,9 +172,9 @@ if pixels is not None:
         bpd = float(score_images(model, pixels[None]).total[0])
     err = float((back - x).abs().max())
     c1, c2, c3 = st.columns([1, 1, 2])
-    up = viz.fit_factor(H, 150)
-    c1.image(viz.upscale(viz.to_rgb(pixels), up), caption=f"what the model sees ({H}×{W})", width=W * up)
-    c2.image(viz.upscale(viz.to_rgb(model.to_uint8(back)[0].numpy()), up), caption="decode(encode(x))",
+    up = fit_factor(H, 150)
+    c1.image(upscale(to_rgb(pixels), up), caption=f"what the model sees ({H}×{W})", width=W * up)
+    c2.image(upscale(to_rgb(model.to_uint8(back)[0].numpy()), up), caption="decode(encode(x))",
              width=W * up)
     c3.metric("Your drawing's bits/dim", f"{bpd:.3f}", help=ui.BPD_HELP)
     c3.metric("Invertibility error  max |decode(encode(x)) − x|", f"{err:.1e}")

@@ -6,9 +6,26 @@ import numpy as np
 import streamlit as st
 import torch
 
-from flowlib import viz
-from flowlib.layers import make_permutation
-from flowlib.ops import squeeze2d, unsqueeze2d
+from flowlib.core.ops import squeeze2d, unsqueeze2d
+from flowlib.core.permutations import make_permutation
+from flowlib.viz.figures import actnorm_figure, actnorm_scales, matrix_heatmap
+from flowlib.viz.images import fit_factor, hstack_images, signed_factor, signed_number
+from flowlib.viz.masks import (
+    BLOCK_COLOURS,
+    BLOCK_NAMES,
+    channel_mixing,
+    channel_tiles_image,
+    coupling_x1_mask,
+    coverage_image,
+    mask_overlay,
+    mask_tiles_image,
+    model_step_specs,
+    multiscale_stages,
+    squeeze_overlay,
+    squeeze_walk,
+    squeezed_channel_tiles,
+    trace_masks,
+)
 from pages.common import explore as ec
 from pages.common import ui
 
@@ -38,30 +55,30 @@ st.header("1 · Squeeze: 2×2 blocks become channels")
 legend = " ".join(
     f"<span style='background:rgb{tuple(int(v) for v in col)};color:white;padding:2px 8px;"
     f"border-radius:4px;font-weight:600'>{name} → channel {k}</span>"
-    for k, (name, col) in enumerate(zip(viz.BLOCK_NAMES, viz.BLOCK_COLOURS)))
+    for k, (name, col) in enumerate(zip(BLOCK_NAMES, BLOCK_COLOURS)))
 st.markdown(legend, unsafe_allow_html=True)
 
 level = st.slider("Level: how many squeezes (the flow squeezes once per level, then sends half the channels out)",
                   1, L, 1, key="masks_level")
-walk = viz.squeeze_walk(pixels, L)
+walk = squeeze_walk(pixels, L)
 before = pixels if level == 1 else walk[level - 2]["tensor"][walk[level - 2]["kept"]]
 after = walk[level - 1]
 c_in, h_in, w_in = before.shape
 col_a, col_b = st.columns([1, 2.4])
 with col_a:
     if level == 1:
-        st.image(viz.squeeze_overlay(pixels, scale=viz.fit_factor(H, 280)),
+        st.image(squeeze_overlay(pixels, scale=fit_factor(H, 280)),
                  caption=f"{where}: shape [{C}, {H}, {W}]; each pixel tinted by its place in its 2×2 block", output_format="PNG")
     else:
-        tiles = [viz.squeeze_overlay(before[k], scale=viz.fit_factor(h_in, 150)) for k in range(c_in)]
-        st.image(viz.hstack_images(tiles, captions=[f"ch {k}" for k in range(c_in)]) if c_in <= 2
-                 else viz.channel_tiles_image(tiles, ncol=2),
+        tiles = [squeeze_overlay(before[k], scale=fit_factor(h_in, 150)) for k in range(c_in)]
+        st.image(hstack_images(tiles, captions=[f"ch {k}" for k in range(c_in)]) if c_in <= 2
+                 else channel_tiles_image(tiles, ncol=2),
                  caption=f"what goes on into level {level}: shape [{c_in}, {h_in}, {w_in}]", output_format="PNG")
 with col_b:
-    sq_tiles = viz.squeezed_channel_tiles(before, scale=viz.fit_factor(h_in // 2, 130 if c_in > 1 else 170))
+    sq_tiles = squeezed_channel_tiles(before, scale=fit_factor(h_in // 2, 130 if c_in > 1 else 170))
     labels = [t[0] for t in sq_tiles]
     ncol = 4
-    rows = [viz.hstack_images([t[1] for t in sq_tiles[r:r + ncol]], captions=labels[r:r + ncol], font_size=15)
+    rows = [hstack_images([t[1] for t in sq_tiles[r:r + ncol]], captions=labels[r:r + ncol], font_size=15)
             for r in range(0, len(sq_tiles), ncol)]
     st.image(np.concatenate([np.pad(r, ((0, 6), (0, max(x.shape[1] for x in rows) - r.shape[1]), (0, 0)),
                                     constant_values=255) for r in rows]),
@@ -72,7 +89,7 @@ err = (unsqueeze2d(squeeze2d(x_t)) - x_t).abs().max().item()
 st.caption(f"Round trip: unsqueeze(squeeze(x)) differs from x by {err:g}: the squeeze only "
            "moves numbers, so it is exactly invertible and its log-determinant is 0.")
 with st.expander("Tensor shapes through the whole model"):
-    stages = viz.multiscale_stages((C, H, W), L)
+    stages = multiscale_stages((C, H, W), L)
     st.table([{"stage": s["stage"], "shape [C, H, W]": str(s["shape"]), "what happens": s["note"]}
               for s in stages])
     st.caption(f"The model's latents: {', '.join(f'z{k + 1} {list(s)}' for k, s in enumerate(model.latent_shapes))} "
@@ -85,13 +102,13 @@ c1, h1, w1 = sq1.shape
 col_a, col_b = st.columns([1, 2.4])
 with col_a:
     parity = st.radio("Checkerboard parity", [0, 1], horizontal=True, key="masks_parity")
-    cb = viz.coupling_x1_mask("checkerboard", 1, H, W, parity)[0]
-    st.image(viz.mask_overlay(pixels, cb, scale=viz.fit_factor(H, 280)),
+    cb = coupling_x1_mask("checkerboard", 1, H, W, parity)[0]
+    st.image(mask_overlay(pixels, cb, scale=fit_factor(H, 280)),
              caption="Checkerboard (RealNVP): x1 = blue pixels, x2 = orange. Every x2 pixel has "
                      "x1 neighbours on all four sides to predict it from.", output_format="PNG")
 with col_b:
-    ch = viz.coupling_x1_mask("channel", c1, h1, w1)
-    st.image(viz.mask_tiles_image(ch, sq1, scale=viz.fit_factor(h1, 130),
+    ch = coupling_x1_mask("channel", c1, h1, w1)
+    st.image(mask_tiles_image(ch, sq1, scale=fit_factor(h1, 130),
                                   labels=[f"ch {k}: {'x1' if ch[k, 0, 0] else 'x2'}" for k in range(c1)]),
              caption=f"Channel mask (Glow) on the squeezed tensor [{c1}, {h1}, {w1}]: the first "
                      f"{c1 // 2} channels are x1, the other {c1 - c1 // 2} are x2. After a squeeze each "
@@ -114,7 +131,7 @@ def masks_through_steps() -> None:
         names = {s: f"level {s[0] + 1}" + (" (checkerboard steps before the squeeze)" if s[1] == "pre" else "")
                  for s in stages}
         stage = st.selectbox("Steps of", stages, format_func=names.get, key="masks_trace_stage")
-        shape, specs = viz.model_step_specs(model, *stage)
+        shape, specs = model_step_specs(model, *stage)
         perm_kind = loaded.config.permutation
     else:
         cols = st.columns(3)
@@ -132,23 +149,23 @@ def masks_through_steps() -> None:
             for k in range(k_steps):
                 mix = None
                 if perm != "none":
-                    mix = viz.channel_mixing(make_permutation(perm, c1, gen))
+                    mix = channel_mixing(make_permutation(perm, c1, gen))
                 out.append({"mix": mix, "mask": mask_kind, "parity": k % 2})
             return out
 
         specs = try_specs(perm_kind)
-        compare = {name: viz.trace_masks(shape, try_specs(key))[-1].covered_fraction
+        compare = {name: trace_masks(shape, try_specs(key))[-1].covered_fraction
                    for key, name in (("none", "nothing"), ("reverse", "reverse"), ("shuffle", "shuffle"),
                                      ("conv1x1", "1×1 conv"))}
         st.markdown(f"**Values transformed after {k_steps} {mask_kind}-mask steps:** "
                     + " · ".join(f"{name} **{100 * v:.0f} %**" for name, v in compare.items()))
 
-    trace = viz.trace_masks(shape, specs)
+    trace = trace_masks(shape, specs)
     cs, hs, ws = shape
     vals = sq1 if (cs, hs, ws) == (c1, h1, w1) else None
     if vals is None and (cs, hs, ws) == (C, H, W):
         vals = pixels
-    scale = viz.fit_factor(hs, max(40, min(110, 900 // max(cs, 1))))
+    scale = fit_factor(hs, max(40, min(110, 900 // max(cs, 1))))
     for t in trace:
         if t.origin is not None:
             shown = None if vals is None else vals[t.origin]
@@ -164,12 +181,12 @@ def masks_through_steps() -> None:
         with left:
             mixing = {"none": "no permutation", "permutation": "after the permutation",
                       "conv": "after the 1×1 conv (every position is a mix of channels)"}[t.mixing]
-            st.image(viz.mask_tiles_image(t.x1, shown, scale=scale, labels=labels, font_size=14),
+            st.image(mask_tiles_image(t.x1, shown, scale=scale, labels=labels, font_size=14),
                      caption=f"Step {t.step} ({mixing}): {t.mask_type} mask"
                              + (f", parity {t.parity}" if t.mask_type == "checkerboard" else "")
                              + ". Blue = x1 (kept), orange = x2 (transformed).", output_format="PNG")
         with right:
-            st.image(viz.coverage_image(t.covered, scale=max(2, scale // 2),
+            st.image(coverage_image(t.covered, scale=max(2, scale // 2),
                                         labels=[f"ch {o}" for o in range(cs)], font_size=13),
                      caption=f"Original values transformed so far: {t.covered_count:,} of {total:,} "
                              f"({100 * t.covered_fraction:.0f} %)", output_format="PNG")
@@ -204,34 +221,34 @@ with ec.compute():
         logdet = float(perm.log_abs_det())
         st.markdown(f"**{perm.label}** ({perm.channels}×{perm.channels}): every output "
                     f"channel is a weighted mix of all input channels at the same pixel. "
-                    f"log|det W| = {viz.signed_number(logdet, 4)}, so this layer adds "
-                    f"H·W·log|det W| = {sp_h}·{sp_w}·{viz.signed_factor(logdet)} = "
-                    f"**{viz.signed_number(sp_h * sp_w * logdet, 2)} nats** "
+                    f"log|det W| = {signed_number(logdet, 4)}, so this layer adds "
+                    f"H·W·log|det W| = {sp_h}·{sp_w}·{signed_factor(logdet)} = "
+                    f"**{signed_number(sp_h * sp_w * logdet, 2)} nats** "
                     f"to every image's log-det.")
         if "L" in factors:
             cols = st.columns(4)
-            figs = [viz.matrix_heatmap(w_mat, "W = P·L·(U + diag(s))", height=300),
-                    viz.matrix_heatmap(factors["P"], "P (fixed permutation)", height=300),
-                    viz.matrix_heatmap(factors["L"], "L (unit lower triangle)", height=300),
-                    viz.matrix_heatmap(factors["U"], "U + diag(s): s on the diagonal", height=300)]
+            figs = [matrix_heatmap(w_mat, "W = P·L·(U + diag(s))", height=300),
+                    matrix_heatmap(factors["P"], "P (fixed permutation)", height=300),
+                    matrix_heatmap(factors["L"], "L (unit lower triangle)", height=300),
+                    matrix_heatmap(factors["U"], "U + diag(s): s on the diagonal", height=300)]
             for col, fig in zip(cols, figs):
                 col.plotly_chart(fig, width="stretch", key=f"masks_fig_{fig.layout.title.text}")
             st.latex(r"W = P\,L\,(U + \mathrm{diag}(s)),\qquad \log|\det W| = \sum_i \log|s_i|")
             st.caption("The LU form makes the determinant the product of U's diagonal: a sum of "
                        "C numbers instead of an O(C³) determinant.")
         else:
-            st.plotly_chart(viz.matrix_heatmap(w_mat, "W"), width="stretch", key="masks_fig_w")
+            st.plotly_chart(matrix_heatmap(w_mat, "W"), width="stretch", key="masks_fig_w")
     else:
-        order = viz.channel_mixing(perm).tolist()
+        order = channel_mixing(perm).tolist()
         st.markdown(f"**Permutation: {perm.label}**. Output channel i takes input channel "
                     f"{order}[i]. A permutation only moves values, so its log|det| is 0.")
-        st.plotly_chart(viz.matrix_heatmap(w_mat.numpy(), "permutation matrix", zmid=None,
+        st.plotly_chart(matrix_heatmap(w_mat.numpy(), "permutation matrix", zmid=None,
                                            colorscale="Greys", height=300),
                         width="content", key="masks_fig_perm")
-    scales = viz.actnorm_scales(model)
+    scales = actnorm_scales(model)
     if any(s.size for s in scales):
         if scales[lv].size:
-            st.plotly_chart(viz.actnorm_figure(scales[lv], lv), width="stretch",
+            st.plotly_chart(actnorm_figure(scales[lv], lv), width="stretch",
                             key="masks_fig_actnorm")
             st.caption("ActNorm multiplies each channel by one learned number. It starts as 1/std of "
                        "that channel on the first batch, so training begins with unit-variance "

@@ -14,9 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from flowlib.study_store import StudyStore
-from pages.common import ui
-from pages.common import studies
+from flowlib.store.studies import StudyStore
+from pages.common import studies, ui
 from pages.common.settings_form import settings_table
 
 ui.require_router()
@@ -119,7 +118,7 @@ def single_run_actions(store, run: dict, study_id: int | None) -> None:
                                mime="application/octet-stream", icon=":material/download:",
                                width="stretch", key=f"download_{rid}",
                                help="The model, optimizer state and settings (load with "
-                                    "flowlib.checkpoint.load_model).")
+                                    "flowlib.core.checkpoint.load_model).")
         else:
             st.caption("No checkpoint yet.")
     if st.session_state.get("runs_confirm_delete") == rid and allowed:
@@ -135,7 +134,7 @@ def single_run_actions(store, run: dict, study_id: int | None) -> None:
     if run["status"] in ("queued", "running") and b3.button(
             "Stop this run", icon=":material/stop:", key=f"stop_{rid}", width="stretch", disabled=not allowed,
             help="Finishes the current step, saves a checkpoint and stops; Resume continues from it."):
-        from flowlib import worker
+        from flowlib.jobs import worker
         try:
             asked = worker.stop_run(store, rid, owner=ui.control_owner())
             st.session_state["runs_flash"] = ("success" if asked else "info",

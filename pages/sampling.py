@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from flowlib import viz
+from flowlib.viz.images import fit_factor, image_grid, labelled_grid, png_bytes
 from pages.common import explore as ec
 from pages.common import ui
 
@@ -64,12 +64,12 @@ with st.expander("Temperature per level (finest first)"):
 # rounded: the browser's slider can send 0.7500000000000001, and the grids are cached by value
 temps = tuple(round(float(t), 2) for t in level_temps) if per_level else (round(float(temp), 2),) * L
 grid64 = ec.sample_grid(path, mtime, seed, temps)
-scale = viz.fit_factor(H, 84)
-big = viz.image_grid(grid64, ncol=8, pad=3, scale=scale)
+scale = fit_factor(H, 84)
+big = image_grid(grid64, ncol=8, pad=3, scale=scale)
 st.session_state["sampling_last_grid"] = (temps, seed, grid64.sum().item())
 label = ", ".join(f"{t:.2f}" for t in temps) if per_level else f"{temp:.2f}"
 st.image(big, caption=f"64 samples at T = {label} (seed {seed})", output_format="PNG")
-st.download_button("Download this grid (PNG)", viz.png_bytes(big),
+st.download_button("Download this grid (PNG)", png_bytes(big),
                    file_name=f"samples-T{label.replace(', ', '_')}-seed{seed}.png", mime="image/png",
                    key="sampling_dl64")
 
@@ -77,8 +77,8 @@ st.download_button("Download this grid (PNG)", viz.png_bytes(big),
 st.header("2 · The same 8 samples at Glow's temperatures")
 n_cols = 8
 rows = [ec.sample_grid(path, mtime, seed, (t,) * L, n_cols) for t in GLOW_TEMPERATURES]
-s2 = viz.fit_factor(H, 72)
-table = viz.labelled_grid([viz.image_grid(r, ncol=n_cols, pad=3, scale=s2) for r in rows],
+s2 = fit_factor(H, 72)
+table = labelled_grid([image_grid(r, ncol=n_cols, pad=3, scale=s2) for r in rows],
                           [f"T = {t:g}" for t in GLOW_TEMPERATURES], label_width=100, font_size=20)
 t0_same = GLOW_TEMPERATURES[0] == 0 and bool((rows[0] == rows[0][:1]).all())
 st.image(table, caption="Each column uses the same noise ε; only T changes. "
@@ -86,7 +86,7 @@ st.image(table, caption="Each column uses the same noise ε; only T changes. "
                            "same point, the prior's mean: the top row is one image repeated, "
                            "the most 'typical' image this model knows." if t0_same else
                            "T = 0 decodes the prior's mean."), output_format="PNG")
-st.download_button("Download this grid (PNG)", viz.png_bytes(table), file_name=f"temperatures-seed{seed}.png",
+st.download_button("Download this grid (PNG)", png_bytes(table), file_name=f"temperatures-seed{seed}.png",
                    mime="image/png", key="sampling_dl_table")
 
 # ------------------------------------------------------------------------------ interpolation
@@ -102,13 +102,13 @@ else:
     frames = cols[2].slider("Frames", 5, 13, 9, 2, key="sampling_frames")
 
     strips, ts = ec.interpolation_strips(path, mtime, int(ia), int(ib), int(frames), loaded.dataset)
-    s3 = viz.fit_factor(H, 84)
-    strip = viz.labelled_grid([viz.image_grid(strips[m], ncol=frames, pad=3, scale=s3) for m in ("linear", "spherical")],
+    s3 = fit_factor(H, 84)
+    strip = labelled_grid([image_grid(strips[m], ncol=frames, pad=3, scale=s3) for m in ("linear", "spherical")],
                               ["linear", "spherical"], label_width=120, font_size=20)
     st.image(strip, caption=f"Left: test image #{ia}; right: #{ib}. Every frame decodes a point on the "
                             "path between their latents (all levels together). The ends are exact "
                             "reconstructions; the middle frames are images the model finds plausible.", output_format="PNG")
-    st.download_button("Download the strips (PNG)", viz.png_bytes(strip),
+    st.download_button("Download the strips (PNG)", png_bytes(strip),
                        file_name=f"interpolation-{ia}-{ib}.png", mime="image/png", key="sampling_dl_interp")
 
 with ec.explain():

@@ -7,12 +7,13 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from flowlib import viz
-from flowlib.viz.latents import _to_grey
-from flowlib.walk import coupling_parts, fresh_model, state_image, walk_backward, walk_forward
+from flowlib.analysis.walk import coupling_parts, fresh_model, state_image, walk_backward, walk_forward
+from flowlib.viz.figures import matrix_heatmap
+from flowlib.viz.images import fit_factor, hstack_images, labelled_grid, latent_grid, signed_factor, to_rgb, upscale
+from flowlib.viz.latents import standardised_grey
+from flowlib.viz.masks import squeezed_channel_tiles
+from pages.common import canvas, ui
 from pages.common import explore as ec
-from pages.common import ui
-from pages.common import canvas
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
@@ -89,10 +90,10 @@ res = forward(PATH, MTIME, pixels.tobytes(), pixels.shape)
 walk, back = res["walk"], res["back"]
 ops = walk.ops
 
-up = viz.fit_factor(H, 170)
+up = fit_factor(H, 170)
 col_a, col_b, col_c, col_d = st.columns([1, 1, 1.3, 1.3])
-col_a.image(viz.upscale(viz.to_rgb(pixels), up), caption=f"input: {where}", output_format="PNG", width=W * up)
-col_b.image(viz.upscale(viz.to_rgb(res["recon"]), up), caption="the backward walk's image",
+col_a.image(upscale(to_rgb(pixels), up), caption=f"input: {where}", output_format="PNG", width=W * up)
+col_b.image(upscale(to_rgb(res["recon"]), up), caption="the backward walk's image",
             output_format="PNG", width=W * up)
 col_c.metric("This image's bits/dim", f"{res['bpd']:.3f}", help=ui.BPD_HELP)
 col_c.metric("Invertibility error  max |x_back − x|", f"{res['err']:.1e}",
@@ -121,8 +122,8 @@ def short(op) -> str:
 def filmstrip(frames, captions, ncol: int, scale: int) -> np.ndarray:
     rows = []
     for r in range(0, len(frames), ncol):
-        pics = [viz.upscale(viz.to_rgb(f), scale) for f in frames[r:r + ncol]]
-        rows.append(viz.hstack_images(pics, gap=8, captions=captions[r:r + ncol], font_size=17))
+        pics = [upscale(to_rgb(f), scale) for f in frames[r:r + ncol]]
+        rows.append(hstack_images(pics, gap=8, captions=captions[r:r + ncol], font_size=17))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 10), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     return np.concatenate(rows)
@@ -140,7 +141,7 @@ def state_frames(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, whi
             x = op.after[0]
             frames.append(((x.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).numpy())
         else:
-            frames.append(_to_grey(state_image(op, zs)[0]).numpy())
+            frames.append(standardised_grey(state_image(op, zs)[0]).numpy())
     return frames
 
 
@@ -154,7 +155,7 @@ st.markdown(
 st.latex(r"\log p(x) \;=\; \underbrace{\sum_{\ell=1}^{L}\log p(z_\ell \mid z_{>\ell})}_{\text{latents leave at each split}}"
          r"\;+\;\underbrace{\sum_{k}\log\left|\det \frac{\partial h_k}{\partial h_{k-1}}\right|}_{\text{one term per operation}}")
 frames = state_frames(PATH, MTIME, pixels.tobytes(), pixels.shape, "walk")
-scale = viz.fit_factor(H, 84)
+scale = fit_factor(H, 84)
 strip = filmstrip(frames, [short(op) for op in ops], ncol=10, scale=scale)
 st.image(strip, width=strip.shape[1],
          caption="Forward: image → latents. L1.2 = level 1, step 2. Grey = each frame standardised on "
@@ -227,7 +228,7 @@ def tiles_of(t: torch.Tensor, target: int, limit: float | None = None) -> tuple[
     arr = t[0].float().numpy()
     if limit is None:
         limit = float(np.quantile(np.abs(arr), 0.99)) or 1.0
-    return viz.latent_grid(arr, limit=limit, ncol=min(arr.shape[0], 8), target=target)
+    return latent_grid(arr, limit=limit, ncol=min(arr.shape[0], 8), target=target)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -246,7 +247,7 @@ def level_tiles(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, whic
         label = f"{name}\n{list(shown.shape[1:])}  log-det {ld:+.1f}"
         rows.append(_pad_row(img, 64))
         labels.append(label)
-    return viz.labelled_grid(rows, labels, label_width=380, font_size=20)
+    return labelled_grid(rows, labels, label_width=380, font_size=20)
 
 
 def _pad_row(img: np.ndarray, min_height: int) -> np.ndarray:
@@ -301,13 +302,13 @@ if op.kind == "squeeze":
 elif op.kind == "actnorm":
     sum_log_s = float(layer.log_scale.detach().sum())
     st.latex(r"y = (x + b)\odot e^{\log s},\qquad \log|\det J| = H\cdot W\cdot\sum_c \log s_c"
-             rf" = {h_}\cdot{w_}\cdot{viz.signed_factor(sum_log_s)} = {ld:+.2f}\ \text{{nats}}")
+             rf" = {h_}\cdot{w_}\cdot{signed_factor(sum_log_s)} = {ld:+.2f}\ \text{{nats}}")
     st.markdown("Per-channel scales: " + ", ".join(f"{v:.2f}" for v in torch.exp(layer.log_scale.detach()).flatten().tolist()))
 elif op.kind == "permutation":
     log_det_w = float(layer.log_abs_det().detach())
     st.latex(r"y_{:,i,j} = W\,x_{:,i,j},\qquad \log|\det J| = H\cdot W\cdot\log|\det W|"
-             rf" = {h_}\cdot{w_}\cdot{viz.signed_factor(log_det_w)} = {ld:+.2f}\ \text{{nats}}")
-    w_fig = viz.matrix_heatmap(layer.as_matrix().detach(), f"W ({layer.label}), {layer.channels}×{layer.channels}",
+             rf" = {h_}\cdot{w_}\cdot{signed_factor(log_det_w)} = {ld:+.2f}\ \text{{nats}}")
+    w_fig = matrix_heatmap(layer.as_matrix().detach(), f"W ({layer.label}), {layer.channels}×{layer.channels}",
                                height=320)
     w_fig.update_layout(font=dict(size=16))
     st.plotly_chart(w_fig, key="walk_op_w")
@@ -344,15 +345,15 @@ st.markdown(
     "A 1×1 convolution mixes the channels at one position. Right after a squeeze the four "
     "channels at position (i, j) are the four pixels of one 2×2 block, so a 1×1 convolution "
     "mixes **neighbouring pixels** — spatial mixing done as channel mixing.")
-tiles = viz.squeezed_channel_tiles(pixels, scale=viz.fit_factor(H // 2, 120))
+tiles = squeezed_channel_tiles(pixels, scale=fit_factor(H // 2, 120))
 first_mix = next(op for op in ops if op.kind == "permutation" and op.stage != "pre")
 c1, c2 = st.columns([1.4, 1])
-sq_img = viz.hstack_images([t[1] for t in tiles[:8]], captions=[t[0] for t in tiles[:8]], font_size=16)
+sq_img = hstack_images([t[1] for t in tiles[:8]], captions=[t[0] for t in tiles[:8]], font_size=16)
 c1.image(sq_img, width=sq_img.shape[1],
          caption=f"The image after the first squeeze: {list(ops[next(k for k, o in enumerate(ops) if o.kind == 'squeeze')].shape)}, "
                  "each channel tinted by its corner of the 2×2 block.", output_format="PNG")
 with c2:
-    w_fig = viz.matrix_heatmap(first_mix.layer.as_matrix().detach(),
+    w_fig = matrix_heatmap(first_mix.layer.as_matrix().detach(),
                                f"W of {first_mix.name.split(' · ', 1)[1]}", height=320)
     w_fig.update_layout(font=dict(size=16))
     st.plotly_chart(w_fig, key="walk_first_w")
@@ -398,7 +399,7 @@ for label, t, lim_ in (("input x", cop.before, x_lim),
     rows_img.append(np.pad(img, ((4, 4), (0, 0), (0, 0)), constant_values=255))
     rows_lab.append(label)
 c1, c2 = st.columns([2, 1])
-fresh_grid = viz.labelled_grid(rows_img, rows_lab, label_width=230, font_size=20)
+fresh_grid = labelled_grid(rows_img, rows_lab, label_width=230, font_size=20)
 c1.image(fresh_grid, width=fresh_grid.shape[1],
          caption=f"{cop.name}: {list(cop.shape)}. x and y share one colour scale (±{x_lim:.2g}); "
                  f"both difference rows share another (±{d_lim:.2g}).", output_format="PNG")
@@ -449,7 +450,7 @@ def noise_walk(path: str, mtime: float, temp: float, seed: int):
                 x = op.after[0]
                 frames.append(((x.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).numpy())
             else:
-                frames.append(_to_grey(state_image(op, w.zs)[0]).numpy())
+                frames.append(standardised_grey(state_image(op, w.zs)[0]).numpy())
         total = float(w.logdet[0])
     return frames, [short(op) for op in w.ops], total
 

@@ -1,6 +1,6 @@
 """Train: pick the data and a model, press Start, watch it learn live.
 
-The page never trains in-process: Start asks ``flowlib.worker`` to launch a separate
+The page never trains in-process: Start asks ``flowlib.jobs.worker`` to launch a separate
 process, and the dashboard below (``pages.common.run_dashboard``) only reads the run store
 (an ``st.fragment`` that polls every 2 s while the run is active and stops polling when it is not).
 """
@@ -12,14 +12,26 @@ import json
 import numpy as np
 import streamlit as st
 
-from flowlib.config import (APP_TRAIN_DEFAULTS, DATASET_TRAIN_DEFAULTS, PRESET_LR, PRESET_NOTES, PRESETS,
-                            ConfigError, FlowConfig, TrainConfig, field_errors, form_fields, max_levels,
-                            settings_of)
-from flowlib.data import DatasetError, list_datasets, load_images, store_upload
-from flowlib.device import bf16_is_fast, pick_device
-from flowlib.estimate import SpeedEstimator, SpeedRequest, parameter_count
-from pages.common import ui
-from pages.common import settings_form
+from flowlib.config import (
+    APP_TRAIN_DEFAULTS,
+    DATASET_TRAIN_DEFAULTS,
+    PRESET_LR,
+    PRESET_NOTES,
+    PRESETS,
+    ConfigError,
+    FlowConfig,
+    TrainConfig,
+    field_errors,
+    form_fields,
+    max_levels,
+    settings_of,
+)
+from flowlib.data import list_datasets, load_images, store_upload
+from flowlib.data.sources.common import DatasetError
+from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest
+from flowlib.machine.device import bf16_is_fast, pick_device
+from flowlib.size import parameter_count
+from pages.common import settings_form, ui
 from pages.common.run_dashboard import busy_words, friendly, render_dashboard
 
 ui.require_router()
@@ -188,8 +200,8 @@ def shown_run_id(store, runs) -> int | None:
 
 
 def start_new_run(store, cfg: FlowConfig, tc: TrainConfig, name: str, preset_name: str) -> None:
-    from flowlib import worker
-    from flowlib.store import RunLimitError
+    from flowlib.jobs import worker
+    from flowlib.store.runs import RunLimitError
 
     label = name.strip() or f"{tc.dataset}-{preset_name}"
     try:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from flowlib.store.limits import Limits
+from flowlib.store.runs import RunStore
+
 
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
@@ -16,3 +19,12 @@ def runs_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("FLOWLAB_CLASSROOM", raising=False)
     monkeypatch.delenv("FLOWLAB_MAX_CONCURRENT", raising=False)
     return path
+
+
+@pytest.fixture
+def store(tmp_path, request):
+    """A RunStore of this test's own in ``tmp_path/runs``, with ``Limits()`` unless the test or
+    its module is marked ``@pytest.mark.store_limits(stale_after_s=3.0, ...)``: the marker's
+    keywords are the Limits fields that differ."""
+    marker = request.node.get_closest_marker("store_limits")
+    return RunStore(tmp_path / "runs", Limits(**(marker.kwargs if marker else {})))

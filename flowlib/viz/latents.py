@@ -6,7 +6,9 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["lerp", "slerp", "interpolate_latents", "fold_to_image", "flow_journey", "journey_strip"]
+from flowlib.core.ops import fold_to_image
+
+__all__ = ["lerp", "slerp", "interpolate_latents", "standardised_grey", "flow_journey", "journey_strip"]
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -58,26 +60,7 @@ def interpolate_latents(zs_a: Sequence[torch.Tensor], zs_b: Sequence[torch.Tenso
 
 # ---------------------------------------------------------------------------- image <-> noise
 
-def fold_to_image(h: torch.Tensor | None, zs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Lay a flow's state out in the image's shape, for a picture.
-
-    The state between levels is the tensor ``h`` going on (None past the top level) and the
-    latents ``zs`` already split off (finest first). Each level split ``cat([h_next, z])``
-    after a squeeze, so concatenating and unsqueezing level by level (coarsest first) gives
-    back a [B, C, H, W] tensor: a display fold only, nothing is inverted.
-    """
-    from flowlib.ops import unsqueeze2d
-
-    t = h
-    for z in reversed(list(zs)):
-        t = z if t is None else torch.cat([t, z], dim=1)
-        t = unsqueeze2d(t)
-    if t is None:
-        raise ValueError("fold_to_image needs a tensor or at least one latent")
-    return t
-
-
-def _to_grey(t: torch.Tensor) -> torch.Tensor:
+def standardised_grey(t: torch.Tensor) -> torch.Tensor:
     """A [C, H, W] state as uint8 grey: standardised (median 0, robust spread), ±3 -> 0..255."""
     v = t.detach().double().cpu()
     med = v.median()
@@ -97,7 +80,7 @@ def flow_journey(model, pixels, eps: Sequence[torch.Tensor], temperature: float 
     the last being its standardised latent ε), "backward": [...] (the noise T·ε, the state
     after undoing each level, coarsest first, the last being the new image),
     "round_trip": max |decode(encode(x)) − x| in model units}``. States are shown
-    standardised (see ``_to_grey``), so each picture's contrast is its own.
+    standardised (see ``standardised_grey``), so each picture's contrast is its own.
     """
     x = model.dequantize(torch.as_tensor(pixels, dtype=torch.uint8)[None], noise=False)[0]
     h = x
@@ -110,16 +93,16 @@ def flow_journey(model, pixels, eps: Sequence[torch.Tensor], temperature: float 
         h = out.h_next
         zs.append(out.z)
         eps_in.append(out.eps)
-        forward.append(_to_grey(fold_to_image(h, eps_in)[0]))
+        forward.append(standardised_grey(fold_to_image(h, eps_in)[0]))
     round_trip = float((model.decode(zs) - x).abs().max())
     n = len(model.levels)
     scaled = [temperature * e for e in eps]
-    backward = [_to_grey(fold_to_image(None, scaled)[0])]
+    backward = [standardised_grey(fold_to_image(None, scaled)[0])]
     h = None
     for i in reversed(range(n)):
         h = model.levels[i].inverse(h, None, temperature, eps[i], batch=1)
         if i > 0:
-            backward.append(_to_grey(fold_to_image(h, scaled[:i])[0]))
+            backward.append(standardised_grey(fold_to_image(h, scaled[:i])[0]))
     if model.input_transform is not None:
         h = model.input_transform.inverse(h)
     backward.append(model.to_uint8(h)[0])

@@ -2,7 +2,7 @@
 
 The pictures are computed with the same functions the models use (``squeeze2d``,
 ``checkerboard_mask``, and each permutation's ``as_matrix()`` from the
-:class:`~flowlib.layers.ChannelMixing` protocol), so what the app shows is what the model
+:class:`~flowlib.core.layers.ChannelMixing` protocol), so what the app shows is what the model
 does, not a drawing of it.
 
 Conventions:
@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..ops import checkerboard_mask, squeeze2d
+from flowlib.core.ops import checkerboard_mask, squeeze2d
+
 from .images import _outline, _tint, as_numpy, hstack_images, image_grid, to_rgb, upscale
 
 __all__ = [
@@ -243,7 +244,7 @@ def trace_masks(shape: Sequence[int], specs: Sequence[dict], tol: float = 1e-6) 
 
 
 def channel_mixing(layer) -> np.ndarray:
-    """A :class:`~flowlib.layers.ChannelMixing` layer as :func:`trace_masks` reads it.
+    """A :class:`~flowlib.core.layers.ChannelMixing` layer as :func:`trace_masks` reads it.
 
     A fixed permutation becomes its channel order (output i = input ``order[i]``), so the
     trace can say which original channel sits where; a learned 1×1 convolution becomes its

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..sources.images import to_plain_mode
+from flowlib.data.sources.images import to_plain_mode
 
 __all__ = ["UploadError", "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "prepare_upload",
            "synthetic_stroke"]

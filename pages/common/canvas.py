@@ -132,7 +132,7 @@ def draw_image(key: str, shape, *, invert: bool = False, stroke: int = 22,
 
 
 def _fallback(key: str, shape, invert: bool) -> np.ndarray:
-    from flowlib.viz import synthetic_stroke
+    from flowlib.viz.uploads import synthetic_stroke
     st.info("The drawing canvas needs the package **streamlit-drawable-canvas**, which is not "
             f"installed on this server: `{INSTALL}`. Meanwhile, draw a shape with sliders.",
             icon=":material/draw:")

@@ -9,7 +9,6 @@ falls back to a demo model so it keeps working. The pictures themselves come fro
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,11 @@ import numpy as np
 import streamlit as st
 import torch
 
-from flowlib.checkpoint import CheckpointError, load_model
-from flowlib.viz import UploadError, prepare_upload
+from flowlib import env
+from flowlib.core.checkpoint import CheckpointError, load_model
+from flowlib.viz.images import fit_factor
+from flowlib.viz.latents import flow_journey, interpolate_latents, journey_strip
+from flowlib.viz.uploads import UploadError, prepare_upload
 
 ROOT = Path(__file__).resolve().parents[2]   # the repository (this file is pages/common/explore.py)
 DEMO_DIR = ROOT / "checkpoints"
@@ -31,7 +33,7 @@ DEMOS = {  # label -> file: the pretrained models that ship with the app (checkp
 # Torch threads for the pages' maths. One thread is the robust choice: these small models
 # decode 64 samples in ~0.1 s on one core, and on a busy 2-core machine (a trainer running
 # beside the app) two OpenMP threads were measured 5-9x slower than one.
-VIEW_THREADS = max(1, int(os.environ.get("FLOWLAB_VIEW_THREADS", "1") or 1))
+VIEW_THREADS = env.read("FLOWLAB_VIEW_THREADS")
 # The Runs page puts a checkpoint path here before switching to one of these pages.
 EXPLORE_KEY = "explore_checkpoint"
 
@@ -75,18 +77,13 @@ class Loaded:
         return " · ".join(parts)
 
 
-def runs_root() -> Path:
-    env = os.environ.get("FLOWLAB_RUNS_DIR")
-    return Path(env).expanduser() if env else ROOT / "checkpoints" / "runs"
-
-
 def _store_runs() -> list[tuple[str, Path]] | None:
     """Runs from the run store, newest first, or None when the store cannot be read."""
     try:
-        from flowlib.store import RunStore
+        from flowlib.store.runs import RunStore
     except Exception:  # noqa: BLE001 - the store module may be missing or broken
         return None
-    root = runs_root()
+    root = env.runs_root()
     if not (root / "runs.sqlite").exists():
         return None
     try:
@@ -113,7 +110,7 @@ def checkpoint_choices() -> list[tuple[str, Path]]:
             if path.resolve() not in known:
                 choices.append((label, path))
                 known.add(path.resolve())
-    root = runs_root()
+    root = env.runs_root()
     if root.is_dir():
         for path in sorted(root.rglob("*.pt")):
             if path.resolve() not in known and not path.name.startswith("."):
@@ -183,7 +180,8 @@ def model_picker(key: str) -> Loaded | None:
 @st.cache_resource(show_spinner="Loading test images…", max_entries=4)
 def test_images(name: str):
     """uint8 [N, C, H, W] test split of a dataset, or a string saying why it is missing."""
-    from flowlib.data import DatasetError, load_images
+    from flowlib.data import load_images
+    from flowlib.data.sources.common import DatasetError
     try:
         return load_images(name, "test").images
     except (DatasetError, OSError) as exc:
@@ -289,7 +287,6 @@ INTERPOLATION_FRAMES = (5, 7, 9, 11, 13)   # the Frames slider's values
 def interpolation_strips(path: str, mtime: float, ia: int, ib: int, frames: int, dataset: str):
     """Decoded frames on the linear and the spherical path between two test images' latents:
     ({"linear": uint8 [frames, C, H, W], "spherical": ...}, the path positions)."""
-    from flowlib import viz
     model, _, _ = _load(path, mtime)
     imgs = test_images(dataset)
     ts = np.linspace(0, 1, frames).tolist()
@@ -298,7 +295,7 @@ def interpolation_strips(path: str, mtime: float, ia: int, ib: int, frames: int,
         za = model.encode(to_model_space(model, imgs[ia].numpy())).zs
         zb = model.encode(to_model_space(model, imgs[ib].numpy())).zs
         for mode in ("linear", "spherical"):
-            path_z = viz.interpolate_latents(za, zb, ts, mode)
+            path_z = interpolate_latents(za, zb, ts, mode)
             out[mode] = model.to_uint8(model.decode(path_z)).numpy()
     return out, ts
 
@@ -314,7 +311,6 @@ def journey_picture(path: str, mtime: float, dataset: str, index: int = 0):
     demo checkpoint, level by level. Cached per checkpoint file, so the page stays instant;
     kept here rather than in pages/home.py so the server can draw it before the first visit
     (pages/common/serve.py). Returns (RGB picture, round-trip error) or (None, why)."""
-    from flowlib import viz
     model, _, error = _load(path, mtime)
     if error is not None:
         return None, error
@@ -323,9 +319,9 @@ def journey_picture(path: str, mtime: float, dataset: str, index: int = 0):
         return None, images
     with compute():
         eps = model.sample_eps(1, torch.Generator().manual_seed(JOURNEY_SEED))
-        journey = viz.flow_journey(model, images[index].numpy(), eps, JOURNEY_TEMPERATURE)
-    scale = viz.fit_factor(model.config.image_shape[1], 112)
-    return viz.journey_strip(journey, scale, font_size=18), journey["round_trip"]
+        journey = flow_journey(model, images[index].numpy(), eps, JOURNEY_TEMPERATURE)
+    scale = fit_factor(model.config.image_shape[1], 112)
+    return journey_strip(journey, scale, font_size=18), journey["round_trip"]
 
 
 @contextlib.contextmanager

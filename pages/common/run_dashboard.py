@@ -4,7 +4,7 @@
     run_dashboard.render_dashboard(store, run_id, was_active)   # inside the page's polling fragment
 
 Split from ``pages/train.py`` (the set-up form stays there); it only reads the run store and
-asks ``flowlib.worker`` to stop or resume runs.
+asks ``flowlib.jobs.worker`` to stop or resume runs.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def busy_words(others: list[dict], limit: int) -> str:
 def other_runs_bar(store, run: dict) -> None:
     """While this page shows a run that is not training, say which other run is, and offer to
     show it, or to stop it so that this one can be resumed (issue 18, item 7)."""
-    from flowlib import worker
+    from flowlib.jobs import worker
 
     others = [r for r in store.list_runs()
               if r["status"] in ui.ACTIVE_STATUSES and r["id"] != run["id"]]
@@ -208,8 +208,8 @@ def fitting_batch(store, run: dict) -> int | None:
 
 
 def controls(store, run: dict) -> None:
-    from flowlib import worker
-    from flowlib.store import RunLimitError, RunStateError
+    from flowlib.jobs import worker
+    from flowlib.store.runs import RunLimitError, RunStateError
 
     status = run["status"]
     rid = run["id"]

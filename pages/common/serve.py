@@ -56,8 +56,9 @@ def warm_up() -> float:
         import plotly.graph_objects  # noqa: F401
         import torch  # noqa: F401
 
-        from flowlib import flows2d, flows2d_figures, viz  # noqa: F401
-        from flowlib.store import RunStore  # noqa: F401
+        from flowlib import viz  # noqa: F401
+        from flowlib.core import flows2d
+        from flowlib.store.runs import RunStore  # noqa: F401
 
         # The first optimizer of a process imports torch._dynamo (1.4 s of the 2-D page's
         # first visit, measured with py-spy), and plotly loads its validators on the first

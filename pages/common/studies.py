@@ -4,7 +4,7 @@
     studies.launcher(store)                 # the "Start a study" form with its time estimate
     studies.section(store)                  # the studies table, the selected study's answer and actions
 
-The library does the work (``flowlib.study``: plan, submit, answer; ``flowlib.study_store``:
+The library does the work (``flowlib.study``: plan, submit, answer; ``flowlib.store.studies``:
 the study as one unit); this module only lays it out. A study's runs are queued through the
 worker, so they keep training with no page open.
 """
@@ -17,10 +17,19 @@ import pandas as pd
 import streamlit as st
 
 from flowlib.config import PRESETS, ConfigError, FlowConfig, TrainConfig, settings_of
-from flowlib.estimate import SpeedEstimator, SpeedRequest
-from flowlib.study import (MAX_SEEDS, NOT_VARIABLE, STUDY_PRESETS, StudySpec, answer, answer_csv,
-                           estimate_seconds, plan, submit)
-from flowlib.study_store import StudyStore
+from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest
+from flowlib.store.studies import StudyStore
+from flowlib.study.spec import (
+    MAX_SEEDS,
+    NOT_VARIABLE,
+    STUDY_PRESETS,
+    StudySpec,
+    answer,
+    answer_csv,
+    estimate_seconds,
+    plan,
+    submit,
+)
 from flowlib.viz.study_figures import study_curves_figure
 from pages.common import ui
 
@@ -38,7 +47,7 @@ _VARIABLE = [(name, s) for cls in (FlowConfig, TrainConfig) for name, s in setti
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _shape(dataset: str) -> tuple[int, int, int]:
-    from flowlib.study import dataset_shape
+    from flowlib.study.spec import dataset_shape
     return dataset_shape(dataset)
 
 

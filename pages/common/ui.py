@@ -8,7 +8,7 @@ Everything a page needs from the outside world goes through here, so the pages s
     ui.visitor_id()                         # who "owns" the runs this browser starts
     ui.classroom_mode()                     # FLOWLAB_CLASSROOM=1: caps, no foreign deletes
 
-Pages never train in-process: they ask ``flowlib.worker`` to start a separate process and
+Pages never train in-process: they ask ``flowlib.jobs.worker`` to start a separate process and
 then only read the store.
 """
 
@@ -23,9 +23,9 @@ import traceback
 
 import streamlit as st
 
+from flowlib import env
 from flowlib.config import TrainConfig
-from flowlib.limits import env_flag
-from flowlib.store import ACTIVE_STATUSES, WAITING
+from flowlib.store.runs import ACTIVE_STATUSES, WAITING
 
 log = logging.getLogger("flowlab.app")
 
@@ -160,16 +160,12 @@ def run_page(navigation) -> None:
 # -- classroom mode ------------------------------------------------------------------------
 def classroom_mode() -> bool:
     """FLOWLAB_CLASSROOM=1: one GPU served to a class (caps, no foreign deletes, no paths)."""
-    return env_flag("FLOWLAB_CLASSROOM")
+    return env.flag("FLOWLAB_CLASSROOM")
 
 
 def upload_cap_mb() -> int:
     """Largest upload accepted, in MB (classroom default 20; otherwise the server's limit)."""
-    default = "20" if classroom_mode() else "50"
-    try:
-        return max(1, int(os.environ.get("FLOWLAB_MAX_UPLOAD_MB", default)))
-    except ValueError:
-        return int(default)
+    return env.read("FLOWLAB_MAX_UPLOAD_MB", classroom=classroom_mode())
 
 
 def visitor_id() -> str:
@@ -225,7 +221,7 @@ def _get(run, name, default=None):
 def device_line() -> str:
     """'NVIDIA H100 …, 79.1 GiB' or 'CPU, 2 threads' (computed once per server)."""
     try:
-        from flowlib.device import describe_device
+        from flowlib.machine.device import describe_device
         return describe_device()
     except Exception as exc:  # noqa: BLE001
         log.warning("describe_device failed: %s", exc)
@@ -234,9 +230,9 @@ def device_line() -> str:
 
 @st.cache_resource(show_spinner=False)
 def default_batch() -> int:
-    """The Train form's batch size: 256 on a CUDA GPU, else 64 (flowlib.device.default_batch_size)."""
+    """The Train form's batch size: 256 on a CUDA GPU, else 64 (flowlib.machine.device.default_batch_size)."""
     try:
-        from flowlib.device import default_batch_size, pick_device
+        from flowlib.machine.device import default_batch_size, pick_device
         return default_batch_size(pick_device("auto"))
     except Exception as exc:  # noqa: BLE001
         log.warning("default_batch failed: %s", exc)
@@ -245,7 +241,7 @@ def default_batch() -> int:
 
 def gpu_line() -> str | None:
     """'12.3 of 79.6 GiB in use · 85 % busy' for the first GPU (all processes, from NVML), or None."""
-    from flowlib.gpu import gpu_status
+    from flowlib.machine.gpu import gpu_status
     status = gpu_status()
     if status is None:
         return None
@@ -367,13 +363,8 @@ def _sidebar_runs(was_busy: bool) -> None:
 # -- the run store -------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def _store(root: str, env_key: tuple):
-    from flowlib.store import RunStore
+    from flowlib.store.runs import RunStore
     return RunStore(root)
-
-
-_LIMIT_VARS = ("FLOWLAB_CLASSROOM", "FLOWLAB_MAX_CONCURRENT", "FLOWLAB_MAX_STEPS",
-               "FLOWLAB_MAX_BATCH", "FLOWLAB_MAX_MINUTES", "FLOWLAB_HEARTBEAT_STALE_S",
-               "FLOWLAB_MAX_PARAMS", "FLOWLAB_MAX_ACTIVATION_MB", "FLOWLAB_MAX_WAITING_PER_VISITOR")
 
 
 def get_store():
@@ -383,9 +374,9 @@ def get_store():
     a read-only folder, a full disk) stops the page with its one-sentence reason; the file
     is left untouched, and the next rerun tries again (a failure is not cached).
     """
-    from flowlib.store import StoreUnavailableError, default_root
+    from flowlib.store.dbfile import StoreUnavailableError
     try:
-        return _store(str(default_root()), tuple(os.environ.get(v, "") for v in _LIMIT_VARS))
+        return _store(str(env.runs_root()), env.snapshot(env.LIMIT_VARIABLES))
     except StoreUnavailableError as exc:
         st.error(f"The run store cannot be used: {exc}", icon=":material/database:")
         st.stop()

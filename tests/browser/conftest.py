@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from flowlib.env import REPO_ROOT
+from tests.runs_kit import stop_training
+
+REPO = REPO_ROOT
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("FLOWLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -109,26 +112,6 @@ class StreamlitServer:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
-
-
-def stop_training(runs_dir: Path, timeout: float = 30.0) -> None:
-    """Stop every run still training in this store (workers outlive the server by design)."""
-    from flowlib.store import ACTIVE_STATUSES, RunStore
-
-    store = RunStore(runs_dir)
-    active = [r for r in store.list_runs() if r["status"] in ACTIVE_STATUSES]
-    for r in active:
-        store.request_stop(r["id"])
-    deadline = time.monotonic() + timeout
-    while active and time.monotonic() < deadline:
-        time.sleep(0.5)
-        active = [r for r in store.list_runs() if r["status"] in ACTIVE_STATUSES]
-    for r in active:  # did not stop in time: end the worker we started, by its pid
-        if r.get("pid"):
-            try:
-                os.kill(int(r["pid"]), signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 @pytest.fixture

@@ -1,0 +1,468 @@
+"""The multi-scale FlowModel (its FlowConfig and the presets are in flowlib.config).
+
+The model maps an image x to a list of latents, one per level, and knows the exact
+log-likelihood of x through the change-of-variables formula:
+
+    log p(x) = Σ_levels log p(z_level | what stays)   +   Σ_layers log |det J_layer|
+               \\_______________ log_pz _____________/      \\_________ logdet _________/
+
+The two parts are kept apart all the way up (``EncodeOutput.log_pz`` and ``.logdet``) because
+the app plots them separately.
+
+Multi-scale structure (Glow; RealNVP is the same with other masks). For each of L levels:
+
+    squeeze          [C, H, W] -> [4C, H/2, W/2]
+    K flow steps     ActNorm -> permutation -> coupling, on the squeezed tensor
+    split            (all levels but the last) half the channels leave as this level's
+                     latent z; their prior is a Gaussian whose mean and log-scale are
+                     computed from the half that stays (Glow's split2d), or N(0, I).
+
+The last level's whole output is the top latent, with a learned or standard Gaussian prior.
+Latents are listed finest level first. With ``mask="realnvp"`` each level first runs K
+checkerboard couplings at full resolution, then squeezes and runs K channel couplings,
+as in the RealNVP paper.
+
+Each level is a module (:class:`Level`) that owns its steps and its latent's prior, with
+``forward(h) -> (h_next, z, logdet, log_pz, eps)`` and ``inverse(h_next, z) -> h``; the
+model's ``encode`` and ``decode`` are loops over the levels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from flowlib.config import PRESET_NOTES, PRESETS, FlowConfig, preset
+
+from .layers import ActNorm, FlowStep, LogitTransform, Squeeze, VariationalDequantizer, ZeroConv2d, gaussian_log_prob
+
+__all__ = ["FlowConfig", "FlowModel", "EncodeOutput", "BitsPerDim", "Level", "LevelOutput",
+           "PRESETS", "PRESET_NOTES", "preset"]
+
+
+class EncodeOutput(NamedTuple):
+    zs: list            # per-level latents, finest first, each [B, c_i, h_i, w_i]
+    logdet: torch.Tensor        # [B] nats: Σ log|det J| over every layer
+    log_pz: torch.Tensor        # [B] nats: Σ over levels of the latent's log-density
+    log_pz_levels: list         # per-level [B] terms of log_pz, finest first
+    eps: list                   # latents standardised by their prior, (z - mean) / scale
+
+
+class BitsPerDim(NamedTuple):
+    """Bits/dim and its exact decomposition: total = Σ prior_levels + logdet + dequant + quantisation."""
+    total: torch.Tensor         # [B]
+    prior_levels: torch.Tensor  # [B, L]: -log p(z_level) / (D ln 2), finest first
+    logdet: torch.Tensor        # [B]: -Σ log|det J| / (D ln 2) (negative when the flow expands volume)
+    quantisation: float         # n_bits: the log(n_bins) per dimension that turns a density into a probability
+    dequant: torch.Tensor       # [B]: log q(u|x) / (D ln 2) of learned dequantisation noise; 0 for uniform noise
+
+
+class LevelOutput(NamedTuple):
+    """What one level emits on the way in (see :meth:`Level.forward`)."""
+    h_next: torch.Tensor | None  # what goes on to the next level; None after the top level
+    z: torch.Tensor             # this level's latent [B, *latent_shape]
+    logdet: torch.Tensor        # [B] nats: Σ log|det J| over this level's layers
+    log_pz: torch.Tensor        # [B] nats: log-density of z under this level's prior
+    eps: torch.Tensor           # z standardised by its prior, (z - mean) / scale
+
+
+class Level(nn.Module):
+    """One scale: [pre-squeeze checkerboard steps] -> squeeze -> K steps -> split (or top latent).
+
+    Not a plain bijection: besides passing ``h_next`` on, it emits its latent z and z's
+    log-density under this level's prior, kept apart from the layers' logdet:
+
+        split level   h_next, z = the first and second half of the channels;
+                      p(z | h_next) = N(mean, scale²) computed from h_next (Glow's split2d),
+                      or N(0, I)
+        top level     h_next = None, z = everything; p(z) = N(mean, scale²) with one learned
+                      mean and log-scale per value, or N(0, I)
+
+    ``forward(h) -> LevelOutput(h_next, z, logdet, log_pz, eps)`` and
+    ``inverse(h_next, z) -> h`` are exact inverses; ``inverse`` draws a missing z from the prior.
+    """
+
+    def __init__(self, cfg: FlowConfig, in_shape: tuple[int, int, int], index: int,
+                 generator: torch.Generator):
+        super().__init__()
+        c, h, w = in_shape
+        self.index = index
+        last = index == cfg.levels - 1
+        common = dict(hidden=cfg.hidden, coupling=cfg.coupling, permutation=cfg.permutation,
+                      actnorm=cfg.actnorm, net_actnorm=cfg.coupling_actnorm,
+                      clamp=cfg.affine_clamp, generator=generator)
+        # RealNVP's pattern: alternating checkerboards at full resolution before the squeeze.
+        pre = []
+        if cfg.mask == "realnvp":
+            pre = [FlowStep(c, h, w, mask="checkerboard", parity=k % 2, **common)
+                   for k in range(cfg.steps)]
+        self.pre_steps = nn.ModuleList(pre)
+        self.squeeze = Squeeze()
+        c, h, w = 4 * c, h // 2, w // 2
+        step_mask = "checkerboard" if cfg.mask == "checkerboard" else "channel"
+        self.steps = nn.ModuleList(
+            FlowStep(c, h, w, mask=step_mask, parity=k % 2, **common) for k in range(cfg.steps))
+        self.last = last
+        if last:
+            self.keep_channels, self.latent_shape = c, (c, h, w)
+            self.out_shape = None
+        else:
+            self.keep_channels = c // 2
+            self.latent_shape = (c - c // 2, h, w)
+            self.out_shape = (c // 2, h, w)
+        # The prior's parameters come after the steps'. The top prior's used to come first
+        # of all (on the model); align_legacy_optimizer_state lines up optimizer states saved then.
+        self.prior_net = self.prior_mean = self.prior_log_scale = None
+        if not last and cfg.split_prior == "learned":
+            self.prior_net = ZeroConv2d(self.keep_channels, 2 * self.latent_shape[0])
+        if last and cfg.top_prior == "learned":
+            self.prior_mean = nn.Parameter(torch.zeros(1, *self.latent_shape))
+            self.prior_log_scale = nn.Parameter(torch.zeros(1, *self.latent_shape))
+
+    def layers(self) -> list[nn.Module]:
+        """The bijective part in forward order: pre-squeeze steps, squeeze, steps."""
+        return [*self.pre_steps, self.squeeze, *self.steps]
+
+    def prior(self, h_next: torch.Tensor | None, batch: int,
+              like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-scale [batch, *latent_shape] of z's Gaussian (dtype and device of ``like``).
+
+        A split level's comes from the kept half ``h_next``; the top level's does not
+        depend on anything.
+        """
+        if self.prior_net is not None:
+            mean, log_scale = self.prior_net(h_next).chunk(2, dim=1)
+            return mean, log_scale
+        if self.prior_mean is not None:
+            return (self.prior_mean.expand(batch, -1, -1, -1),
+                    self.prior_log_scale.expand(batch, -1, -1, -1))
+        zeros = like.new_zeros(batch, *self.latent_shape)
+        return zeros, zeros
+
+    def forward(self, h: torch.Tensor) -> LevelOutput:
+        logdet = h.new_zeros(h.shape[0])
+        for layer in self.layers():
+            h, ld = layer(h)
+            logdet = logdet + ld
+        if self.last:
+            h_next, z = None, h
+        else:
+            h_next, z = h[:, :self.keep_channels], h[:, self.keep_channels:]
+        mean, log_scale = self.prior(h_next, h.shape[0], h)
+        eps = (z - mean) * torch.exp(-log_scale)
+        return LevelOutput(h_next, z, logdet, gaussian_log_prob(z, mean, log_scale), eps)
+
+    def inverse(self, h_next: torch.Tensor | None, z: torch.Tensor | None,
+                temperature: float = 1.0, eps: torch.Tensor | None = None,
+                batch: int | None = None) -> torch.Tensor:
+        """The input h that :meth:`forward` maps to ``(h_next, z)``.
+
+        A ``None`` z is drawn from the prior as ``mean + temperature · scale · eps``, with
+        ``eps`` given or fresh N(0, I) noise. ``batch`` is needed only when nothing else
+        tells it: the top level drawing its latent with neither z nor eps.
+        """
+        if h_next is None and not self.last:
+            raise ValueError("a split level needs the kept half h_next to invert")
+        known = next((t for t in (h_next, z, eps) if t is not None), None)
+        batch = known.shape[0] if known is not None else batch
+        if batch is None:
+            raise ValueError("the top level needs z, eps or batch to know the batch size")
+        mean, log_scale = self.prior(h_next, batch, next(self.parameters()))
+        if z is None:
+            noise = eps if eps is not None else torch.randn_like(mean)
+            z = mean + temperature * torch.exp(log_scale) * noise
+        elif tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(f"latent {self.index} must have shape [B, {', '.join(map(str, self.latent_shape))}], "
+                             f"got {list(z.shape)}")
+        h = z if self.last else torch.cat([h_next, z], dim=1)
+        for layer in reversed(self.layers()):
+            h = layer.inverse(h)
+        return h
+
+
+def _rename_top_prior_keys(module, state_dict, prefix, *_):
+    """Load-time hook: checkpoints written before the top prior moved into the top level
+    (``top_mean``, ``top_log_scale`` on the model) load into ``levels.<L-1>.prior_*``."""
+    top = f"{prefix}levels.{len(module.levels) - 1}."
+    for old, new in (("top_mean", "prior_mean"), ("top_log_scale", "prior_log_scale")):
+        if prefix + old in state_dict and top + new not in state_dict:
+            state_dict[top + new] = state_dict.pop(prefix + old)
+
+
+def align_legacy_optimizer_state(ckpt: dict) -> None:
+    """Line up, in place, an optimizer state saved when the top prior lived on the model.
+
+    Such a checkpoint has the model keys ``top_mean`` and ``top_log_scale`` (renamed on load
+    by ``_rename_top_prior_keys``). Those two parameters came first in ``model.parameters()``
+    and now come last; an optimizer state is indexed by that order, so its entries are rotated
+    to match, or a resumed run would apply one tensor's Adam moments to another.
+    """
+    model, opt = ckpt.get("model"), ckpt.get("optimizer")
+    if not isinstance(model, dict) or "top_mean" not in model or not isinstance(opt, dict):
+        return
+    groups, state = opt.get("param_groups"), opt.get("state")
+    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(state, dict):
+        return
+    n = len(groups[0].get("params", []))
+    if n < 2 or groups[0]["params"] != list(range(n)):
+        return
+    opt["state"] = {j: state[(j + 2) % n] for j in range(n) if (j + 2) % n in state}
+
+
+class FlowModel(nn.Module):
+    """A multi-scale normalizing flow (Glow / RealNVP / NICE, by config).
+
+    >>> model = FlowModel(FlowConfig(image_shape=(1, 28, 28), levels=2, steps=4))
+    >>> out = model.encode(x)              # x float [B,1,28,28] in [-0.5, 0.5]
+    >>> x_back = model.decode(out.zs)      # exact inverse
+    >>> model.bits_per_dim(x_uint8)        # [B]
+    """
+
+    def __init__(self, config: FlowConfig | dict):
+        super().__init__()
+        if isinstance(config, dict):
+            config = FlowConfig.from_dict(config)
+        if not isinstance(config, FlowConfig):
+            raise ValueError(f"FlowModel needs a FlowConfig or a dict, got {type(config).__name__}")
+        self.config = config
+        cfg = config
+        # Same seed, same model: weights and shuffles come from a private RNG stream.
+        generator = torch.Generator().manual_seed(cfg.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            levels, shape = [], cfg.image_shape
+            for i in range(cfg.levels):
+                level = Level(cfg, shape, i, generator=generator)
+                levels.append(level)
+                shape = level.out_shape
+            self.dequantizer = None
+            if cfg.dequantization == "variational":
+                self.dequantizer = VariationalDequantizer(cfg.image_shape[0], cfg.n_bins)
+        self.levels = nn.ModuleList(levels)
+        self.input_transform = LogitTransform() if cfg.input_transform == "logit" else None
+        self.register_load_state_dict_pre_hook(_rename_top_prior_keys)
+
+    # -- shapes and bookkeeping -----------------------------------------------------------
+    @property
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """(c, h, w) of each level's latent, finest first."""
+        return [level.latent_shape for level in self.levels]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flow_steps(self) -> list[tuple[int, str, FlowStep]]:
+        """Every step in forward order as (level index, 'pre' | 'post', step), for display."""
+        out = []
+        for i, level in enumerate(self.levels):
+            out += [(i, "pre", s) for s in level.pre_steps]
+            out += [(i, "post", s) for s in level.steps]
+        return out
+
+    @property
+    def is_initialized(self) -> bool:
+        """True once every ActNorm has seen data (always True for models without ActNorm)."""
+        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Data-dependent ActNorm init from a batch x in [-0.5, 0.5]; a no-op once done."""
+        if not self.is_initialized:
+            self.encode(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"expected a tensor [B, C, H, W], got {type(x).__name__}")
+        expected = self.config.image_shape
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"expected input of shape [B, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}], got {list(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"encode expects float values in [-0.5, 0.5], got dtype {x.dtype}; "
+                             "use bits_per_dim() for integer images")
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values")
+
+    # -- the flow --------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> EncodeOutput:
+        """x [B, C, H, W] in [-0.5, 0.5] -> latents, logdet [B], log_pz [B] (nats)."""
+        self._check_input(x)
+        h, logdet = x, x.new_zeros(x.shape[0])
+        if self.input_transform is not None:
+            h, logdet = self.input_transform(h)
+        zs, eps, log_pz_levels = [], [], []
+        for level in self.levels:
+            h, z, level_logdet, level_log_pz, level_eps = level(h)
+            logdet = logdet + level_logdet
+            zs.append(z)
+            eps.append(level_eps)
+            log_pz_levels.append(level_log_pz)
+        log_pz = torch.stack(log_pz_levels, 0).sum(0)
+        return EncodeOutput(zs, logdet, log_pz, log_pz_levels, eps)
+
+    forward = encode
+
+    def _temperatures(self, temperature) -> list[float]:
+        n = len(self.levels)
+        if isinstance(temperature, (int, float)):
+            temps = [float(temperature)] * n
+        else:
+            temps = [float(t) for t in temperature]
+            if len(temps) != n:
+                raise ValueError(f"one temperature per level is needed ({n}), got {len(temps)}")
+        if any(not math.isfinite(t) or t < 0 for t in temps):
+            raise ValueError(f"temperatures must be finite and ≥ 0, got {temps}")
+        return temps
+
+    def decode(self, zs: Sequence[torch.Tensor | None], temperature=1.0,
+               eps: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Invert the flow. A latent given as ``None`` is drawn from its prior.
+
+        A missing latent becomes ``mean + temperature · scale · eps`` where the mean and scale
+        come from its (conditional) prior and eps is the matching entry of ``eps`` or fresh
+        N(0, I) noise. So ``decode(out.zs)`` is the exact inverse of ``encode``, and
+        ``decode([out.zs[0], None, None])`` keeps the finest detail of an image while
+        resampling its coarse structure.
+        """
+        n = len(self.levels)
+        if len(zs) != n:
+            raise ValueError(f"decode needs one latent (or None) per level: {n}, got {len(zs)}")
+        temps = self._temperatures(temperature)
+        batch = next((z.shape[0] for z in zs if z is not None),
+                     None if eps is None else eps[0].shape[0])
+        if batch is None:
+            raise ValueError("decode needs at least one latent or eps to know the batch size")
+        h = None
+        for i in reversed(range(n)):
+            h = self.levels[i].inverse(h, zs[i], temps[i], None if eps is None else eps[i],
+                                       batch=batch)
+        if self.input_transform is not None:
+            h = self.input_transform.inverse(h)
+        return h
+
+    def sample_eps(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Standard-normal noise for every level (finest first), for repeatable sampling."""
+        return [torch.randn(n, *shape, generator=generator).to(self.device)
+                for shape in self.latent_shapes]
+
+    def sample(self, n: int, temperature=0.7, eps: Sequence[torch.Tensor] | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images [n, C, H, W] (about [-0.5, 0.5]) drawn at a temperature (or one per level).
+
+        Fixed ``eps`` (from :meth:`sample_eps`) gives the same samples at every temperature,
+        scaled towards the prior mean as the temperature falls; temperature 0 returns the
+        decoded prior mean.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if eps is None:
+            eps = self.sample_eps(n, generator)
+        return self.decode([None] * len(self.levels), temperature=temperature, eps=eps)
+
+    # -- likelihood ------------------------------------------------------------------------
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) in nats [B] for continuous x in [-0.5, 0.5]: log_pz + logdet."""
+        out = self.encode(x)
+        return out.log_pz + out.logdet
+
+    def pixel_bins(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """Integer pixels 0..255 -> float bin indices 0..n_bins-1 on the model's device.
+
+        With n_bits < 8 the pixels are first reduced to n_bits (x // 2**(8 - n_bits)).
+        """
+        if not isinstance(x_uint8, torch.Tensor) or x_uint8.is_floating_point() or x_uint8.dtype == torch.bool:
+            raise ValueError("bits_per_dim expects integer pixels 0..255 (e.g. a uint8 tensor); "
+                             f"got {getattr(x_uint8, 'dtype', type(x_uint8).__name__)}")
+        if x_uint8.numel() and (int(x_uint8.min()) < 0 or int(x_uint8.max()) > 255):
+            raise ValueError("pixel values must be in 0..255, got "
+                             f"{int(x_uint8.min())}..{int(x_uint8.max())}")
+        x = x_uint8.to(self.device, torch.float32)
+        if self.config.n_bits < 8:
+            x = torch.floor(x / 2 ** (8 - self.config.n_bits))
+        return x
+
+    @staticmethod
+    def _uniform(x: torch.Tensor, noise: bool, generator: torch.Generator | None,
+                 uniform: torch.Tensor | None) -> torch.Tensor | None:
+        """The U[0, 1) draws behind x's dequantisation noise: ``uniform`` when given, else drawn
+        on the CPU from ``generator`` (so a seed gives the same noise on every device); None
+        when ``noise`` is False."""
+        if not noise:
+            return None
+        if uniform is None:
+            uniform = torch.rand(x.shape, generator=generator)
+        elif tuple(uniform.shape) != tuple(x.shape):
+            raise ValueError(f"uniform noise must have the images' shape {list(x.shape)}, got {list(uniform.shape)}")
+        return uniform.to(x.device)
+
+    def preprocess(self, x_uint8: torch.Tensor, noise: bool = True,
+                   generator: torch.Generator | None = None,
+                   uniform: torch.Tensor | None = None) -> torch.Tensor:
+        """Integer pixels 0..255 -> dequantised floats ``(x + u) / n_bins - 0.5``, u ~ U[0, 1).
+
+        With n_bits < 8 the pixels are first reduced to n_bits (x // 2**(8 - n_bits)).
+        ``noise=False`` puts every value in the middle of its bin (u = 0.5), a deterministic
+        choice for display. ``uniform``: the U[0, 1) values to use as u (e.g. one process's
+        rows of a larger batch's draws); otherwise drawn from ``generator``. Always uniform
+        noise, whatever ``config.dequantization`` says: for scoring use :meth:`dequantize`
+        (through :meth:`bits_per_dim`).
+        """
+        x = self.pixel_bins(x_uint8)
+        u = self._uniform(x, noise, generator, uniform)
+        if u is None:
+            u = torch.full_like(x, 0.5)
+        return (x + u) / self.config.n_bins - 0.5
+
+    def dequantize(self, x_uint8: torch.Tensor, noise: bool = True,
+                   generator: torch.Generator | None = None,
+                   uniform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x̃, log q(u|x) [B])`` with the model's dequantisation; log q is None for uniform noise.
+
+        Uniform: exactly :meth:`preprocess`. Variational: u drawn from the learned q (its
+        median when ``noise=False``), with ``uniform`` (or draws from ``generator``) as the
+        U(0, 1) source of its noise; see :class:`flowlib.core.layers.VariationalDequantizer`.
+        """
+        if self.dequantizer is None:
+            return self.preprocess(x_uint8, noise=noise, generator=generator, uniform=uniform), None
+        x = self.pixel_bins(x_uint8)
+        u, log_q = self.dequantizer(x, self._uniform(x, noise, generator, uniform))
+        return (x + u) / self.config.n_bins - 0.5, log_q
+
+    def bits_per_dim_terms(self, x_uint8: torch.Tensor, noise: bool = True,
+                           generator: torch.Generator | None = None,
+                           uniform: torch.Tensor | None = None) -> BitsPerDim:
+        """Bits/dim of integer images and its split into prior-per-level, logdet, dequant, quantisation.
+
+        bpd = -(log p(x̃) - log q(u|x) - D·log n_bins) / (D·ln 2), with x̃ = (x + u)/n_bins - 0.5
+        the dequantised image, D = C·H·W real pixels, and log q = 0 for uniform noise (the
+        usual formula). Either way an upper bound on the discrete -log2 P(x) / D.
+        Differentiable: the trainer uses ``total.mean()`` as its loss. ``uniform``: the
+        U[0, 1) draws behind the noise (see :meth:`preprocess`).
+        """
+        x, log_q = self.dequantize(x_uint8, noise=noise, generator=generator, uniform=uniform)
+        out = self.encode(x)
+        scale = self.config.dims * math.log(2)
+        prior_levels = -torch.stack(out.log_pz_levels, dim=1) / scale
+        logdet = -out.logdet / scale
+        dequant = log_q / scale if log_q is not None else torch.zeros_like(logdet)
+        total = prior_levels.sum(1) + logdet + dequant + self.config.n_bits
+        return BitsPerDim(total, prior_levels, logdet, float(self.config.n_bits), dequant)
+
+    def bits_per_dim(self, x_uint8: torch.Tensor, noise: bool = True,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B] bits per dimension of integer images 0..255 (dequantised as the config says)."""
+        return self.bits_per_dim_terms(x_uint8, noise=noise, generator=generator).total
+
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space [-0.5, 0.5] -> uint8 pixels, each at the centre of its n_bits bin."""
+        n_bins = self.config.n_bins
+        step = 256 // n_bins
+        q = torch.floor((x.float().clamp(-0.5, 0.5 - 1e-6) + 0.5) * n_bins)
+        return (q * step + step // 2).clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,286 @@
+"""Training processes: submit, start, stop, resume, the queue, and ``python -m flowlib.jobs.worker RUN_ID``.
+
+    from flowlib import worker
+    run_id = worker.submit(store, "mnist-a", "mnist", cfg.to_dict(), tc.to_dict(), owner=visitor)
+    run_id = worker.submit(store, ..., queue=True)          # waits for a slot if none is free
+    pid = worker.start_run(store, run_id, owner=visitor)   # RunLimitError if a slot is taken
+    worker.stop_run(store, run_id, owner=visitor)          # True if this call asked; harmless twice
+    pid = worker.resume_run(store, run_id, owner=visitor)  # stopped / lost / failed -> training again
+
+A run trains in its own OS process, ``python -m flowlib.jobs.worker RUN_ID --runs-dir DIR``, started
+with ``subprocess.Popen(..., start_new_session=True)``: a browser refresh, a second tab or a
+Streamlit restart cannot take it down, and Ctrl-C in the server's terminal does not reach it.
+Not ``multiprocessing``: spawn re-runs the page script, fork after torch's threads hangs.
+
+The worker's stdout and stderr go to ``worker.log`` in the run folder (a file, never a pipe
+that could fill and block it). Each Popen handle is waited on by a tiny daemon thread, so
+no zombie is left in a long-lived server; if the process dies without saying how (``kill -9``,
+a segfault), that thread marks the run ``lost`` at once. If the server itself restarted, the
+stale heartbeat does the same (``RunStore`` reaps on read; window ``FLOWLAB_HEARTBEAT_STALE_S``).
+
+Stop is a flag in the store. The worker notices within ~0.5 s, finishes the step, saves a
+checkpoint and marks the run ``stopped``. SIGTERM to the worker does the same.
+
+The queue: ``submit(..., queue=True)`` stores the run as ``waiting``. Whenever a run ends, the
+worker process that trained it (and, as a back-up for a worker that died without a word, the
+reaper thread of the process that launched it) calls :func:`start_waiting`, which hands free
+slots to the oldest waiting runs. So a study keeps going with no page open; the slot claim
+is one ``BEGIN IMMEDIATE`` transaction, so two of them racing never exceed the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+from flowlib.store.dbfile import StoreUnavailableError
+from flowlib.store.runs import RunLimitError, RunStateError, RunStore
+
+from .launch import start_module
+
+__all__ = ["submit", "start_run", "start_waiting", "stop_run", "resume_run", "wait_for_run",
+           "running_processes", "main", "RunLimitError", "RunStateError"]
+
+
+_PROCS: dict[int, subprocess.Popen] = {}   # pid -> handle of workers this process started
+_LOCK = threading.Lock()
+
+
+def _reap(store: RunStore, run_id: int, proc: subprocess.Popen) -> None:
+    """Wait for a worker to exit (no zombie); if it left its run looking active, mark it lost;
+    then give its slot to the next waiting run (a worker killed by a signal could not)."""
+    code = proc.wait()
+    with _LOCK:
+        _PROCS.pop(proc.pid, None)
+    try:
+        store.mark_exited(run_id, proc.pid, code)
+    except Exception:  # the heartbeat window will catch it instead
+        pass
+    try:
+        start_waiting(store)
+    except Exception as exc:  # noqa: BLE001 - a daemon thread has nobody to raise to
+        print(f"flowlab: could not start the next waiting run: {exc}", file=sys.stderr)
+
+
+def running_processes() -> dict[int, int]:
+    """{pid: run_id} of worker processes this server started that have not exited yet."""
+    with _LOCK:
+        return {pid: getattr(p, "_flowlab_run_id", -1) for pid, p in _PROCS.items() if p.poll() is None}
+
+
+def _launch(store: RunStore, run_id: int) -> subprocess.Popen:
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(store.log_path(run_id), "ab") as log:   # the child keeps its own copy of the fd
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting run {run_id}\n".encode())
+        log.flush()
+        return start_module("flowlib.jobs.worker", [str(int(run_id)), "--runs-dir", str(store.root)], log,
+                            FLOWLAB_RUNS_DIR=str(store.root))
+
+
+def _validate(config: dict, train: dict, store: RunStore | None = None) -> None:
+    """Refuse bad values before any process exists, with the field and its valid range,
+    rather than in a process that dies at once; with a store, also its server's caps
+    (steps, batch, minutes, and in classroom mode the model's parameters and activation
+    memory: ConfigError naming the field)."""
+    from flowlib.config import FlowConfig, TrainConfig  # torch-free: no trainer import to check a form
+
+    FlowConfig.from_dict(config)
+    TrainConfig.from_dict(train)
+    if store is not None:
+        store.limits.check_run(config, train)
+
+
+def _launch_claimed(store: RunStore, run_id: int, watch: bool = True) -> int:
+    """Launch the worker process of a run that already holds a slot (``queued``); its pid.
+
+    ``watch``: a daemon thread waits on the process (no zombie, ``lost`` at once if it dies
+    silently, then the queue moves on). A worker process starting the next run of the queue
+    just before it exits passes False: the orphan is reaped by init, and a silent death is
+    caught by the heartbeat window instead.
+    """
+    try:
+        proc = _launch(store, run_id)
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            reason = f"the disk is full (no space left on device for {store.log_path(run_id)})"
+        else:
+            reason = str(exc)
+        store.finish_run(run_id, "failed", f"Could not start the training process: {reason}.")
+        raise
+    proc._flowlab_run_id = int(run_id)  # type: ignore[attr-defined]
+    try:
+        store.set_pid(run_id, proc.pid)
+    except Exception:
+        pass  # the worker records its own pid too
+    if watch:
+        with _LOCK:
+            _PROCS[proc.pid] = proc
+        threading.Thread(target=_reap, args=(store, int(run_id), proc), daemon=True,
+                         name=f"flowlab-reaper-{proc.pid}").start()
+    return proc.pid
+
+
+def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
+    """Claim a concurrency slot for the run, then launch its worker process; returns the pid.
+
+    Raises RunLimitError ("Another run is training (run 3 'mnist-a'); stop it first or raise
+    FLOWLAB_MAX_CONCURRENT"), RunStateError (already active / finished), PermissionError
+    (not the owner), KeyError (no such run), ValueError (an invalid config, or over a
+    classroom cap) — all before any process exists.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run with id {run_id}")
+    _validate(run["config"], run["train"], store)
+    store.request_start(run_id, owner)
+    return _launch_claimed(store, run_id)
+
+
+def submit(store: RunStore, name, dataset: str, config: dict, train: dict, *,
+           owner: str | None = None, preset: str | None = None, queue: bool = False) -> int:
+    """Create a run, check it, and start it (or queue it); returns the run id.
+
+    ``queue=False`` (the Train page's Start, the CLI): the run is created already holding a
+    slot, in one transaction, so when every slot is taken RunLimitError is raised and nothing
+    is left behind — no ``created`` run for anyone to start later. If the process cannot be
+    launched, the run is deleted again and the error raised.
+
+    ``queue=True`` (studies): the run is stored as ``waiting`` and starts as soon as a slot is
+    free — now, or when a running run ends, whether or not any page is open.
+
+    ValueError (a bad config, or over a server cap: steps, batch, minutes, and in classroom
+    mode the model's parameters and activation memory, as a ConfigError naming the field) is
+    raised before anything is stored; with ``queue=True``, RunLimitError when the owner
+    already has as many runs waiting or training as ``FLOWLAB_MAX_WAITING_PER_VISITOR`` allows.
+    """
+    _validate(config, train, store)
+    if queue:
+        run_id = store.create_run(name, dataset, config, train, owner=owner, preset=preset,
+                                  status="waiting")
+        start_waiting(store)
+        return run_id
+    run_id = store.create_run(name, dataset, config, train, owner=owner, preset=preset,
+                              status="queued")
+    try:
+        _launch_claimed(store, run_id)
+    except Exception:
+        store.delete_run(run_id)   # marked failed by _launch_claimed, so deletable
+        raise
+    return run_id
+
+
+def start_waiting(store: RunStore, watch: bool = True) -> list[int]:
+    """Start the oldest ``waiting`` runs while slots are free; returns the ids started.
+
+    Safe to call from any number of processes at once: each slot is handed out by
+    :meth:`RunStore.claim_next_waiting` in one transaction. A run whose process cannot be
+    launched is marked failed (by the launch) and the next one is tried.
+    """
+    started = []
+    while True:
+        run_id = store.claim_next_waiting()
+        if run_id is None:
+            return started
+        try:
+            _launch_claimed(store, run_id, watch=watch)
+        except Exception:  # noqa: BLE001 - recorded on the run; the queue must keep moving
+            continue
+        started.append(run_id)
+
+
+def stop_run(store: RunStore, run_id: int, owner: str | None = None) -> bool:
+    """Ask a run to stop (checkpoint, then ``stopped``). True if this call requested it; a
+    second press, or a run that is not active, returns False and changes nothing."""
+    return store.request_stop(run_id, owner)
+
+
+def resume_run(store: RunStore, run_id: int, owner: str | None = None,
+               max_steps: int | None = None, max_minutes: float | None = None,
+               batch_size: int | None = None) -> int:
+    """Continue a stopped / lost / failed (or finished, with a larger budget) run from its
+    checkpoint: same step count, optimizer state, LR schedule and curves. Returns the pid.
+    ``batch_size``: continue with another batch size (after running out of memory)."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run with id {run_id}")
+    if max_steps is not None or max_minutes is not None or batch_size is not None:
+        from flowlib.config import TrainConfig  # validation lives with the config
+        changes = {k: v for k, v in (("max_steps", max_steps), ("max_minutes", max_minutes),
+                                     ("batch_size", batch_size)) if v is not None}
+        store.update_train(run_id, TrainConfig.from_dict({**run["train"], **changes}).to_dict(), owner)
+    return start_run(store, run_id, owner)
+
+
+def wait_for_run(store: RunStore, run_id: int, statuses=("stopped", "finished", "failed", "lost"),
+                 timeout: float = 60.0, poll: float = 0.1) -> dict:
+    """Poll the store until the run reaches one of ``statuses``; returns the run (TimeoutError if not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = store.get_run(run_id)
+        if run is not None and run["status"] in statuses:
+            return run
+        if time.monotonic() > deadline:
+            status = None if run is None else run["status"]
+            raise TimeoutError(f"run {run_id} is still {status} after {timeout:g} s")
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flowlib.jobs.worker",
+                                     description="Train one run of the store (started by the app).")
+    parser.add_argument("run_id", type=int, help="id of a queued run in the store")
+    parser.add_argument("--runs-dir", default=None, help="run store folder (default $FLOWLAB_RUNS_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        store = RunStore(args.runs_dir)
+    except StoreUnavailableError as exc:   # nowhere to record it: the log and the exit code say it
+        print(f"run {args.run_id}: {exc}", flush=True)
+        return 1
+    print(f"worker pid {os.getpid()} for run {args.run_id} (store {store.root})", flush=True)
+    try:
+        return _train_one(store, args.run_id)
+    finally:
+        # This run has ended, whatever way: its slot goes to the next waiting run, so a queue
+        # keeps moving with no page open.
+        try:
+            for started in start_waiting(store, watch=False):
+                print(f"started waiting run {started}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - never change how this run ended
+            print(f"could not start the next waiting run: {exc}", flush=True)
+
+
+def _train_one(store: RunStore, run_id: int) -> int:
+    """Train the run to its end; the process exit code (0: finished or stopped)."""
+    try:
+        status, stop = store.poll_stop(run_id)
+        if status == "stopping" and stop and store.begin_run(run_id, os.getpid()) == "stopping":
+            # Stop pressed before we were up: say so without loading torch, data or a model.
+            store.finish_run(run_id, "stopped", "Stopped before training began.")
+            print(f"run {run_id} stopped before training began", flush=True)
+            return 0
+        from flowlib.train.loop import train_run
+        result = train_run(store, run_id, handle_signals=True)
+    except BaseException as exc:  # noqa: BLE001 — even an import error must reach the app in words
+        traceback.print_exc()
+        if isinstance(exc, StoreUnavailableError):
+            message = str(exc)   # one sentence already: a full disk, a damaged database ...
+        else:
+            message = f"The training process failed to start ({type(exc).__name__}: {str(exc)[:300]})."
+        try:
+            store.finish_run(run_id, "failed", message)
+        except Exception:
+            pass
+        return 1
+    print(f"run {run_id} {result.status}: {result.message}", flush=True)
+    return 0 if result.status in ("finished", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

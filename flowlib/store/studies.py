@@ -1,0 +1,251 @@
+"""Studies in the run store: a study is a named group of runs (arms × seeds) kept as one unit.
+
+    from flowlib.store.studies import StudyStore
+    studies = StudyStore(store)                     # store: a flowlib.store.RunStore
+    study_id = studies.create(name, spec_dict, planned_runs, owner=visitor)   # all queued, or none
+    studies.list()                                  # newest first, each with its runs
+    studies.stop(study_id); studies.delete(study_id); studies.rename(study_id, "new name")
+
+Two tables beside the run store's own, in the same ``runs.sqlite``::
+
+    studies     (id, name, created, owner, spec)        spec: the StudySpec as JSON
+    study_runs  (study_id, run_id, arm, seed)           one row per run of the study
+
+The runs themselves are ordinary runs (the worker trains them, the Runs page can open each
+one); a study only remembers which arm and seed each one is. Creating a study is all or
+nothing: every run is first stored as ``created`` (which the queue never starts), linked to
+the study, and only then are they all moved to ``waiting`` in one transaction. If anything
+fails on the way, what was made is deleted again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+from .runs import ACTIVE_STATUSES, WAITING, RunStateError, RunStore, sanitize_name
+
+__all__ = ["StudyStore", "PlannedRun", "study_status"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    owner TEXT,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_runs (
+    study_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL UNIQUE,
+    arm TEXT NOT NULL,
+    seed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS study_runs_study ON study_runs (study_id);
+"""
+
+# (arm name, seed, run name, dataset, FlowConfig dict, TrainConfig dict, preset)
+PlannedRun = tuple[str, int, str, str, dict, dict, "str | None"]
+
+_CANCELLED = "cancelled: its study was stopped before this run began"
+_READY: set[tuple] = set()   # database files whose study tables exist (checked once per process)
+
+
+def study_status(runs: Iterable[dict]) -> str:
+    """One word for a study from its runs' statuses: waiting, running, stopped, finished, failed."""
+    statuses = [r["status"] for r in runs]
+    if not statuses:
+        return "empty"
+    if any(s in ACTIVE_STATUSES for s in statuses):
+        return "running"
+    if any(s == WAITING for s in statuses):
+        return "waiting"
+    if all(s == "finished" for s in statuses):
+        return "finished"
+    if any(s in ("stopped", "created") for s in statuses):
+        return "stopped"
+    if any(s == "finished" for s in statuses):
+        return "finished"   # some runs failed or were lost: the answer says it has fewer seeds
+    return "failed"
+
+
+class StudyStore:
+    """The studies of one run store."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        try:   # the file itself, so a database replaced at the same path gets its tables too
+            key = (str(store.db_path), store.db_path.stat().st_ino)
+        except OSError:
+            key = (str(store.db_path), None)
+        if key not in _READY:   # pages make one per rerun: create the tables once per process
+            self.store._retry(lambda: self.store._with_conn(lambda c: c.executescript(_SCHEMA)))
+            _READY.add(key)
+
+    # -- creating -------------------------------------------------------------------------
+    def create(self, name: Any, spec: dict, planned: list[PlannedRun], owner: str | None = None) -> int:
+        """Store the study and queue all its runs (``waiting``), or store nothing.
+
+        Raises what the run store raises for one run (ValueError over a classroom cap,
+        RunLimitError when the visitor's queue is full) before any run can start.
+        """
+        if not planned:
+            raise ValueError("a study needs at least one run")
+        check_room = getattr(self.store, "check_queue_room", None)
+        if check_room is not None:
+            check_room(owner, len(planned))
+        for *_, config, train, _preset in planned:
+            self.store.limits.check_run(config, train)   # every run or none, before anything is stored
+        owner_text = None if owner is None else str(owner)[:200]
+        study_name = sanitize_name(name, fallback="study")
+        study_id = self.store._tx(lambda c: c.execute(
+            "INSERT INTO studies (name, created, owner, spec) VALUES (?, ?, ?, ?)",
+            (study_name, time.time(), owner_text, json.dumps(spec))).lastrowid)
+        made: list[int] = []
+        try:
+            for arm, seed, run_name, dataset, config, train, preset in planned:
+                run_id = self.store.create_run(run_name, dataset, config, train, owner=owner,
+                                               preset=preset, status="created")
+                made.append(run_id)
+                self.store._tx(lambda c, r=run_id, a=arm, s=seed: c.execute(
+                    "INSERT INTO study_runs (study_id, run_id, arm, seed) VALUES (?, ?, ?, ?)",
+                    (study_id, r, str(a), int(s))))
+
+            def queue_all(conn):
+                marks = ",".join("?" * len(made))
+                conn.execute(f"UPDATE runs SET status=?, message=? WHERE id IN ({marks}) AND status='created'",
+                             (WAITING, "waiting for a free training slot", *made))
+            self.store._tx(queue_all)
+        except BaseException:
+            self._remove(study_id, made)
+            raise
+        return study_id
+
+    def _remove(self, study_id: int, run_ids: Iterable[int]) -> None:
+        for run_id in run_ids:
+            try:
+                self.store.delete_run(run_id)
+            except (KeyError, RunStateError):
+                pass
+        self.store._tx(lambda c: (c.execute("DELETE FROM study_runs WHERE study_id=?", (study_id,)),
+                                  c.execute("DELETE FROM studies WHERE id=?", (study_id,))))
+
+    # -- reading --------------------------------------------------------------------------
+    def _decode(self, row, links: list, runs_by_id: dict[int, dict] | None = None) -> dict:
+        """``runs_by_id``: every run already read (list); else each linked run is read here."""
+        study = dict(row)
+        try:
+            study["spec"] = json.loads(study["spec"])
+        except (TypeError, ValueError):
+            study["spec"] = {}
+        runs = []
+        for link in links:
+            run = (runs_by_id.get(link["run_id"]) if runs_by_id is not None
+                   else self.store.get_run(link["run_id"]))
+            if run is not None:
+                runs.append({**run, "arm": link["arm"], "seed": link["seed"]})
+        study["runs"] = runs
+        study["status"] = study_status(runs)
+        return study
+
+    def get(self, study_id: int) -> dict | None:
+        """The study (spec decoded) with ``runs``: each run's store dict plus ``arm`` and ``seed``."""
+        row = self.store._read(lambda c: c.execute("SELECT * FROM studies WHERE id=?",
+                                                   (int(study_id),)).fetchone())
+        if row is None:
+            return None
+        links = self.store._read(lambda c: c.execute(
+            "SELECT run_id, arm, seed FROM study_runs WHERE study_id=? ORDER BY run_id",
+            (int(study_id),)).fetchall())
+        return self._decode(row, links)
+
+    def list(self, owner: str | None = None) -> list[dict]:
+        """Every study (or one owner's), newest first, each with its runs."""
+        def read(c):
+            if owner is None:
+                return c.execute("SELECT * FROM studies ORDER BY id DESC").fetchall()
+            return c.execute("SELECT * FROM studies WHERE owner=? ORDER BY id DESC", (owner,)).fetchall()
+        rows = self.store._read(read)
+        if not rows:
+            return []
+        # Three reads for the whole page, not two per study and one per run: the Runs page
+        # calls this every few seconds while a study trains.
+        runs_by_id = {r["id"]: r for r in self.store.list_runs()}
+        links: dict[int, list] = {}
+        for link in self.store._read(lambda c: c.execute(
+                "SELECT study_id, run_id, arm, seed FROM study_runs ORDER BY run_id").fetchall()):
+            links.setdefault(link["study_id"], []).append(link)
+        return [self._decode(row, links.get(row["id"], []), runs_by_id) for row in rows]
+
+    def run_ids(self) -> dict[int, int]:
+        """{run id: study id} for every run that belongs to a study."""
+        rows = self.store._read(lambda c: c.execute("SELECT run_id, study_id FROM study_runs").fetchall())
+        return {r["run_id"]: r["study_id"] for r in rows}
+
+    # -- changing -------------------------------------------------------------------------
+    def _owned_row(self, conn, study_id: int, owner: str | None, action: str):
+        row = conn.execute("SELECT * FROM studies WHERE id=?", (int(study_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no study with id {study_id}")
+        if owner is not None and row["owner"] is not None and str(owner) != row["owner"]:
+            raise PermissionError(f"study {row['id']} '{row['name']}' belongs to someone else; "
+                                  f"only its owner can {action} it")
+        return row
+
+    def rename(self, study_id: int, name: Any, owner: str | None = None) -> str:
+        new = sanitize_name(name, fallback="study")
+
+        def rename(conn):
+            self._owned_row(conn, study_id, owner, "rename")
+            conn.execute("UPDATE studies SET name=? WHERE id=?", (new, int(study_id)))
+        self.store._tx(rename)
+        return new
+
+    def stop(self, study_id: int, owner: str | None = None) -> dict:
+        """Cancel the study's waiting runs and ask its training ones to stop.
+
+        Returns ``{"cancelled": n, "stopping": m}``. Finished runs keep their results.
+        """
+        def cancel(conn):
+            self._owned_row(conn, study_id, owner, "stop")
+            ids = [r[0] for r in conn.execute("SELECT run_id FROM study_runs WHERE study_id=?",
+                                              (int(study_id),))]
+            if not ids:
+                return 0, []
+            marks = ",".join("?" * len(ids))
+            cancelled = conn.execute(
+                f"UPDATE runs SET status='stopped', message=?, ended=? WHERE status=? AND id IN ({marks})",
+                (_CANCELLED, time.time(), WAITING, *ids)).rowcount
+            active = [r[0] for r in conn.execute(
+                f"SELECT id FROM runs WHERE status IN ('queued', 'running') AND id IN ({marks})", ids)]
+            return cancelled, active
+        cancelled, active = self.store._tx(cancel)
+        stopping = sum(1 for run_id in active if self.store.request_stop(run_id))
+        return {"cancelled": cancelled, "stopping": stopping}
+
+    def delete(self, study_id: int, owner: str | None = None) -> int:
+        """Delete the study and all its runs (rows and folders); returns how many runs.
+
+        Refuses (RunStateError) while one of its runs is training: stop the study first.
+        Its waiting runs are cancelled in the same transaction as that check, so the
+        queue cannot start one of them while it is being deleted.
+        """
+        def lock_down(conn):
+            row = self._owned_row(conn, study_id, owner, "delete")
+            ids = [r[0] for r in conn.execute("SELECT run_id FROM study_runs WHERE study_id=?",
+                                              (int(study_id),))]
+            if ids:
+                marks = ",".join("?" * len(ids))
+                active = conn.execute(f"SELECT COUNT(*) FROM runs WHERE status IN "
+                                      f"('queued', 'running', 'stopping') AND id IN ({marks})", ids).fetchone()[0]
+                if active:
+                    raise RunStateError(f"study {row['id']} '{row['name']}' has {active} run(s) training; "
+                                        "stop the study first, then delete it")
+                conn.execute(f"UPDATE runs SET status='stopped', message=? WHERE status=? AND id IN ({marks})",
+                             (_CANCELLED, WAITING, *ids))
+            return ids
+        ids = self.store._tx(lock_down)
+        self._remove(study_id, ids)
+        return len(ids)
+

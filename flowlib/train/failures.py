@@ -1,0 +1,108 @@
+"""How a training run fails, in words: the exceptions the loop raises and the paragraph the
+app shows for any failure (``describe_failure``).
+
+Split from ``flowlib.train`` (which re-exports these names): the loop raises and catches
+them; the app, the worker and the CLI only read the messages.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import torch
+
+from flowlib.core.checkpoint import CheckpointError
+from flowlib.data.sources.common import DatasetError
+from flowlib.store.dbfile import StoreUnavailableError
+from flowlib.store.runs import StoreBusyError
+
+__all__ = ["TrainingDiverged", "OutOfMemoryAtBatch", "describe_failure"]
+
+
+class TrainingDiverged(RuntimeError):
+    """Non-finite losses kept coming back after every rollback and learning-rate drop."""
+
+
+class OutOfMemoryAtBatch(RuntimeError):
+    """A training step ran out of memory; ``fits`` is the largest halved batch size whose step
+    was tried afterwards and fitted (None: not even one image), and the checkpoint holds
+    every step before the failed one."""
+
+    def __init__(self, batch: int, fits: int | None, step: int, device: str):
+        self.batch, self.fits, self.step = batch, fits, step
+        where = "this GPU" if device == "cuda" else f"this {device}"
+        if fits is None:
+            advice = (f"Not even a batch of 1 fits on {where} now: the model is too large for it "
+                      "(fewer levels, flow steps or hidden channels), or other programs hold its memory.")
+        else:
+            advice = (f"A step with batch size {fits} fits on {where} (tried just after the failure): "
+                      f"resume with batch size {fits}, or start a new run with it.")
+        super().__init__(f"Out of memory at step {step + 1:,} with batch size {batch}. {advice}")
+
+
+def _free_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or "out of memory" in str(exc).lower())
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError that caused ``exc``, if any: torch.save turns a failed write (a full disk)
+    into ``RuntimeError: ... unexpected pos`` with the OSError only as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_failure(exc: BaseException, during: str = "", batch_size: int | None = None,
+                     last_checkpoint_step: int | None = None) -> str:
+    """A one-paragraph explanation of a failure for the app: what, when, what to do. No traceback.
+
+    ``last_checkpoint_step``: pass it only when that checkpoint file still exists.
+    """
+    where = f" {during}" if during else ""
+    kept = (f" The previous checkpoint (step {last_checkpoint_step}) is intact."
+            if last_checkpoint_step is not None else "")
+    if isinstance(exc, StoreUnavailableError):
+        if exc.reason == "disk_full":
+            return f"The disk is full (no space left on device){where}.{kept} Free some space, then resume."
+        return f"The run store could not be used{where}: {exc}{kept}"
+    if not isinstance(exc, OSError) and ("unexpected pos" in str(exc) or "failed writing" in str(exc)):
+        cause = _os_error_behind(exc)
+        if cause is not None:
+            exc = cause
+        else:   # torch.save's writer lost bytes: nearly always a full disk
+            return (f"Writing a file failed{where} (the disk may be full: {str(exc).strip()[:200]})."
+                    f"{kept} Free some space, then resume.")
+    if isinstance(exc, OutOfMemoryAtBatch):
+        return f"{exc}{kept}"
+    if _is_oom(exc):
+        smaller = f" (e.g. {max(1, batch_size // 2)} instead of {batch_size})" if batch_size else ""
+        return (f"Out of memory{where}. Try a smaller batch size{smaller} or a smaller model "
+                f"(fewer levels, steps or hidden channels).{kept}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"The disk is full (no space left on device){where}.{kept} Free some space, then resume."
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Permission denied{where} ({exc.filename or exc}).{kept}"
+    if isinstance(exc, TrainingDiverged):
+        return str(exc)
+    if isinstance(exc, (DatasetError, CheckpointError)):
+        return str(exc)
+    if isinstance(exc, StoreBusyError):
+        return f"The run database stayed locked{where}: {exc}"
+    if isinstance(exc, ValueError):
+        return f"Invalid setting{where}: {exc}"
+    text = str(exc).strip().splitlines()
+    detail = f": {text[0][:300]}" if text else ""
+    return f"Training failed{where} ({type(exc).__name__}{detail}).{kept}"

@@ -1,0 +1,296 @@
+"""Issue 8's list of hostile uploads, each fed to the code the app runs on an upload:
+``prepare_upload`` for a single picture (Masks / Latents pages) and
+``data.store_upload`` + ``load_images("folder", path=zip)`` for a dataset zip (Train page)."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowlib.data import load_images, store_upload
+from flowlib.data.sources.common import DatasetError
+from flowlib.viz.uploads import UploadError, prepare_upload
+
+MNIST_SHAPE = (1, 28, 28)
+
+
+def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _bomb_png(side: int = 100_000) -> bytes:
+    """A tiny file whose header claims side×side pixels: Pillow's DecompressionBombError case."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    idat = zlib.compress(b"\x00" * 64)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FLOWLAB_CACHE_DIR", str(cache))
+    return cache
+
+
+def test_zero_bytes_is_refused():
+    with pytest.raises(UploadError, match="empty"):
+        prepare_upload(b"", MNIST_SHAPE, name="blank.png")
+
+
+def test_text_renamed_png_is_refused_in_words():
+    with pytest.raises(UploadError, match="not a picture"):
+        prepare_upload(b"just some notes\n" * 20, MNIST_SHAPE, name="notes.png")
+
+
+def test_truncated_png_is_refused():
+    data = _encode(Image.new("L", (64, 64), 77))
+    with pytest.raises(UploadError, match="damaged|not a picture|truncated"):
+        prepare_upload(data[: len(data) // 2], MNIST_SHAPE, name="cut.png")
+
+
+def test_decompression_bomb_is_caught_not_raised():
+    bomb = _bomb_png(20_000)  # the header claims 20,000 × 20,000 pixels; the file is ~100 bytes
+    assert len(bomb) < 200
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(bomb))  # what would reach the page without the guard
+    with pytest.raises(UploadError, match="decompression bomb"):
+        prepare_upload(bomb, MNIST_SHAPE, name="bomb.png")
+    # Below Pillow's own limit, the page's pixel cap refuses it before decoding.
+    with pytest.raises(UploadError, match="megapixels"):
+        prepare_upload(_bomb_png(9_000), MNIST_SHAPE, name="big.png")
+
+
+def test_sixteen_bit_is_scaled():
+    arr = np.full((32, 32), 65535, np.uint16)
+    px, notes = prepare_upload(_encode(Image.fromarray(arr)), MNIST_SHAPE)
+    assert px.dtype == np.uint8 and (px == 255).all()
+
+
+def test_cmyk_is_converted():
+    img = Image.new("CMYK", (40, 40), (0, 0, 0, 0))  # no ink: white
+    px, _ = prepare_upload(_encode(img, "JPEG", quality=95), MNIST_SHAPE)
+    assert px.shape == MNIST_SHAPE and px.min() >= 250
+
+
+def test_palette_image_is_converted():
+    img = Image.new("P", (30, 30), 0)
+    img.putpalette([200, 200, 200] + [0, 0, 0] * 255)
+    px, _ = prepare_upload(_encode(img), MNIST_SHAPE)
+    assert px.shape == MNIST_SHAPE and abs(int(px.mean()) - 200) <= 1
+
+
+def test_rgba_is_composited_on_white():
+    img = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
+    px, notes = prepare_upload(_encode(img), MNIST_SHAPE)
+    assert (px == 255).all() and any("transparency" in n for n in notes)
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.new("L", (28, 28), v) for v in (40, 220)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    px, notes = prepare_upload(buf.getvalue(), MNIST_SHAPE)
+    assert abs(int(px.mean()) - 40) <= 2 and any("first frame" in n for n in notes)
+
+
+def _files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_zip_with_climbing_and_absolute_paths_writes_nothing_outside_the_cache(tmp_path, cache_in_tmp):
+    good = _encode(Image.new("L", (32, 32), 128))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(12):
+            zf.writestr(f"faces/ok{i}.png", good)
+        zf.writestr("../../escaped.png", good)
+        zf.writestr("/tmp/absolute_flowlab_upload.png", good)
+    before = _files_under(tmp_path)
+    path = store_upload("../../evil name.zip", buf.getvalue())
+    assert cache_in_tmp in path.parents and ".." not in path.name
+    train = load_images("folder", path=str(path), channels=1)
+    test = load_images("folder", path=str(path), channels=1, split="test")
+    assert len(train.images) + len(test.images) == 12
+    assert train.info.skipped >= 2
+    created = _files_under(tmp_path) - before
+    assert all(cache_in_tmp in p.parents for p in created), created
+    assert not (tmp_path.parent / "escaped.png").exists()
+    assert not Path("/tmp/absolute_flowlab_upload.png").exists()
+
+
+def test_zip_of_ten_thousand_tiny_files_loads(tmp_path, cache_in_tmp):
+    tiny = _encode(Image.new("L", (8, 8), 100))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for i in range(10_000):
+            zf.writestr(f"d/{i:05d}.png", tiny)
+    path = store_upload("many.zip", buf.getvalue())
+    train = load_images("folder", path=str(path), channels=1)
+    test = load_images("folder", path=str(path), channels=1, split="test")
+    assert len(train.images) + len(test.images) == 10_000
+    assert tuple(train.images.shape[1:]) == (1, 32, 32)
+    assert int(train.images.min()) == int(train.images.max()) == 100
+
+
+def test_upload_that_is_neither_zip_nor_image_is_refused():
+    with pytest.raises(DatasetError, match="not a zip or an image"):
+        store_upload("payload.exe", os.urandom(64))
+
+
+# ----------------------------------------------------------------------------- issue 17: inputs that cost more than they look
+
+
+def _forge_declared_size(raw: bytes, declared: int) -> bytes:
+    """Rewrite every local and central header's uncompressed size, as a hostile zip would."""
+    buf = bytearray(raw)
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = buf.find(signature)
+        while at != -1:
+            struct.pack_into("<I", buf, at + offset, declared)
+            at = buf.find(signature, at + 4)
+    return bytes(buf)
+
+
+def _zip_of_zeros(name: str, megabytes: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open(name, "w") as member:
+            block = bytes(1 << 20)
+            for _ in range(megabytes):
+                member.write(block)
+    return buf.getvalue()
+
+
+def _peak_python_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_zip_member_that_inflates_past_its_recorded_size_is_refused_in_small_memory(tmp_path):
+    # Issue 17: a 1 MB zip whose header says 1,000 bytes for a 1 GiB member took 2.24 GB.
+    # Same shape, 48 MiB so the test stays quick; inflating it whole would show in the peak.
+    path = tmp_path / "forged.zip"
+    path.write_bytes(_forge_declared_size(_zip_of_zeros("big.png", 48), 1000))
+    assert path.stat().st_size < 1024**2
+    errors = []
+
+    def load():
+        try:
+            load_images("folder", path=path)
+        except DatasetError as exc:
+            errors.append(str(exc))
+
+    peak = _peak_python_bytes(load)
+    assert errors and "entry 'big.png' unpacks to more than the 1,000 bytes its header records" in errors[0]
+    assert peak < 4 * 1024**2, f"{peak / 1024**2:.1f} MB traced while refusing the forged zip"
+
+
+def test_zip_member_recorded_as_huge_is_skipped_without_inflating(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for i in range(3):
+            zf.writestr(f"ok{i}.png", _encode(Image.new("L", (16, 16), 90)))
+        with zf.open("huge.png", "w") as member:  # honestly recorded, over the 64 MB per member
+            for _ in range(65):
+                member.write(bytes(1 << 20))
+    path = tmp_path / "mixed.zip"
+    path.write_bytes(buf.getvalue())
+    loaded = {}
+    peak = _peak_python_bytes(lambda: loaded.setdefault("ds", load_images("folder", path=path, channels=1)))
+    assert "1 zip entries over 64 MB unpacked" in loaded["ds"].info.notes
+    assert peak < 16 * 1024**2, f"{peak / 1024**2:.1f} MB traced"
+
+
+def _black_png_zip(count: int, side: int) -> bytes:
+    one = _encode(Image.new("L", (side, side), 0), optimize=True)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for i in range(count):
+            zf.writestr(f"black{i:02d}.png", one)
+    return buf.getvalue()
+
+
+def test_small_zip_of_huge_black_pictures_stops_at_its_decode_budget(tmp_path):
+    # Issue 17: 1.9 MB of 40 black 7000x7000 PNGs cost 50 s of CPU. Here 12 of 3000x3000
+    # (108 megapixels in a ~110 KB zip) against the 64-megapixel floor of the budget.
+    import time
+
+    path = tmp_path / "black.zip"
+    path.write_bytes(_black_png_zip(12, 3000))
+    started = time.process_time()
+    with pytest.raises(DatasetError) as info:
+        load_images("folder", path=path)
+    assert time.process_time() - started < 5
+    message = str(info.value)
+    assert f"Stopped reading {path}" in message and "decode budget of 64 megapixels" in message
+    assert "FLOWLAB_DECODE_BUDGET_MPX" in message
+
+
+def test_decode_budget_can_be_raised_and_has_a_time_limit(tmp_path, monkeypatch):
+    path = tmp_path / "black.zip"
+    path.write_bytes(_black_png_zip(8, 3000))
+    monkeypatch.setenv("FLOWLAB_DECODE_BUDGET_MPX", "100")
+    ds = load_images("folder", path=path, channels=1, size=8)
+    assert len(ds) == 7 and int(ds.images.max()) == 0
+    monkeypatch.setenv("FLOWLAB_DECODE_BUDGET_SECONDS", "1e-9")
+    monkeypatch.setenv("FLOWLAB_CACHE_DIR", str(tmp_path / "fresh-cache"))  # decode again
+    with pytest.raises(DatasetError, match=r"took more than its budget of 0 seconds \(set by "
+                                           r"FLOWLAB_DECODE_BUDGET_SECONDS\)"):
+        load_images("folder", path=path, channels=1, size=8)
+
+
+def test_upload_quota_evicts_the_oldest_uploads(tmp_path, monkeypatch, cache_in_tmp):
+    monkeypatch.setenv("FLOWLAB_UPLOAD_QUOTA_MB", str(10_000 / 1024**2))  # 10,000 bytes
+    blobs = [bytes([i]) * 4000 for i in range(4)]
+    paths = []
+    for age, blob in enumerate(blobs[:2]):
+        paths.append(store_upload(f"u{age}.png", blob))
+        os.utime(paths[-1], (1_000_000 + age, 1_000_000 + age))  # u0 oldest
+    store_upload("u0.png", blobs[0])  # stored again: now the most recent
+    paths.append(store_upload("u2.png", blobs[2]))  # 12,000 bytes > quota: u1 must go
+    assert [p.exists() for p in paths] == [True, False, True]
+    with pytest.raises(DatasetError, match="more than the 0.01 MB this server keeps"):
+        store_upload("big.zip", bytes(20_000))
+    # the evicted upload's path explains itself, without the server path
+    with pytest.raises(DatasetError) as info:
+        load_images("folder", path=paths[1])
+    assert "no longer on this server" in str(info.value) and str(cache_in_tmp) not in str(info.value)
+
+
+def test_upload_info_and_errors_show_no_server_path(cache_in_tmp):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"{i}.png", _encode(Image.new("L", (9, 9), i * 50)))
+    stored = store_upload("class photos.zip", buf.getvalue())
+    ds = load_images("folder", path=stored, channels=1)
+    shown = " ".join([ds.info.source, ds.info.licence, ds.info.notes, ds.info.display_name])
+    assert str(cache_in_tmp) not in shown and f"your upload {stored.name}" in ds.info.source
+    empty = io.BytesIO()
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("notes.txt", b"no pictures")
+    with pytest.raises(DatasetError) as info:
+        load_images("folder", path=store_upload("empty.zip", empty.getvalue()))
+    assert "your upload" in str(info.value) and str(cache_in_tmp) not in str(info.value)

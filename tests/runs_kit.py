@@ -1,0 +1,72 @@
+"""What the tests that train share: the tiny run (a 2-level, width-4 flow on the faces, a few
+seconds of training on one thread), and stopping every run a test left training.
+
+    from tests.runs_kit import TINY, tiny_train, queued_run, stop_training
+    run_id = queued_run(store, "name", max_steps=12)      # created and holding a slot
+    stop_training(runs_dir)                               # workers outlive a test by design
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from flowlib.config import TrainConfig, preset
+
+TINY = preset("faces-fast", levels=2, steps=1, hidden=4, permutation="reverse")  # fast on 2 busy cores
+
+TINY_TRAIN = dict(dataset="faces", batch_size=8, max_steps=30, warmup_steps=5, log_every=5,
+                  eval_every=20, first_eval=10, eval_subset=40, samples_per_temperature=4,
+                  lr_schedule="constant",   # the learning-rate checks read the warm-up alone
+                  threads=1)   # a fixed count: bit-exact runs (None lets the thread governor follow the load)
+
+
+def tiny_train(**changes) -> TrainConfig:
+    """The tiny run's TrainConfig with some fields changed."""
+    return TrainConfig(**{**TINY_TRAIN, **changes})
+
+
+def queued_run(store, name: str = "t", **changes) -> int:
+    """A tiny run created in ``store`` and given a slot (``queued``), ready for ``train_run``."""
+    run_id = store.create_run(name, "faces", TINY.to_dict(), tiny_train(**changes).to_dict())
+    store.request_start(run_id)
+    return run_id
+
+
+# The fault and storage tests' variant: a metrics row every 2 steps, no periodic evaluation,
+# the default cosine schedule.
+FAULT_TRAIN = dict(log_every=2, eval_every=10**6, samples_per_temperature=2, lr_schedule="cosine")
+
+
+def fault_train(**changes) -> dict:
+    """The fault tests' tiny TrainConfig as a dict (as the store takes it)."""
+    return tiny_train(**{**FAULT_TRAIN, **changes}).to_dict()
+
+
+def queued_fault_run(store, **changes) -> int:
+    """A fault-test tiny run named "f", created in ``store`` and holding a slot."""
+    run_id = store.create_run("f", "faces", TINY.to_dict(), fault_train(**changes))
+    store.request_start(run_id)
+    return run_id
+
+
+def stop_training(runs_dir: Path, timeout: float = 30.0) -> None:
+    """Stop every run still training in this store (workers outlive the server by design)."""
+    from flowlib.store.runs import ACTIVE_STATUSES, RunStore
+
+    store = RunStore(runs_dir)
+    active = [r for r in store.list_runs() if r["status"] in ACTIVE_STATUSES]
+    for r in active:
+        store.request_stop(r["id"])
+    deadline = time.monotonic() + timeout
+    while active and time.monotonic() < deadline:
+        time.sleep(0.5)
+        active = [r for r in store.list_runs() if r["status"] in ACTIVE_STATUSES]
+    for r in active:  # did not stop in time: end the worker we started, by its pid
+        if r.get("pid"):
+            try:
+                os.kill(int(r["pid"]), signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
