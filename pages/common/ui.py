@@ -188,16 +188,13 @@ def _valid_visitor(value) -> bool:
     return isinstance(value, str) and 4 <= len(value) <= 32 and value.isalnum()
 
 
-TEACHER_KEY_VAR = "FLOWLAB_TEACHER_KEY"
-
-
 def is_teacher() -> bool:
     """Classroom mode's override: this session typed the key set in FLOWLAB_TEACHER_KEY.
 
     The key is typed into a password box in the sidebar and kept only in this tab's session,
     never in the URL, so it does not show on a projected screen.
     """
-    key = os.environ.get(TEACHER_KEY_VAR, "")
+    key = env.read("FLOWLAB_TEACHER_KEY") or ""
     given = st.session_state.get("teacher_key", "")
     return bool(key) and isinstance(given, str) and hmac.compare_digest(given.encode(), key.encode())
 
@@ -311,7 +308,7 @@ def render_sidebar_status() -> None:
             else:
                 st.caption("Classroom mode: runs are capped; you can stop, rename or delete only "
                            "the runs you started.")
-            if os.environ.get(TEACHER_KEY_VAR):
+            if env.read("FLOWLAB_TEACHER_KEY"):
                 with st.expander("Teacher"):
                     st.text_input("Teacher key", type="password", key="teacher_key",
                                   help="The value of FLOWLAB_TEACHER_KEY on the server: lets "
