@@ -10,7 +10,7 @@
 
 Each field carries a :class:`Setting` in its ``dataclasses.field`` metadata: its label, a
 one-line help, the allowed values in words, the CLI flag, the unit, whether the Train form
-shows it and whether the Runs diff compares it. The CLI (``flowlib.cli``), the Train page's
+shows it and whether the Runs diff compares it. The CLI (``flowlib.cli.train``), the Train page's
 widgets (``pages/common/settings_form.py``) and the Runs page's comparison rows are generated
 from it, so a new field declared here appears in all three.
 
@@ -44,7 +44,6 @@ class ConfigError(ValueError):
 # Upper bounds that keep a config trainable on one machine; they exist to refuse typos
 # such as hidden=51200 with a message instead of exhausting memory.
 MAX_LEVELS, MAX_FLOW_STEPS, MAX_HIDDEN, MAX_CHANNELS, MAX_SIDE = 8, 64, 2048, 4, 256
-MAX_STEPS = MAX_FLOW_STEPS  # the old name (flow steps per level, not the training budget)
 
 COUPLING_WORDS = {"affine": "affine (RealNVP, Glow)", "additive": "additive (NICE)"}
 PERMUTATION_WORDS = {"reverse": "reverse the channel order (RealNVP)", "shuffle": "fixed random shuffle",

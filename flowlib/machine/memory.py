@@ -6,8 +6,9 @@ when it is freed, so the next step maps it again and takes ~1 million page fault
 step — the same churn that makes public Glow ports slower per image at larger batches.
 Keeping freed memory inside the process removes the faults.
 
-:func:`tune_for_training` belongs to the process that trains and to nothing else: the worker,
-the CLI and the benchmarks call it in their setup. Nothing calls it on import or from the
+:func:`tune_for_training` belongs to the process that trains and to nothing else: the trainer
+calls it when it sets a run up on the CPU (so the worker and the CLI get it), and the speed
+measurement and the benchmarks call it in theirs. Nothing calls it on import or from the
 model, so a long-lived process that only evaluates or samples (the Streamlit server, a
 notebook) keeps glibc's default of giving freed memory back. A script of one's own that
 trains on the CPU can call it once before its loop.

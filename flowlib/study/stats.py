@@ -7,7 +7,7 @@
 Three seeds is a small sample, so the 95 % interval uses Student's t with n - 1 degrees of
 freedom (4.30 for n = 3), not the normal 1.96: with so few runs the honest interval is wide.
 With one value there is no interval at all (``low`` and ``high`` are None), never a
-zero-width one. Torch-free and numpy-free, so the store and the pages can use it cheaply.
+zero-width one. Torch-free and numpy-free, so the study answers and the pages can use it cheaply.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A study's curves: each arm's mean test bits/dim across seeds, with the band of its seeds.
 
-    fig = study_curves_figure(result, axis="step")     # result: flowlib.study.answer(...)
+    fig = study_curves_figure(result, axis="step")     # result: flowlib.study.spec.answer(...)
     fig = study_curves_figure(result, axis="time")     # x: training seconds (mean over seeds)
 
 The band is min–max over the seeds that reached that evaluation: with three seeds an s.d.
