@@ -269,33 +269,30 @@ def controls(store, run: dict) -> None:
             st.switch_page("pages/latents.py")
 
 
-def render_dashboard(store, run_id: int, was_active: bool) -> None:
-    """The whole dashboard of run ``run_id``; ``was_active``: whether the page polls it (when it
-    has ended since, the app reruns once to update the buttons and stop the timer)."""
-    run = store.get_run(run_id)
-    if run is None:
-        st.info("This run was deleted. Start a new one above, or pick one on the Runs page.")
-        return
+STATUS_ICONS = {"running": ":material/sync:", "queued": ":material/hourglass_top:",
+                "stopping": ":material/pause_circle:", "stopped": ":material/pause_circle:",
+                "finished": ":material/check_circle:", "failed": ":material/error:",
+                "lost": ":material/warning:"}
+STATUS_COLOURS = {"running": "green", "queued": "blue", "stopping": "orange", "stopped": "gray",
+                  "finished": "green", "failed": "red", "lost": "orange"}
+
+
+def header(run: dict) -> None:
+    """The run's title with its status badge, and its settings in one line."""
     status = run["status"]
-    if was_active and status not in ui.ACTIVE_STATUSES:
-        st.rerun(scope="app")  # the run ended: update the buttons and switch the timer off
-    icon = {"running": ":material/sync:", "queued": ":material/hourglass_top:",
-            "stopping": ":material/pause_circle:", "stopped": ":material/pause_circle:",
-            "finished": ":material/check_circle:", "failed": ":material/error:",
-            "lost": ":material/warning:"}.get(status, "")
-    colour = {"running": "green", "queued": "blue", "stopping": "orange", "stopped": "gray",
-              "finished": "green", "failed": "red", "lost": "orange"}.get(status, "gray")
-    st.markdown(f"### Run {run['id']} · {run['name']} &nbsp; :{colour}-badge[{icon} "
-                f"{ui.STATUS_WORDS.get(status, status)}]")
+    st.markdown(f"### Run {run['id']} · {run['name']} &nbsp; :{STATUS_COLOURS.get(status, 'gray')}-badge["
+                f"{STATUS_ICONS.get(status, '')} {ui.STATUS_WORDS.get(status, status)}]")
     cfgd = run["config"]
     st.caption(f"{run['dataset']} · preset {run.get('preset') or 'custom'} · "
                f"L={cfgd.get('levels')}, K={cfgd.get('steps')}, hidden {cfgd.get('hidden')}, "
                f"{cfgd.get('coupling')}, {cfgd.get('permutation')}, {cfgd.get('mask')} mask · "
                f"batch {run['train'].get('batch_size')}, lr {run['train'].get('lr'):g} "
                f"({run['train'].get('lr_schedule', 'constant')})")
-    other_runs_bar(store, run)
-    controls(store, run)
 
+
+def status_note(run: dict) -> None:
+    """The run's message in the colour of its status (nothing while it trains)."""
+    status = run["status"]
     if status == "failed":
         st.error(f"**This run failed.** {run['message']}", icon=":material/error:")
     elif status == "lost":
@@ -305,12 +302,9 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
     elif status in ("queued", "stopping", "stopped"):
         st.info(friendly(run["message"]), icon=":material/info:")
 
-    m = store.metrics(run_id)
-    events = store.events(run_id)
-    frac, words = progress(run, m)
-    st.progress(frac, text=words)
 
-    last = {k: v["value"][-1] for k, v in m.items() if v["value"]}
+def metric_cards(last: dict) -> None:
+    """Five cards: train and test bits/dim, loss, images/s, learning rate (newest values)."""
     k1, k2, k3, k4, k5 = st.columns(5)
     k1.metric("Train bits/dim", f"{last['train_bpd']:.3f}" if "train_bpd" in last else "–",
               help=ui.BPD_HELP, border=True)
@@ -324,12 +318,40 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
               help=ui.IMAGES_PER_S_HELP, border=True)
     k5.metric("Learning rate", f"{last['lr']:.2g}" if "lr" in last else "–", help=ui.LR_HELP,
               border=True)
-    if not m:
-        st.info("Waiting for the first measurements: the training process is loading the data and "
-                f"building the model, then logs its first point at step {run['train'].get('log_every', 10)}.",
-                icon=":material/hourglass_top:")
-        return
 
+
+def latest_samples(store, run: dict) -> None:
+    """The newest sample grid, enlarged, with its step and temperatures."""
+    st.markdown("**Samples from the model**", help="Decoded from fixed latent noise at each "
+                "evaluation; temperature scales the noise (0 = the most likely image).")
+    latest = store.latest_samples(run["id"])
+    if latest and Path(latest["path"]).is_file():
+        from PIL import Image
+        img = Image.open(latest["path"])
+        factor = max(1, 640 // max(1, img.width))
+        if factor > 1:
+            img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+        st.image(img, width="stretch")
+        temperatures = run["train"].get("sample_temperatures") or TrainConfig.sample_temperatures
+        st.caption(f"Step {latest['step']:,}. {ui.sample_caption(temperatures)}")
+    else:
+        st.caption("The first sample grid appears at the first evaluation "
+                   f"(step {run['train'].get('first_eval') or run['train'].get('eval_every')}).")
+
+
+def metric_chart(m: dict, metric: str, title: str, help_text: str, y_title: str, name: str,
+                 colour: str, short: str, fmt: str, axis: str, run_id: int) -> None:
+    """One metric's line chart under its title; nothing before its first logged row."""
+    if metric in m:
+        st.markdown(title, help=help_text)
+        st.plotly_chart(simple_figure(m[metric], m.get("elapsed_s"), axis, y_title, name, colour,
+                                      f"{short}-{run_id}-{axis}", fmt),
+                        key=f"{short}_chart_{run_id}", config={"displaylogo": False})
+
+
+def charts(store, run: dict, m: dict, events: list) -> None:
+    """Bits/dim with the samples beside it, then the bits' split, the loss, speed and learning rate."""
+    run_id = run["id"]
     left, right = st.columns([3, 2], gap="large")
     with left:
         t1, t2 = st.columns([3, 2], vertical_alignment="bottom")
@@ -341,21 +363,7 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
         st.plotly_chart(bpd_figure(m, events, axis, run_id), key=f"bpd_chart_{run_id}",
                         config={"displaylogo": False})
     with right:
-        st.markdown("**Samples from the model**", help="Decoded from fixed latent noise at each "
-                    "evaluation; temperature scales the noise (0 = the most likely image).")
-        latest = store.latest_samples(run_id)
-        if latest and Path(latest["path"]).is_file():
-            from PIL import Image
-            img = Image.open(latest["path"])
-            factor = max(1, 640 // max(1, img.width))
-            if factor > 1:
-                img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
-            st.image(img, width="stretch")
-            temperatures = run["train"].get("sample_temperatures") or TrainConfig.sample_temperatures
-            st.caption(f"Step {latest['step']:,}. {ui.sample_caption(temperatures)}")
-        else:
-            st.caption("The first sample grid appears at the first evaluation "
-                       f"(step {run['train'].get('first_eval') or run['train'].get('eval_every')}).")
+        latest_samples(store, run)
 
     levels = int(run["config"].get("levels", 1))
     n_bits = int(run["config"].get("n_bits", 8))
@@ -369,25 +377,43 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
                          "one more term, log q of that noise, is added (green).")
         st.plotly_chart(decomposition_figure(m, levels, n_bits, axis, run_id),
                         key=f"dec_chart_{run_id}", config={"displaylogo": False})
-    def metric_chart(metric: str, title: str, help_text: str, y_title: str, name: str,
-                     colour: str, short: str, fmt: str) -> None:
-        """One metric's line chart under its title; nothing before its first logged row."""
-        if metric in m:
-            st.markdown(title, help=help_text)
-            st.plotly_chart(simple_figure(m[metric], m.get("elapsed_s"), axis, y_title, name, colour,
-                                          f"{short}-{run_id}-{axis}", fmt),
-                            key=f"{short}_chart_{run_id}", config={"displaylogo": False})
-
     with d2:
-        metric_chart("loss_nats", "**Training loss**: negative log-likelihood per image",
-                     ui.LOSS_HELP, "nats/image", "loss", ui.PALETTE[3], "loss", ",.0f")
+        metric_chart(m, "loss_nats", "**Training loss**: negative log-likelihood per image",
+                     ui.LOSS_HELP, "nats/image", "loss", ui.PALETTE[3], "loss", ",.0f", axis, run_id)
     s1, s2 = st.columns(2, gap="large")
     with s1:
-        metric_chart("images_per_s", "**Speed**", ui.IMAGES_PER_S_HELP, "images/s", "images/s",
-                     ui.PALETTE[4], "ips", ",.0f")
+        metric_chart(m, "images_per_s", "**Speed**", ui.IMAGES_PER_S_HELP, "images/s", "images/s",
+                     ui.PALETTE[4], "ips", ",.0f", axis, run_id)
     with s2:
-        metric_chart("lr", "**Learning rate**", ui.LR_HELP, "learning rate", "lr", ui.PALETTE[5],
-                     "lr", ".2g")
+        metric_chart(m, "lr", "**Learning rate**", ui.LR_HELP, "learning rate", "lr", ui.PALETTE[5],
+                     "lr", ".2g", axis, run_id)
+
+
+def render_dashboard(store, run_id: int, was_active: bool) -> None:
+    """The whole dashboard of run ``run_id``; ``was_active``: whether the page polls it (when it
+    has ended since, the app reruns once to update the buttons and stop the timer)."""
+    run = store.get_run(run_id)
+    if run is None:
+        st.info("This run was deleted. Start a new one above, or pick one on the Runs page.")
+        return
+    if was_active and run["status"] not in ui.ACTIVE_STATUSES:
+        st.rerun(scope="app")  # the run ended: update the buttons and switch the timer off
+    header(run)
+    other_runs_bar(store, run)
+    controls(store, run)
+    status_note(run)
+
+    m = store.metrics(run_id)
+    events = store.events(run_id)
+    frac, words = progress(run, m)
+    st.progress(frac, text=words)
+    metric_cards({k: v["value"][-1] for k, v in m.items() if v["value"]})
+    if not m:
+        st.info("Waiting for the first measurements: the training process is loading the data and "
+                f"building the model, then logs its first point at step {run['train'].get('log_every', 10)}.",
+                icon=":material/hourglass_top:")
+        return
+    charts(store, run, m, events)
     shown = [e for e in events if e["kind"] not in ("samples", "checkpoint")]
     with st.expander(f"Events ({len(shown)})", icon=":material/list:"):
         for e in shown[-50:]:
