@@ -37,6 +37,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from flowlib import env
 from flowlib.fileio import atomic_write
@@ -122,11 +123,17 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 class SpeedEstimator:
-    """Speed estimates for one server: from history, the disk cache, or a measuring process."""
+    """Speed estimates for one server: from history, the disk cache, or a measuring process.
+
+    ``load_per_core()``: the machine's load average per core now (None if unknown), which
+    decides whether a figure measured on a busy machine is measured again; the real one
+    unless a test passes another.
+    """
 
     def __init__(self, cache_dir: str | os.PathLike, timeout_s: float | None = None,
-                 memory_mb: int | None = None):
+                 memory_mb: int | None = None, load_per_core: Callable[[], float | None] | None = None):
         self.cache_dir = Path(cache_dir)
+        self.load_per_core = load_per_core if load_per_core is not None else _load_per_core
         # FLOWLAB_ESTIMATE_TIMEOUT_S / FLOWLAB_ESTIMATE_MEMORY_MB: what one measurement may
         # take. The memory is on top of what torch itself maps at import (~0.6 GB here).
         self.timeout_s = timeout_s if timeout_s is not None else env.read("FLOWLAB_ESTIMATE_TIMEOUT_S")
@@ -144,7 +151,7 @@ class SpeedEstimator:
             age = time.time() - path.stat().st_mtime
             if age > max_age:
                 return None   # the machine may have been busy then, or the limits changed since
-            if _measured_busy_now_quiet(known) and age > RETRY_FAILED_AFTER_S / 10:
+            if _measured_busy_now_quiet(known, self.load_per_core()) and age > RETRY_FAILED_AFTER_S / 10:
                 return None   # a figure from a busy moment would stick for a day: measure again
             return known
         except (OSError, ValueError):
@@ -294,11 +301,11 @@ def _load_per_core() -> float | None:
         return None
 
 
-def _measured_busy_now_quiet(known: dict) -> bool:
+def _measured_busy_now_quiet(known: dict, now: float | None) -> bool:
     """True when a measurement was taken on a busy machine (load above one per core) and the
-    machine is quiet now: such a figure (the tour saw 17 images/s, and a wider model estimated
+    machine is quiet now (``now``: its load per core): such a figure (the tour saw 17 images/s, and a wider model estimated
     faster than a narrower one) says more about that moment than about the model."""
-    then, now = known.get("load"), _load_per_core()
+    then = known.get("load")
     return then is not None and now is not None and then > BUSY_LOAD_PER_CORE and now < QUIET_LOAD_PER_CORE
 
 
