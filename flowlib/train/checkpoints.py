@@ -35,7 +35,8 @@ class Checkpoints:
 
     ``write(path, payload)`` writes it (``save_checkpoint`` unless a session was given another);
     ``clock`` times the interval between checkpoints (``TrainConfig.checkpoint_every_minutes``).
-    ``last_step`` is the step of the newest checkpoint this session wrote or read (None before).
+    ``last_step`` is the step of the newest checkpoint this session wrote (on ranks other than
+    0: rank 0 wrote) or read; None before the first.
     """
 
     def __init__(self, path: Path, run_id: int, tc: TrainConfig, cfg: FlowConfig, dist: Dist,

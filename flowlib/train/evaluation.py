@@ -78,7 +78,8 @@ class Evaluation:
 
     def run(self, step: int, full: bool = False) -> float:
         """Score the eval subset (or, ``full``, the whole test split) at ``step``: a metrics row,
-        the best score, an event, early stopping's count and a sample grid. NaN on ranks other than 0."""
+        the best score, an event, early stopping's count (not for ``full``) and a sample grid
+        (unless this step has one). NaN on ranks other than 0, which do none of it."""
         if not self.dist.is_main:
             return float("nan")
         self.set_stage(f"while evaluating at step {step}")

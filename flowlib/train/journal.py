@@ -6,8 +6,8 @@
     journal.flush()                           # ... and written in one transaction
 
 Only rank 0 writes (under torchrun the other ranks keep the same bookkeeping and write
-nothing). A locked database never ends a run: an event, a best score or a grid's row it
-refuses is skipped, metric rows stay buffered for the next flush.
+nothing). An event, a best score or a grid's row that a locked database refuses is skipped,
+and metric rows stay buffered for the next flush: none of these ends a run.
 """
 
 from __future__ import annotations

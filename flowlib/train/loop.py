@@ -1,5 +1,6 @@
 """The training loop: headless runs the app can watch.
 
+    from flowlib.config import TrainConfig, preset
     from flowlib.store import RunStore
     from flowlib.train.loop import train_run
     store = RunStore()
@@ -20,7 +21,7 @@ and learning rate in ``budget``, the curve's windows in ``metrics``, the store w
 ``checkpoints``, out-of-memory recovery in ``oom``, failures in words in ``failures``, heartbeat,
 stop flag and signals in ``heartbeat``, torchrun in ``distributed``. What a session calls out to
 (the bits/dim of a batch, the evaluation, the checkpoint writer, the clock) is one argument,
-:class:`Collaborators`, so a test hands in a fake instead of patching a module.
+:class:`Collaborators` (in ``collaborators``), so a test hands in a fake instead of patching a module.
 
 What it logs (metric keys in the store, every ``log_every`` steps, means over those steps):
 
@@ -31,13 +32,15 @@ What it logs (metric keys in the store, every ``log_every`` steps, means over th
                      train_bpd = Σ bpd_prior_L{i} + bpd_logdet [+ bpd_dequant] + n_bits
 ``bpd_dequant``      only for learned (variational) dequantisation: the part from log q(u|x)
 ``grad_norm``        gradient norm before clipping
-``lr``               learning rate at the step (warm-up × rollback drops)
+``lr``               learning rate of the window's last step (warm-up × cosine decay, if asked,
+                     × rollback drops)
 ``images_per_s``     training throughput over the window (eval and checkpoint time excluded)
 ``elapsed_s``        training wall time of the run so far, across resumes
 ``epoch``            images seen / epoch size
 ``test_bpd``         every eval: bits/dim on a fixed held-out subset (fixed noise, comparable)
 ``test_bpd_full``    once, at the end: bits/dim on the whole test split
-``oom_fitting_batch`` only after running out of memory: the largest batch size whose step fitted
+``oom_fitting_batch`` only after running out of memory: the largest batch size whose forward
+                     and backward pass fitted
 
 Events (kind, step, message): start, resume, nan_skip, rollback, lr_drop, eval, checkpoint,
 early_stop, warning, error, stop, finish (sample grids are rows of their own, not events).
@@ -58,29 +61,27 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from flowlib.config import FlowConfig, TrainConfig
-from flowlib.core.checkpoint import save_checkpoint
-from flowlib.core.model import BitsPerDim, FlowModel
 from flowlib.machine.device import describe_device
 from flowlib.store.dbfile import StoreUnavailableError
 from flowlib.store.runs import RunStore
 
 from .budget import Budget
 from .checkpoints import Checkpoints
+from .collaborators import Collaborators
 from .distributed import SINGLE, Dist, FollowerStore, all_reduce_mean, broadcast_values
-from .evaluation import Evaluation, evaluate_bpd
+from .evaluation import Evaluation
 from .failures import OutOfMemoryAtBatch, TrainingDiverged, describe_end
 from .heartbeat import STOP_POLL_S, Monitor, append_log, persist, stop_signals
 from .journal import Journal
 from .metrics import MetricWindow
 from .oom import is_out_of_memory, largest_batch_that_fits
 from .setup import build_learner, choose_machine, load_data, place_data, start_actnorm, wrap_for_ranks
-from .step import BitsPerDimLoss, StepResult, batch_terms, train_step
+from .step import BitsPerDimLoss, StepResult, train_step
 
 __all__ = ["RunResult", "Collaborators", "TrainingSession", "train_run", "follow_run", "MAX_ROLLBACKS"]
 
@@ -94,31 +95,13 @@ class RunResult:
     step: int
 
 
-@dataclass(frozen=True)
-class Collaborators:
-    """What a training session calls out to; the defaults are the real ones.
-
-    ``terms(model, x_uint8, uniform)``: a batch's bits/dim terms, the forward pass of every
-    training step and of the out-of-memory probe. ``evaluate(model, images)``: the bits/dim
-    of held-out images (every evaluation, and the full test set at the end).
-    ``write_checkpoint(path, payload)``: writes the checkpoint file. ``clock()``: monotonic
-    seconds, for the time budget, the checkpoint interval and the stop-request polling.
-    Tests pass fakes here (a NaN or an out-of-memory error from ``terms``, scripted scores
-    from ``evaluate``, a full disk in ``write_checkpoint``, a moved ``clock``).
-    """
-
-    terms: Callable[[FlowModel, torch.Tensor, torch.Tensor], BitsPerDim] = batch_terms
-    evaluate: Callable[[FlowModel, torch.Tensor], float] = evaluate_bpd
-    write_checkpoint: Callable[[Path, dict], None] = save_checkpoint
-    clock: Callable[[], float] = time.monotonic
-
-
 class TrainingSession:
     """One training session of one run: ``setup()``, then ``run()`` until the budget is spent,
     a stop is asked for, or a failure raises. All knobs are in TrainConfig / FlowConfig.
 
     ``stage`` says what it is doing, in words for a failure message ("while evaluating at step
-    40"); ``set_up`` turns True once the checkpoint is loaded (or a fresh start made).
+    40"); ``set_up`` turns True when ``setup()`` is done, the step then being the checkpoint's
+    (or 0 for a fresh start).
     """
 
     def __init__(self, store: RunStore, run: dict, monitor: Monitor, *,
@@ -126,7 +109,7 @@ class TrainingSession:
                  dist: Dist = SINGLE, collaborators: Collaborators = Collaborators()):
         self.store, self.run_id, self.monitor = store, run["id"], monitor
         self.dist = dist            # under torchrun: this rank; only rank 0 writes anything
-        self.should_stop, self.on_log, self.parts = should_stop, on_log, collaborators
+        self.should_stop, self.on_log, self.collaborators = should_stop, on_log, collaborators
         self.tc = TrainConfig.from_dict(run["train"])
         self.cfg = FlowConfig.from_dict(run["config"])
         self.run_dir = store.run_dir(self.run_id)
@@ -136,7 +119,9 @@ class TrainingSession:
         self.budget = Budget(self.tc, store.limits.max_minutes, collaborators.clock)
         self.checkpoints = Checkpoints(store.checkpoint_path(self.run_id), self.run_id, self.tc, self.cfg, dist,
                                        collaborators.write_checkpoint, collaborators.clock)
-        self.learner = self.loss = self.step_loss = None
+        # built by setup(): the device, the images, what trains, its evaluations, the curve's window
+        self.machine = self.data = self.learner = self.evaluation = self.window = None
+        self.loss = self.step_loss = None      # the bits/dim loss; what the step calls (DDP around it)
         self._last_stop_poll = 0.0
 
     @property
@@ -151,6 +136,8 @@ class TrainingSession:
 
     # -- the start ------------------------------------------------------------------------
     def setup(self) -> None:
+        """Check the run against the server's limits, build every part, resume from the
+        checkpoint or start afresh, and draw the step-0 grid of a fresh run."""
         tc, cfg = self.tc, self.cfg
         self.store.limits.check_run(cfg.to_dict(), tc.to_dict())
         self.stage = "while choosing the device"
@@ -163,7 +150,7 @@ class TrainingSession:
         self.stage = "while building the model"
         self.learner = build_learner(cfg, tc, data.train_x, machine.device, self.dist)
         self.evaluation = Evaluation(self.learner.model, data.eval_x, data.test_x, tc, self.run_dir, self.journal,
-                                     self.dist, self.parts.evaluate, self.set_stage)
+                                     self.dist, self.collaborators.evaluate, self.set_stage)
         self.window = MetricWindow(cfg, tc, self.journal, data.images_per_epoch, self.on_log, self.dist)
         self.budget.start()
         for stale in (self.run_dir.glob(".*.tmp") if self.dist.is_main else ()):  # left by a kill mid-write
@@ -176,8 +163,7 @@ class TrainingSession:
             # A grid before the first step: the page shows what an untrained flow samples
             # (noise) at once, instead of an empty panel until the first evaluation.
             self.evaluation.grid(0, "while saving the first sample grid")
-        self.loss = BitsPerDimLoss(self.learner.model, self.parts.terms)
-        # what the step calls: the loss itself, or under torchrun DDP around it
+        self.loss = BitsPerDimLoss(self.learner.model, self.collaborators.terms)
         self.step_loss = wrap_for_ranks(self.loss, self.dist, machine.device, tc.batch_size)
         self.set_up = True
 
@@ -219,6 +205,8 @@ class TrainingSession:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Train step after step; every step the budget, stop requests, non-finite steps, and
+        when due the metrics row, the evaluation and the periodic checkpoint."""
         tc = self.tc
         self.budget.start()
         self.checkpoints.restart_timer()
@@ -262,7 +250,8 @@ class TrainingSession:
                 self.stage = "while training"
 
     def train_one_step(self, lr: float) -> tuple[StepResult, int]:
-        """The next batch's step at learning rate ``lr``: its result and its images (all ranks')."""
+        """The next batch's step at learning rate ``lr``: its result, and the number of images it
+        trained on (over all ranks). Out of memory raises OutOfMemoryAtBatch, after the probe."""
         learner = self.learner
         for group in learner.optimizer.param_groups:
             group["lr"] = lr
@@ -290,7 +279,7 @@ class TrainingSession:
         (it alone sees the store, the signals and its clock) and every rank gets its answer."""
         if self.dist.is_main:
             spent = self.evaluation.early_stopped or self.budget.spent(self.step)
-            values = [float(spent), float(self.stop_wanted(self.parts.clock())), self.budget.lr_at(self.step)]
+            values = [float(spent), float(self.stop_wanted(self.collaborators.clock())), self.budget.lr_at(self.step)]
         else:
             values = [0.0, 0.0, 0.0]
         budget, stop, lr = broadcast_values(values, self.dist, self.machine.device)
@@ -361,6 +350,8 @@ class TrainingSession:
 
     # -- the ends -------------------------------------------------------------------------
     def finish(self) -> RunResult:
+        """The budget is spent (or early stopping ended the run): the last metrics row, the best
+        weights if early stopping kept them, the full test set's score, the final checkpoint."""
         self.log_window()
         early_note = self.evaluation.keep_best_weights(self.step)
         full = self.evaluation.run(self.step, full=True)
@@ -374,6 +365,7 @@ class TrainingSession:
         return RunResult("finished", message, self.step)
 
     def stop(self) -> RunResult:
+        """A stop was asked for: the last metrics row and a checkpoint to resume from."""
         self.log_window()
         self.stage = f"while saving the checkpoint at step {self.step}"
         self.save_checkpoint(announce=False)

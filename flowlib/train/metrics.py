@@ -25,7 +25,8 @@ class MetricWindow:
 
     ``write`` turns them into one row per key (``flowlib.train.loop`` lists the keys): means
     over the applied steps, images/s over the window's training time (evaluations and
-    checkpoints are outside it), and hands a dict of the same values to ``on_log``.
+    checkpoints are outside it), and hands the same values to ``on_log`` as one dict (with the
+    step, the latest test score and ``max_steps``).
     """
 
     def __init__(self, cfg: FlowConfig, tc: TrainConfig, journal: Journal, images_per_epoch: int,

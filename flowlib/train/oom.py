@@ -34,7 +34,7 @@ def free_cached_memory(device: torch.device) -> None:
 def largest_batch_that_fits(loss, optimizer: torch.optim.Optimizer, images: torch.Tensor, failed: int,
                             device: torch.device, bf16: bool = False) -> int | None:
     """The largest of failed/2, failed/4, ... whose forward and backward pass (on the first
-    real images, through ``loss`` as the step calls it) fits in memory now; None if not even
+    real images, through ``loss``, the step's own forward) fits in memory now; None if not even
     1 does. Nothing is updated: the gradients are dropped, and the noise comes from a generator
     of its own, so the run's noise generator is not touched."""
     batch = min(failed // 2, images.shape[0])

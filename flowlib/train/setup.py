@@ -7,8 +7,8 @@
     start_actnorm(learner.model, data.train_x, tc)    # a fresh run; a resumed one loads its checkpoint
     loss = wrap_for_ranks(BitsPerDimLoss(learner.model), dist, machine.device, tc.batch_size)
 
-The session (``flowlib.train.loop``) calls these in this order, after ``torch.manual_seed(tc.seed)``
-between the machine and the data: the model's initial weights come from that seed.
+The session (``flowlib.train.loop``) calls these in this order, with ``torch.manual_seed(tc.seed)``
+between ``choose_machine`` and ``load_data``: the model's initial weights come from that seed.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def build_learner(cfg: FlowConfig, tc: TrainConfig, train_x: torch.Tensor, devic
 
 
 def start_actnorm(model: FlowModel, train_x: torch.Tensor, tc: TrainConfig) -> None:
-    """ActNorm's data-dependent start on a seeded batch of at least 512 training images.
+    """ActNorm's data-dependent start on a seeded draw of max(batch size, 512) training images
+    (all of them, if there are fewer).
 
     The same seeded batch on every rank under torchrun (the whole of it, not a shard), so every
     rank's ActNorms start from the same statistics with no collective in the model."""
