@@ -208,7 +208,7 @@ def main(argv=None) -> int:
         print(f"\nbf16 keeps the maths: after {check['steps']} training steps, test bits/dim on "
               f"{check['test_images']} face images is {check['fp32_bpd']:.4f} in float32 and "
               f"{check['bf16_bpd']:.4f} with bf16 networks (difference {check['difference']:.4f}; "
-              f"the issue's bound is 0.01)")
+              f"the bound is 0.01)")
     return 0
 
 
