@@ -8,9 +8,9 @@ Each configuration runs in its own fresh process, so the peak-memory column is t
 configuration's alone and one configuration's allocator state cannot slow the next.
 Every figure is the median over ``--repeats`` timed runs after ``--warmup`` untimed ones.
 
-Training throughput counts a full optimisation step: forward, backward, Adam update
-(with gradient clipping, as the trainer does), on a fixed uint8 batch dequantised with
-fresh noise each step.
+Training throughput counts the trainer's own step (``flowlib.train.step.train_step``): forward,
+backward, gradient-norm clipping, the one host sync of the step's statistics, Adam update, on
+a fixed uint8 batch dequantised with fresh noise each step.
 """
 
 from __future__ import annotations
@@ -44,24 +44,20 @@ def demo_model(channels: int) -> dict:
 
 
 def make_train_step(model, batch, optimizer, bf16: bool):
-    """One training step as flowlib.train takes it: bits/dim loss (coupling networks in bf16
-    if asked), backward, gradient clipping at 50, Adam."""
-    import contextlib
-
+    """A call of the trainer's own step (``flowlib.train.step.train_step``) on ``batch`` (uint8),
+    with fresh dequantisation noise from torch's global generator each call: bits/dim loss
+    (coupling networks in bf16 if asked), backward, gradient-norm clipping at a fixed 50 (the
+    trainer's default absolute clip; its relative clip only moves the threshold, and clipping
+    scales the gradients whatever the threshold), the step's one host sync, Adam."""
     import torch
 
-    from flowlib.core.layers import low_precision_networks
+    from flowlib.train.step import BitsPerDimLoss, train_step
 
-    params = list(model.parameters())
-    precision = (lambda: low_precision_networks(torch.bfloat16)) if bf16 else contextlib.nullcontext
+    loss = BitsPerDimLoss(model)
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def step():
-        with precision():
-            loss = model.bits_per_dim(batch).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 50.0)
-        optimizer.step()
+        train_step(loss, optimizer, params, batch, torch.rand(batch.shape), 50.0, bf16=bf16)
     return step
 
 
@@ -143,9 +139,9 @@ def run_one(cfg: BenchConfig, warmup: int, repeats: int, device_name: str,
     optimizer = make_optimizer(model.parameters(), lr=1e-4)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     precision = (lambda: low_precision_networks(torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
-    train_step = make_train_step(model, batch, optimizer, cfg.bf16)
+    train_step_once = make_train_step(model, batch, optimizer, cfg.bf16)
 
-    step_ms = _median_ms(train_step, warmup, repeats, sync)
+    step_ms = _median_ms(train_step_once, warmup, repeats, sync)
     model.eval()
     eps = model.sample_eps(64, torch.Generator().manual_seed(1))
     x_float = model.preprocess(batch)

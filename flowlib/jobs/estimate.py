@@ -15,9 +15,10 @@ its parameters took 6 GB for width 2048 / K=64, and timing real training steps t
 2. a measurement cached on disk, keyed by config, measured batch, device, precision, threads
    (renewed after a day; a failure is retried after ten minutes);
 3. otherwise a new measurement in its own process, ``python -m flowlib.jobs.estimate``, that sets
-   a memory limit on itself (``resource.setrlimit``) and an alarm, runs the trainer's own step
-   (``make_optimizer``, gradient clipping, bf16 networks where the trainer would use them)
-   and writes its answer, or the reason it has none, to the cache. The caller polls.
+   a memory limit on itself (``resource.setrlimit``) and an alarm, times the trainer's own step
+   (``flowlib.train.step.train_step`` with ``make_optimizer``'s Adam, bf16 networks where the
+   trainer would use them) and writes its answer, or the reason it has none, to the cache.
+   The caller polls.
 
 This module imports no torch at module level (the measuring child does, in :func:`main`).
 """
@@ -36,6 +37,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from flowlib import env
 from flowlib.fileio import atomic_write
@@ -64,7 +66,7 @@ class SpeedRequest:
     device: str = "auto"             # TrainConfig.device
     bf16: bool = False               # TrainConfig.bf16 (the child decides whether it is fast here)
     threads: int | None = None       # TrainConfig.threads; None = every core, as the trainer does
-    grad_clip: float | None = 50.0   # TrainConfig.grad_clip: clipping is part of the step
+    grad_clip: float | None = 50.0   # TrainConfig.grad_clip: the measured step clips at it (None: never)
 
     @classmethod
     def for_run(cls, config, train) -> "SpeedRequest":
@@ -121,11 +123,17 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 class SpeedEstimator:
-    """Speed estimates for one server: from history, the disk cache, or a measuring process."""
+    """Speed estimates for one server: from history, the disk cache, or a measuring process.
+
+    ``load_per_core()``: the machine's load average per core now (None if unknown), which
+    decides whether a figure measured on a busy machine is measured again; the real one
+    unless a test passes another.
+    """
 
     def __init__(self, cache_dir: str | os.PathLike, timeout_s: float | None = None,
-                 memory_mb: int | None = None):
+                 memory_mb: int | None = None, load_per_core: Callable[[], float | None] | None = None):
         self.cache_dir = Path(cache_dir)
+        self.load_per_core = load_per_core if load_per_core is not None else _load_per_core
         # FLOWLAB_ESTIMATE_TIMEOUT_S / FLOWLAB_ESTIMATE_MEMORY_MB: what one measurement may
         # take. The memory is on top of what torch itself maps at import (~0.6 GB here).
         self.timeout_s = timeout_s if timeout_s is not None else env.read("FLOWLAB_ESTIMATE_TIMEOUT_S")
@@ -143,7 +151,7 @@ class SpeedEstimator:
             age = time.time() - path.stat().st_mtime
             if age > max_age:
                 return None   # the machine may have been busy then, or the limits changed since
-            if _measured_busy_now_quiet(known) and age > RETRY_FAILED_AFTER_S / 10:
+            if _measured_busy_now_quiet(known, self.load_per_core()) and age > RETRY_FAILED_AFTER_S / 10:
                 return None   # a figure from a busy moment would stick for a day: measure again
             return known
         except (OSError, ValueError):
@@ -224,22 +232,25 @@ class SpeedEstimator:
 def measure_training_speed(config: dict, batch: int, device: str = "auto", bf16: bool = False,
                            threads: int | None = None, grad_clip: float | None = 50.0,
                            budget_s: float = 1.2, max_steps: int = 12) -> dict:
-    """Images/s of the trainer's own step on random pixels. Call it in a process of its own.
+    """Images/s of the trainer's own step (``flowlib.train.step.train_step``) on random pixels.
+    Call it in a process of its own.
 
-    One or two untimed warm-up steps, then up to ``max_steps`` timed steps or ``budget_s``
-    seconds; the fastest step counts (a step that shared the cores with a browser or another
-    run says more about them than about this model).
+    The step is the trainer's function itself: forward (coupling networks in bf16 when asked
+    and fast here), backward, gradient-norm clipping, the one host sync of the step's
+    statistics, Adam. It clips at the fixed ``grad_clip`` (the run's absolute clip; None:
+    never), where a run with ``grad_clip_relative`` lowers the threshold as it goes: clipping
+    scales every gradient whatever the threshold, so the work timed is the same. The noise
+    comes from one seeded generator. One or two untimed warm-up steps, then up to
+    ``max_steps`` timed steps or ``budget_s`` seconds; the fastest step counts (a step that
+    shared the cores with a browser or another run says more about them than about this model).
     """
-    import contextlib
-
     import torch
 
     from flowlib.config import FlowConfig
-    from flowlib.core.layers import low_precision_networks
     from flowlib.core.model import FlowModel
     from flowlib.machine.device import bf16_is_fast, configure_threads, pick_device
     from flowlib.machine.memory import tune_for_training
-    from flowlib.train.step import make_optimizer
+    from flowlib.train.step import BitsPerDimLoss, make_optimizer, train_step
 
     dev = pick_device(device)
     used_threads = configure_threads(dev, threads)
@@ -256,18 +267,12 @@ def measure_training_speed(config: dict, batch: int, device: str = "auto", bf16:
         model.initialize(model.preprocess(x))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, lr=1e-4)
+    loss = BitsPerDimLoss(model)
     clip = grad_clip if grad_clip is not None else float("inf")
-    precision = (lambda: low_precision_networks(torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
     def step():
-        with precision():
-            terms = model.bits_per_dim_terms(x, generator=gen)
-        loss = terms.total.float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-        torch.stack([loss.detach(), gnorm.detach().float().to(loss.device)]).tolist()  # the trainer's one sync
-        opt.step()
+        uniform = torch.rand(x.shape, generator=gen)
+        train_step(loss, opt, params, x, uniform, clip, bf16=use_bf16)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
@@ -296,11 +301,11 @@ def _load_per_core() -> float | None:
         return None
 
 
-def _measured_busy_now_quiet(known: dict) -> bool:
+def _measured_busy_now_quiet(known: dict, now: float | None) -> bool:
     """True when a measurement was taken on a busy machine (load above one per core) and the
-    machine is quiet now: such a figure (the tour saw 17 images/s, and a wider model estimated
+    machine is quiet now (``now``: its load per core): such a figure (the tour saw 17 images/s, and a wider model estimated
     faster than a narrower one) says more about that moment than about the model."""
-    then, now = known.get("load"), _load_per_core()
+    then = known.get("load")
     return then is not None and now is not None and then > BUSY_LOAD_PER_CORE and now < QUIET_LOAD_PER_CORE
 
 

@@ -1,22 +1,24 @@
-"""How a training run fails, in words: the exceptions the loop raises and the paragraph the
-app shows for any failure (``describe_failure``).
+"""How a training run fails, in words: the exceptions the loop raises, the paragraph the app
+shows for any failure (``describe_failure``) and the status and message a session that ended
+with an exception gets (``describe_end``).
 
-Split from ``flowlib.train`` (which re-exports these names): the loop raises and catches
-them; the app, the worker and the CLI only read the messages.
+The loop (``flowlib.train.loop``) raises and catches these; the app, the worker and the CLI
+only read the messages, from the run store.
 """
 
 from __future__ import annotations
 
 import errno
-
-import torch
+from pathlib import Path
 
 from flowlib.core.checkpoint import CheckpointError
 from flowlib.data.sources.common import DatasetError
 from flowlib.store.dbfile import StoreUnavailableError
 from flowlib.store.runs import StoreBusyError
 
-__all__ = ["TrainingDiverged", "OutOfMemoryAtBatch", "describe_failure"]
+from .oom import is_out_of_memory
+
+__all__ = ["TrainingDiverged", "OutOfMemoryAtBatch", "describe_failure", "describe_end"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -38,19 +40,6 @@ class OutOfMemoryAtBatch(RuntimeError):
             advice = (f"A step with batch size {fits} fits on {where} (tried just after the failure): "
                       f"resume with batch size {fits}, or start a new run with it.")
         super().__init__(f"Out of memory at step {step + 1:,} with batch size {batch}. {advice}")
-
-
-def _free_cached_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        isinstance(exc, MemoryError) or "out of memory" in str(exc).lower())
 
 
 def _os_error_behind(exc: BaseException) -> OSError | None:
@@ -87,7 +76,7 @@ def describe_failure(exc: BaseException, during: str = "", batch_size: int | Non
                     f"{kept} Free some space, then resume.")
     if isinstance(exc, OutOfMemoryAtBatch):
         return f"{exc}{kept}"
-    if _is_oom(exc):
+    if is_out_of_memory(exc):
         smaller = f" (e.g. {max(1, batch_size // 2)} instead of {batch_size})" if batch_size else ""
         return (f"Out of memory{where}. Try a smaller batch size{smaller} or a smaller model "
                 f"(fewer levels, steps or hidden channels).{kept}")
@@ -106,3 +95,21 @@ def describe_failure(exc: BaseException, during: str = "", batch_size: int | Non
     text = str(exc).strip().splitlines()
     detail = f": {text[0][:300]}" if text else ""
     return f"Training failed{where} ({type(exc).__name__}{detail}).{kept}"
+
+
+def describe_end(exc: BaseException, during: str, batch_size: int | None, last_checkpoint_step: int | None,
+                 run_dir: Path | None) -> tuple[str, str]:
+    """``(status, message)`` for a training session that ended with ``exc`` ``during`` a stage.
+
+    Ctrl-C is ``stopped``; anything else ``failed``. ``run_dir``: the run's folder once a
+    session exists (None before): a folder deleted under a running session is said in words
+    of its own. ``last_checkpoint_step``: pass it only when that checkpoint file still exists.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        kept = (f"; the checkpoint at step {last_checkpoint_step} is intact." if last_checkpoint_step is not None
+                else ".")
+        return "stopped", f"Interrupted {during}, before a checkpoint could be saved{kept}"
+    if run_dir is not None and not run_dir.is_dir():
+        return "failed", (f"The run's folder {run_dir} was deleted (noticed {during}), and its "
+                          "checkpoint with it, so this run cannot continue; start a new run.")
+    return "failed", describe_failure(exc, during, batch_size, last_checkpoint_step)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flowlib import FlowModel, preset
-from flowlib.train.parts import evaluate_bpd
+from flowlib.train.evaluation import evaluate_bpd
 from flowlib.train.step import make_optimizer
 
 pytestmark = [pytest.mark.cuda,

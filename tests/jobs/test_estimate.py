@@ -1,6 +1,7 @@
 """Estimates without a model in the caller: parameter arithmetic, history, the measuring process."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -125,14 +126,21 @@ def test_a_measurement_past_its_time_says_so(tmp_path):
     assert "longer than 1 s" in json.loads(out.read_text())["error"]
 
 
-def test_a_failed_measurement_is_retried_after_a_while(tmp_path, monkeypatch):
+def _age(path, seconds):
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_failed_measurement_is_retried_after_a_while(tmp_path):
     import flowlib.jobs.estimate as estimate
     estimator = SpeedEstimator(tmp_path / "cache")
     request = _request()
     estimator.path(request).parent.mkdir(parents=True)
     estimator.path(request).write_text(json.dumps({"error": "took longer than 60 s"}))
     assert estimator.cached(request) == {"error": "took longer than 60 s"}
-    monkeypatch.setattr(estimate, "RETRY_FAILED_AFTER_S", -1.0)
+    _age(estimator.path(request), estimate.RETRY_FAILED_AFTER_S - 60)
+    assert estimator.cached(request) == {"error": "took longer than 60 s"}
+    _age(estimator.path(request), estimate.RETRY_FAILED_AFTER_S + 1)
     assert estimator.cached(request) is None
 
 
@@ -143,35 +151,37 @@ def test_a_model_whose_state_alone_exceeds_the_limit_is_answered_without_a_proce
     assert "more than the 1,024 MB" in result["error"] and not estimator.measuring(request)
 
 
-def test_a_measurement_is_renewed_after_a_day(tmp_path, monkeypatch):
+def test_a_measurement_is_renewed_after_a_day(tmp_path):
     import flowlib.jobs.estimate as estimate
     estimator = SpeedEstimator(tmp_path / "cache")
     request = _request()
     estimator.path(request).parent.mkdir(parents=True)
     estimator.path(request).write_text(json.dumps({"images_per_s": 500.0, "source": "measured"}))
     assert estimator.cached(request)["images_per_s"] == 500.0
-    monkeypatch.setattr(estimate, "REMEASURE_AFTER_S", -1.0)
+    _age(estimator.path(request), estimate.REMEASURE_AFTER_S - 60)
+    assert estimator.cached(request)["images_per_s"] == 500.0
+    _age(estimator.path(request), estimate.REMEASURE_AFTER_S + 1)
     assert estimator.cached(request) is None
 
 
-def test_a_figure_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(tmp_path, monkeypatch):
+def test_a_figure_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(tmp_path):
     import json
     import os
     import time
 
     from flowlib.config import PRESETS
     from flowlib.jobs import estimate
-    est = estimate.SpeedEstimator(tmp_path)
+    load = [2.5]
+    est = estimate.SpeedEstimator(tmp_path, load_per_core=lambda: load[0])
     request = estimate.SpeedRequest(PRESETS["mnist-fast"].to_dict(), 64)
     path = est.path(request)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"images_per_s": 17.0, "source": "measured", "load": 3.0}))
     old = time.time() - 120
     os.utime(path, (old, old))
-    monkeypatch.setattr(estimate, "_load_per_core", lambda: 2.5)      # still busy: keep it
-    assert est.cached(request)["images_per_s"] == 17.0
-    monkeypatch.setattr(estimate, "_load_per_core", lambda: 0.2)      # quiet now: measure again
-    assert est.cached(request) is None
+    assert est.cached(request)["images_per_s"] == 17.0                # still busy: keep it
+    load[0] = 0.2
+    assert est.cached(request) is None                                # quiet now: measure again
     path.write_text(json.dumps({"images_per_s": 900.0, "source": "measured", "load": 0.4}))
     os.utime(path, (old, old))
     assert est.cached(request)["images_per_s"] == 900.0               # a quiet figure stays

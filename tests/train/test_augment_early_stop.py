@@ -1,17 +1,17 @@
 """Data augmentation (mirror, shift) and early stopping on held-out bits/dim: what the small
-faces set needs (issue 18), checked the way the trainer's other parts are: exact, resumable,
+faces set needs, checked the way the trainer's other parts are: exact, resumable,
 the same under torchrun's shards."""
 
 import pytest
 import torch
 
-import flowlib.train.loop as train_mod
 from flowlib.cli.train import build_parser, config_overrides
 from flowlib.config import ConfigError, TrainConfig
 from flowlib.core.checkpoint import load_checkpoint, load_model
 from flowlib.data import load_images
-from flowlib.train.loop import train_run
-from flowlib.train.parts import AUGMENT_SHIFT, augment_batch, evaluate_bpd
+from flowlib.train.batches import AUGMENT_SHIFT, augment_batch
+from flowlib.train.evaluation import evaluate_bpd
+from flowlib.train.loop import Collaborators, train_run
 from tests.runs_kit import queued_run as _queued_run
 
 
@@ -105,32 +105,23 @@ def test_an_augmented_run_trains_and_resumes_bit_exactly(store):  # noqa: F811
         assert torch.equal(a[k], b[k]), k
 
 
-def test_early_stopping_ends_the_run_with_the_best_weights(store, monkeypatch):  # noqa: F811
+def test_early_stopping_ends_the_run_with_the_best_weights(store):  # noqa: F811
     # Held-out scores that improve, then get worse twice: patience 2 ends the run at the
     # fourth evaluation and keeps the weights of the second.
     scores = iter([5.0, 4.0, 4.5, 4.6, 9.9, 9.9])
-    real = train_mod.evaluate_bpd
     saved = {}
 
-    def fake(model, images, batch=500):
-        if images.shape[0] == 40 and "full" in saved:   # the final full-test evaluation: real
-            return real(model, images, batch=batch)
+    def fake(model, images):
+        if images.shape[0] == 40:     # the final evaluation, on the full test set (the subset has 39): real
+            return evaluate_bpd(model, images)
         value = next(scores)
         if value == 4.0:
             saved["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
         return value
 
-    monkeypatch.setattr(train_mod, "evaluate_bpd", fake)
     run_id = _queued_run(store, "early", max_steps=200, eval_every=10, first_eval=0,
                          eval_subset=39, early_stop_evals=2)
-    orig_finish = train_mod._Training.finish
-
-    def finish(self):
-        saved["full"] = True
-        return orig_finish(self)
-
-    monkeypatch.setattr(train_mod._Training, "finish", finish)
-    result = train_run(store, run_id)
+    result = train_run(store, run_id, collaborators=Collaborators(evaluate=fake))
     assert result.status == "finished" and result.step == 40, result.message
     assert "early stopping" in result.message and "step 20" in result.message
     kinds = [e["kind"] for e in store.events(run_id)]
@@ -142,11 +133,9 @@ def test_early_stopping_ends_the_run_with_the_best_weights(store, monkeypatch): 
     assert store.metrics(run_id)["test_bpd_full"]["value"][0] == evaluate_bpd(model, test)
 
 
-def test_without_early_stopping_a_worse_score_does_not_end_the_run(store, monkeypatch):  # noqa: F811
+def test_without_early_stopping_a_worse_score_does_not_end_the_run(store):  # noqa: F811
     scores = iter([5.0, 6.0, 7.0, 8.0])
-    real = train_mod.evaluate_bpd
-    monkeypatch.setattr(train_mod, "evaluate_bpd",
-                        lambda model, images, batch=500: next(scores, None) or real(model, images, batch=batch))
+    fake = Collaborators(evaluate=lambda model, images: next(scores, None) or evaluate_bpd(model, images))
     run_id = _queued_run(store, "no-early", max_steps=40, eval_every=10, first_eval=0, eval_subset=39)
-    result = train_run(store, run_id)
+    result = train_run(store, run_id, collaborators=fake)
     assert result.status == "finished" and result.step == 40 and "early" not in result.message

@@ -1,4 +1,4 @@
-"""Faults on the training side (issue 8): kills, full disks, locked databases, OOM, double clicks,
+"""Faults on the training side: kills, full disks, locked databases, OOM, double clicks,
 a start/stop soak, hostile config values and names, classroom caps."""
 
 import errno
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import flowlib.train.loop as train_mod
 from flowlib.config import TrainConfig
-from flowlib.core.checkpoint import load_checkpoint, load_model
+from flowlib.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from flowlib.jobs import worker
 from flowlib.store.limits import Limits
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore, StoreBusyError
-from flowlib.train.loop import train_run
+from flowlib.train.loop import Collaborators, train_run
+from flowlib.train.step import batch_terms
 from tests.runs_kit import TINY
 from tests.runs_kit import fault_train as _tc
 from tests.runs_kit import queued_fault_run as _queued
@@ -85,22 +85,20 @@ def _enospc(*args, **kwargs):
 
 
 def test_disk_full_while_saving_a_checkpoint_fails_the_run_and_keeps_the_previous_one(store, monkeypatch):
-    real_save = train_mod.save_checkpoint
     saves = {"n": 0, "good": None}
 
-    def save(path, payload):
+    def save(path, payload):   # the real writer, on a disk that fills up after three checkpoints
         saves["n"] += 1
         if saves["n"] <= 3:
-            real_save(path, payload)
+            save_checkpoint(path, payload)
             saves["good"] = (payload["step"], Path(path).read_bytes())
             return
         with monkeypatch.context() as m:
             m.setattr(torch, "save", _enospc)
-            real_save(path, payload)
+            save_checkpoint(path, payload)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save)
     run_id = _queued(store, checkpoint_every_minutes=0.0001)
-    result = train_run(store, run_id)
+    result = train_run(store, run_id, collaborators=Collaborators(write_checkpoint=save))
     good_step, good_bytes = saves["good"]
     assert result.status == "failed"
     assert "disk is full" in result.message and "while saving the checkpoint at step" in result.message
@@ -176,24 +174,24 @@ def test_trainer_survives_a_database_locked_by_another_program(tmp_path):
 
 
 # -- out of memory --------------------------------------------------------------------------------
-def _oom_when(monkeypatch, fails):
-    """Make the step's forward pass raise CUDA's out-of-memory error when fails(call, batch)."""
-    real, calls = train_mod._compute_terms, {"n": 0}
+def _oom_when(fails) -> Collaborators:
+    """A session whose forward pass raises CUDA's out-of-memory error when fails(call, batch)."""
+    calls = {"n": 0}
 
-    def maybe_oom(model, x, *args):
+    def maybe_oom(model, x, uniform):
         calls["n"] += 1
         if fails(calls["n"], x.shape[0]):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, x, *args)
+        return batch_terms(model, x, uniform)
 
-    monkeypatch.setattr(train_mod, "_compute_terms", maybe_oom)
+    return Collaborators(terms=maybe_oom)
 
 
-def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store, monkeypatch):
+def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store):
     # Steps 1-4 train at batch 8; from step 5 on, more than 2 images do not fit.
-    _oom_when(monkeypatch, lambda call, batch: call >= 5 and batch > 2)
+    oom = _oom_when(lambda call, batch: call >= 5 and batch > 2)
     run_id = _queued(store, lr_schedule="constant")
-    result = train_run(store, run_id)
+    result = train_run(store, run_id, collaborators=oom)
     assert result.status == "failed" and result.step == 4
     assert result.message.startswith("Out of memory at step 5 with batch size 8. A step with batch "
                                      "size 2 fits"), result.message
@@ -203,22 +201,21 @@ def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store, mon
     assert ckpt["step"] == 4                                  # nothing trained is lost
     assert store.metrics(run_id, keys=["oom_fitting_batch"])["oom_fitting_batch"]["value"] == [2.0]
     # the probe changed nothing: the saved weights are those of an uninterrupted 4-step run
-    monkeypatch.undo()
     ref = _queued(store, max_steps=4, lr_schedule="constant")
     assert train_run(store, ref).status == "finished"
     ref_model = load_checkpoint(store.checkpoint_path(ref))["model"]
     for key, value in ref_model.items():
         assert torch.equal(value, ckpt["model"][key]), key
-    # and the run resumes from step 4 with the batch that fits
-    from flowlib.jobs import worker
-    monkeypatch.setattr(worker, "start_run", lambda store, rid, owner=None: 0)   # no process here
+    # and the run resumes from step 4 with the batch that fits, in a worker process of its own
     worker.resume_run(store, run_id, batch_size=2)
     assert store.get_run(run_id)["train"]["batch_size"] == 2
+    run = worker.wait_for_run(store, run_id, timeout=120)
+    assert run["status"] == "finished" and run["step"] == 30, run["message"]
+    assert "resumed from the checkpoint at step 4" in store.events(run_id, kinds=["resume"])[-1]["message"]
 
 
-def test_out_of_memory_when_not_even_one_image_fits_says_so(store, monkeypatch):
-    _oom_when(monkeypatch, lambda call, batch: call >= 3)
-    result = train_run(store, _queued(store))
+def test_out_of_memory_when_not_even_one_image_fits_says_so(store):
+    result = train_run(store, _queued(store), collaborators=_oom_when(lambda call, batch: call >= 3))
     assert result.status == "failed" and result.step == 2
     assert "Not even a batch of 1 fits" in result.message and "too large" in result.message
 

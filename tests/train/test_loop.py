@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 import flowlib.cli.train as cli_mod
-import flowlib.train.loop as train_mod
 from flowlib import FlowModel
 from flowlib.config import TrainConfig
 from flowlib.core.checkpoint import load_checkpoint, load_model
@@ -17,9 +16,12 @@ from flowlib.data import load_images
 from flowlib.machine.device import describe_device, pick_device
 from flowlib.store.limits import Limits
 from flowlib.store.runs import RunStore
-from flowlib.train.loop import MAX_ROLLBACKS, train_run
-from flowlib.train.parts import _GradClip, evaluate_bpd
+from flowlib.train.clip import GradientClip
+from flowlib.train.evaluation import evaluate_bpd
+from flowlib.train.heartbeat import Monitor
+from flowlib.train.loop import MAX_ROLLBACKS, Collaborators, TrainingSession, train_run
 from flowlib.train.samples import write_sample_grid
+from flowlib.train.step import batch_terms, make_optimizer
 from tests.runs_kit import TINY, queued_run, tiny_train
 
 _tc = tiny_train
@@ -97,7 +99,7 @@ def test_make_optimizer_is_fused_on_the_cpu_and_steps_like_plain_adam():
     a = FlowModel(TINY)
     b = FlowModel(TINY)
     b.load_state_dict(a.state_dict())
-    fused, plain = train_mod.make_optimizer(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
+    fused, plain = make_optimizer(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
     assert fused.defaults["fused"] is True
     x = load_images("faces", "test").images[:8]
     for _ in range(3):
@@ -143,25 +145,23 @@ def test_stop_then_resume_equals_an_uninterrupted_run(store):
     assert mb["lr"]["value"] == ma["lr"]["value"]
 
 
-def _nan_at(monkeypatch, bad_calls):
-    """Make the loss NaN on the given (1-based) calls of the step's forward pass."""
-    real = train_mod._compute_terms
+def _nan_at(bad_calls) -> Collaborators:
+    """A session whose loss is NaN on the given (1-based) calls of the step's forward pass."""
     calls = {"n": 0}
 
-    def patched(model, x, generator, autocast):
+    def terms(model, x, uniform):
         calls["n"] += 1
-        terms = real(model, x, generator, autocast)
+        real = batch_terms(model, x, uniform)
         if bad_calls(calls["n"]):
-            return terms._replace(total=terms.total * float("nan"))
-        return terms
+            return real._replace(total=real.total * float("nan"))
+        return real
 
-    monkeypatch.setattr(train_mod, "_compute_terms", patched)
+    return Collaborators(terms=terms)
 
 
-def test_an_injected_nan_is_skipped_and_recorded(store, monkeypatch):
-    _nan_at(monkeypatch, lambda n: n == 7)
+def test_an_injected_nan_is_skipped_and_recorded(store):
     run_id = _queued_run(store)
-    result = train_run(store, run_id)
+    result = train_run(store, run_id, collaborators=_nan_at(lambda n: n == 7))
     assert result.status == "finished"
     skips = store.events(run_id, kinds=["nan_skip"])
     assert [(e["step"], "non-finite loss" in e["message"]) for e in skips] == [(7, True)]
@@ -172,10 +172,10 @@ def test_an_injected_nan_is_skipped_and_recorded(store, monkeypatch):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_nans_in_a_row_roll_back_and_lower_the_learning_rate(store, monkeypatch):
-    _nan_at(monkeypatch, lambda n: 13 <= n <= 15)        # steps 13, 14, 15 with nan_patience 3
+def test_nans_in_a_row_roll_back_and_lower_the_learning_rate(store):
+    nans = _nan_at(lambda n: 13 <= n <= 15)               # steps 13, 14, 15 with nan_patience 3
     run_id = _queued_run(store)
-    assert train_run(store, run_id).status == "finished"
+    assert train_run(store, run_id, collaborators=nans).status == "finished"
     kinds = [(e["kind"], e["step"]) for e in store.events(run_id) if e["kind"] in ("nan_skip", "rollback", "lr_drop")]
     assert kinds == [("nan_skip", 13), ("nan_skip", 14), ("nan_skip", 15), ("rollback", 15), ("lr_drop", 0)]
     lr = store.metrics(run_id)["lr"]
@@ -196,20 +196,22 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_step_budget(store):
         _tc(lr_schedule="linear")
 
 
-def test_cosine_schedule_follows_the_time_budget_when_that_ends_first(store, monkeypatch):
+def test_cosine_schedule_follows_the_time_budget_when_that_ends_first(store):
     run_id = _queued_run(store, lr_schedule="cosine", max_steps=1000, max_minutes=1.0)
-    trainer = train_mod._Training(store, store.get_run(run_id), train_mod.Monitor(store, run_id), None, None)
-    trainer.lr_scale = 1.0                                   # set by setup(), which loads data
-    monkeypatch.setattr(trainer, "elapsed", lambda: 45.0)   # 3/4 of the minute, 1 % of the steps
-    assert trainer.lr_at(10) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75)))
-    monkeypatch.setattr(trainer, "elapsed", lambda: 90.0)
-    assert trainer.lr_at(10) == 0.0 and trainer.peak_lr() == 1e-3
+    now = [100.0]
+    session = TrainingSession(store, store.get_run(run_id), Monitor(store, run_id),
+                              collaborators=Collaborators(clock=lambda: now[0]))
+    budget = session.budget                                  # no setup(): it would load data
+    now[0] += 45.0                                           # 3/4 of the minute, 1 % of the steps
+    assert budget.elapsed() == 45.0
+    assert budget.lr_at(10) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+    now[0] += 45.0
+    assert budget.lr_at(10) == 0.0 and budget.peak_lr() == 1e-3
 
 
-def test_nan_forever_fails_with_a_message_after_bounded_rollbacks(store, monkeypatch):
-    _nan_at(monkeypatch, lambda n: True)
+def test_nan_forever_fails_with_a_message_after_bounded_rollbacks(store):
     run_id = _queued_run(store)
-    result = train_run(store, run_id)
+    result = train_run(store, run_id, collaborators=_nan_at(lambda n: True))
     assert result.status == "failed" and "diverged" in result.message and "lower lr" in result.message.lower()
     run = store.get_run(run_id)
     assert run["status"] == "failed" and run["message"] == result.message
@@ -281,7 +283,7 @@ def test_devices_here():
 
 
 def test_relative_clip_cuts_a_spike_and_leaves_ordinary_steps_alone():
-    clip = _GradClip(absolute=None, factor=3.0)
+    clip = GradientClip(absolute=None, factor=3.0)
     for _ in range(clip.MIN_STEPS - 1):          # too young: only the absolute clip (none here)
         assert clip.threshold() == math.inf
         clip.record(100.0, clip.threshold())
@@ -295,32 +297,29 @@ def test_relative_clip_cuts_a_spike_and_leaves_ordinary_steps_alone():
     limit = clip.threshold()
     clip.record(5000.0, limit)                    # a spike is cut, and barely moves the bar
     assert clip.clipped == 1 and clip.threshold() < 1.15 * limit   # not 5000 / 20 steps more
-    both = _GradClip(absolute=50.0, factor=3.0)
+    both = GradientClip(absolute=50.0, factor=3.0)
     for _ in range(30):
         both.record(100.0, both.threshold())
     assert both.threshold() == 50.0               # the absolute clip stays an upper bound
-    copy = _GradClip(None, 3.0)
+    copy = GradientClip(None, 3.0)
     copy.load(clip.state())
     assert copy.threshold() == clip.threshold() and copy.clipped == 1
     copy.load(None)                               # a checkpoint from before: starts afresh
     assert copy.count == 0 and copy.threshold() == math.inf
 
 
-def test_a_gradient_spike_is_clipped_and_the_clip_state_survives_stop_and_resume(store, monkeypatch):
-    real = train_mod._compute_terms
+def test_a_gradient_spike_is_clipped_and_the_clip_state_survives_stop_and_resume(store):
     calls = {"n": 0}
 
-    def spike_at_25(model, x, generator, autocast):   # the 25th batch's loss × 100: a 100× gradient
+    def spike_at_25(model, x, uniform):   # the 25th batch's loss × 100: a 100× gradient
         calls["n"] += 1
-        terms = real(model, x, generator, autocast)
+        terms = batch_terms(model, x, uniform)
         return terms._replace(total=terms.total * 100) if calls["n"] == 25 else terms
 
-    monkeypatch.setattr(train_mod, "_compute_terms", spike_at_25)
     spiky = _queued_run(store, "spiky", grad_clip=None, grad_clip_relative=3.0)
-    assert train_run(store, spiky).status == "finished"
+    assert train_run(store, spiky, collaborators=Collaborators(terms=spike_at_25)).status == "finished"
     state = load_checkpoint(store.checkpoint_path(spiky))["grad_clip"]
     assert state["count"] == 30 and state["clipped"] == 1     # the spike, and no ordinary step
-    monkeypatch.setattr(train_mod, "_compute_terms", real)
 
     straight = _queued_run(store, "straight", grad_clip=None, grad_clip_relative=3.0)
     assert train_run(store, straight).status == "finished"

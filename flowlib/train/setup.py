@@ -1,0 +1,148 @@
+"""A training session's start: the device, the data, the model and what trains it.
+
+    machine = choose_machine(tc, dist)            # device, threads, bf16 (and the CPU allocator tuned)
+    train, test = load_data(tc, cfg)              # uint8 splits, checked against the model's shape
+    data = place_data(train, test, tc, machine.device)
+    learner = build_learner(cfg, tc, data.train_x, machine.device, dist)
+    start_actnorm(learner.model, data.train_x, tc)    # a fresh run; a resumed one loads its checkpoint
+    loss = wrap_for_ranks(BitsPerDimLoss(learner.model), dist, machine.device, tc.batch_size)
+
+The session (``flowlib.train.loop``) calls these in this order, with ``torch.manual_seed(tc.seed)``
+between ``choose_machine`` and ``load_data``: the model's initial weights come from that seed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from flowlib.config import FlowConfig, TrainConfig
+from flowlib.core.model import FlowModel
+from flowlib.data import load_images
+from flowlib.machine.device import bf16_is_fast, configure_threads, pick_device
+from flowlib.machine.memory import tune_for_training
+from flowlib.machine.threads import ThreadGovernor
+
+from .batches import Batches
+from .clip import GradientClip
+from .distributed import Dist, shard_slice
+from .evaluation import EVAL_SEED
+from .step import BitsPerDimLoss, make_optimizer
+
+__all__ = ["Machine", "Data", "Learner", "choose_machine", "load_data", "place_data", "build_learner",
+           "start_actnorm", "wrap_for_ranks"]
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where a session trains and how."""
+
+    device: torch.device
+    threads: int                        # torch's intra-op threads at the start
+    governor: ThreadGovernor | None     # moves the thread count with the machine's load, if it may
+    use_bf16: bool                      # coupling networks in bf16: asked for, and fast here
+
+
+@dataclass(frozen=True)
+class Data:
+    """A session's images, uint8 ``[N, C, H, W]``."""
+
+    train_x: torch.Tensor       # the training split, on the device
+    eval_x: torch.Tensor        # the fixed held-out subset scored at every evaluation, on the device
+    test_x: torch.Tensor        # the whole test split (scored once, at the end), on the CPU
+    images_per_epoch: int       # TrainConfig.epoch_size, or the training split's size
+
+
+@dataclass
+class Learner:
+    """What a training step changes; all of it is in every checkpoint (``flowlib.train.checkpoints``)."""
+
+    model: FlowModel
+    params: list                        # the parameters that train (requires_grad)
+    optimizer: torch.optim.Optimizer
+    clip: GradientClip
+    batches: Batches                    # the batch order and the dequantisation noise's generator
+    device: torch.device
+    step: int = 0                       # steps trained so far (rolled back with the weights)
+
+
+def choose_machine(tc: TrainConfig, dist: Dist) -> Machine:
+    """The device (under torchrun on CUDA: this rank's GPU), its threads and precision; on a CPU
+    also the allocator tuning for training (``flowlib.machine.memory.tune_for_training``)."""
+    device = pick_device(tc.device)
+    if dist.active and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)   # one GPU per rank
+    shared_cores = None
+    if dist.active and device.type == "cpu" and tc.threads is None:
+        shared_cores = max(1, (os.cpu_count() or 1) // dist.world_size)   # ranks share the cores
+    threads = configure_threads(device, tc.threads if shared_cores is None else shared_cores)
+    # threads=None on a CPU of its own: the count follows the load (flowlib.machine.threads). A fixed
+    # count (a number, or the ranks' share under torchrun) stays put, so runs are bit-exact.
+    governor = (ThreadGovernor(cores=threads) if device.type == "cpu" and tc.threads is None
+                and not dist.active and (os.cpu_count() or 1) > 1 else None)
+    use_bf16 = tc.bf16 and bf16_is_fast(device)
+    if device.type == "cpu":
+        tune_for_training()
+    return Machine(device, threads, governor, use_bf16)
+
+
+def load_data(tc: TrainConfig, cfg: FlowConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dataset's train and test images (uint8, on the CPU); ValueError if their shape is
+    not the model's."""
+    train = load_images(tc.dataset, "train", **tc.dataset_options).images
+    test = load_images(tc.dataset, "test", **tc.dataset_options).images
+    shape = tuple(train.shape[1:])
+    if shape != tuple(cfg.image_shape):
+        c, h, w = cfg.image_shape
+        raise ValueError(f"the model expects {c}×{h}×{w} images but {tc.dataset} images are "
+                         f"{shape[0]}×{shape[1]}×{shape[2]}; set image_shape to match")
+    return train, test
+
+
+def place_data(train: torch.Tensor, test: torch.Tensor, tc: TrainConfig, device: torch.device) -> Data:
+    """The training split and the eval subset (a fixed ``EVAL_SEED`` draw of ``tc.eval_subset``
+    test images) moved to ``device``."""
+    train_x = train.to(device).contiguous()
+    order = torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(EVAL_SEED))
+    eval_x = test[order[:min(tc.eval_subset, test.shape[0])]].to(device)
+    return Data(train_x, eval_x, test, tc.epoch_size or train_x.shape[0])
+
+
+def build_learner(cfg: FlowConfig, tc: TrainConfig, train_x: torch.Tensor, device: torch.device,
+                  dist: Dist) -> Learner:
+    """A new model (initial weights from torch's global generator) in training mode, its Adam,
+    gradient clip and batches, at step 0."""
+    model = FlowModel(cfg).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return Learner(model, params, make_optimizer(params, tc.lr), GradientClip(tc.grad_clip, tc.grad_clip_relative),
+                   Batches(train_x, tc, dist), device)
+
+
+def start_actnorm(model: FlowModel, train_x: torch.Tensor, tc: TrainConfig) -> None:
+    """ActNorm's data-dependent start on a seeded draw of max(batch size, 512) training images
+    (all of them, if there are fewer).
+
+    The same seeded batch on every rank under torchrun (the whole of it, not a shard), so every
+    rank's ActNorms start from the same statistics with no collective in the model."""
+    gen = torch.Generator().manual_seed(tc.seed + 2)
+    n_init = min(train_x.shape[0], max(tc.batch_size, 512))
+    idx = torch.randperm(train_x.shape[0], generator=gen)[:n_init].to(train_x.device)
+    with torch.no_grad():
+        model.initialize(model.preprocess(train_x[idx], generator=gen))
+
+
+def wrap_for_ranks(loss: BitsPerDimLoss, dist: Dist, device: torch.device, batch_size: int) -> torch.nn.Module:
+    """``loss`` itself in a single process; under torchrun, DistributedDataParallel around it
+    (which averages the gradients over the ranks). Refuses a batch that does not split evenly."""
+    if not dist.active:
+        return loss
+    shard_slice(batch_size, dist)
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [device.index] if device.type == "cuda" else None
+    try:   # buffers (ActNorm's "initialized" flag) are equal on every rank: no per-step sync
+        return DistributedDataParallel(loss, device_ids=ids, forward_sync_buffers=False)
+    except TypeError:   # a torch from before forward_sync_buffers
+        return DistributedDataParallel(loss, device_ids=ids, broadcast_buffers=False)
