@@ -58,25 +58,29 @@ def _median_s(fn, warmup: int, repeats: int, sync) -> float:
     return statistics.median(times)
 
 
+def matmul_peak(dtype, device, sync) -> float:
+    """FLOP/s of a MATMUL_N² by MATMUL_N² matmul in ``dtype`` here: the chip's own peak, as
+    near as one large, well-shaped product gets to it (median of 7 after 2 untimed)."""
+    import torch
+
+    a = torch.randn(MATMUL_N, MATMUL_N, device=device, dtype=dtype)
+    b = torch.randn(MATMUL_N, MATMUL_N, device=device, dtype=dtype)
+    return 2 * MATMUL_N ** 3 / _median_s(lambda: torch.matmul(a, b), 2, 7, sync)
+
+
 def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int) -> dict:
     """One shape and precision, in this process: peak, FLOPs, step time and share."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from flowlib import FlowConfig, FlowModel, preset, tune_for_training
-    from flowlib.core.layers import low_precision_networks
-    from flowlib.train.step import make_optimizer
+    from flowlib.train.step import BitsPerDimLoss, forward_backward, make_optimizer, train_step
 
     device = torch.device(device_name)
     if device.type == "cpu":
         tune_for_training()
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a = torch.randn(MATMUL_N, MATMUL_N, device=device, dtype=dtype)
-    b = torch.randn(MATMUL_N, MATMUL_N, device=device, dtype=dtype)
-    peak_s = _median_s(lambda: torch.matmul(a, b), 2, 7, sync)
-    peak = 2 * MATMUL_N ** 3 / peak_s
-    del a, b
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, device, sync)
 
     _, spec, batch = SHAPES[shape]
     spec = dict(spec)
@@ -88,26 +92,13 @@ def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int)
     model.train()
     params = list(model.parameters())
     opt = make_optimizer(params, lr=1e-4)
-
-    def forward_backward():
-        uniform = torch.rand(x.shape, generator=gen)
-        if bf16:
-            with low_precision_networks(torch.bfloat16):
-                loss = model.bits_per_dim_terms(x, uniform=uniform).total.float().mean()
-        else:
-            loss = model.bits_per_dim_terms(x, uniform=uniform).total.float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        return loss
+    loss = BitsPerDimLoss(model)
 
     def step():
-        loss = forward_backward()
-        torch.nn.utils.clip_grad_norm_(params, 50.0)
-        loss.item()
-        opt.step()
+        train_step(loss, opt, params, x, torch.rand(x.shape, generator=gen), 50.0, bf16=bf16)
 
     with FlopCounterMode(display=False) as counter:
-        forward_backward()
+        forward_backward(loss, opt, x, torch.rand(x.shape, generator=gen), bf16)
     flops = counter.get_total_flops()
     step_s = _median_s(step, warmup, repeats, sync)
     achieved = flops / step_s

@@ -49,3 +49,27 @@ def test_stability_benchmark_runs_seeds_and_reports_the_spread(capsys):
     assert "final bpd" in out and "s.d." in out and out.count("\n   0 ") == 1 and "\n   1 " in out
     with pytest.raises(SystemExit, match="unknown setting"):
         stability.main(["--settings", "sometimes"])
+
+
+def test_the_share_of_peak_benchmark_counts_flops_and_times_the_trainers_step():
+    from benchmarks import peak
+    row = peak.measure("mnist-fast", bf16=False, device_name="cpu", warmup=0, repeats=1)
+    assert row["gflop_per_step"] > 1.0 and row["step_ms"] > 0 and row["peak_gflops"] > 0
+    assert row["share"] == pytest.approx(row["achieved_gflops"] / row["peak_gflops"])
+    assert row["images_per_s"] == pytest.approx(64 / (row["step_ms"] / 1000))
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
+    """The script a lent GPU runs once: every step must still work after the library moves."""
+    import subprocess
+    import sys
+
+    from flowlib.env import REPO_ROOT
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", str(tmp_path), "--cpu-dry-run"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("**CPU dry run")
+    steps = [line for line in summary.splitlines() if line[:2] in {f"{i}." for i in range(1, 10)}]
+    assert len(steps) == 7 and all("exit 0" in s or "skipped" in s for s in steps), summary
