@@ -8,10 +8,14 @@
     store.events(run_id)                     # nan_skip / rollback / lr_drop / eval / checkpoint / error / stop / resume ...
     store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
     store.check_queue_room(visitor_id, 5)    # RunLimitError if 5 more waiting runs exceed the visitor's cap
+    store.transaction(fn); store.read(fn)    # fn(conn): SQL of a neighbour module (records, studies)
 
 Metrics, events and sample grids are in :mod:`flowlib.store.records` (a mixin of RunStore);
 the database file's own faults (foreign, damaged, read-only, disk full) in
 :mod:`flowlib.store.dbfile`; studies (groups of runs) in :mod:`flowlib.store.studies`.
+
+Transactions: the store's own methods and its neighbours in this folder (records, studies)
+write through :meth:`RunStore.transaction` and read through :meth:`RunStore.read`.
 
 Layout under the root::
 
@@ -226,14 +230,57 @@ class RunStore(RunRecords, RunFolders):
         except StoreUnavailableError as exc:
             if not (existed and exc.reason == "disk_full"):
                 raise
-            # Our schema is already there: reads still work (see _read), and the run in hand
+            # Our schema is already there: reads still work (see read), and the run in hand
             # must be able to record how it ended, so a full disk does not refuse the store.
         self._file.make_reserve()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
 
-    # -- connections, transactions, retries --------------------------------------------
+    # -- transactions and reads: the store's own methods and its neighbours use these ----
+    def transaction(self, fn: Callable[[sqlite3.Connection], Any], last_words: bool = False) -> Any:
+        """``fn(conn)`` inside one short ``BEGIN IMMEDIATE`` transaction; returns what fn returns.
+
+        The transaction holds the write lock from its first statement, so what fn reads is
+        still true when it writes (a slot claim, a unique name). A database locked by another
+        writer is waited for, then retried with back-off up to ``limits.db_timeout_s``, then
+        :class:`StoreBusyError`; fn may therefore run more than once, and must do nothing
+        but SQL. An exception from fn rolls everything back and is raised as it is. A fault of
+        the file or its disk is a :class:`StoreUnavailableError` in one sentence.
+        ``last_words=True`` (a run's final status, its error event): on a full disk, spend
+        the reserve (``runs.reserve``) and try once more. Rows come back as ``sqlite3.Row``.
+        """
+        def attempt():
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass   # SQLite already rolled back (e.g. after a full disk)
+                    raise
+                conn.execute("COMMIT")
+                return result
+            finally:
+                conn.close()
+        return self._retry(attempt, last_words)
+
+    def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``fn(conn)`` on a connection of its own, for reads; returns what fn returns.
+
+        Retried while the database is locked, like :meth:`transaction`; WAL means a read
+        never waits for the trainer's writes. On a full disk, when no WAL holds commits, fn
+        reads the database file as it is (``flowlib.store.dbfile``). Several reads are not
+        one snapshot: read what must agree in one call.
+        """
+        try:
+            return self._retry(lambda: self._with_conn(fn))
+        except StoreUnavailableError as exc:
+            return self._file.read_as_is(fn, exc)
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, timeout=self.limits.db_timeout_s, isolation_level=None)
         conn.row_factory = sqlite3.Row
@@ -273,33 +320,6 @@ class RunStore(RunRecords, RunFolders):
                         f"{self.limits.db_timeout_s:g} s; try again") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], Any], last_words: bool = False) -> Any:
-        """Run fn inside one short BEGIN IMMEDIATE transaction, retried while locked."""
-        def attempt():
-            conn = self._connect()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                except BaseException:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass   # SQLite already rolled back (e.g. after a full disk)
-                    raise
-                conn.execute("COMMIT")
-                return result
-            finally:
-                conn.close()
-        return self._retry(attempt, last_words)
-
-    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        try:
-            return self._retry(lambda: self._with_conn(fn))
-        except StoreUnavailableError as exc:
-            # On a full disk, read the database file as is when no WAL holds commits (store_file).
-            return self._file.read_as_is(fn, exc)
 
     # -- runs ---------------------------------------------------------------------------
     def create_run(self, name: Any, dataset: str, config: dict, train: dict,
@@ -344,12 +364,12 @@ class RunStore(RunRecords, RunFolders):
                  now if status == "queued" else None))
             return cur.lastrowid
 
-        run_id = self._tx(insert)
+        run_id = self.transaction(insert)
         try:
             self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         except OSError:
             # A run without its folder cannot train: take the row back out (it may hold a slot).
-            self._tx(lambda c: c.execute("DELETE FROM runs WHERE id=?", (run_id,)))
+            self.transaction(lambda c: c.execute("DELETE FROM runs WHERE id=?", (run_id,)))
             raise
         return run_id
 
@@ -385,7 +405,7 @@ class RunStore(RunRecords, RunFolders):
 
     def reap_lost(self) -> list[int]:
         """Mark active runs with a stale heartbeat as ``lost``; returns their ids."""
-        return self._tx(lambda conn: self._mark_lost(conn, time.time()))
+        return self.transaction(lambda conn: self._mark_lost(conn, time.time()))
 
     def _maybe_reap(self, rows: list[sqlite3.Row]) -> bool:
         if self._stale_ids(rows, time.time()):
@@ -399,11 +419,11 @@ class RunStore(RunRecords, RunFolders):
     def get_run(self, run_id: int) -> dict | None:
         """One run as a dict (config and train decoded), or None. Reaps it if stale."""
         query = "SELECT * FROM runs WHERE id=?"
-        row = self._read(lambda c: c.execute(query, (int(run_id),)).fetchone())
+        row = self.read(lambda c: c.execute(query, (int(run_id),)).fetchone())
         if row is None:
             return None
         if self._maybe_reap([row]):
-            row = self._read(lambda c: c.execute(query, (int(run_id),)).fetchone())
+            row = self.read(lambda c: c.execute(query, (int(run_id),)).fetchone())
         return _decode(row)
 
     def list_runs(self, owner: str | None = None) -> list[dict]:
@@ -412,9 +432,9 @@ class RunStore(RunRecords, RunFolders):
             if owner is None:
                 return c.execute("SELECT * FROM runs ORDER BY id DESC").fetchall()
             return c.execute("SELECT * FROM runs WHERE owner=? ORDER BY id DESC", (owner,)).fetchall()
-        rows = self._read(read)
+        rows = self.read(read)
         if self._maybe_reap(rows):
-            rows = self._read(read)
+            rows = self.read(read)
         return [_decode(r) for r in rows]
 
     def find_run(self, ref: Any) -> dict | None:
@@ -424,7 +444,7 @@ class RunStore(RunRecords, RunFolders):
             run = self.get_run(int(text))
             if run is not None:
                 return run
-        row = self._read(lambda c: c.execute("SELECT id FROM runs WHERE name=? ORDER BY id DESC",
+        row = self.read(lambda c: c.execute("SELECT id FROM runs WHERE name=? ORDER BY id DESC",
                                              (text,)).fetchone())
         return None if row is None else self.get_run(row[0])
 
@@ -465,7 +485,7 @@ class RunStore(RunRecords, RunFolders):
             self._check_resumable(row)
             self._check_free_slot(conn)
             self._mark_queued(conn, row["id"], now)
-        self._tx(claim)
+        self.transaction(claim)
         return self.get_run(run_id)
 
     def _check_resumable(self, row) -> None:
@@ -501,7 +521,7 @@ class RunStore(RunRecords, RunFolders):
                 self._mark_queued(conn, row["id"], now)
                 return row["id"]
             return None
-        return self._tx(claim)
+        return self.transaction(claim)
 
     def check_queue_room(self, owner: str | None, n_new: int) -> None:
         """RunLimitError when ``owner`` may not add ``n_new`` more waiting runs.
@@ -511,7 +531,7 @@ class RunStore(RunRecords, RunFolders):
         (the CLI, the teacher) is never capped. :meth:`create_run` checks it again for each
         ``waiting`` run, inside its transaction.
         """
-        self._read(lambda conn: self._check_queue_room(conn, owner, n_new))
+        self.read(lambda conn: self._check_queue_room(conn, owner, n_new))
 
     def _check_queue_room(self, conn, owner: str | None, n_new: int) -> None:
         cap = self.limits.max_waiting_per_owner
@@ -552,7 +572,7 @@ class RunStore(RunRecords, RunFolders):
                      "ended=NULL, message=? WHERE id=?", (now, _QUEUED_MESSAGE, int(run_id)))
 
     def set_pid(self, run_id: int, pid: int) -> None:
-        self._tx(lambda c: c.execute("UPDATE runs SET pid=? WHERE id=? AND status IN "
+        self.transaction(lambda c: c.execute("UPDATE runs SET pid=? WHERE id=? AND status IN "
                                      "('queued', 'running', 'stopping')", (int(pid), int(run_id))))
 
     def begin_run(self, run_id: int, pid: int) -> str:
@@ -568,7 +588,7 @@ class RunStore(RunRecords, RunFolders):
                 conn.execute("UPDATE runs SET status='running', pid=?, heartbeat=?, started=?, "
                              "message='training' WHERE id=?", (int(pid), now, now, int(run_id)))
             return row["status"]
-        return self._tx(begin)
+        return self.transaction(begin)
 
     def heartbeat(self, run_id: int, step: int | None = None) -> tuple[str | None, bool]:
         """The worker is alive at ``step``. Returns (status, stop_requested) in the same call."""
@@ -577,7 +597,7 @@ class RunStore(RunRecords, RunFolders):
                          "status IN ('running', 'stopping')", (time.time(), step, int(run_id)))
             row = conn.execute("SELECT status, stop_requested FROM runs WHERE id=?", (int(run_id),)).fetchone()
             return (None, True) if row is None else (row["status"], bool(row["stop_requested"]))
-        return self._tx(beat)
+        return self.transaction(beat)
 
     def request_stop(self, run_id: int, owner: str | None = None) -> bool:
         """Ask an active run to stop. Idempotent: True only if this call requested it."""
@@ -590,11 +610,11 @@ class RunStore(RunRecords, RunFolders):
                          "message='stopping: finishing the step and saving a checkpoint' WHERE id=?",
                          (int(run_id),))
             return True
-        return self._tx(stop)
+        return self.transaction(stop)
 
     def poll_stop(self, run_id: int) -> tuple[str | None, bool]:
         """(status, stop_requested) of a run, one indexed read; (None, True) if it is gone."""
-        row = self._read(lambda c: c.execute("SELECT status, stop_requested FROM runs WHERE id=?",
+        row = self.read(lambda c: c.execute("SELECT status, stop_requested FROM runs WHERE id=?",
                                              (int(run_id),)).fetchone())
         return (None, True) if row is None else (row["status"], bool(row["stop_requested"]))
 
@@ -613,7 +633,7 @@ class RunStore(RunRecords, RunFolders):
                 "stop_requested=0 WHERE id=? AND status IN ('queued', 'running', 'stopping', 'lost')",
                 (status, str(message), step, time.time(), int(run_id)))
             return cur.rowcount > 0
-        return self._tx(finish, last_words=True)
+        return self.transaction(finish, last_words=True)
 
     def mark_exited(self, run_id: int, pid: int, returncode: int) -> bool:
         """Called when a worker process we launched exits: if its run still looks active, it is lost."""
@@ -634,10 +654,10 @@ class RunStore(RunRecords, RunFolders):
             conn.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, 'lost', ?)",
                          (int(run_id), row["step"], now, msg))
             return True
-        return self._tx(check, last_words=True)
+        return self.transaction(check, last_words=True)
 
     def set_best_test_bpd(self, run_id: int, value: float) -> None:
-        self._tx(lambda c: c.execute(
+        self.transaction(lambda c: c.execute(
             "UPDATE runs SET best_test_bpd = CASE WHEN best_test_bpd IS NULL OR ? < best_test_bpd "
             "THEN ? ELSE best_test_bpd END WHERE id=?", (value, value, int(run_id))))
 
@@ -653,7 +673,7 @@ class RunStore(RunRecords, RunFolders):
                 raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; stop it first")
             conn.execute("UPDATE runs SET train=?, status=CASE WHEN status='finished' THEN 'stopped' "
                          "ELSE status END WHERE id=?", (json.dumps(train), int(run_id)))
-        self._tx(update)
+        self.transaction(update)
 
     def rename_run(self, run_id: int, name: Any, owner: str | None = None) -> str:
         """Give a run a new (sanitised) name; returns it. Refuses a name another run has."""
@@ -667,7 +687,7 @@ class RunStore(RunRecords, RunFolders):
                 raise ValueError(f"another run (run {clash[0]}) is already called '{new}'")
             conn.execute("UPDATE runs SET name=? WHERE id=?", (new, int(run_id)))
             return new
-        return self._tx(rename)
+        return self.transaction(rename)
 
     def delete_run(self, run_id: int, owner: str | None = None) -> None:
         """Delete a run's rows and its folder. Refuses an active run (stop it first)."""
@@ -679,10 +699,10 @@ class RunStore(RunRecords, RunFolders):
             for table in ("metrics", "events", "samples"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id=?", (int(run_id),))
             conn.execute("DELETE FROM runs WHERE id=?", (int(run_id),))
-        self._tx(delete)
+        self.transaction(delete)
         folder = self.run_dir(run_id)
         if folder.parent == self.root and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
 
     def integrity_check(self) -> str:
-        return self._read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])
+        return self.read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])

@@ -99,7 +99,7 @@ class StudyStore:
             self.store.limits.check_run(config, train)   # every run or none, before anything is stored
         owner_text = None if owner is None else str(owner)[:200]
         study_name = sanitize_name(name, fallback="study")
-        study_id = self.store._tx(lambda c: c.execute(
+        study_id = self.store.transaction(lambda c: c.execute(
             "INSERT INTO studies (name, created, owner, spec) VALUES (?, ?, ?, ?)",
             (study_name, time.time(), owner_text, json.dumps(spec))).lastrowid)
         made: list[int] = []
@@ -108,7 +108,7 @@ class StudyStore:
                 run_id = self.store.create_run(run_name, dataset, config, train, owner=owner,
                                                preset=preset, status="created")
                 made.append(run_id)
-                self.store._tx(lambda c, r=run_id, a=arm, s=seed: c.execute(
+                self.store.transaction(lambda c, r=run_id, a=arm, s=seed: c.execute(
                     "INSERT INTO study_runs (study_id, run_id, arm, seed) VALUES (?, ?, ?, ?)",
                     (study_id, r, str(a), int(s))))
 
@@ -116,7 +116,7 @@ class StudyStore:
                 marks = ",".join("?" * len(made))
                 conn.execute(f"UPDATE runs SET status=?, message=? WHERE id IN ({marks}) AND status='created'",
                              (WAITING, "waiting for a free training slot", *made))
-            self.store._tx(queue_all)
+            self.store.transaction(queue_all)
         except BaseException:
             self._remove(study_id, made)
             raise
@@ -128,8 +128,8 @@ class StudyStore:
                 self.store.delete_run(run_id)
             except (KeyError, RunStateError):
                 pass
-        self.store._tx(lambda c: (c.execute("DELETE FROM study_runs WHERE study_id=?", (study_id,)),
-                                  c.execute("DELETE FROM studies WHERE id=?", (study_id,))))
+        self.store.transaction(lambda c: (c.execute("DELETE FROM study_runs WHERE study_id=?", (study_id,)),
+                                          c.execute("DELETE FROM studies WHERE id=?", (study_id,))))
 
     # -- reading --------------------------------------------------------------------------
     def _decode(self, row, links: list, runs_by_id: dict[int, dict] | None = None) -> dict:
@@ -151,11 +151,11 @@ class StudyStore:
 
     def get(self, study_id: int) -> dict | None:
         """The study (spec decoded) with ``runs``: each run's store dict plus ``arm`` and ``seed``."""
-        row = self.store._read(lambda c: c.execute("SELECT * FROM studies WHERE id=?",
+        row = self.store.read(lambda c: c.execute("SELECT * FROM studies WHERE id=?",
                                                    (int(study_id),)).fetchone())
         if row is None:
             return None
-        links = self.store._read(lambda c: c.execute(
+        links = self.store.read(lambda c: c.execute(
             "SELECT run_id, arm, seed FROM study_runs WHERE study_id=? ORDER BY run_id",
             (int(study_id),)).fetchall())
         return self._decode(row, links)
@@ -166,21 +166,21 @@ class StudyStore:
             if owner is None:
                 return c.execute("SELECT * FROM studies ORDER BY id DESC").fetchall()
             return c.execute("SELECT * FROM studies WHERE owner=? ORDER BY id DESC", (owner,)).fetchall()
-        rows = self.store._read(read)
+        rows = self.store.read(read)
         if not rows:
             return []
         # Three reads for the whole page, not two per study and one per run: the Runs page
         # calls this every few seconds while a study trains.
         runs_by_id = {r["id"]: r for r in self.store.list_runs()}
         links: dict[int, list] = {}
-        for link in self.store._read(lambda c: c.execute(
+        for link in self.store.read(lambda c: c.execute(
                 "SELECT study_id, run_id, arm, seed FROM study_runs ORDER BY run_id").fetchall()):
             links.setdefault(link["study_id"], []).append(link)
         return [self._decode(row, links.get(row["id"], []), runs_by_id) for row in rows]
 
     def run_ids(self) -> dict[int, int]:
         """{run id: study id} for every run that belongs to a study."""
-        rows = self.store._read(lambda c: c.execute("SELECT run_id, study_id FROM study_runs").fetchall())
+        rows = self.store.read(lambda c: c.execute("SELECT run_id, study_id FROM study_runs").fetchall())
         return {r["run_id"]: r["study_id"] for r in rows}
 
     # -- changing -------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class StudyStore:
         def rename(conn):
             self._owned_row(conn, study_id, owner, "rename")
             conn.execute("UPDATE studies SET name=? WHERE id=?", (new, int(study_id)))
-        self.store._tx(rename)
+        self.store.transaction(rename)
         return new
 
     def stop(self, study_id: int, owner: str | None = None) -> dict:
@@ -220,7 +220,7 @@ class StudyStore:
             active = [r[0] for r in conn.execute(
                 f"SELECT id FROM runs WHERE status IN ('queued', 'running') AND id IN ({marks})", ids)]
             return cancelled, active
-        cancelled, active = self.store._tx(cancel)
+        cancelled, active = self.store.transaction(cancel)
         stopping = sum(1 for run_id in active if self.store.request_stop(run_id))
         return {"cancelled": cancelled, "stopping": stopping}
 
@@ -245,7 +245,7 @@ class StudyStore:
                 conn.execute(f"UPDATE runs SET status='stopped', message=? WHERE status=? AND id IN ({marks})",
                              (_CANCELLED, WAITING, *ids))
             return ids
-        ids = self.store._tx(lock_down)
+        ids = self.store.transaction(lock_down)
         self._remove(study_id, ids)
         return len(ids)
 
