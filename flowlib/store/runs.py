@@ -11,15 +11,21 @@
     store.transaction(fn); store.read(fn)    # fn(conn): SQL of a neighbour module (records, studies)
 
 Metrics, events and sample grids are in :mod:`flowlib.store.records` (a mixin of RunStore);
-the database file's own faults (foreign, damaged, read-only, disk full) in
+the tables, their layout version and the migrations in :mod:`flowlib.store.schema`; the
+database file's own faults (foreign, damaged, read-only, disk full) in
 :mod:`flowlib.store.dbfile`; studies (groups of runs) in :mod:`flowlib.store.studies`.
 
 Transactions: the store's own methods and its neighbours in this folder (records, studies)
 write through :meth:`RunStore.transaction` and read through :meth:`RunStore.read`.
 
+Versions: ``RunStore()`` reads the layout version first. A store written by a newer Flow Lab
+is refused untouched (StoreUnavailableError, ``reason == "newer"``); an older one is migrated
+in place in one transaction (:func:`flowlib.store.schema.migrate`).
+
 Layout under the root::
 
-    runs.sqlite            runs, metrics, events, samples, studies tables (WAL journal)
+    runs.sqlite            runs, metrics, events, samples, studies, study_runs tables (WAL journal);
+                           its layout version in the header (PRAGMA user_version)
     runs.reserve           1 MiB kept free for a run's last words on a full disk (flowlib.store.dbfile)
     run-00001/             checkpoint.pt, samples_step0000050.png, worker.log
     run-00002/ ...
@@ -58,10 +64,11 @@ Storage faults: the database file and its disk are :mod:`flowlib.store.dbfile`'s
 ``RunStore()`` has it refuse, untouched, a ``runs.sqlite`` that is not Flow Lab's (another
 program's, truncated, not SQLite at all); those refusals, a read-only runs folder and a full
 disk raise :class:`StoreUnavailableError` (importable from here), a RuntimeError whose message
-is one sentence in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"read_only"``,
-``"disk_full"`` or ``"io"``. Writes passed ``last_words=True`` (a run's final status, the error
-event, a lost mark) may spend ``runs.reserve`` on a full disk, so such a run ends ``failed``
-with the reason instead of ``lost``; reads on a full disk fall back to the file as is.
+is one sentence in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"newer"``,
+``"read_only"``, ``"disk_full"`` or ``"io"``. Writes passed ``last_words=True`` (a run's final
+status, the error event, a lost mark) may spend ``runs.reserve`` on a full disk, so such a run
+ends ``failed`` with the reason instead of ``lost``; reads on a full disk fall back to the file
+as is.
 
 Owners: ``owner`` is an opaque visitor id the app passes. A run created with an owner can be
 started, stopped, renamed or deleted only by a caller passing the same owner, or by a caller
@@ -81,7 +88,8 @@ from typing import Any, Callable, Iterable
 
 from flowlib import env
 
-from .dbfile import APPLICATION_ID, RESERVE_NAME, DatabaseFile, StoreUnavailableError, is_busy, storage_code
+from . import schema
+from .dbfile import RESERVE_NAME, DatabaseFile, StoreUnavailableError, is_busy, storage_code
 from .limits import Limits
 from .records import EVENT_KINDS, RunRecords
 
@@ -100,53 +108,6 @@ MAX_OWNER = 200
 DB_NAME = "runs.sqlite"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "worker.log"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    created REAL NOT NULL,
-    dataset TEXT NOT NULL,
-    preset TEXT,
-    config TEXT NOT NULL,            -- FlowConfig.to_dict() as JSON
-    train TEXT NOT NULL,             -- TrainConfig.to_dict() as JSON
-    status TEXT NOT NULL,
-    pid INTEGER,
-    heartbeat REAL,                  -- unix time of the worker's last sign of life
-    step INTEGER NOT NULL DEFAULT 0, -- last step the worker reported
-    message TEXT NOT NULL DEFAULT '',
-    owner TEXT,
-    stop_requested INTEGER NOT NULL DEFAULT 0,
-    started REAL,
-    ended REAL,
-    best_test_bpd REAL
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    wall REAL NOT NULL,
-    key TEXT NOT NULL,
-    value REAL
-);
-CREATE INDEX IF NOT EXISTS metrics_run_key_step ON metrics (run_id, key, step);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL,
-    step INTEGER,
-    wall REAL NOT NULL,
-    kind TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
-CREATE TABLE IF NOT EXISTS samples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    wall REAL NOT NULL,
-    path TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_run ON samples (run_id, step);
-"""
 
 
 class StoreBusyError(RuntimeError):
@@ -218,20 +179,18 @@ class RunStore(RunRecords, RunFolders):
             raise self._file.os_unavailable(exc, f"the runs folder {self.root} could not be created") from None
         existed = self.db_path.is_file() and self.db_path.stat().st_size > 0
         self._retry(self._file.check_is_ours)   # read-only: nothing is written to a file that is not ours
-
-        def init(conn: sqlite3.Connection) -> None:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-
+        version = None
         try:
-            self._retry(lambda: self._with_conn(init))
+            version = self.read(schema.stored_version)
+            schema.refuse_newer(version, self.db_path)   # before anything is written
+            self._retry(lambda: self._with_conn(lambda conn: conn.execute("PRAGMA journal_mode=WAL")))
+            if not self.read(schema.is_current):
+                self.transaction(lambda conn: schema.migrate(conn, self.db_path))
         except StoreUnavailableError as exc:
-            if not (existed and exc.reason == "disk_full"):
+            if not (existed and exc.reason == "disk_full" and version in (None, schema.SCHEMA_VERSION)):
                 raise
-            # Our schema is already there: reads still work (see read), and the run in hand
-            # must be able to record how it ended, so a full disk does not refuse the store.
+            # A current store on a full disk: reads still work (see read), and the run in hand
+            # must be able to record how it ended, so the full disk does not refuse the store.
         self._file.make_reserve()
 
     def __repr__(self) -> str:

@@ -1,12 +1,13 @@
 """Studies in the run store: a study is a named group of runs (arms × seeds) kept as one unit.
 
     from flowlib.store.studies import StudyStore
-    studies = StudyStore(store)                     # store: a flowlib.store.RunStore
+    studies = StudyStore(store)                     # store: a flowlib.store.runs.RunStore
     study_id = studies.create(name, spec_dict, planned_runs, owner=visitor)   # all queued, or none
     studies.list()                                  # newest first, each with its runs
     studies.stop(study_id); studies.delete(study_id); studies.rename(study_id, "new name")
 
-Two tables beside the run store's own, in the same ``runs.sqlite``::
+Two tables beside the run store's own, in the same ``runs.sqlite`` (made and migrated with
+them by :mod:`flowlib.store.schema`)::
 
     studies     (id, name, created, owner, spec)        spec: the StudySpec as JSON
     study_runs  (study_id, run_id, arm, seed)           one row per run of the study
@@ -28,28 +29,10 @@ from .runs import ACTIVE_STATUSES, WAITING, RunStateError, RunStore, sanitize_na
 
 __all__ = ["StudyStore", "PlannedRun", "study_status"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS studies (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    created REAL NOT NULL,
-    owner TEXT,
-    spec TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS study_runs (
-    study_id INTEGER NOT NULL,
-    run_id INTEGER NOT NULL UNIQUE,
-    arm TEXT NOT NULL,
-    seed INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS study_runs_study ON study_runs (study_id);
-"""
-
 # (arm name, seed, run name, dataset, FlowConfig dict, TrainConfig dict, preset)
 PlannedRun = tuple[str, int, str, str, dict, dict, "str | None"]
 
 _CANCELLED = "cancelled: its study was stopped before this run began"
-_READY: set[tuple] = set()   # database files whose study tables exist (checked once per process)
 
 
 def study_status(runs: Iterable[dict]) -> str:
@@ -74,14 +57,7 @@ class StudyStore:
     """The studies of one run store."""
 
     def __init__(self, store: RunStore):
-        self.store = store
-        try:   # the file itself, so a database replaced at the same path gets its tables too
-            key = (str(store.db_path), store.db_path.stat().st_ino)
-        except OSError:
-            key = (str(store.db_path), None)
-        if key not in _READY:   # pages make one per rerun: create the tables once per process
-            self.store._retry(lambda: self.store._with_conn(lambda c: c.executescript(_SCHEMA)))
-            _READY.add(key)
+        self.store = store   # its tables are made with the run store's (flowlib.store.schema)
 
     # -- creating -------------------------------------------------------------------------
     def create(self, name: Any, spec: dict, planned: list[PlannedRun], owner: str | None = None) -> int:

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import flowlib.store.runs as store_mod
 from flowlib import preset
 from flowlib.cli import train as cli
 from flowlib.config import ConfigError
 from flowlib.core.checkpoint import save_checkpoint
 from flowlib.jobs import worker
 from flowlib.size import activation_mb
-from flowlib.store.dbfile import RESERVE_BYTES, DatabaseFile, StoreUnavailableError
+from flowlib.store.dbfile import APPLICATION_ID, RESERVE_BYTES, DatabaseFile, StoreUnavailableError
 from flowlib.store.limits import Limits
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore
 from flowlib.train.failures import describe_failure
@@ -30,6 +29,7 @@ from flowlib.train.loop import train_run
 from tests.runs_kit import TINY
 from tests.runs_kit import fault_train as _tc
 from tests.runs_kit import queued_fault_run as _queued
+from tests.store.old_stores import FIRST_TABLES
 
 pytestmark = pytest.mark.store_limits(stale_after_s=3.0, start_timeout_s=60, db_timeout_s=1.0)
 
@@ -91,12 +91,12 @@ def test_another_programs_database_is_never_written(tmp_path):
 def test_our_own_store_gets_our_application_id_and_old_stores_still_open(tmp_path):
     store = RunStore(tmp_path / "new", Limits())
     with sqlite3.connect(store.db_path) as conn:
-        assert conn.execute("PRAGMA application_id").fetchone()[0] == store_mod.APPLICATION_ID
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     old = tmp_path / "old"                                     # written before the id existed
     old.mkdir()
     conn = sqlite3.connect(old / "runs.sqlite")
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.executescript(store_mod._SCHEMA)
+    conn.executescript(FIRST_TABLES)
     conn.close()
     assert RunStore(old, Limits()).list_runs() == []
     empty = tmp_path / "empty"
