@@ -201,12 +201,12 @@ def shown_run_id(store, runs) -> int | None:
 
 def start_new_run(store, cfg: FlowConfig, tc: TrainConfig, name: str, preset_name: str) -> None:
     from flowlib.jobs import worker
+    from flowlib.store.request import RunRequest
     from flowlib.store.runs import RunLimitError
 
     label = name.strip() or f"{tc.dataset}-{preset_name}"
     try:
-        run_id = worker.submit(store, label, tc.dataset, cfg.to_dict(), tc.to_dict(),
-                               owner=ui.visitor_id(), preset=preset_name)
+        run_id = worker.submit(store, RunRequest(label, cfg, tc, owner=ui.visitor_id(), preset=preset_name))
     except RunLimitError:  # every slot taken (a race: Start is disabled while blocked)
         others = [r for r in store.list_runs() if r["status"] in ui.ACTIVE_STATUSES]
         st.session_state["train_flash"] = ("error", busy_words(others, store.limits.max_concurrent)

@@ -2,6 +2,7 @@
 
     runs     RunStore: runs, their status, concurrency slots, owners, the queue; its public
              transaction / read API
+    request  RunRequest: a run's name, FlowConfig, TrainConfig, owner and preset, typed
     records  metric curves, events and sample grids of a run (a part of RunStore)
     studies  StudyStore: groups of runs that answer one question
     schema   the tables, the layout version (PRAGMA user_version) and the migrations

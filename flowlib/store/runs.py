@@ -1,11 +1,16 @@
-"""The run store: one SQLite file (WAL) and one folder per run. The app reads only this.
+"""The run store: one SQLite file (WAL) and one folder per run, on one server.
 
-    from flowlib.store import RunStore
+The worker processes write it (a run's status, heartbeat, curves, events, sample grids); the
+pages, the CLI and studies read it and ask for changes (start, stop, rename, delete), each
+with connections of their own. Nothing else holds a run's state.
+
+    from flowlib.store.runs import RunRequest, RunStore
     store = RunStore()                       # root: arg, else $FLOWLAB_RUNS_DIR, else <repo>/checkpoints/runs
-    run_id = store.create_run("mnist-a", "mnist", config_dict, train_dict, owner=visitor_id)
+    run_id = store.create_run(RunRequest("mnist-a", flow_config, train_config, owner=visitor_id))
     store.list_runs()                        # newest first; stale heartbeats are marked lost here
+    store.stored_request(run_id)             # the RunRequest as stored, checked again (the worker trains this)
     store.metrics(run_id, keys=["train_bpd", "test_bpd"])   # {key: {"step": [...], "wall": [...], "value": [...]}}
-    store.events(run_id)                     # nan_skip / rollback / lr_drop / eval / checkpoint / error / stop / resume ...
+    store.events(run_id)                     # nan_skip / rollback / lr_drop / eval / checkpoint / error / stop ...
     store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
     store.check_queue_room(visitor_id, 5)    # RunLimitError if 5 more waiting runs exceed the visitor's cap
     store.transaction(fn); store.read(fn)    # fn(conn): SQL of a neighbour module (records, studies)
@@ -13,14 +18,8 @@
 Metrics, events and sample grids are in :mod:`flowlib.store.records` (a mixin of RunStore);
 the tables, their layout version and the migrations in :mod:`flowlib.store.schema`; the
 database file's own faults (foreign, damaged, read-only, disk full) in
-:mod:`flowlib.store.dbfile`; studies (groups of runs) in :mod:`flowlib.store.studies`.
-
-Transactions: the store's own methods and its neighbours in this folder (records, studies)
-write through :meth:`RunStore.transaction` and read through :meth:`RunStore.read`.
-
-Versions: ``RunStore()`` reads the layout version first. A store written by a newer Flow Lab
-is refused untouched (StoreUnavailableError, ``reason == "newer"``); an older one is migrated
-in place in one transaction (:func:`flowlib.store.schema.migrate`).
+:mod:`flowlib.store.dbfile`; studies (groups of runs) in :mod:`flowlib.store.studies`; the
+typed request a run is made from in :mod:`flowlib.store.request`.
 
 Layout under the root::
 
@@ -29,6 +28,13 @@ Layout under the root::
     runs.reserve           1 MiB kept free for a run's last words on a full disk (flowlib.store.dbfile)
     run-00001/             checkpoint.pt, samples_step0000050.png, worker.log
     run-00002/ ...
+
+Transactions: the store's own methods and its neighbours in this folder (records, studies)
+write through :meth:`RunStore.transaction` and read through :meth:`RunStore.read`.
+
+Versions: ``RunStore()`` reads the layout version first. A store written by a newer Flow Lab
+is refused untouched (StoreUnavailableError, ``reason == "newer"``); an older one is migrated
+in place in one transaction (:func:`flowlib.store.schema.migrate`).
 
 Folder names come from the integer id, never from the user's run name, so a name such as
 ``../../etc`` can only ever be a label. Names are still sanitised for display (see
@@ -87,15 +93,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from flowlib import env
+from flowlib.config import ConfigError, TrainConfig
 
 from . import schema
 from .dbfile import RESERVE_NAME, DatabaseFile, StoreUnavailableError, is_busy, storage_code
 from .limits import Limits
 from .records import EVENT_KINDS, RunRecords
+from .request import RunRequest
 
-__all__ = ["RunStore", "Limits", "StoreBusyError", "StoreUnavailableError", "RunLimitError", "RunStateError",
-           "sanitize_name", "STATUSES", "ACTIVE_STATUSES", "STARTABLE_STATUSES", "WAITING",
-           "EVENT_KINDS"]
+__all__ = ["RunStore", "RunRequest", "Limits", "StoreBusyError", "StoreUnavailableError", "RunLimitError",
+           "RunStateError", "sanitize_name", "STATUSES", "ACTIVE_STATUSES",
+           "STARTABLE_STATUSES", "WAITING", "EVENT_KINDS"]
 
 STATUSES = ("created", "waiting", "queued", "running", "stopping", "stopped", "finished", "failed", "lost")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
@@ -146,6 +154,17 @@ def _decode(row: sqlite3.Row) -> dict:
             run[key] = {}
     run.pop("stop_requested", None)
     return run
+
+
+def _request_of(row: sqlite3.Row | dict) -> RunRequest:
+    """The stored request of a run row, checked again: ConfigError (naming the run and the
+    field) when a value is not allowed."""
+    try:
+        return RunRequest.from_dicts(row["name"], json.loads(row["config"]), json.loads(row["train"]),
+                                     row["owner"], row["preset"])
+    except ConfigError as exc:
+        raise ConfigError(f"run {row['id']} '{row['name']}' has a stored setting that is not allowed: {exc}",
+                          exc.field) from None
 
 
 class RunFolders:
@@ -281,25 +300,28 @@ class RunStore(RunRecords, RunFolders):
                 delay = min(delay * 2, 0.5)
 
     # -- runs ---------------------------------------------------------------------------
-    def create_run(self, name: Any, dataset: str, config: dict, train: dict,
-                   owner: str | None = None, preset: str | None = None,
-                   status: str = "created") -> int:
-        """Register a run and make its folder; returns the run id.
+    def create_run(self, request: RunRequest, status: str = "created") -> int:
+        """Store a run request and make the run's folder; returns the run id.
 
+        This is where a run is admitted: the request's settings were checked when it was made,
+        and here the server's caps (``limits.check_run``: steps, batch, minutes, and in
+        classroom mode the model's parameters and activation memory) refuse it, as a
+        ConfigError (a ValueError) naming the field, before anything is stored.
         ``status``: ``"created"`` (start it yourself), ``"waiting"`` (in the queue, started by
         :meth:`claim_next_waiting`), or ``"queued"``: created and given a concurrency slot in
         the same transaction, so a refusal (RunLimitError) leaves no row behind. The name is
-        sanitised and made unique by a ``-2``, ``-3`` … suffix. ConfigError (a ValueError)
-        when the run is over a server cap, RunLimitError when a ``waiting`` run would exceed
-        the owner's queue cap (:meth:`check_queue_room`).
+        sanitised and made unique by a ``-2``, ``-3`` … suffix. RunLimitError when a
+        ``waiting`` run would exceed the owner's queue cap (:meth:`check_queue_room`).
         """
         if status not in ("created", WAITING, "queued"):
             raise ValueError(f"a new run's status must be created, waiting or queued; got {status!r}")
-        if not isinstance(config, dict) or not isinstance(train, dict):
-            raise ValueError("config and train must be dicts (FlowConfig.to_dict(), TrainConfig.to_dict())")
+        if not isinstance(request, RunRequest):
+            raise TypeError(f"create_run takes a RunRequest, got {type(request).__name__}")
+        config, train = request.config.to_dict(), request.train.to_dict()
         self.limits.check_run(config, train)
-        base = sanitize_name(name)
-        owner = None if owner is None else str(owner)[:MAX_OWNER]
+        base = sanitize_name(request.name)
+        owner = None if request.owner is None else str(request.owner)[:MAX_OWNER]
+        dataset, preset = request.dataset, request.preset
         config_json, train_json = json.dumps(config), json.dumps(train)
         message = {"created": "not started yet", WAITING: "waiting for a free training slot",
                    "queued": _QUEUED_MESSAGE}[status]
@@ -319,7 +341,7 @@ class RunStore(RunRecords, RunFolders):
             cur = conn.execute(
                 "INSERT INTO runs (name, created, dataset, preset, config, train, status, owner, message,"
                 " heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (unique, now, str(dataset), preset, config_json, train_json, status, owner, message,
+                (unique, now, dataset, preset, config_json, train_json, status, owner, message,
                  now if status == "queued" else None))
             return cur.lastrowid
 
@@ -407,6 +429,18 @@ class RunStore(RunRecords, RunFolders):
                                              (text,)).fetchone())
         return None if row is None else self.get_run(row[0])
 
+    def stored_request(self, run_id: int) -> RunRequest:
+        """The run's request as stored, checked again; what the worker process trains.
+
+        KeyError for an unknown id; ConfigError naming the run and the field when a stored
+        value is not allowed (a row changed behind the app's back). The server's caps
+        are not checked here: ``limits.check_run`` does that where a slot is claimed.
+        """
+        row = self.read(lambda c: c.execute("SELECT * FROM runs WHERE id=?", (int(run_id),)).fetchone())
+        if row is None:
+            raise KeyError(f"no run with id {run_id}")
+        return _request_of(row)
+
     def active_runs(self) -> list[dict]:
         return [r for r in self.list_runs() if r["status"] in ACTIVE_STATUSES]
 
@@ -440,7 +474,8 @@ class RunStore(RunRecords, RunFolders):
             if row["status"] not in STARTABLE_STATUSES:
                 raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; "
                                     "raise its step or time budget to train it further")
-            self.limits.check_run(json.loads(row["config"]), json.loads(row["train"]))
+            request = _request_of(row)
+            self.limits.check_run(request.config.to_dict(), request.train.to_dict())
             self._check_resumable(row)
             self._check_free_slot(conn)
             self._mark_queued(conn, row["id"], now)
@@ -469,10 +504,10 @@ class RunStore(RunRecords, RunFolders):
             self._mark_lost(conn, now)
             if len(self._active_rows(conn)) >= self.limits.max_concurrent:
                 return None
-            for row in conn.execute("SELECT id, config, train FROM runs WHERE status=? ORDER BY id",
-                                    (WAITING,)).fetchall():
+            for row in conn.execute("SELECT * FROM runs WHERE status=? ORDER BY id", (WAITING,)).fetchall():
                 try:
-                    self.limits.check_run(json.loads(row["config"]), json.loads(row["train"]))
+                    request = _request_of(row)
+                    self.limits.check_run(request.config.to_dict(), request.train.to_dict())
                 except ValueError as exc:
                     conn.execute("UPDATE runs SET status='failed', ended=?, message=? WHERE id=?",
                                  (now, f"Not started: {exc}.", row["id"]))
@@ -620,8 +655,11 @@ class RunStore(RunRecords, RunFolders):
             "UPDATE runs SET best_test_bpd = CASE WHEN best_test_bpd IS NULL OR ? < best_test_bpd "
             "THEN ? ELSE best_test_bpd END WHERE id=?", (value, value, int(run_id))))
 
-    def update_train(self, run_id: int, train: dict, owner: str | None = None) -> None:
+    def update_train(self, run_id: int, train: TrainConfig, owner: str | None = None) -> None:
         """Replace a non-active run's training config (e.g. a larger budget before resuming)."""
+        if not isinstance(train, TrainConfig):
+            raise TypeError(f"update_train takes a TrainConfig, got {type(train).__name__}")
+        train = train.to_dict()
         self.limits.check_train(train)
 
         def update(conn):

@@ -2,7 +2,7 @@
 
     from flowlib.store.studies import StudyStore
     studies = StudyStore(store)                     # store: a flowlib.store.runs.RunStore
-    study_id = studies.create(name, spec_dict, planned_runs, owner=visitor)   # all queued, or none
+    study_id = studies.create(name, spec_dict, [(arm, seed, run_request), ...], owner=visitor)  # all queued, or none
     studies.list()                                  # newest first, each with its runs
     studies.stop(study_id); studies.delete(study_id); studies.rename(study_id, "new name")
 
@@ -13,24 +13,26 @@ them by :mod:`flowlib.store.schema`)::
     study_runs  (study_id, run_id, arm, seed)           one row per run of the study
 
 The runs themselves are ordinary runs (the worker trains them, the Runs page can open each
-one); a study only remembers which arm and seed each one is. Creating a study is all or
-nothing: every run is first stored as ``created`` (which the queue never starts), linked to
-the study, and only then are they all moved to ``waiting`` in one transaction. If anything
-fails on the way, what was made is deleted again.
+one); a study only remembers which arm and seed each one is, and its owner owns them all.
+Creating a study is all or nothing: every run is first stored as ``created`` (which the
+queue never starts), linked to the study, and only then are they all moved to ``waiting``
+in one transaction. If anything fails on the way, what was made is deleted again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any, Iterable
 
+from .request import RunRequest
 from .runs import ACTIVE_STATUSES, WAITING, RunStateError, RunStore, sanitize_name
 
 __all__ = ["StudyStore", "PlannedRun", "study_status"]
 
-# (arm name, seed, run name, dataset, FlowConfig dict, TrainConfig dict, preset)
-PlannedRun = tuple[str, int, str, str, dict, dict, "str | None"]
+# (arm name, seed, the run's request)
+PlannedRun = tuple[str, int, RunRequest]
 
 _CANCELLED = "cancelled: its study was stopped before this run began"
 
@@ -68,11 +70,10 @@ class StudyStore:
         """
         if not planned:
             raise ValueError("a study needs at least one run")
-        check_room = getattr(self.store, "check_queue_room", None)
-        if check_room is not None:
-            check_room(owner, len(planned))
-        for *_, config, train, _preset in planned:
-            self.store.limits.check_run(config, train)   # every run or none, before anything is stored
+        self.store.check_queue_room(owner, len(planned))
+        requests = [dataclasses.replace(request, owner=owner) for _arm, _seed, request in planned]
+        for request in requests:   # every run or none, before anything is stored
+            self.store.limits.check_run(request.config.to_dict(), request.train.to_dict())
         owner_text = None if owner is None else str(owner)[:200]
         study_name = sanitize_name(name, fallback="study")
         study_id = self.store.transaction(lambda c: c.execute(
@@ -80,9 +81,8 @@ class StudyStore:
             (study_name, time.time(), owner_text, json.dumps(spec))).lastrowid)
         made: list[int] = []
         try:
-            for arm, seed, run_name, dataset, config, train, preset in planned:
-                run_id = self.store.create_run(run_name, dataset, config, train, owner=owner,
-                                               preset=preset, status="created")
+            for (arm, seed, _request), request in zip(planned, requests):
+                run_id = self.store.create_run(request, status="created")
                 made.append(run_id)
                 self.store.transaction(lambda c, r=run_id, a=arm, s=seed: c.execute(
                     "INSERT INTO study_runs (study_id, run_id, arm, seed) VALUES (?, ?, ?, ?)",

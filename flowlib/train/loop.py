@@ -5,11 +5,10 @@ in ``flowlib.cli``, heartbeat / stop flag / signals in ``flowlib.train.heartbeat
 grids in ``flowlib.train.samples``, a session's setup and bookkeeping in ``flowlib.train.state``,
 failures in words in ``flowlib.train.failures``.
 
-    from flowlib.store import RunStore
+    from flowlib.store.runs import RunRequest, RunStore
     from flowlib.train import TrainConfig, train_run
     store = RunStore()
-    run_id = store.create_run("mnist-a", "mnist", preset("mnist-fast").to_dict(),
-                              TrainConfig(dataset="mnist", max_steps=2000).to_dict())
+    run_id = store.create_run(RunRequest("mnist-a", preset("mnist-fast"), TrainConfig(dataset="mnist", max_steps=2000)))
     store.request_start(run_id)          # claims a concurrency slot (the worker does this for the app)
     train_run(store, run_id)             # trains in this process; everything lands in the store
 

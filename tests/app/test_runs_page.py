@@ -7,6 +7,7 @@ from streamlit.testing.v1 import AppTest
 from flowlib import preset
 from flowlib.config import TrainConfig
 from flowlib.env import REPO_ROOT
+from flowlib.store.request import RunRequest
 
 APP = str(REPO_ROOT / "app.py")
 
@@ -18,8 +19,7 @@ def store():
 
 def _run(name: str, status: str = "created") -> int:
     s = store()
-    rid = s.create_run(name, "mnist", preset("mnist-fast").to_dict(),
-                       TrainConfig(max_steps=200, batch_size=16, first_eval=50).to_dict())
+    rid = s.create_run(RunRequest(name, preset("mnist-fast"), TrainConfig(max_steps=200, batch_size=16, first_eval=50)))
     if status in ("queued", "running"):
         s.request_start(rid)
         if status == "running":
@@ -68,3 +68,4 @@ def test_a_foreign_run_database_stops_the_page_with_one_sentence_and_is_not_touc
     errors = " ".join(e.value for e in at.error)
     assert "The run store cannot be used" in errors and "not an SQLite database" in errors
     assert db.read_bytes() == before
+

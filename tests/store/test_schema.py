@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from flowlib.cli import train as cli
+from flowlib.config import FlowConfig, TrainConfig
 from flowlib.jobs import worker
 from flowlib.store import schema
 from flowlib.store.dbfile import APPLICATION_ID, StoreUnavailableError
 from flowlib.store.limits import Limits
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStore
 from flowlib.store.studies import StudyStore
 from tests.store.old_stores import OLD_CONFIG, OLD_TRAIN, STUDY_TABLES, write_store
@@ -63,11 +65,14 @@ def test_the_first_layout_is_migrated_in_place_and_its_run_reads_as_before(tmp_p
         "old-run", "stopped", 120, "mnist", "mnist-fast")
     assert run["config"] == OLD_CONFIG and run["train"] == OLD_TRAIN
     assert run["owner"] is None and run["best_test_bpd"] is None
+    request = store.stored_request(1)      # the fields added since then take their defaults
+    assert request.config == FlowConfig.from_dict(OLD_CONFIG) and request.config.dequantization == "uniform"
+    assert request.train == TrainConfig.from_dict(OLD_TRAIN) and request.train.augment == "none"
     assert store.metrics(1)["test_bpd"]["value"] == [1.75]
     assert [e["kind"] for e in store.events(1)] == ["stop"]
     assert store.latest_samples(1)["path"] == str(store.run_dir(1) / "samples_step0000100.png")
     assert StudyStore(store).list() == []                                 # the study tables are there
-    new = store.create_run("new", "mnist", OLD_CONFIG, OLD_TRAIN)
+    new = store.create_run(RunRequest.from_dicts("new", OLD_CONFIG, OLD_TRAIN))
     assert new == 2 and store.get_run(2)["name"] == "new"
     assert RunStore(root, Limits()).get_run(1) == run                     # opened again: nothing to do
 
@@ -154,7 +159,7 @@ def newer_store(tmp_path) -> Path:
     """A store written by a Flow Lab whose layout is one version newer than this code's (in
     the rollback journal, so every byte is in runs.sqlite)."""
     root = tmp_path / "runs"
-    RunStore(root, Limits()).create_run("kept", "faces", {}, {"max_steps": 1})
+    RunStore(root, Limits()).create_run(RunRequest.from_dicts("kept", {}, {"max_steps": 1}))
     with sqlite3.connect(root / "runs.sqlite") as conn:
         conn.execute("PRAGMA journal_mode=DELETE")
         conn.execute(f"PRAGMA user_version={schema.SCHEMA_VERSION + 1}")
