@@ -24,8 +24,8 @@ values when they were made; :meth:`RunStore.create_run` refuses what is over the
 caps before storing it), and again from the store each time it is to train: by
 :func:`start_run` / :func:`resume_run` before any process exists, and in the worker process,
 which reads it back with :meth:`RunStore.stored_request` and checks the caps before loading
-torch or data. A row changed behind the app's back is refused in a sentence naming the run
-and the setting (the worker ends it ``failed``).
+torch or data. A row changed or damaged behind the app's back is refused in a sentence
+naming the run (the worker ends it ``failed``), never trained with default settings.
 
 Stop is a flag in the store. The worker notices within ~0.5 s, finishes the step, saves a
 checkpoint and marks the run ``stopped``. SIGTERM to the worker does the same.
@@ -128,9 +128,10 @@ def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
     """Claim a concurrency slot for the run, then launch its worker process; returns the pid.
 
     Raises RunLimitError ("Another run is training (run 3 'mnist-a'); stop it first or raise
-    FLOWLAB_MAX_CONCURRENT"), RunStateError (already active / finished), PermissionError
-    (not the owner), KeyError (no such run), ValueError (a stored value not allowed, or over
-    a classroom cap: a ConfigError naming the field) — all before any process exists.
+    FLOWLAB_MAX_CONCURRENT"), RunStateError (already active / finished; DamagedRunError:
+    its stored settings are unreadable), PermissionError (not the owner), KeyError (no such
+    run), ValueError (a stored value not allowed, or over a classroom cap: a ConfigError
+    naming the field) — all before any process exists.
     """
     store.stored_request(run_id)   # KeyError, DamagedRunError, ConfigError: before any process exists
     store.request_start(run_id, owner)
@@ -246,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _refusal(store: RunStore, run_id: int) -> str | None:
     """Why the stored run must not be trained, in words, or None: its request is read back
-    and checked again (its values, the server's caps), so a row changed since it was
-    admitted is refused here, before torch, data or a model are loaded."""
+    and checked again (values, readable JSON, the server's caps), so a row changed or damaged
+    since it was admitted is refused here, before torch, data or a model are loaded."""
     try:
         request = store.stored_request(run_id)
         store.limits.check_run(request.config.to_dict(), request.train.to_dict())

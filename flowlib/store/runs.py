@@ -36,6 +36,12 @@ Versions: ``RunStore()`` reads the layout version first. A store written by a ne
 is refused untouched (StoreUnavailableError, ``reason == "newer"``); an older one is migrated
 in place in one transaction (:func:`flowlib.store.schema.migrate`).
 
+Damaged rows: a run whose stored config or train JSON cannot be read is never trained with
+default settings. It reads with ``run["damaged"]`` (the sentence saying so, naming the run;
+None for every sound run), ``config`` / ``train`` as ``{}`` for display and that sentence as
+its ``message``; starting, resuming or changing it raises :class:`DamagedRunError`, and the
+queue marks such a waiting run ``failed`` with the sentence.
+
 Folder names come from the integer id, never from the user's run name, so a name such as
 ``../../etc`` can only ever be a label. Names are still sanitised for display (see
 :func:`sanitize_name`).
@@ -102,7 +108,7 @@ from .records import EVENT_KINDS, RunRecords
 from .request import RunRequest
 
 __all__ = ["RunStore", "RunRequest", "Limits", "StoreBusyError", "StoreUnavailableError", "RunLimitError",
-           "RunStateError", "sanitize_name", "STATUSES", "ACTIVE_STATUSES",
+           "RunStateError", "DamagedRunError", "sanitize_name", "STATUSES", "ACTIVE_STATUSES",
            "STARTABLE_STATUSES", "WAITING", "EVENT_KINDS"]
 
 STATUSES = ("created", "waiting", "queued", "running", "stopping", "stopped", "finished", "failed", "lost")
@@ -130,6 +136,10 @@ class RunStateError(ValueError):
     """The run is in a state that does not allow the request (e.g. deleting a running run)."""
 
 
+class DamagedRunError(RunStateError):
+    """The run's stored settings cannot be read: it cannot be started, resumed or changed."""
+
+
 def sanitize_name(name: Any, fallback: str = "run") -> str:
     """A display name made safe: [A-Za-z0-9 _.-] only, runs collapsed, trimmed, ≤ 80 chars.
 
@@ -145,23 +155,52 @@ def sanitize_name(name: Any, fallback: str = "run") -> str:
     return text or fallback
 
 
-def _decode(row: sqlite3.Row) -> dict:
-    run = dict(row)
+def _settings(row: sqlite3.Row | dict) -> tuple[dict | None, dict | None]:
+    """A row's config and train decoded; None for one that is not a readable JSON object."""
+    out = []
     for key in ("config", "train"):
         try:
-            run[key] = json.loads(run[key])
+            value = json.loads(row[key])
         except (TypeError, ValueError):
-            run[key] = {}
+            value = None
+        out.append(value if isinstance(value, dict) else None)
+    return out[0], out[1]
+
+
+def _damage(row: sqlite3.Row | dict, config: dict | None, train: dict | None) -> str | None:
+    """The sentence naming the run and which of its stored settings cannot be read, or None."""
+    bad = [words for value, words in ((config, "model settings (config)"), (train, "training settings (train)"))
+           if value is None]
+    if not bad:
+        return None
+    return (f"run {row['id']} '{row['name']}' is damaged: its stored {' and '.join(bad)} "
+            f"{'are' if len(bad) > 1 else 'is'} not readable, so it cannot be started, resumed or "
+            "changed; delete it and start a new run")
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    """A run as a dict: config and train decoded; ``damaged`` None, or the sentence saying why
+    the run's settings are unreadable (then config / train read ``{}``, for display only, and
+    ``message`` is that sentence)."""
+    run = dict(row)
+    config, train = _settings(row)
+    run["damaged"] = _damage(row, config, train)
+    run["config"], run["train"] = config or {}, train or {}
+    if run["damaged"]:
+        run["message"] = run["damaged"][0].upper() + run["damaged"][1:]
     run.pop("stop_requested", None)
     return run
 
 
 def _request_of(row: sqlite3.Row | dict) -> RunRequest:
-    """The stored request of a run row, checked again: ConfigError (naming the run and the
-    field) when a value is not allowed."""
+    """The stored request of a run row, checked again: DamagedRunError when its JSON cannot be
+    read, ConfigError (naming the run and the field) when a value is not allowed."""
+    config, train = _settings(row)
+    damage = _damage(row, config, train)
+    if damage:
+        raise DamagedRunError(damage)
     try:
-        return RunRequest.from_dicts(row["name"], json.loads(row["config"]), json.loads(row["train"]),
-                                     row["owner"], row["preset"])
+        return RunRequest.from_dicts(row["name"], config, train, row["owner"], row["preset"])
     except ConfigError as exc:
         raise ConfigError(f"run {row['id']} '{row['name']}' has a stored setting that is not allowed: {exc}",
                           exc.field) from None
@@ -432,8 +471,9 @@ class RunStore(RunRecords, RunFolders):
     def stored_request(self, run_id: int) -> RunRequest:
         """The run's request as stored, checked again; what the worker process trains.
 
-        KeyError for an unknown id; ConfigError naming the run and the field when a stored
-        value is not allowed (a row changed behind the app's back). The server's caps
+        KeyError for an unknown id; DamagedRunError (a RunStateError) naming the run when its
+        stored settings are not readable; ConfigError naming the run and the field when a
+        stored value is not allowed (a row changed behind the app's back). The server's caps
         are not checked here: ``limits.check_run`` does that where a slot is claimed.
         """
         row = self.read(lambda c: c.execute("SELECT * FROM runs WHERE id=?", (int(run_id),)).fetchone())
@@ -656,7 +696,11 @@ class RunStore(RunRecords, RunFolders):
             "THEN ? ELSE best_test_bpd END WHERE id=?", (value, value, int(run_id))))
 
     def update_train(self, run_id: int, train: TrainConfig, owner: str | None = None) -> None:
-        """Replace a non-active run's training config (e.g. a larger budget before resuming)."""
+        """Replace a non-active run's training config (e.g. a larger budget before resuming).
+
+        Refuses (DamagedRunError) a run whose stored settings are unreadable: a new training
+        config would not make its model known again.
+        """
         if not isinstance(train, TrainConfig):
             raise TypeError(f"update_train takes a TrainConfig, got {type(train).__name__}")
         train = train.to_dict()
@@ -665,7 +709,11 @@ class RunStore(RunRecords, RunFolders):
         def update(conn):
             row = self._get_row(conn, run_id)
             self._check_owner(row, owner, "change")
-            self.limits.check_model(json.loads(row["config"]), train.get("batch_size"))
+            config, stored_train = _settings(row)
+            damage = _damage(row, config, stored_train)
+            if damage:
+                raise DamagedRunError(damage)
+            self.limits.check_model(config, train.get("batch_size"))
             if row["status"] in ACTIVE_STATUSES:
                 raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; stop it first")
             conn.execute("UPDATE runs SET train=?, status=CASE WHEN status='finished' THEN 'stopped' "

@@ -287,6 +287,9 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
               "finished": "green", "failed": "red", "lost": "orange"}.get(status, "gray")
     st.markdown(f"### Run {run['id']} · {run['name']} &nbsp; :{colour}-badge[{icon} "
                 f"{ui.STATUS_WORDS.get(status, status)}]")
+    if run["damaged"]:   # its settings are unknown: nothing below could be drawn truthfully
+        st.error(friendly(run["damaged"]), icon=":material/error:")
+        return
     cfgd = run["config"]
     st.caption(f"{run['dataset']} · preset {run.get('preset') or 'custom'} · "
                f"L={cfgd.get('levels')}, K={cfgd.get('steps')}, hidden {cfgd.get('hidden')}, "

@@ -69,3 +69,18 @@ def test_a_foreign_run_database_stops_the_page_with_one_sentence_and_is_not_touc
     assert "The run store cannot be used" in errors and "not an SQLite database" in errors
     assert db.read_bytes() == before
 
+
+def test_a_run_whose_stored_settings_are_damaged_reads_as_damaged_on_both_pages(runs_dir):
+    rid = _run("broken")
+    store().transaction(lambda c: c.execute("UPDATE runs SET config='{oops', train='[]' WHERE id=?", (rid,)))
+    at = page()
+    at.run()
+    assert not at.exception, at.exception
+    assert at.dataframe[0].value["settings"][0] == "damaged: unreadable"
+    at.switch_page("pages/train.py")
+    at.query_params["run"] = str(rid)
+    at.run()
+    assert not at.exception, at.exception
+    shown = " ".join(e.value for e in at.error)
+    assert f"Run {rid} 'broken' is damaged" in shown and "cannot be started, resumed or changed" in shown
+    assert not [b for b in at.button if b.key == f"resume_{rid}"]

@@ -200,6 +200,7 @@ def test_cli_refused_by_a_busy_slot_leaves_no_run(tmp_path):
 
 @pytest.mark.parametrize("column, stored, words", [
     ("train", '{"max_steps": 10, "batch_size": -4}', "has a stored setting that is not allowed: batch_size"),
+    ("config", "{damaged", "is damaged: its stored model settings (config) is not readable"),
 ])
 def test_the_worker_process_checks_the_stored_request_again_and_refuses_a_changed_row(store, capsys, column,
                                                                                      stored, words):

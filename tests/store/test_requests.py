@@ -1,5 +1,6 @@
-"""Run requests into the store, and back out: typed on the way in, checked again on the way out.
-Also the store's public transaction / read API that its neighbours use."""
+"""Run requests into the store, and back out: typed on the way in, checked again on the way out,
+and a row whose settings cannot be read is never trained with default settings. Also the
+store's public transaction / read API that its neighbours use."""
 
 import sqlite3
 
@@ -8,6 +9,7 @@ import pytest
 from flowlib.config import ConfigError, FlowConfig, TrainConfig
 from flowlib.jobs import worker
 from flowlib.store.request import RunRequest
+from flowlib.store.runs import DamagedRunError, RunStateError
 from tests.runs_kit import TINY, tiny_train
 
 
@@ -43,13 +45,51 @@ def test_the_store_takes_requests_only_and_gives_the_same_request_back(store):
     run_id = store.create_run(request)
     run = store.get_run(run_id)
     assert run["config"] == TINY.to_dict() and run["train"] == tiny_train(max_steps=7).to_dict()
-    assert (run["dataset"], run["owner"], run["preset"]) == ("faces", "visitor", "faces-fast")
+    assert (run["dataset"], run["owner"], run["preset"], run["damaged"]) == ("faces", "visitor", "faces-fast", None)
     assert store.stored_request(run_id) == request
     with pytest.raises(KeyError):
         store.stored_request(run_id + 1)
 
 
-# -- rows changed behind the store's back ---------------------------------------------------------
+# -- damaged rows ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("column, stored, words", [
+    ("config", "{not json", "model settings (config) is not readable"),
+    ("train", "[1, 2]", "training settings (train) is not readable"),     # JSON, but not a dict
+    ("train", "", "training settings (train) is not readable"),
+])
+def test_a_run_whose_settings_are_unreadable_says_so_and_cannot_start_resume_or_change(store, column, stored,
+                                                                                        words):
+    run_id = store.create_run(_request("broken"))
+    _set(store, run_id, **{column: stored})
+    run = store.get_run(run_id)
+    sentence = f"run {run_id} 'broken' is damaged: its stored {words}"
+    assert run["damaged"].startswith(sentence) and run["message"].startswith("R" + sentence[1:])
+    assert run[column] == {} and run["status"] == "created"
+    assert store.list_runs()[0]["damaged"] == run["damaged"]
+    for attempt in (lambda: store.stored_request(run_id), lambda: store.request_start(run_id),
+                    lambda: worker.start_run(store, run_id), lambda: worker.resume_run(store, run_id),
+                    lambda: worker.resume_run(store, run_id, max_steps=100),
+                    lambda: store.update_train(run_id, tiny_train(max_steps=100))):
+        with pytest.raises(DamagedRunError, match=f"run {run_id} 'broken' is damaged") as info:
+            attempt()
+        assert isinstance(info.value, RunStateError) and isinstance(info.value, ValueError)
+    after = store.get_run(run_id)
+    assert after["status"] == "created" and not worker.running_processes()
+    assert store.read(lambda c: c.execute(f"SELECT {column} FROM runs WHERE id=?", (run_id,)).fetchone()[0]) == stored
+    store.delete_run(run_id)                                                # deleting it is how it goes
+    assert store.get_run(run_id) is None
+
+
+def test_a_waiting_run_that_is_damaged_fails_with_the_sentence_and_the_queue_moves_on(store):
+    broken = store.create_run(_request("broken"), status="waiting")
+    sound = store.create_run(_request("sound"), status="waiting")
+    _set(store, broken, config="{")
+    assert store.claim_next_waiting() == sound
+    assert store.get_run(broken)["status"] == "failed"
+    stored = store.read(lambda c: c.execute("SELECT message FROM runs WHERE id=?", (broken,)).fetchone()[0])
+    assert stored.startswith(f"Not started: run {broken} 'broken' is damaged")
+
+
 def test_a_stored_value_no_config_allows_is_refused_at_start_naming_the_run_and_the_field(store):
     run_id = store.create_run(_request("changed"))
     _set(store, run_id, train=tiny_train().to_json().replace('"batch_size": 8', '"batch_size": -4'))

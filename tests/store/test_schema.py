@@ -63,7 +63,7 @@ def test_the_first_layout_is_migrated_in_place_and_its_run_reads_as_before(tmp_p
     run = store.get_run(1)
     assert (run["name"], run["status"], run["step"], run["dataset"], run["preset"]) == (
         "old-run", "stopped", 120, "mnist", "mnist-fast")
-    assert run["config"] == OLD_CONFIG and run["train"] == OLD_TRAIN
+    assert run["config"] == OLD_CONFIG and run["train"] == OLD_TRAIN and run["damaged"] is None
     assert run["owner"] is None and run["best_test_bpd"] is None
     request = store.stored_request(1)      # the fields added since then take their defaults
     assert request.config == FlowConfig.from_dict(OLD_CONFIG) and request.config.dequantization == "uniform"
