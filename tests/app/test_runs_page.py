@@ -1,4 +1,4 @@
-"""AppTest for the Runs page's table and single-run actions (issue 18's rough edges)."""
+"""AppTest for the Runs page's table and single-run actions, and a run whose settings are damaged."""
 
 from __future__ import annotations
 

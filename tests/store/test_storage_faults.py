@@ -1,4 +1,4 @@
-"""Storage faults (issue 17, "Nothing lost, nobody let in"): a runs.sqlite that is not ours, a
+"""Storage faults, nothing lost and nobody let in: a runs.sqlite that is not ours, a
 read-only runs folder, full disks at every write the trainer makes, deleted run folders, bad
 checkpoints on resume, the server's minutes cap, sample paths, classroom model caps, and the
 per-visitor queue cap. Each fault must end in one sentence, never a traceback."""
