@@ -135,13 +135,18 @@ def main(argv=None) -> int:
     worker_script = (
         "import sys, json\n"
         "from flowlib import preset\n"
-        "from flowlib.store.runs import RunStore\n"
-        "from flowlib.config import TrainConfig\n"
-        "from flowlib.jobs import worker\n"
+        "from flowlib.store.runs import RunStore
+"
+        "from flowlib.store.request import RunRequest
+"
+        "from flowlib.config import TrainConfig
+"
+        "from flowlib.jobs import worker
+"
         f"store = RunStore({str(out / 'worker_runs')!r})\n"
         f"tc = TrainConfig(dataset='mnist', max_steps=60, eval_every=30, first_eval=0, device={device!r})\n"
         "cfg = preset('mnist-fast', hidden=32)\n"
-        "rid = store.create_run('gpu-check-worker', 'mnist', cfg.to_dict(), tc.to_dict())\n"
+        "rid = store.create_run(RunRequest('gpu-check-worker', cfg, tc))\n"
         "worker.start_run(store, rid)\n"
         "run = worker.wait_for_run(store, rid, timeout=150)\n"
         "print(json.dumps({k: run[k] for k in ('id', 'status', 'step', 'message')}))\n"

@@ -35,6 +35,7 @@ def run_one(setting: str, seed: int, args, root: str) -> dict:
     from flowlib.config import TrainConfig, preset
     from flowlib.core.checkpoint import load_checkpoint
     from flowlib.store.limits import Limits
+    from flowlib.store.request import RunRequest
     from flowlib.store.runs import RunStore
     from flowlib.train.loop import train_run
 
@@ -46,7 +47,7 @@ def run_one(setting: str, seed: int, args, root: str) -> dict:
                      first_eval=0, threads=args.threads, checkpoint_every_minutes=60.0 * 24,
                      **SETTINGS[setting])
     store = RunStore(f"{root}/{setting}-{seed}", Limits())
-    run_id = store.create_run(f"{setting}-{seed}", "mnist", cfg.to_dict(), tc.to_dict())
+    run_id = store.create_run(RunRequest(f"{setting}-{seed}", cfg, tc))
     store.request_start(run_id)
     result = train_run(store, run_id)
     if result.status != "finished":

@@ -44,14 +44,16 @@ def run_rows(store, runs: list[dict], study_of: dict[int, int]) -> pd.DataFrame:
         elapsed = latest.get("elapsed_s", (None, None))[1]
         budget = (f"{train['max_steps']:,}" if train.get("max_steps")
                   else f"{train.get('max_minutes', 0):g} min")
+        settings = ("damaged: unreadable" if r.get("damaged") else
+                    f"L{cfg.get('levels')} K{cfg.get('steps')} h{cfg.get('hidden')} "
+                    f"{cfg.get('coupling')} {cfg.get('permutation')} {cfg.get('mask')} · "
+                    f"b{train.get('batch_size')} lr {train.get('lr'):g}")
         rows.append({
             "id": r["id"], "name": r["name"], "status": TABLE_STATUS.get(r["status"], r["status"]),
             "study": _dash(study_of.get(r["id"]), "d"),
             "dataset": r["dataset"],
             "preset": r.get("preset") or "custom",
-            "settings": f"L{cfg.get('levels')} K{cfg.get('steps')} h{cfg.get('hidden')} "
-                        f"{cfg.get('coupling')} {cfg.get('permutation')} {cfg.get('mask')} · "
-                        f"b{train.get('batch_size')} lr {train.get('lr'):g}",
+            "settings": settings,
             "steps": f"{r['step'] or 0:,} / {budget}",
             "training time": ui.fmt_duration(elapsed) if elapsed is not None else "–",
             "best test bits/dim": _dash(r.get("best_test_bpd"), ".3f"),

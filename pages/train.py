@@ -201,12 +201,12 @@ def shown_run_id(store, runs) -> int | None:
 
 def start_new_run(store, cfg: FlowConfig, tc: TrainConfig, name: str, preset_name: str) -> None:
     from flowlib.jobs import worker
+    from flowlib.store.request import RunRequest
     from flowlib.store.runs import RunLimitError
 
     label = name.strip() or f"{tc.dataset}-{preset_name}"
     try:
-        run_id = worker.submit(store, label, tc.dataset, cfg.to_dict(), tc.to_dict(),
-                               owner=ui.visitor_id(), preset=preset_name)
+        run_id = worker.submit(store, RunRequest(label, cfg, tc, owner=ui.visitor_id(), preset=preset_name))
     except RunLimitError:  # every slot taken (a race: Start is disabled while blocked)
         others = [r for r in store.list_runs() if r["status"] in ui.ACTIVE_STATUSES]
         st.session_state["train_flash"] = ("error", busy_words(others, store.limits.max_concurrent)
@@ -267,7 +267,7 @@ if arrived_with_qp:
         st.session_state[FORM_KEY + "preset"] = qp[1]
 
 # Streamlit drops a page's widget values whenever another page is shown, so a visit to Runs
-# used to bring the form back with zeros in it. The form keeps its own copy (saved at the end
+# would bring the form back with zeros in it. The form keeps its own copy (saved at the end
 # of every run of this page) and puts back whatever was dropped; defaults fill the rest.
 for key, value in st.session_state.get(FORM_KEY + "saved_form", {}).items():
     if key not in st.session_state:
@@ -287,8 +287,8 @@ if st.session_state.get(FORM_KEY + "dataset") not in names:
 if st.session_state.get(FORM_KEY + "preset") not in PRESETS:
     st.session_state[FORM_KEY + "preset"] = "mnist-fast"
 
-# Whether the set-up form is open is this tab's choice, kept in session state. It used to be
-# `expanded=not active`, so pressing Stop flipped it open and pushed the dashboard below the
+# Whether the set-up form is open is this tab's choice, kept in session state, not
+# `expanded=not active`: that would flip it open on Stop and push the dashboard below the
 # fold. Open on a tab's first visit with no runs, or when Home's "Train MNIST now" sent us;
 # closed once a run is started; Stop leaves it as it is.
 if FORM_OPEN_KEY not in st.session_state:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from flowlib.config import TrainConfig, preset
+from flowlib.store.request import RunRequest
 
 TINY = preset("faces-fast", levels=2, steps=1, hidden=4, permutation="reverse")  # fast on 2 busy cores
 
@@ -30,7 +31,7 @@ def tiny_train(**changes) -> TrainConfig:
 
 def queued_run(store, name: str = "t", **changes) -> int:
     """A tiny run created in ``store`` and given a slot (``queued``), ready for ``train_run``."""
-    run_id = store.create_run(name, "faces", TINY.to_dict(), tiny_train(**changes).to_dict())
+    run_id = store.create_run(RunRequest(name, TINY, tiny_train(**changes)))
     store.request_start(run_id)
     return run_id
 
@@ -41,13 +42,13 @@ FAULT_TRAIN = dict(log_every=2, eval_every=10**6, samples_per_temperature=2, lr_
 
 
 def fault_train(**changes) -> dict:
-    """The fault tests' tiny TrainConfig as a dict (as the store takes it)."""
+    """The fault tests' tiny TrainConfig as a dict."""
     return tiny_train(**{**FAULT_TRAIN, **changes}).to_dict()
 
 
 def queued_fault_run(store, **changes) -> int:
     """A fault-test tiny run named "f", created in ``store`` and holding a slot."""
-    run_id = store.create_run("f", "faces", TINY.to_dict(), fault_train(**changes))
+    run_id = store.create_run(RunRequest.from_dicts("f", TINY.to_dict(), fault_train(**changes)))
     store.request_start(run_id)
     return run_id
 

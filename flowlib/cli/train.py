@@ -17,6 +17,7 @@ import time
 from flowlib import env
 from flowlib.config import DATASET_NAMES, PRESETS, FlowConfig, Setting, TrainConfig, settings_of
 from flowlib.store.dbfile import StoreUnavailableError
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStore, StoreBusyError
 
 __all__ = ["build_parser", "config_overrides", "main"]
@@ -206,8 +207,8 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
             if given or args.dataset or args.data_path:
                 parser.error(f"--resume keeps the run's model and data; drop {', '.join(given) or '--dataset/--data-path'}")
             if overrides:
-                train = TrainConfig.from_dict({**run["train"], **overrides})
-                store.update_train(run["id"], train.to_dict())
+                train = store.stored_request(run["id"]).train.replace(**overrides)
+                store.update_train(run["id"], train)
             run_id = run["id"]
         else:
             dataset = args.dataset or "mnist"
@@ -228,8 +229,7 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
             config = PRESETS[args.preset].replace(image_shape=shape, **flow)
             name = args.name or f"{args.preset}-{dataset}"
             # Created already holding a slot (one transaction): a refusal leaves no run behind.
-            run_id = store.create_run(name, dataset, config.to_dict(), train.to_dict(),
-                                      preset=args.preset, status="queued")
+            run_id = store.create_run(RunRequest(name, config, train, preset=args.preset), status="queued")
         run = store.request_start(run_id) if args.resume is not None else store.get_run(run_id)
     except (ValueError, KeyError, PermissionError, StoreBusyError, StoreUnavailableError) as exc:
         # StoreUnavailableError: a damaged or foreign runs.sqlite, a read-only folder, a full disk

@@ -1,8 +1,9 @@
 """Training processes: submit, start, stop, resume, the queue, and ``python -m flowlib.jobs.worker RUN_ID``.
 
-    from flowlib import worker
-    run_id = worker.submit(store, "mnist-a", "mnist", cfg.to_dict(), tc.to_dict(), owner=visitor)
-    run_id = worker.submit(store, ..., queue=True)          # waits for a slot if none is free
+    from flowlib.jobs import worker
+    from flowlib.store.request import RunRequest
+    run_id = worker.submit(store, RunRequest("mnist-a", cfg, tc, owner=visitor))
+    run_id = worker.submit(store, request, queue=True)      # waits for a slot if none is free
     pid = worker.start_run(store, run_id, owner=visitor)   # RunLimitError if a slot is taken
     worker.stop_run(store, run_id, owner=visitor)          # True if this call asked; harmless twice
     pid = worker.resume_run(store, run_id, owner=visitor)  # stopped / lost / failed -> training again
@@ -17,6 +18,14 @@ that could fill and block it). Each Popen handle is waited on by a tiny daemon t
 no zombie is left in a long-lived server; if the process dies without saying how (``kill -9``,
 a segfault), that thread marks the run ``lost`` at once. If the server itself restarted, the
 stale heartbeat does the same (``RunStore`` reaps on read; window ``FLOWLAB_HEARTBEAT_STALE_S``).
+
+A run request is checked when it is admitted (its FlowConfig and TrainConfig checked their
+values when they were made; :meth:`RunStore.create_run` refuses what is over the server's
+caps before storing it), and again from the store each time it is to train: by
+:func:`start_run` / :func:`resume_run` before any process exists, and in the worker process,
+which reads it back with :meth:`RunStore.stored_request` and checks the caps before loading
+torch or data. A row changed or damaged behind the app's back is refused in a sentence
+naming the run (the worker ends it ``failed``), never trained with default settings.
 
 Stop is a flag in the store. The worker notices within ~0.5 s, finishes the step, saves a
 checkpoint and marks the run ``stopped``. SIGTERM to the worker does the same.
@@ -40,6 +49,7 @@ import time
 import traceback
 
 from flowlib.store.dbfile import StoreUnavailableError
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore
 
 from .launch import start_module
@@ -84,19 +94,6 @@ def _launch(store: RunStore, run_id: int) -> subprocess.Popen:
                             FLOWLAB_RUNS_DIR=str(store.root))
 
 
-def _validate(config: dict, train: dict, store: RunStore | None = None) -> None:
-    """Refuse bad values before any process exists, with the field and its valid range,
-    rather than in a process that dies at once; with a store, also its server's caps
-    (steps, batch, minutes, and in classroom mode the model's parameters and activation
-    memory: ConfigError naming the field)."""
-    from flowlib.config import FlowConfig, TrainConfig  # torch-free: no trainer import to check a form
-
-    FlowConfig.from_dict(config)
-    TrainConfig.from_dict(train)
-    if store is not None:
-        store.limits.check_run(config, train)
-
-
 def _launch_claimed(store: RunStore, run_id: int, watch: bool = True) -> int:
     """Launch the worker process of a run that already holds a slot (``queued``); its pid.
 
@@ -131,21 +128,18 @@ def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
     """Claim a concurrency slot for the run, then launch its worker process; returns the pid.
 
     Raises RunLimitError ("Another run is training (run 3 'mnist-a'); stop it first or raise
-    FLOWLAB_MAX_CONCURRENT"), RunStateError (already active / finished), PermissionError
-    (not the owner), KeyError (no such run), ValueError (an invalid config, or over a
-    classroom cap) — all before any process exists.
+    FLOWLAB_MAX_CONCURRENT"), RunStateError (already active / finished; DamagedRunError:
+    its stored settings are unreadable), PermissionError (not the owner), KeyError (no such
+    run), ValueError (a stored value not allowed, or over a classroom cap: a ConfigError
+    naming the field) — all before any process exists.
     """
-    run = store.get_run(run_id)
-    if run is None:
-        raise KeyError(f"no run with id {run_id}")
-    _validate(run["config"], run["train"], store)
+    store.stored_request(run_id)   # KeyError, DamagedRunError, ConfigError: before any process exists
     store.request_start(run_id, owner)
     return _launch_claimed(store, run_id)
 
 
-def submit(store: RunStore, name, dataset: str, config: dict, train: dict, *,
-           owner: str | None = None, preset: str | None = None, queue: bool = False) -> int:
-    """Create a run, check it, and start it (or queue it); returns the run id.
+def submit(store: RunStore, request: RunRequest, *, queue: bool = False) -> int:
+    """Store a run request and start it (or queue it); returns the run id.
 
     ``queue=False`` (the Train page's Start, the CLI): the run is created already holding a
     slot, in one transaction, so when every slot is taken RunLimitError is raised and nothing
@@ -155,19 +149,17 @@ def submit(store: RunStore, name, dataset: str, config: dict, train: dict, *,
     ``queue=True`` (studies): the run is stored as ``waiting`` and starts as soon as a slot is
     free — now, or when a running run ends, whether or not any page is open.
 
-    ValueError (a bad config, or over a server cap: steps, batch, minutes, and in classroom
-    mode the model's parameters and activation memory, as a ConfigError naming the field) is
-    raised before anything is stored; with ``queue=True``, RunLimitError when the owner
-    already has as many runs waiting or training as ``FLOWLAB_MAX_WAITING_PER_VISITOR`` allows.
+    Admission: the request's settings were checked when its configs were made; the store
+    refuses it over a server cap (steps, batch, minutes, and in classroom mode the model's
+    parameters and activation memory: a ConfigError, a ValueError naming the field) before
+    anything is stored; with ``queue=True``, RunLimitError when the owner already has as many
+    runs waiting or training as ``FLOWLAB_MAX_WAITING_PER_VISITOR`` allows.
     """
-    _validate(config, train, store)
     if queue:
-        run_id = store.create_run(name, dataset, config, train, owner=owner, preset=preset,
-                                  status="waiting")
+        run_id = store.create_run(request, status="waiting")
         start_waiting(store)
         return run_id
-    run_id = store.create_run(name, dataset, config, train, owner=owner, preset=preset,
-                              status="queued")
+    run_id = store.create_run(request, status="queued")
     try:
         _launch_claimed(store, run_id)
     except Exception:
@@ -207,14 +199,11 @@ def resume_run(store: RunStore, run_id: int, owner: str | None = None,
     """Continue a stopped / lost / failed (or finished, with a larger budget) run from its
     checkpoint: same step count, optimizer state, LR schedule and curves. Returns the pid.
     ``batch_size``: continue with another batch size (after running out of memory)."""
-    run = store.get_run(run_id)
-    if run is None:
-        raise KeyError(f"no run with id {run_id}")
     if max_steps is not None or max_minutes is not None or batch_size is not None:
-        from flowlib.config import TrainConfig  # validation lives with the config
+        train = store.stored_request(run_id).train
         changes = {k: v for k, v in (("max_steps", max_steps), ("max_minutes", max_minutes),
                                      ("batch_size", batch_size)) if v is not None}
-        store.update_train(run_id, TrainConfig.from_dict({**run["train"], **changes}).to_dict(), owner)
+        store.update_train(run_id, train.replace(**changes), owner)
     return start_run(store, run_id, owner)
 
 
@@ -256,6 +245,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"could not start the next waiting run: {exc}", flush=True)
 
 
+def _refusal(store: RunStore, run_id: int) -> str | None:
+    """Why the stored run must not be trained, in words, or None: its request is read back
+    and checked again (values, readable JSON, the server's caps), so a row changed or damaged
+    since it was admitted is refused here, before torch, data or a model are loaded."""
+    try:
+        request = store.stored_request(run_id)
+        store.limits.check_run(request.config.to_dict(), request.train.to_dict())
+    except KeyError:
+        return f"Not started: run {run_id} is no longer in the store."
+    except ValueError as exc:
+        return f"Not started: {exc}."
+    return None
+
+
 def _train_one(store: RunStore, run_id: int) -> int:
     """Train the run to its end; the process exit code (0: finished or stopped)."""
     try:
@@ -265,6 +268,12 @@ def _train_one(store: RunStore, run_id: int) -> int:
             store.finish_run(run_id, "stopped", "Stopped before training began.")
             print(f"run {run_id} stopped before training began", flush=True)
             return 0
+        refusal = _refusal(store, run_id)
+        if refusal is not None:
+            print(refusal, flush=True)
+            if store.finish_run(run_id, "failed", refusal):
+                store.add_event(run_id, "error", refusal)
+            return 1
         from flowlib.train.loop import train_run
         result = train_run(store, run_id, handle_signals=True)
     except BaseException as exc:  # noqa: BLE001 — even an import error must reach the app in words

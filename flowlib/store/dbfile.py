@@ -6,8 +6,9 @@
     raise file.sqlite_unavailable(exc)       # an SQLite error that blames the file or the disk, in words
     file.make_reserve(); file.release_reserve()
 
-:class:`flowlib.store.RunStore` owns one of these; everything here is about the file and the
-disk under it, never about runs (the SQL and the transactions stay in ``flowlib.store``).
+:class:`flowlib.store.runs.RunStore` owns one of these; everything here is about the file and
+the disk under it, never about runs (the SQL and the transactions stay in ``flowlib.store.runs``,
+the tables and their versions in ``flowlib.store.schema``).
 
 What it guards against, and why:
 
@@ -24,8 +25,8 @@ What it guards against, and why:
   / :meth:`DatabaseFile.os_unavailable` turn them into one sentence a person can act on.
 
 All of these raise :class:`StoreUnavailableError`, a RuntimeError whose message is one
-sentence in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"read_only"``,
-``"disk_full"`` or ``"io"``.
+sentence in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"newer"`` (raised by
+:mod:`flowlib.store.schema`), ``"read_only"``, ``"disk_full"`` or ``"io"``.
 
 The reserve: a run's last words on a full disk (its final status, the error event, a lost
 mark) may use ``runs.reserve``, :data:`RESERVE_BYTES` kept allocated while the disk has room.
@@ -69,7 +70,8 @@ class StoreUnavailableError(RuntimeError):
     """The run store cannot be read or written: the message says why in one sentence.
 
     ``reason``: ``"foreign"`` (another program's database), ``"damaged"`` (not an SQLite
-    file, truncated, corrupt), ``"read_only"`` (the runs folder cannot be written),
+    file, truncated, corrupt), ``"newer"`` (written by a newer Flow Lab, whose layout this
+    code does not know), ``"read_only"`` (the runs folder cannot be written),
     ``"disk_full"``, or ``"io"`` (any other disk error).
     """
 

@@ -5,7 +5,7 @@
     store.events(run_id)                     # start / resume / nan_skip / rollback / eval / checkpoint / ...
     store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
 
-Kept apart from :mod:`flowlib.store` (runs, their status and the concurrency slots) because
+Kept apart from :mod:`flowlib.store.runs` (runs, their status and the concurrency slots) because
 these are append-mostly rows that only the trainer writes and the pages read. Sample grid
 paths are stored relative to the run folder, so a copied runs folder shows its own grids.
 """
@@ -24,7 +24,7 @@ EVENT_KINDS = ("start", "resume", "nan_skip", "rollback", "lr_drop", "eval", "ch
 
 
 class RunRecords:
-    """Metrics, events and samples; needs ``_tx``, ``_read`` and ``run_dir`` from RunStore."""
+    """Metrics, events and samples, through RunStore's ``transaction``, ``read`` and ``run_dir``."""
 
     # -- metrics ------------------------------------------------------------------------
     def append_metrics(self, run_id: int, rows: Iterable[tuple[int, float, str, float]]) -> int:
@@ -32,7 +32,7 @@ class RunRecords:
         rows = [(int(run_id), int(s), float(w), str(k), None if v is None else float(v))
                 for s, w, k, v in rows]
         if rows:
-            self._tx(lambda c: c.executemany(
+            self.transaction(lambda c: c.executemany(
                 "INSERT INTO metrics (run_id, step, wall, key, value) VALUES (?, ?, ?, ?, ?)", rows))
         return len(rows)
 
@@ -55,7 +55,7 @@ class RunRecords:
             params.append(int(after_step))
         sql += " ORDER BY key, step"
         out: dict[str, dict[str, list]] = {}
-        for key, step, wall, value in self._read(lambda c: c.execute(sql, params).fetchall()):
+        for key, step, wall, value in self.read(lambda c: c.execute(sql, params).fetchall()):
             curve = out.get(key)
             if curve is None:
                 curve = out[key] = {"step": [], "wall": [], "value": []}
@@ -66,7 +66,7 @@ class RunRecords:
 
     def latest_metrics(self, run_id: int) -> dict[str, tuple[int, float]]:
         """The newest value of each key: ``{key: (step, value)}`` (one indexed query)."""
-        rows = self._read(lambda c: c.execute(
+        rows = self.read(lambda c: c.execute(
             "SELECT key, MAX(step) AS step, value FROM metrics WHERE run_id=? GROUP BY key",
             (int(run_id),)).fetchall())
         return {r["key"]: (r["step"], r["value"]) for r in rows}
@@ -79,7 +79,7 @@ class RunRecords:
             n = conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (int(run_id), int(step))).rowcount
             conn.execute("DELETE FROM samples WHERE run_id=? AND step>?", (int(run_id), int(step)))
             return n, paths
-        n, paths = self._tx(trunc)
+        n, paths = self.transaction(trunc)
         for p in paths:
             path = Path(self._sample_path(run_id, p))
             if path.parent == self.run_dir(run_id):
@@ -90,9 +90,10 @@ class RunRecords:
     def add_event(self, run_id: int, kind: str, message: str, step: int | None = None) -> None:
         if kind not in EVENT_KINDS:
             raise ValueError(f"event kind must be one of {', '.join(EVENT_KINDS)}; got {kind!r}")
-        self._tx(lambda c: c.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, ?, ?)",
-                                     (int(run_id), step, time.time(), kind, str(message))),
-                 last_words=kind in ("error", "stop", "finish", "lost"))
+        self.transaction(lambda c: c.execute(
+            "INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, ?, ?)",
+            (int(run_id), step, time.time(), kind, str(message))),
+            last_words=kind in ("error", "stop", "finish", "lost"))
 
     def events(self, run_id: int, kinds: Iterable[str] | None = None, after_id: int | None = None) -> list[dict]:
         """Events in order: dicts with id, step, wall, kind, message."""
@@ -106,12 +107,12 @@ class RunRecords:
             sql += " AND id > ?"
             params.append(int(after_id))
         sql += " ORDER BY id"
-        return [dict(r) for r in self._read(lambda c: c.execute(sql, params).fetchall())]
+        return [dict(r) for r in self.read(lambda c: c.execute(sql, params).fetchall())]
 
     def add_samples(self, run_id: int, step: int, path: str | os.PathLike) -> None:
         """Record a sample grid. A file in the run's folder is stored by its name relative to
         the folder, so a copied or moved runs folder shows its own grids."""
-        self._tx(lambda c: c.execute("INSERT INTO samples (run_id, step, wall, path) VALUES (?, ?, ?, ?)",
+        self.transaction(lambda c: c.execute("INSERT INTO samples (run_id, step, wall, path) VALUES (?, ?, ?, ?)",
                                      (int(run_id), int(step), time.time(), self._stored_path(run_id, path))))
 
     def _stored_path(self, run_id: int, path: str | os.PathLike) -> str:
@@ -141,13 +142,13 @@ class RunRecords:
 
     def samples(self, run_id: int) -> list[dict]:
         """Every sample grid of a run, oldest first: dicts with step, wall, path (absolute)."""
-        rows = self._read(lambda c: c.execute(
+        rows = self.read(lambda c: c.execute(
             "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step, id", (int(run_id),)).fetchall())
         return [{**dict(r), "path": self._sample_path(run_id, r["path"])} for r in rows]
 
     def latest_samples(self, run_id: int) -> dict | None:
         """The newest sample grid: {"step", "wall", "path"} (path absolute), or None."""
-        row = self._read(lambda c: c.execute(
+        row = self.read(lambda c: c.execute(
             "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step DESC, id DESC LIMIT 1",
             (int(run_id),)).fetchone())
         return None if row is None else {**dict(row), "path": self._sample_path(run_id, row["path"])}

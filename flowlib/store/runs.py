@@ -1,24 +1,46 @@
-"""The run store: one SQLite file (WAL) and one folder per run. The app reads only this.
+"""The run store: one SQLite file (WAL) and one folder per run, on one server.
 
-    from flowlib.store import RunStore
+The worker processes write it (a run's status, heartbeat, curves, events, sample grids); the
+pages, the CLI and studies read it and ask for changes (start, stop, rename, delete), each
+with connections of their own. Nothing else holds a run's state.
+
+    from flowlib.store.runs import RunRequest, RunStore
     store = RunStore()                       # root: arg, else $FLOWLAB_RUNS_DIR, else <repo>/checkpoints/runs
-    run_id = store.create_run("mnist-a", "mnist", config_dict, train_dict, owner=visitor_id)
+    run_id = store.create_run(RunRequest("mnist-a", flow_config, train_config, owner=visitor_id))
     store.list_runs()                        # newest first; stale heartbeats are marked lost here
+    store.stored_request(run_id)             # the RunRequest as stored, checked again (the worker trains this)
     store.metrics(run_id, keys=["train_bpd", "test_bpd"])   # {key: {"step": [...], "wall": [...], "value": [...]}}
-    store.events(run_id)                     # nan_skip / rollback / lr_drop / eval / checkpoint / error / stop / resume ...
+    store.events(run_id)                     # nan_skip / rollback / lr_drop / eval / checkpoint / error / stop ...
     store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
     store.check_queue_room(visitor_id, 5)    # RunLimitError if 5 more waiting runs exceed the visitor's cap
+    store.transaction(fn); store.read(fn)    # fn(conn): SQL of a neighbour module (records, studies)
 
 Metrics, events and sample grids are in :mod:`flowlib.store.records` (a mixin of RunStore);
-the database file's own faults (foreign, damaged, read-only, disk full) in
-:mod:`flowlib.store.dbfile`; studies (groups of runs) in :mod:`flowlib.store.studies`.
+the tables, their layout version and the migrations in :mod:`flowlib.store.schema`; the
+database file's own faults (foreign, damaged, read-only, disk full) in
+:mod:`flowlib.store.dbfile`; studies (groups of runs) in :mod:`flowlib.store.studies`; the
+typed request a run is made from in :mod:`flowlib.store.request`.
 
 Layout under the root::
 
-    runs.sqlite            runs, metrics, events, samples, studies tables (WAL journal)
+    runs.sqlite            runs, metrics, events, samples, studies, study_runs tables (WAL journal);
+                           its layout version in the header (PRAGMA user_version)
     runs.reserve           1 MiB kept free for a run's last words on a full disk (flowlib.store.dbfile)
     run-00001/             checkpoint.pt, samples_step0000050.png, worker.log
     run-00002/ ...
+
+Transactions: the store's own methods and its neighbours in this folder (records, studies)
+write through :meth:`RunStore.transaction` and read through :meth:`RunStore.read`.
+
+Versions: ``RunStore()`` reads the layout version first. A store written by a newer Flow Lab
+is refused untouched (StoreUnavailableError, ``reason == "newer"``); an older one is migrated
+in place in one transaction (:func:`flowlib.store.schema.migrate`).
+
+Damaged rows: a run whose stored config or train JSON cannot be read is never trained with
+default settings. It reads with ``run["damaged"]`` (the sentence saying so, naming the run;
+None for every sound run), ``config`` / ``train`` as ``{}`` for display and that sentence as
+its ``message``; starting, resuming or changing it raises :class:`DamagedRunError`, and the
+queue marks such a waiting run ``failed`` with the sentence.
 
 Folder names come from the integer id, never from the user's run name, so a name such as
 ``../../etc`` can only ever be a label. Names are still sanitised for display (see
@@ -54,10 +76,11 @@ Storage faults: the database file and its disk are :mod:`flowlib.store.dbfile`'s
 ``RunStore()`` has it refuse, untouched, a ``runs.sqlite`` that is not Flow Lab's (another
 program's, truncated, not SQLite at all); those refusals, a read-only runs folder and a full
 disk raise :class:`StoreUnavailableError` (importable from here), a RuntimeError whose message
-is one sentence in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"read_only"``,
-``"disk_full"`` or ``"io"``. Writes passed ``last_words=True`` (a run's final status, the error
-event, a lost mark) may spend ``runs.reserve`` on a full disk, so such a run ends ``failed``
-with the reason instead of ``lost``; reads on a full disk fall back to the file as is.
+is one sentence in words and whose ``reason`` is ``"foreign"``, ``"damaged"``, ``"newer"``,
+``"read_only"``, ``"disk_full"`` or ``"io"``. Writes passed ``last_words=True`` (a run's final
+status, the error event, a lost mark) may spend ``runs.reserve`` on a full disk, so such a run
+ends ``failed`` with the reason instead of ``lost``; reads on a full disk fall back to the file
+as is.
 
 Owners: ``owner`` is an opaque visitor id the app passes. A run created with an owner can be
 started, stopped, renamed or deleted only by a caller passing the same owner, or by a caller
@@ -76,14 +99,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from flowlib import env
+from flowlib.config import ConfigError, TrainConfig
 
-from .dbfile import APPLICATION_ID, RESERVE_NAME, DatabaseFile, StoreUnavailableError, is_busy, storage_code
+from . import schema
+from .dbfile import RESERVE_NAME, DatabaseFile, StoreUnavailableError, is_busy, storage_code
 from .limits import Limits
 from .records import EVENT_KINDS, RunRecords
+from .request import RunRequest
 
-__all__ = ["RunStore", "Limits", "StoreBusyError", "StoreUnavailableError", "RunLimitError", "RunStateError",
-           "sanitize_name", "STATUSES", "ACTIVE_STATUSES", "STARTABLE_STATUSES", "WAITING",
-           "EVENT_KINDS"]
+__all__ = ["RunStore", "RunRequest", "Limits", "StoreBusyError", "StoreUnavailableError", "RunLimitError",
+           "RunStateError", "DamagedRunError", "sanitize_name", "STATUSES", "ACTIVE_STATUSES",
+           "STARTABLE_STATUSES", "WAITING", "EVENT_KINDS"]
 
 STATUSES = ("created", "waiting", "queued", "running", "stopping", "stopped", "finished", "failed", "lost")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
@@ -97,53 +123,6 @@ DB_NAME = "runs.sqlite"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "worker.log"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    created REAL NOT NULL,
-    dataset TEXT NOT NULL,
-    preset TEXT,
-    config TEXT NOT NULL,            -- FlowConfig.to_dict() as JSON
-    train TEXT NOT NULL,             -- TrainConfig.to_dict() as JSON
-    status TEXT NOT NULL,
-    pid INTEGER,
-    heartbeat REAL,                  -- unix time of the worker's last sign of life
-    step INTEGER NOT NULL DEFAULT 0, -- last step the worker reported
-    message TEXT NOT NULL DEFAULT '',
-    owner TEXT,
-    stop_requested INTEGER NOT NULL DEFAULT 0,
-    started REAL,
-    ended REAL,
-    best_test_bpd REAL
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    wall REAL NOT NULL,
-    key TEXT NOT NULL,
-    value REAL
-);
-CREATE INDEX IF NOT EXISTS metrics_run_key_step ON metrics (run_id, key, step);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL,
-    step INTEGER,
-    wall REAL NOT NULL,
-    kind TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
-CREATE TABLE IF NOT EXISTS samples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    wall REAL NOT NULL,
-    path TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_run ON samples (run_id, step);
-"""
-
 
 class StoreBusyError(RuntimeError):
     """The database stayed locked by another program for longer than the retry bound."""
@@ -155,6 +134,10 @@ class RunLimitError(ValueError):
 
 class RunStateError(ValueError):
     """The run is in a state that does not allow the request (e.g. deleting a running run)."""
+
+
+class DamagedRunError(RunStateError):
+    """The run's stored settings cannot be read: it cannot be started, resumed or changed."""
 
 
 def sanitize_name(name: Any, fallback: str = "run") -> str:
@@ -172,15 +155,55 @@ def sanitize_name(name: Any, fallback: str = "run") -> str:
     return text or fallback
 
 
-def _decode(row: sqlite3.Row) -> dict:
-    run = dict(row)
+def _settings(row: sqlite3.Row | dict) -> tuple[dict | None, dict | None]:
+    """A row's config and train decoded; None for one that is not a readable JSON object."""
+    out = []
     for key in ("config", "train"):
         try:
-            run[key] = json.loads(run[key])
+            value = json.loads(row[key])
         except (TypeError, ValueError):
-            run[key] = {}
+            value = None
+        out.append(value if isinstance(value, dict) else None)
+    return out[0], out[1]
+
+
+def _damage(row: sqlite3.Row | dict, config: dict | None, train: dict | None) -> str | None:
+    """The sentence naming the run and which of its stored settings cannot be read, or None."""
+    bad = [words for value, words in ((config, "model settings (config)"), (train, "training settings (train)"))
+           if value is None]
+    if not bad:
+        return None
+    return (f"run {row['id']} '{row['name']}' is damaged: its stored {' and '.join(bad)} "
+            f"{'are' if len(bad) > 1 else 'is'} not readable, so it cannot be started, resumed or "
+            "changed; delete it and start a new run")
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    """A run as a dict: config and train decoded; ``damaged`` None, or the sentence saying why
+    the run's settings are unreadable (then config / train read ``{}``, for display only, and
+    ``message`` is that sentence)."""
+    run = dict(row)
+    config, train = _settings(row)
+    run["damaged"] = _damage(row, config, train)
+    run["config"], run["train"] = config or {}, train or {}
+    if run["damaged"]:
+        run["message"] = run["damaged"][0].upper() + run["damaged"][1:]
     run.pop("stop_requested", None)
     return run
+
+
+def _request_of(row: sqlite3.Row | dict) -> RunRequest:
+    """The stored request of a run row, checked again: DamagedRunError when its JSON cannot be
+    read, ConfigError (naming the run and the field) when a value is not allowed."""
+    config, train = _settings(row)
+    damage = _damage(row, config, train)
+    if damage:
+        raise DamagedRunError(damage)
+    try:
+        return RunRequest.from_dicts(row["name"], config, train, row["owner"], row["preset"])
+    except ConfigError as exc:
+        raise ConfigError(f"run {row['id']} '{row['name']}' has a stored setting that is not allowed: {exc}",
+                          exc.field) from None
 
 
 class RunFolders:
@@ -214,26 +237,67 @@ class RunStore(RunRecords, RunFolders):
             raise self._file.os_unavailable(exc, f"the runs folder {self.root} could not be created") from None
         existed = self.db_path.is_file() and self.db_path.stat().st_size > 0
         self._retry(self._file.check_is_ours)   # read-only: nothing is written to a file that is not ours
-
-        def init(conn: sqlite3.Connection) -> None:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-
+        version = None
         try:
-            self._retry(lambda: self._with_conn(init))
+            version = self.read(schema.stored_version)
+            schema.refuse_newer(version, self.db_path)   # before anything is written
+            self._retry(lambda: self._with_conn(lambda conn: conn.execute("PRAGMA journal_mode=WAL")))
+            if not self.read(schema.is_current):
+                self.transaction(lambda conn: schema.migrate(conn, self.db_path))
         except StoreUnavailableError as exc:
-            if not (existed and exc.reason == "disk_full"):
+            if not (existed and exc.reason == "disk_full" and version in (None, schema.SCHEMA_VERSION)):
                 raise
-            # Our schema is already there: reads still work (see _read), and the run in hand
-            # must be able to record how it ended, so a full disk does not refuse the store.
+            # A current store on a full disk: reads still work (see read), and the run in hand
+            # must be able to record how it ended, so the full disk does not refuse the store.
         self._file.make_reserve()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
 
-    # -- connections, transactions, retries --------------------------------------------
+    # -- transactions and reads: the store's own methods and its neighbours use these ----
+    def transaction(self, fn: Callable[[sqlite3.Connection], Any], last_words: bool = False) -> Any:
+        """``fn(conn)`` inside one short ``BEGIN IMMEDIATE`` transaction; returns what fn returns.
+
+        The transaction holds the write lock from its first statement, so what fn reads is
+        still true when it writes (a slot claim, a unique name). A database locked by another
+        writer is waited for, then retried with back-off up to ``limits.db_timeout_s``, then
+        :class:`StoreBusyError`; fn may therefore run more than once, and must do nothing
+        but SQL. An exception from fn rolls everything back and is raised as it is. A fault of
+        the file or its disk is a :class:`StoreUnavailableError` in one sentence.
+        ``last_words=True`` (a run's final status, its error event): on a full disk, spend
+        the reserve (``runs.reserve``) and try once more. Rows come back as ``sqlite3.Row``.
+        """
+        def attempt():
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except BaseException:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass   # SQLite already rolled back (e.g. after a full disk)
+                    raise
+                conn.execute("COMMIT")
+                return result
+            finally:
+                conn.close()
+        return self._retry(attempt, last_words)
+
+    def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``fn(conn)`` on a connection of its own, for reads; returns what fn returns.
+
+        Retried while the database is locked, like :meth:`transaction`; WAL means a read
+        never waits for the trainer's writes. On a full disk, when no WAL holds commits, fn
+        reads the database file as it is (``flowlib.store.dbfile``). Several reads are not
+        one snapshot: read what must agree in one call.
+        """
+        try:
+            return self._retry(lambda: self._with_conn(fn))
+        except StoreUnavailableError as exc:
+            return self._file.read_as_is(fn, exc)
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, timeout=self.limits.db_timeout_s, isolation_level=None)
         conn.row_factory = sqlite3.Row
@@ -274,53 +338,29 @@ class RunStore(RunRecords, RunFolders):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], Any], last_words: bool = False) -> Any:
-        """Run fn inside one short BEGIN IMMEDIATE transaction, retried while locked."""
-        def attempt():
-            conn = self._connect()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                except BaseException:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass   # SQLite already rolled back (e.g. after a full disk)
-                    raise
-                conn.execute("COMMIT")
-                return result
-            finally:
-                conn.close()
-        return self._retry(attempt, last_words)
-
-    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        try:
-            return self._retry(lambda: self._with_conn(fn))
-        except StoreUnavailableError as exc:
-            # On a full disk, read the database file as is when no WAL holds commits (store_file).
-            return self._file.read_as_is(fn, exc)
-
     # -- runs ---------------------------------------------------------------------------
-    def create_run(self, name: Any, dataset: str, config: dict, train: dict,
-                   owner: str | None = None, preset: str | None = None,
-                   status: str = "created") -> int:
-        """Register a run and make its folder; returns the run id.
+    def create_run(self, request: RunRequest, status: str = "created") -> int:
+        """Store a run request and make the run's folder; returns the run id.
 
+        This is where a run is admitted: the request's settings were checked when it was made,
+        and here the server's caps (``limits.check_run``: steps, batch, minutes, and in
+        classroom mode the model's parameters and activation memory) refuse it, as a
+        ConfigError (a ValueError) naming the field, before anything is stored.
         ``status``: ``"created"`` (start it yourself), ``"waiting"`` (in the queue, started by
         :meth:`claim_next_waiting`), or ``"queued"``: created and given a concurrency slot in
         the same transaction, so a refusal (RunLimitError) leaves no row behind. The name is
-        sanitised and made unique by a ``-2``, ``-3`` … suffix. ConfigError (a ValueError)
-        when the run is over a server cap, RunLimitError when a ``waiting`` run would exceed
-        the owner's queue cap (:meth:`check_queue_room`).
+        sanitised and made unique by a ``-2``, ``-3`` … suffix. RunLimitError when a
+        ``waiting`` run would exceed the owner's queue cap (:meth:`check_queue_room`).
         """
         if status not in ("created", WAITING, "queued"):
             raise ValueError(f"a new run's status must be created, waiting or queued; got {status!r}")
-        if not isinstance(config, dict) or not isinstance(train, dict):
-            raise ValueError("config and train must be dicts (FlowConfig.to_dict(), TrainConfig.to_dict())")
+        if not isinstance(request, RunRequest):
+            raise TypeError(f"create_run takes a RunRequest, got {type(request).__name__}")
+        config, train = request.config.to_dict(), request.train.to_dict()
         self.limits.check_run(config, train)
-        base = sanitize_name(name)
-        owner = None if owner is None else str(owner)[:MAX_OWNER]
+        base = sanitize_name(request.name)
+        owner = None if request.owner is None else str(request.owner)[:MAX_OWNER]
+        dataset, preset = request.dataset, request.preset
         config_json, train_json = json.dumps(config), json.dumps(train)
         message = {"created": "not started yet", WAITING: "waiting for a free training slot",
                    "queued": _QUEUED_MESSAGE}[status]
@@ -340,16 +380,16 @@ class RunStore(RunRecords, RunFolders):
             cur = conn.execute(
                 "INSERT INTO runs (name, created, dataset, preset, config, train, status, owner, message,"
                 " heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (unique, now, str(dataset), preset, config_json, train_json, status, owner, message,
+                (unique, now, dataset, preset, config_json, train_json, status, owner, message,
                  now if status == "queued" else None))
             return cur.lastrowid
 
-        run_id = self._tx(insert)
+        run_id = self.transaction(insert)
         try:
             self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         except OSError:
             # A run without its folder cannot train: take the row back out (it may hold a slot).
-            self._tx(lambda c: c.execute("DELETE FROM runs WHERE id=?", (run_id,)))
+            self.transaction(lambda c: c.execute("DELETE FROM runs WHERE id=?", (run_id,)))
             raise
         return run_id
 
@@ -385,7 +425,7 @@ class RunStore(RunRecords, RunFolders):
 
     def reap_lost(self) -> list[int]:
         """Mark active runs with a stale heartbeat as ``lost``; returns their ids."""
-        return self._tx(lambda conn: self._mark_lost(conn, time.time()))
+        return self.transaction(lambda conn: self._mark_lost(conn, time.time()))
 
     def _maybe_reap(self, rows: list[sqlite3.Row]) -> bool:
         if self._stale_ids(rows, time.time()):
@@ -399,11 +439,11 @@ class RunStore(RunRecords, RunFolders):
     def get_run(self, run_id: int) -> dict | None:
         """One run as a dict (config and train decoded), or None. Reaps it if stale."""
         query = "SELECT * FROM runs WHERE id=?"
-        row = self._read(lambda c: c.execute(query, (int(run_id),)).fetchone())
+        row = self.read(lambda c: c.execute(query, (int(run_id),)).fetchone())
         if row is None:
             return None
         if self._maybe_reap([row]):
-            row = self._read(lambda c: c.execute(query, (int(run_id),)).fetchone())
+            row = self.read(lambda c: c.execute(query, (int(run_id),)).fetchone())
         return _decode(row)
 
     def list_runs(self, owner: str | None = None) -> list[dict]:
@@ -412,9 +452,9 @@ class RunStore(RunRecords, RunFolders):
             if owner is None:
                 return c.execute("SELECT * FROM runs ORDER BY id DESC").fetchall()
             return c.execute("SELECT * FROM runs WHERE owner=? ORDER BY id DESC", (owner,)).fetchall()
-        rows = self._read(read)
+        rows = self.read(read)
         if self._maybe_reap(rows):
-            rows = self._read(read)
+            rows = self.read(read)
         return [_decode(r) for r in rows]
 
     def find_run(self, ref: Any) -> dict | None:
@@ -424,9 +464,22 @@ class RunStore(RunRecords, RunFolders):
             run = self.get_run(int(text))
             if run is not None:
                 return run
-        row = self._read(lambda c: c.execute("SELECT id FROM runs WHERE name=? ORDER BY id DESC",
+        row = self.read(lambda c: c.execute("SELECT id FROM runs WHERE name=? ORDER BY id DESC",
                                              (text,)).fetchone())
         return None if row is None else self.get_run(row[0])
+
+    def stored_request(self, run_id: int) -> RunRequest:
+        """The run's request as stored, checked again; what the worker process trains.
+
+        KeyError for an unknown id; DamagedRunError (a RunStateError) naming the run when its
+        stored settings are not readable; ConfigError naming the run and the field when a
+        stored value is not allowed (a row changed behind the app's back). The server's caps
+        are not checked here: ``limits.check_run`` does that where a slot is claimed.
+        """
+        row = self.read(lambda c: c.execute("SELECT * FROM runs WHERE id=?", (int(run_id),)).fetchone())
+        if row is None:
+            raise KeyError(f"no run with id {run_id}")
+        return _request_of(row)
 
     def active_runs(self) -> list[dict]:
         return [r for r in self.list_runs() if r["status"] in ACTIVE_STATUSES]
@@ -461,11 +514,12 @@ class RunStore(RunRecords, RunFolders):
             if row["status"] not in STARTABLE_STATUSES:
                 raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; "
                                     "raise its step or time budget to train it further")
-            self.limits.check_run(json.loads(row["config"]), json.loads(row["train"]))
+            request = _request_of(row)
+            self.limits.check_run(request.config.to_dict(), request.train.to_dict())
             self._check_resumable(row)
             self._check_free_slot(conn)
             self._mark_queued(conn, row["id"], now)
-        self._tx(claim)
+        self.transaction(claim)
         return self.get_run(run_id)
 
     def _check_resumable(self, row) -> None:
@@ -490,10 +544,10 @@ class RunStore(RunRecords, RunFolders):
             self._mark_lost(conn, now)
             if len(self._active_rows(conn)) >= self.limits.max_concurrent:
                 return None
-            for row in conn.execute("SELECT id, config, train FROM runs WHERE status=? ORDER BY id",
-                                    (WAITING,)).fetchall():
+            for row in conn.execute("SELECT * FROM runs WHERE status=? ORDER BY id", (WAITING,)).fetchall():
                 try:
-                    self.limits.check_run(json.loads(row["config"]), json.loads(row["train"]))
+                    request = _request_of(row)
+                    self.limits.check_run(request.config.to_dict(), request.train.to_dict())
                 except ValueError as exc:
                     conn.execute("UPDATE runs SET status='failed', ended=?, message=? WHERE id=?",
                                  (now, f"Not started: {exc}.", row["id"]))
@@ -501,7 +555,7 @@ class RunStore(RunRecords, RunFolders):
                 self._mark_queued(conn, row["id"], now)
                 return row["id"]
             return None
-        return self._tx(claim)
+        return self.transaction(claim)
 
     def check_queue_room(self, owner: str | None, n_new: int) -> None:
         """RunLimitError when ``owner`` may not add ``n_new`` more waiting runs.
@@ -511,7 +565,7 @@ class RunStore(RunRecords, RunFolders):
         (the CLI, the teacher) is never capped. :meth:`create_run` checks it again for each
         ``waiting`` run, inside its transaction.
         """
-        self._read(lambda conn: self._check_queue_room(conn, owner, n_new))
+        self.read(lambda conn: self._check_queue_room(conn, owner, n_new))
 
     def _check_queue_room(self, conn, owner: str | None, n_new: int) -> None:
         cap = self.limits.max_waiting_per_owner
@@ -552,7 +606,7 @@ class RunStore(RunRecords, RunFolders):
                      "ended=NULL, message=? WHERE id=?", (now, _QUEUED_MESSAGE, int(run_id)))
 
     def set_pid(self, run_id: int, pid: int) -> None:
-        self._tx(lambda c: c.execute("UPDATE runs SET pid=? WHERE id=? AND status IN "
+        self.transaction(lambda c: c.execute("UPDATE runs SET pid=? WHERE id=? AND status IN "
                                      "('queued', 'running', 'stopping')", (int(pid), int(run_id))))
 
     def begin_run(self, run_id: int, pid: int) -> str:
@@ -568,7 +622,7 @@ class RunStore(RunRecords, RunFolders):
                 conn.execute("UPDATE runs SET status='running', pid=?, heartbeat=?, started=?, "
                              "message='training' WHERE id=?", (int(pid), now, now, int(run_id)))
             return row["status"]
-        return self._tx(begin)
+        return self.transaction(begin)
 
     def heartbeat(self, run_id: int, step: int | None = None) -> tuple[str | None, bool]:
         """The worker is alive at ``step``. Returns (status, stop_requested) in the same call."""
@@ -577,7 +631,7 @@ class RunStore(RunRecords, RunFolders):
                          "status IN ('running', 'stopping')", (time.time(), step, int(run_id)))
             row = conn.execute("SELECT status, stop_requested FROM runs WHERE id=?", (int(run_id),)).fetchone()
             return (None, True) if row is None else (row["status"], bool(row["stop_requested"]))
-        return self._tx(beat)
+        return self.transaction(beat)
 
     def request_stop(self, run_id: int, owner: str | None = None) -> bool:
         """Ask an active run to stop. Idempotent: True only if this call requested it."""
@@ -590,11 +644,11 @@ class RunStore(RunRecords, RunFolders):
                          "message='stopping: finishing the step and saving a checkpoint' WHERE id=?",
                          (int(run_id),))
             return True
-        return self._tx(stop)
+        return self.transaction(stop)
 
     def poll_stop(self, run_id: int) -> tuple[str | None, bool]:
         """(status, stop_requested) of a run, one indexed read; (None, True) if it is gone."""
-        row = self._read(lambda c: c.execute("SELECT status, stop_requested FROM runs WHERE id=?",
+        row = self.read(lambda c: c.execute("SELECT status, stop_requested FROM runs WHERE id=?",
                                              (int(run_id),)).fetchone())
         return (None, True) if row is None else (row["status"], bool(row["stop_requested"]))
 
@@ -613,7 +667,7 @@ class RunStore(RunRecords, RunFolders):
                 "stop_requested=0 WHERE id=? AND status IN ('queued', 'running', 'stopping', 'lost')",
                 (status, str(message), step, time.time(), int(run_id)))
             return cur.rowcount > 0
-        return self._tx(finish, last_words=True)
+        return self.transaction(finish, last_words=True)
 
     def mark_exited(self, run_id: int, pid: int, returncode: int) -> bool:
         """Called when a worker process we launched exits: if its run still looks active, it is lost."""
@@ -634,26 +688,37 @@ class RunStore(RunRecords, RunFolders):
             conn.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, 'lost', ?)",
                          (int(run_id), row["step"], now, msg))
             return True
-        return self._tx(check, last_words=True)
+        return self.transaction(check, last_words=True)
 
     def set_best_test_bpd(self, run_id: int, value: float) -> None:
-        self._tx(lambda c: c.execute(
+        self.transaction(lambda c: c.execute(
             "UPDATE runs SET best_test_bpd = CASE WHEN best_test_bpd IS NULL OR ? < best_test_bpd "
             "THEN ? ELSE best_test_bpd END WHERE id=?", (value, value, int(run_id))))
 
-    def update_train(self, run_id: int, train: dict, owner: str | None = None) -> None:
-        """Replace a non-active run's training config (e.g. a larger budget before resuming)."""
+    def update_train(self, run_id: int, train: TrainConfig, owner: str | None = None) -> None:
+        """Replace a non-active run's training config (e.g. a larger budget before resuming).
+
+        Refuses (DamagedRunError) a run whose stored settings are unreadable: a new training
+        config would not make its model known again.
+        """
+        if not isinstance(train, TrainConfig):
+            raise TypeError(f"update_train takes a TrainConfig, got {type(train).__name__}")
+        train = train.to_dict()
         self.limits.check_train(train)
 
         def update(conn):
             row = self._get_row(conn, run_id)
             self._check_owner(row, owner, "change")
-            self.limits.check_model(json.loads(row["config"]), train.get("batch_size"))
+            config, stored_train = _settings(row)
+            damage = _damage(row, config, stored_train)
+            if damage:
+                raise DamagedRunError(damage)
+            self.limits.check_model(config, train.get("batch_size"))
             if row["status"] in ACTIVE_STATUSES:
                 raise RunStateError(f"run {row['id']} '{row['name']}' is {row['status']}; stop it first")
             conn.execute("UPDATE runs SET train=?, status=CASE WHEN status='finished' THEN 'stopped' "
                          "ELSE status END WHERE id=?", (json.dumps(train), int(run_id)))
-        self._tx(update)
+        self.transaction(update)
 
     def rename_run(self, run_id: int, name: Any, owner: str | None = None) -> str:
         """Give a run a new (sanitised) name; returns it. Refuses a name another run has."""
@@ -667,7 +732,7 @@ class RunStore(RunRecords, RunFolders):
                 raise ValueError(f"another run (run {clash[0]}) is already called '{new}'")
             conn.execute("UPDATE runs SET name=? WHERE id=?", (new, int(run_id)))
             return new
-        return self._tx(rename)
+        return self.transaction(rename)
 
     def delete_run(self, run_id: int, owner: str | None = None) -> None:
         """Delete a run's rows and its folder. Refuses an active run (stop it first)."""
@@ -679,10 +744,10 @@ class RunStore(RunRecords, RunFolders):
             for table in ("metrics", "events", "samples"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id=?", (int(run_id),))
             conn.execute("DELETE FROM runs WHERE id=?", (int(run_id),))
-        self._tx(delete)
+        self.transaction(delete)
         folder = self.run_dir(run_id)
         if folder.parent == self.root and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
 
     def integrity_check(self) -> str:
-        return self._read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])
+        return self.read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])

@@ -1,55 +1,40 @@
 """Studies in the run store: a study is a named group of runs (arms × seeds) kept as one unit.
 
     from flowlib.store.studies import StudyStore
-    studies = StudyStore(store)                     # store: a flowlib.store.RunStore
-    study_id = studies.create(name, spec_dict, planned_runs, owner=visitor)   # all queued, or none
+    studies = StudyStore(store)                     # store: a flowlib.store.runs.RunStore
+    study_id = studies.create(name, spec_dict, [(arm, seed, run_request), ...], owner=visitor)  # all queued, or none
     studies.list()                                  # newest first, each with its runs
     studies.stop(study_id); studies.delete(study_id); studies.rename(study_id, "new name")
 
-Two tables beside the run store's own, in the same ``runs.sqlite``::
+Two tables beside the run store's own, in the same ``runs.sqlite`` (made and migrated with
+them by :mod:`flowlib.store.schema`)::
 
     studies     (id, name, created, owner, spec)        spec: the StudySpec as JSON
     study_runs  (study_id, run_id, arm, seed)           one row per run of the study
 
 The runs themselves are ordinary runs (the worker trains them, the Runs page can open each
-one); a study only remembers which arm and seed each one is. Creating a study is all or
-nothing: every run is first stored as ``created`` (which the queue never starts), linked to
-the study, and only then are they all moved to ``waiting`` in one transaction. If anything
-fails on the way, what was made is deleted again.
+one); a study only remembers which arm and seed each one is, and its owner owns them all.
+Creating a study is all or nothing: every run is first stored as ``created`` (which the
+queue never starts), linked to the study, and only then are they all moved to ``waiting``
+in one transaction. If anything fails on the way, what was made is deleted again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any, Iterable
 
+from .request import RunRequest
 from .runs import ACTIVE_STATUSES, WAITING, RunStateError, RunStore, sanitize_name
 
 __all__ = ["StudyStore", "PlannedRun", "study_status"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS studies (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    created REAL NOT NULL,
-    owner TEXT,
-    spec TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS study_runs (
-    study_id INTEGER NOT NULL,
-    run_id INTEGER NOT NULL UNIQUE,
-    arm TEXT NOT NULL,
-    seed INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS study_runs_study ON study_runs (study_id);
-"""
-
-# (arm name, seed, run name, dataset, FlowConfig dict, TrainConfig dict, preset)
-PlannedRun = tuple[str, int, str, str, dict, dict, "str | None"]
+# (arm name, seed, the run's request)
+PlannedRun = tuple[str, int, RunRequest]
 
 _CANCELLED = "cancelled: its study was stopped before this run began"
-_READY: set[tuple] = set()   # database files whose study tables exist (checked once per process)
 
 
 def study_status(runs: Iterable[dict]) -> str:
@@ -74,14 +59,7 @@ class StudyStore:
     """The studies of one run store."""
 
     def __init__(self, store: RunStore):
-        self.store = store
-        try:   # the file itself, so a database replaced at the same path gets its tables too
-            key = (str(store.db_path), store.db_path.stat().st_ino)
-        except OSError:
-            key = (str(store.db_path), None)
-        if key not in _READY:   # pages make one per rerun: create the tables once per process
-            self.store._retry(lambda: self.store._with_conn(lambda c: c.executescript(_SCHEMA)))
-            _READY.add(key)
+        self.store = store   # its tables are made with the run store's (flowlib.store.schema)
 
     # -- creating -------------------------------------------------------------------------
     def create(self, name: Any, spec: dict, planned: list[PlannedRun], owner: str | None = None) -> int:
@@ -92,23 +70,21 @@ class StudyStore:
         """
         if not planned:
             raise ValueError("a study needs at least one run")
-        check_room = getattr(self.store, "check_queue_room", None)
-        if check_room is not None:
-            check_room(owner, len(planned))
-        for *_, config, train, _preset in planned:
-            self.store.limits.check_run(config, train)   # every run or none, before anything is stored
+        self.store.check_queue_room(owner, len(planned))
+        requests = [dataclasses.replace(request, owner=owner) for _arm, _seed, request in planned]
+        for request in requests:   # every run or none, before anything is stored
+            self.store.limits.check_run(request.config.to_dict(), request.train.to_dict())
         owner_text = None if owner is None else str(owner)[:200]
         study_name = sanitize_name(name, fallback="study")
-        study_id = self.store._tx(lambda c: c.execute(
+        study_id = self.store.transaction(lambda c: c.execute(
             "INSERT INTO studies (name, created, owner, spec) VALUES (?, ?, ?, ?)",
             (study_name, time.time(), owner_text, json.dumps(spec))).lastrowid)
         made: list[int] = []
         try:
-            for arm, seed, run_name, dataset, config, train, preset in planned:
-                run_id = self.store.create_run(run_name, dataset, config, train, owner=owner,
-                                               preset=preset, status="created")
+            for (arm, seed, _request), request in zip(planned, requests):
+                run_id = self.store.create_run(request, status="created")
                 made.append(run_id)
-                self.store._tx(lambda c, r=run_id, a=arm, s=seed: c.execute(
+                self.store.transaction(lambda c, r=run_id, a=arm, s=seed: c.execute(
                     "INSERT INTO study_runs (study_id, run_id, arm, seed) VALUES (?, ?, ?, ?)",
                     (study_id, r, str(a), int(s))))
 
@@ -116,7 +92,7 @@ class StudyStore:
                 marks = ",".join("?" * len(made))
                 conn.execute(f"UPDATE runs SET status=?, message=? WHERE id IN ({marks}) AND status='created'",
                              (WAITING, "waiting for a free training slot", *made))
-            self.store._tx(queue_all)
+            self.store.transaction(queue_all)
         except BaseException:
             self._remove(study_id, made)
             raise
@@ -128,8 +104,8 @@ class StudyStore:
                 self.store.delete_run(run_id)
             except (KeyError, RunStateError):
                 pass
-        self.store._tx(lambda c: (c.execute("DELETE FROM study_runs WHERE study_id=?", (study_id,)),
-                                  c.execute("DELETE FROM studies WHERE id=?", (study_id,))))
+        self.store.transaction(lambda c: (c.execute("DELETE FROM study_runs WHERE study_id=?", (study_id,)),
+                                          c.execute("DELETE FROM studies WHERE id=?", (study_id,))))
 
     # -- reading --------------------------------------------------------------------------
     def _decode(self, row, links: list, runs_by_id: dict[int, dict] | None = None) -> dict:
@@ -151,11 +127,11 @@ class StudyStore:
 
     def get(self, study_id: int) -> dict | None:
         """The study (spec decoded) with ``runs``: each run's store dict plus ``arm`` and ``seed``."""
-        row = self.store._read(lambda c: c.execute("SELECT * FROM studies WHERE id=?",
+        row = self.store.read(lambda c: c.execute("SELECT * FROM studies WHERE id=?",
                                                    (int(study_id),)).fetchone())
         if row is None:
             return None
-        links = self.store._read(lambda c: c.execute(
+        links = self.store.read(lambda c: c.execute(
             "SELECT run_id, arm, seed FROM study_runs WHERE study_id=? ORDER BY run_id",
             (int(study_id),)).fetchall())
         return self._decode(row, links)
@@ -166,21 +142,21 @@ class StudyStore:
             if owner is None:
                 return c.execute("SELECT * FROM studies ORDER BY id DESC").fetchall()
             return c.execute("SELECT * FROM studies WHERE owner=? ORDER BY id DESC", (owner,)).fetchall()
-        rows = self.store._read(read)
+        rows = self.store.read(read)
         if not rows:
             return []
         # Three reads for the whole page, not two per study and one per run: the Runs page
         # calls this every few seconds while a study trains.
         runs_by_id = {r["id"]: r for r in self.store.list_runs()}
         links: dict[int, list] = {}
-        for link in self.store._read(lambda c: c.execute(
+        for link in self.store.read(lambda c: c.execute(
                 "SELECT study_id, run_id, arm, seed FROM study_runs ORDER BY run_id").fetchall()):
             links.setdefault(link["study_id"], []).append(link)
         return [self._decode(row, links.get(row["id"], []), runs_by_id) for row in rows]
 
     def run_ids(self) -> dict[int, int]:
         """{run id: study id} for every run that belongs to a study."""
-        rows = self.store._read(lambda c: c.execute("SELECT run_id, study_id FROM study_runs").fetchall())
+        rows = self.store.read(lambda c: c.execute("SELECT run_id, study_id FROM study_runs").fetchall())
         return {r["run_id"]: r["study_id"] for r in rows}
 
     # -- changing -------------------------------------------------------------------------
@@ -199,7 +175,7 @@ class StudyStore:
         def rename(conn):
             self._owned_row(conn, study_id, owner, "rename")
             conn.execute("UPDATE studies SET name=? WHERE id=?", (new, int(study_id)))
-        self.store._tx(rename)
+        self.store.transaction(rename)
         return new
 
     def stop(self, study_id: int, owner: str | None = None) -> dict:
@@ -220,7 +196,7 @@ class StudyStore:
             active = [r[0] for r in conn.execute(
                 f"SELECT id FROM runs WHERE status IN ('queued', 'running') AND id IN ({marks})", ids)]
             return cancelled, active
-        cancelled, active = self.store._tx(cancel)
+        cancelled, active = self.store.transaction(cancel)
         stopping = sum(1 for run_id in active if self.store.request_stop(run_id))
         return {"cancelled": cancelled, "stopping": stopping}
 
@@ -245,7 +221,7 @@ class StudyStore:
                 conn.execute(f"UPDATE runs SET status='stopped', message=? WHERE status=? AND id IN ({marks})",
                              (_CANCELLED, WAITING, *ids))
             return ids
-        ids = self.store._tx(lock_down)
+        ids = self.store.transaction(lock_down)
         self._remove(study_id, ids)
         return len(ids)
 

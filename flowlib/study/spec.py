@@ -334,6 +334,7 @@ def submit(store, spec: StudySpec, image_shape: tuple[int, int, int], owner: str
     not any page or this process is still there.
     """
     from flowlib.jobs import worker
+    from flowlib.store.request import RunRequest
     from flowlib.store.studies import StudyStore
 
     p = plan(spec, image_shape)
@@ -341,9 +342,10 @@ def submit(store, spec: StudySpec, image_shape: tuple[int, int, int], owner: str
     for seed in p.seeds:                      # seed-major: a stopped study has whole seeds
         for arm in p.arms:
             cfg, tc = arm.run_configs(seed)
-            worker._validate(cfg.to_dict(), tc.to_dict(), store)
-            planned.append((arm.name, seed, f"{spec.name or 'study'}-{arm.name}-s{seed}", spec.dataset,
-                            cfg.to_dict(), tc.to_dict(), spec.model_preset))
+            request = RunRequest(f"{spec.name or 'study'}-{arm.name}-s{seed}", cfg, tc, owner=owner,
+                                 preset=spec.model_preset)
+            planned.append((arm.name, seed, request))
+    # The store admits every run or none: each one's caps are checked before any is stored.
     study_id = StudyStore(store).create(spec.name or spec.preset or "study", p.describe(), planned, owner=owner)
     worker.start_waiting(store)
     return study_id

@@ -1,11 +1,11 @@
 """The training loop: headless runs the app can watch.
 
     from flowlib.config import TrainConfig, preset
-    from flowlib.store import RunStore
+    from flowlib.store.request import RunRequest
+    from flowlib.store.runs import RunStore
     from flowlib.train.loop import train_run
     store = RunStore()
-    run_id = store.create_run("mnist-a", "mnist", preset("mnist-fast").to_dict(),
-                              TrainConfig(dataset="mnist", max_steps=2000).to_dict())
+    run_id = store.create_run(RunRequest("mnist-a", preset("mnist-fast"), TrainConfig(dataset="mnist", max_steps=2000)))
     store.request_start(run_id)          # claims a concurrency slot (the worker does this for the app)
     train_run(store, run_id)             # trains in this process; everything lands in the store
 

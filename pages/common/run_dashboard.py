@@ -164,7 +164,7 @@ def busy_words(others: list[dict], limit: int) -> str:
 
 def other_runs_bar(store, run: dict) -> None:
     """While this page shows a run that is not training, say which other run is, and offer to
-    show it, or to stop it so that this one can be resumed (issue 18, item 7)."""
+    show it, or to stop it so that this one can be resumed."""
     from flowlib.jobs import worker
 
     others = [r for r in store.list_runs()
@@ -278,10 +278,12 @@ STATUS_COLOURS = {"running": "green", "queued": "blue", "stopping": "orange", "s
 
 
 def header(run: dict) -> None:
-    """The run's title with its status badge, and its settings in one line."""
+    """The run's title with its status badge, and its settings in one line (unless damaged)."""
     status = run["status"]
     st.markdown(f"### Run {run['id']} · {run['name']} &nbsp; :{STATUS_COLOURS.get(status, 'gray')}-badge["
                 f"{STATUS_ICONS.get(status, '')} {ui.STATUS_WORDS.get(status, status)}]")
+    if run["damaged"]:   # its settings are unknown: no line of them can be written truthfully
+        return
     cfgd = run["config"]
     st.caption(f"{run['dataset']} · preset {run.get('preset') or 'custom'} · "
                f"L={cfgd.get('levels')}, K={cfgd.get('steps')}, hidden {cfgd.get('hidden')}, "
@@ -399,6 +401,9 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
     if was_active and run["status"] not in ui.ACTIVE_STATUSES:
         st.rerun(scope="app")  # the run ended: update the buttons and switch the timer off
     header(run)
+    if run["damaged"]:   # its settings are unknown: nothing below could be drawn truthfully
+        st.error(friendly(run["damaged"]), icon=":material/error:")
+        return
     other_runs_bar(store, run)
     controls(store, run)
     status_note(run)

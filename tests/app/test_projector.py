@@ -203,9 +203,10 @@ FAKE_PID = 4_000_000  # no process: these runs are only rows in the store
 @pytest.fixture
 def stopped_and_training():
     """Run 1 stopped at step 63 (last logged row: step 60); run 2 'training' (a row only)."""
+    from flowlib.store.request import RunRequest
     store = _store()
     cfg, tc = _run_dicts()
-    r1 = store.create_run("mnist-a", "mnist", cfg, tc, status="queued")
+    r1 = store.create_run(RunRequest.from_dicts("mnist-a", cfg, tc), status="queued")
     store.begin_run(r1, FAKE_PID)
     now = time.time()
     store.append_metrics(r1, [(50, now, "train_bpd", 2.9), (60, now, "train_bpd", 2.81),
@@ -213,7 +214,7 @@ def stopped_and_training():
     store.heartbeat(r1, 63)
     store.finish_run(r1, "stopped", "Stopped at step 63; checkpoint saved. Resume to continue.", 63)
     store.checkpoint_path(r1).write_bytes(b"placeholder: resume is refused before it is read")
-    r2 = store.create_run("mnist-b", "mnist", cfg, tc, status="queued")
+    r2 = store.create_run(RunRequest.from_dicts("mnist-b", cfg, tc), status="queued")
     store.begin_run(r2, FAKE_PID)
     store.heartbeat(r2, 340)
     yield r1, r2

@@ -1,4 +1,4 @@
-"""AppTest for the Runs page's table and single-run actions (issue 18's rough edges)."""
+"""AppTest for the Runs page's table and single-run actions, and a run whose settings are damaged."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from streamlit.testing.v1 import AppTest
 from flowlib import preset
 from flowlib.config import TrainConfig
 from flowlib.env import REPO_ROOT
+from flowlib.store.request import RunRequest
 
 APP = str(REPO_ROOT / "app.py")
 
@@ -18,8 +19,7 @@ def store():
 
 def _run(name: str, status: str = "created") -> int:
     s = store()
-    rid = s.create_run(name, "mnist", preset("mnist-fast").to_dict(),
-                       TrainConfig(max_steps=200, batch_size=16, first_eval=50).to_dict())
+    rid = s.create_run(RunRequest(name, preset("mnist-fast"), TrainConfig(max_steps=200, batch_size=16, first_eval=50)))
     if status in ("queued", "running"):
         s.request_start(rid)
         if status == "running":
@@ -68,3 +68,19 @@ def test_a_foreign_run_database_stops_the_page_with_one_sentence_and_is_not_touc
     errors = " ".join(e.value for e in at.error)
     assert "The run store cannot be used" in errors and "not an SQLite database" in errors
     assert db.read_bytes() == before
+
+
+def test_a_run_whose_stored_settings_are_damaged_reads_as_damaged_on_both_pages(runs_dir):
+    rid = _run("broken")
+    store().transaction(lambda c: c.execute("UPDATE runs SET config='{oops', train='[]' WHERE id=?", (rid,)))
+    at = page()
+    at.run()
+    assert not at.exception, at.exception
+    assert at.dataframe[0].value["settings"][0] == "damaged: unreadable"
+    at.switch_page("pages/train.py")
+    at.query_params["run"] = str(rid)
+    at.run()
+    assert not at.exception, at.exception
+    shown = " ".join(e.value for e in at.error)
+    assert f"Run {rid} 'broken' is damaged" in shown and "cannot be started, resumed or changed" in shown
+    assert not [b for b in at.button if b.key == f"resume_{rid}"]

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from flowlib.config import PRESET_LR
 from flowlib.env import REPO_ROOT
+from flowlib.store.request import RunRequest
 
 APP = str(REPO_ROOT / "app.py")
 
@@ -229,7 +230,7 @@ def test_a_failed_run_says_why_on_its_dashboard(runs_dir, tmp_path):
     missing = tmp_path / "no-such-folder"
     tc = TrainConfig(dataset="folder", dataset_options={"path": str(missing), "size": 32},
                      max_steps=10)
-    run_id = s.create_run("broken", "folder", preset("faces-fast").to_dict(), tc.to_dict())
+    run_id = s.create_run(RunRequest("broken", preset("faces-fast"), tc))
     worker.start_run(s, run_id)
     run = wait_status(run_id, ("failed",), timeout=120)
     at = train_page(run=str(run_id))
@@ -244,8 +245,7 @@ def test_a_run_that_ran_out_of_memory_offers_to_resume_with_the_batch_that_fits(
     from flowlib import preset
     from flowlib.config import TrainConfig
     s = store()
-    run_id = s.create_run("big batch", "mnist", preset("mnist-fast").to_dict(),
-                          TrainConfig(max_steps=100, batch_size=64).to_dict())
+    run_id = s.create_run(RunRequest("big batch", preset("mnist-fast"), TrainConfig(max_steps=100, batch_size=64)))
     s.request_start(run_id)
     s.begin_run(run_id, os.getpid())
     s.append_metrics(run_id, [(3, 1000.0, "oom_fitting_batch", 16.0)])
@@ -264,8 +264,8 @@ def _finished_run(name: str, owner: str | None = None, permutation: str = "conv1
     from flowlib import preset
     from flowlib.config import TrainConfig
     s = store()
-    rid = s.create_run(name, "mnist", preset("mnist-fast", permutation=permutation).to_dict(),
-                       TrainConfig(max_steps=20, batch_size=16).to_dict(), owner=owner, preset="mnist-fast")
+    rid = s.create_run(RunRequest(name, preset("mnist-fast", permutation=permutation),
+                                  TrainConfig(max_steps=20, batch_size=16), owner=owner, preset="mnist-fast"))
     s.append_metrics(rid, [(step, 1000.0 + step, key, 8.0 - step / 10 - rid / 100)
                            for step in (10, 20) for key in ("train_bpd", "test_bpd")]
                      + [(step, 1000.0 + step, "elapsed_s", step / 2) for step in (10, 20)])

@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from flowlib.env import REPO_ROOT
+from flowlib.store.request import RunRequest
 from flowlib.store.studies import StudyStore
 from flowlib.study.spec import StudySpec, plan
 
@@ -73,8 +74,8 @@ def test_one_click_permutation_study_queues_paired_runs_with_an_estimate(runs_di
 def _study_with_results(seeds_bpd: dict[str, dict[int, float]]) -> int:
     s = store()
     p = plan(StudySpec.from_preset("coupling", seeds=3, steps=20), (1, 28, 28))
-    planned = [(a.name, seed, f"{a.name}-{seed}", "mnist", a.run_configs(seed)[0].to_dict(),
-                a.run_configs(seed)[1].to_dict(), "mnist-fast") for seed in p.seeds for a in p.arms]
+    planned = [(a.name, seed, RunRequest(f"{a.name}-{seed}", *a.run_configs(seed), preset="mnist-fast"))
+               for seed in p.seeds for a in p.arms]
     sid = StudyStore(s).create("coupling-study", p.describe(), planned)
     for r in StudyStore(s).get(sid)["runs"]:
         s.request_start(r["id"])

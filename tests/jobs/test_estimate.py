@@ -13,6 +13,7 @@ from flowlib.env import REPO_ROOT
 from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest, history_images_per_s
 from flowlib.size import parameter_count
 from flowlib.store.limits import Limits
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStore
 
 REPO = REPO_ROOT
@@ -75,9 +76,9 @@ def test_cache_key_covers_every_input_and_the_measured_batch():
 def test_history_is_the_median_of_earlier_runs_with_the_same_settings(tmp_path):
     store = RunStore(tmp_path, Limits())
     train = {"batch_size": 8, "device": "cpu", "bf16": False, "threads": 1, "max_steps": 10}
-    same = store.create_run("same", "faces", TINY.to_dict(), train)
-    other = store.create_run("other", "faces", {**TINY.to_dict(), "hidden": 8}, train)
-    bigger = store.create_run("bigger", "faces", TINY.to_dict(), {**train, "batch_size": 16})
+    same = store.create_run(RunRequest.from_dicts("same", TINY.to_dict(), train))
+    other = store.create_run(RunRequest.from_dicts("other", {**TINY.to_dict(), "hidden": 8}, train))
+    bigger = store.create_run(RunRequest.from_dicts("bigger", TINY.to_dict(), {**train, "batch_size": 16}))
     for run_id, values in ((same, [100.0, 900.0, 300.0, 310.0]), (other, [5.0] * 4), (bigger, [7.0] * 4)):
         store.append_metrics(run_id, [(10 * i, 0.0, "images_per_s", v) for i, v in enumerate(values)])
     known = history_images_per_s(store, _request())

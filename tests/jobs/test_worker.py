@@ -15,6 +15,7 @@ from flowlib.core.checkpoint import load_checkpoint, load_model
 from flowlib.env import REPO_ROOT
 from flowlib.jobs import worker
 from flowlib.store.limits import Limits
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStore
 
 pytestmark = pytest.mark.store_limits(stale_after_s=3.0, start_timeout_s=60)
@@ -26,7 +27,7 @@ TINY = preset("faces-fast", levels=2, steps=1, hidden=4, permutation="reverse")
 def _train(**kw):
     base = dict(dataset="faces", batch_size=8, max_steps=10, warmup_steps=5, log_every=2, eval_every=10**6,
                 first_eval=0, eval_subset=40, samples_per_temperature=2, threads=1)
-    return TrainConfig(**{**base, **kw}).to_dict()
+    return TrainConfig(**{**base, **kw})
 
 
 def _wait_step(store, run_id, step, timeout=60):
@@ -55,7 +56,7 @@ def _gone(pid, timeout=10):
 
 
 def test_worker_process_trains_to_the_end_and_is_reaped(store):
-    run_id = store.create_run("w", "faces", TINY.to_dict(), _train())
+    run_id = store.create_run(RunRequest("w", TINY, _train()))
     pid = worker.start_run(store, run_id)
     run = worker.wait_for_run(store, run_id, timeout=90)
     assert run["status"] == "finished" and run["step"] == 10, run["message"]
@@ -65,7 +66,7 @@ def test_worker_process_trains_to_the_end_and_is_reaped(store):
 
 
 def test_stop_then_resume_through_worker_processes(store):
-    run_id = store.create_run("w", "faces", TINY.to_dict(), _train(max_steps=100000))
+    run_id = store.create_run(RunRequest("w", TINY, _train(max_steps=100000)))
     worker.start_run(store, run_id)
     _wait_step(store, run_id, 4)
     assert worker.stop_run(store, run_id) is True
@@ -86,7 +87,7 @@ def test_stop_then_resume_through_worker_processes(store):
 
 
 def test_kill_9_marks_the_run_lost_and_it_resumes_from_the_checkpoint(store):
-    run_id = store.create_run("w", "faces", TINY.to_dict(), _train(max_steps=100000, checkpoint_every_minutes=0.005))
+    run_id = store.create_run(RunRequest("w", TINY, _train(max_steps=100000, checkpoint_every_minutes=0.005)))
     pid = worker.start_run(store, run_id)
     _wait_step(store, run_id, 6)
     os.kill(pid, signal.SIGKILL)
@@ -102,7 +103,7 @@ def test_kill_9_marks_the_run_lost_and_it_resumes_from_the_checkpoint(store):
 
 def test_a_restarted_server_finds_a_killed_worker_lost_by_heartbeat(store):
     """No Popen handle in this process (as after a server restart): only the heartbeat can tell."""
-    run_id = store.create_run("w", "faces", TINY.to_dict(), _train(max_steps=100000))
+    run_id = store.create_run(RunRequest("w", TINY, _train(max_steps=100000)))
     store.request_start(run_id)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "flowlib.jobs.worker", str(run_id), "--runs-dir", str(store.root)],
@@ -152,7 +153,7 @@ def test_cli_ctrl_c_stops_cleanly_with_a_checkpoint(tmp_path):
 
 def test_three_queued_runs_with_one_slot_all_finish_with_no_app(store):
     """A study's queue moves on its own: each worker hands its slot to the next waiting run."""
-    ids = [worker.submit(store, f"q{i}", "faces", TINY.to_dict(), _train(max_steps=6), queue=True)
+    ids = [worker.submit(store, RunRequest(f"q{i}", TINY, _train(max_steps=6)), queue=True)
            for i in range(3)]
     assert [store.get_run(i)["status"] for i in ids[1:]] == ["waiting", "waiting"]
     assert store.get_run(ids[0])["status"] in ("queued", "running")
@@ -164,11 +165,11 @@ def test_three_queued_runs_with_one_slot_all_finish_with_no_app(store):
 
 
 def test_a_refused_submit_leaves_no_run_behind(store):
-    first = worker.submit(store, "first", "faces", TINY.to_dict(), _train(max_steps=100000))
+    first = worker.submit(store, RunRequest("first", TINY, _train(max_steps=100000)))
     with pytest.raises(worker.RunLimitError, match=rf"run {first} 'first'"):
-        worker.submit(store, "second", "faces", TINY.to_dict(), _train())
+        worker.submit(store, RunRequest("second", TINY, _train()))
     with pytest.raises(ValueError, match="batch_size"):
-        worker.submit(store, "bad", "faces", TINY.to_dict(), _train(batch_size=-1), queue=True)
+        worker.submit(store, RunRequest("bad", TINY, _train(batch_size=-1)), queue=True)
     assert [r["name"] for r in store.list_runs()] == ["first"]
     assert sorted(p.name for p in store.root.glob("run-*")) == [store.run_dir(first).name]
     worker.stop_run(store, first)
@@ -180,14 +181,14 @@ def test_a_run_that_cannot_be_launched_is_taken_back(store, monkeypatch):
         raise OSError("no more processes")
     monkeypatch.setattr(worker, "_launch", no_process)
     with pytest.raises(OSError, match="no more processes"):
-        worker.submit(store, "x", "faces", TINY.to_dict(), _train())
+        worker.submit(store, RunRequest("x", TINY, _train()))
     assert store.list_runs() == []
 
 
 def test_cli_refused_by_a_busy_slot_leaves_no_run(tmp_path):
     runs = tmp_path / "runs"
     store = RunStore(runs, Limits())
-    busy = store.create_run("busy", "faces", TINY.to_dict(), _train(), status="queued")
+    busy = store.create_run(RunRequest("busy", TINY, _train()), status="queued")
     cmd = [sys.executable, "-m", "flowlib.train", "--preset", "faces-fast", "--dataset", "faces",
            "--image-shape", "1,32,32", "--levels", "2", "--flow-steps", "1", "--hidden", "4",
            "--steps", "5", "--runs-dir", str(runs), "--name", "refused"]
@@ -195,3 +196,23 @@ def test_cli_refused_by_a_busy_slot_leaves_no_run(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"run {busy} 'busy'" in proc.stderr, proc.stderr
     assert [r["name"] for r in store.list_runs()] == ["busy"]
+
+
+@pytest.mark.parametrize("column, stored, words", [
+    ("train", '{"max_steps": 10, "batch_size": -4}', "has a stored setting that is not allowed: batch_size"),
+    ("config", "{damaged", "is damaged: its stored model settings (config) is not readable"),
+])
+def test_the_worker_process_checks_the_stored_request_again_and_refuses_a_changed_row(store, capsys, column,
+                                                                                     stored, words):
+    """A row changed after its slot was claimed: the worker says so in words and trains nothing."""
+    run_id = store.create_run(RunRequest("changed", TINY, _train()))
+    store.request_start(run_id)
+    store.transaction(lambda c: c.execute(f"UPDATE runs SET {column}=? WHERE id=?", (stored, run_id)))
+    assert worker.main([str(run_id), "--runs-dir", str(store.root)]) == 1
+    message = store.read(lambda c: c.execute("SELECT message FROM runs WHERE id=?", (run_id,)).fetchone()[0])
+    assert message.startswith(f"Not started: run {run_id} 'changed' ") and words in message
+    assert message in capsys.readouterr().out
+    run = store.get_run(run_id)
+    assert run["status"] == "failed" and run["step"] == 0 and run["started"] is None
+    assert store.events(run_id, kinds=["error"])[-1]["message"] == message
+    assert not store.checkpoint_path(run_id).exists() and store.metrics(run_id) == {}

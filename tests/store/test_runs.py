@@ -6,7 +6,9 @@ import time
 
 import pytest
 
+from flowlib.config import FlowConfig
 from flowlib.store.limits import Limits
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore, sanitize_name
 
 
@@ -14,8 +16,12 @@ def _train(**kw):
     return {"dataset": "faces", "batch_size": 16, "max_steps": 30, "max_minutes": None, **kw}
 
 
-def _new(store, name="r", **kw):
-    return store.create_run(name, "faces", {"levels": 2}, _train(**kw.pop("train", {})), **kw)
+def _request(name, config=None, owner=None, **train):
+    return RunRequest.from_dicts(name, {"levels": 2} if config is None else config, _train(**train), owner=owner)
+
+
+def _new(store, name="r", owner=None, **kw):
+    return store.create_run(_request(name, owner=owner, **kw.pop("train", {})), **kw)
 
 
 def test_store_uses_wal_and_creates_run_folders_from_ids(tmp_path):
@@ -24,7 +30,8 @@ def test_store_uses_wal_and_creates_run_folders_from_ids(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     run_id = _new(store, "../../escape")
     run = store.get_run(run_id)
-    assert run["status"] == "created" and run["config"] == {"levels": 2} and run["train"]["max_steps"] == 30
+    assert run["status"] == "created" and run["config"] == FlowConfig(levels=2).to_dict()
+    assert run["train"]["max_steps"] == 30
     assert store.run_dir(run_id) == tmp_path / f"run-{run_id:05d}" and store.run_dir(run_id).is_dir()
     assert run["name"] == "escape"
     assert not (tmp_path.parent / "escape").exists()
@@ -185,20 +192,20 @@ def test_owner_checks_for_start_stop_rename_delete(tmp_path):
 
 def test_a_queued_create_claims_its_slot_in_the_same_transaction(tmp_path):
     store = RunStore(tmp_path, Limits(max_concurrent=1))
-    a = store.create_run("a", "faces", {"levels": 2}, _train(), status="queued")
+    a = store.create_run(_request("a"), status="queued")
     assert store.get_run(a)["status"] == "queued"
     with pytest.raises(RunLimitError, match=rf"run {a} 'a'"):
-        store.create_run("b", "faces", {"levels": 2}, _train(), status="queued")
+        store.create_run(_request("b"), status="queued")
     assert [r["id"] for r in store.list_runs()] == [a]                  # nothing left behind
     assert sorted(p.name for p in tmp_path.glob("run-*")) == [store.run_dir(a).name]
     with pytest.raises(ValueError, match="created, waiting or queued"):
-        store.create_run("c", "faces", {}, _train(), status="running")
+        store.create_run(_request("c", {}), status="running")
 
 
 def test_the_queue_hands_slots_to_the_oldest_waiting_runs_only(tmp_path):
     store = RunStore(tmp_path, Limits(max_concurrent=2))
     created = _new(store, "created-by-hand")                            # never started by the queue
-    w1, w2, w3 = (store.create_run(f"w{i}", "faces", {}, _train(), status="waiting") for i in range(3))
+    w1, w2, w3 = (store.create_run(_request(f"w{i}", {}), status="waiting") for i in range(3))
     assert store.get_run(w1)["status"] == "waiting" and "slot" in store.get_run(w1)["message"]
     assert store.claim_next_waiting() == w1 and store.claim_next_waiting() == w2
     assert store.claim_next_waiting() is None                           # both slots taken
@@ -210,8 +217,8 @@ def test_the_queue_hands_slots_to_the_oldest_waiting_runs_only(tmp_path):
 
 
 def test_a_waiting_run_over_a_new_cap_fails_with_the_reason_and_the_next_one_starts(tmp_path):
-    big = RunStore(tmp_path, Limits()).create_run("big", "faces", {}, _train(batch_size=512), status="waiting")
-    small = RunStore(tmp_path, Limits()).create_run("small", "faces", {}, _train(), status="waiting")
+    big = RunStore(tmp_path, Limits()).create_run(_request("big", {}, batch_size=512), status="waiting")
+    small = RunStore(tmp_path, Limits()).create_run(_request("small", {}), status="waiting")
     capped = RunStore(tmp_path, Limits(max_batch=256))                  # the server restarted with a cap
     assert capped.claim_next_waiting() == small
     run = capped.get_run(big)
@@ -221,7 +228,7 @@ def test_a_waiting_run_over_a_new_cap_fails_with_the_reason_and_the_next_one_sta
 def test_concurrent_queue_drains_never_exceed_the_limit(tmp_path):
     store = RunStore(tmp_path, Limits(max_concurrent=2))
     for i in range(6):
-        store.create_run(f"w{i}", "faces", {}, _train(), status="waiting")
+        store.create_run(_request(f"w{i}", {}), status="waiting")
     barrier = threading.Barrier(8)
     claimed = []
 

@@ -1,4 +1,4 @@
-"""Storage faults (issue 17, "Nothing lost, nobody let in"): a runs.sqlite that is not ours, a
+"""Storage faults, nothing lost and nobody let in: a runs.sqlite that is not ours, a
 read-only runs folder, full disks at every write the trainer makes, deleted run folders, bad
 checkpoints on resume, the server's minutes cap, sample paths, classroom model caps, and the
 per-visitor queue cap. Each fault must end in one sentence, never a traceback."""
@@ -15,21 +15,22 @@ from pathlib import Path
 
 import pytest
 
-import flowlib.store.runs as store_mod
 from flowlib import preset
 from flowlib.cli import train as cli
-from flowlib.config import ConfigError
+from flowlib.config import ConfigError, TrainConfig
 from flowlib.core.checkpoint import save_checkpoint
 from flowlib.jobs import worker
 from flowlib.size import activation_mb
-from flowlib.store.dbfile import RESERVE_BYTES, DatabaseFile, StoreUnavailableError
+from flowlib.store.dbfile import APPLICATION_ID, RESERVE_BYTES, DatabaseFile, StoreUnavailableError
 from flowlib.store.limits import Limits
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore
 from flowlib.train.failures import describe_failure
 from flowlib.train.loop import train_run
 from tests.runs_kit import TINY
 from tests.runs_kit import fault_train as _tc
 from tests.runs_kit import queued_fault_run as _queued
+from tests.store.old_stores import FIRST_TABLES
 
 pytestmark = pytest.mark.store_limits(stale_after_s=3.0, start_timeout_s=60, db_timeout_s=1.0)
 
@@ -54,7 +55,7 @@ def test_truncated_runs_sqlite_is_refused_untouched(tmp_path):
     root = tmp_path / "runs"
     store = RunStore(root, Limits())
     for i in range(200):
-        store.create_run(f"r{i}", "faces", {"pad": "x" * 2000}, {"max_steps": 1})
+        store.create_run(RunRequest.from_dicts(f"r{i}", {}, {"max_steps": 1}))
     del store
     data = (root / "runs.sqlite").read_bytes()
     assert len(data) > 100_000 and _sidecars(root) == []       # checkpointed, WAL gone
@@ -91,12 +92,12 @@ def test_another_programs_database_is_never_written(tmp_path):
 def test_our_own_store_gets_our_application_id_and_old_stores_still_open(tmp_path):
     store = RunStore(tmp_path / "new", Limits())
     with sqlite3.connect(store.db_path) as conn:
-        assert conn.execute("PRAGMA application_id").fetchone()[0] == store_mod.APPLICATION_ID
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     old = tmp_path / "old"                                     # written before the id existed
     old.mkdir()
     conn = sqlite3.connect(old / "runs.sqlite")
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.executescript(store_mod._SCHEMA)
+    conn.executescript(FIRST_TABLES)
     conn.close()
     assert RunStore(old, Limits()).list_runs() == []
     empty = tmp_path / "empty"
@@ -258,7 +259,7 @@ def test_disk_full_at_resume_is_one_sentence_in_the_cli(store, monkeypatch, caps
 
 
 def test_a_disk_io_error_that_is_not_a_full_disk_says_so(store, monkeypatch):
-    run_id = store.create_run("x", "faces", TINY.to_dict(), _tc())
+    run_id = store.create_run(RunRequest.from_dicts("x", TINY.to_dict(), _tc()))
     disk = _fill_disk(monkeypatch, store, error="disk I/O error")
     disk["full"] = True
     monkeypatch.setattr(DatabaseFile, "free_bytes", lambda self: 10**9)
@@ -293,8 +294,8 @@ def tiny_disk(tmp_path):
 def test_a_real_disk_filling_under_a_worker_process_reads_failed_disk_full(tiny_disk):
     store = RunStore(tiny_disk / "runs", Limits(stale_after_s=5.0, start_timeout_s=60))
     assert store.reserve_path.is_file()
-    run_id = store.create_run("full", "faces", TINY.to_dict(),
-                              _tc(max_steps=100000, checkpoint_every_minutes=0.002, log_every=1))
+    run_id = store.create_run(RunRequest.from_dicts(
+        "full", TINY.to_dict(), _tc(max_steps=100000, checkpoint_every_minutes=0.002, log_every=1)))
     worker.start_run(store, run_id)
     deadline = time.monotonic() + 60
     while store.get_run(run_id)["step"] < 5:
@@ -319,7 +320,7 @@ def test_resume_of_a_run_whose_folder_was_deleted_is_refused_not_restarted(store
     assert train_run(store, run_id).status == "finished"
     curve = store.metrics(run_id, keys=["train_bpd"])
     shutil.rmtree(store.run_dir(run_id))
-    store.update_train(run_id, _tc(max_steps=20))
+    store.update_train(run_id, TrainConfig.from_dict(_tc(max_steps=20)))
     with pytest.raises(RunStateError, match="cannot resume: its checkpoint .* is missing"):
         store.request_start(run_id)
     rc = cli.main(["--runs-dir", str(store.root), "--resume", str(run_id), "--steps", "20", "--quiet"])
@@ -364,7 +365,7 @@ def test_a_failed_resume_from_a_bad_checkpoint_keeps_the_stored_step(store):
     run_id = _queued(store, max_steps=10)
     assert train_run(store, run_id).status == "finished"
     store.checkpoint_path(run_id).write_bytes(b"garbage" * 100)
-    store.update_train(run_id, _tc(max_steps=20))
+    store.update_train(run_id, TrainConfig.from_dict(_tc(max_steps=20)))
     store.request_start(run_id)
     result = train_run(store, run_id)
     assert result.status == "failed" and "checkpoint" in result.message
@@ -391,7 +392,7 @@ def test_the_server_minutes_cap_ends_a_run_whatever_its_budget(tmp_path, monkeyp
 # -- sample grids: paths relative to the run folder -----------------------------------------------
 def test_sample_paths_are_stored_relative_and_a_copied_runs_folder_shows_its_own_grids(tmp_path):
     store = RunStore(tmp_path / "a", Limits())
-    run_id = store.create_run("s", "faces", {}, {"max_steps": 1})
+    run_id = store.create_run(RunRequest.from_dicts("s", {}, {"max_steps": 1}))
     grid = store.run_dir(run_id) / "samples_step0000010.png"
     grid.write_bytes(b"png-a")
     store.add_samples(run_id, 10, grid)
@@ -422,11 +423,11 @@ def test_classroom_caps_the_model_size_and_activation_memory_naming_the_field(tm
     glow = preset("glow").to_dict()
     with pytest.raises(ConfigError, match=r"44,153,712 parameters, above this server's limit of 3,000,000 "
                                           r"\(FLOWLAB_MAX_PARAMS\)") as info:
-        worker.submit(store, "big", "cifar10", glow, _tc(dataset="cifar10"), owner="v")
+        worker.submit(store, RunRequest.from_dicts("big", glow, _tc(dataset="cifar10"), owner="v"))
     assert info.value.field == "hidden"
     wide = preset("realnvp").to_dict()
     with pytest.raises(ConfigError, match=r"batch_size 256 .* MB of activations.*FLOWLAB_MAX_ACTIVATION_MB") as info:
-        store.create_run("wide", "cifar10", wide, _tc(dataset="cifar10", batch_size=256))
+        store.create_run(RunRequest.from_dicts("wide", wide, _tc(dataset="cifar10", batch_size=256)))
     assert info.value.field == "batch_size"
     assert store.list_runs() == []                              # refused before anything was stored
     with pytest.raises(ConfigError) as info:
@@ -435,32 +436,33 @@ def test_classroom_caps_the_model_size_and_activation_memory_naming_the_field(tm
     monkeypatch.setenv("FLOWLAB_MAX_PARAMS", "100000000")
     monkeypatch.setenv("FLOWLAB_MAX_ACTIVATION_MB", "100000")
     roomy = RunStore(tmp_path / "runs")
-    assert roomy.create_run("big", "cifar10", glow, _tc(dataset="cifar10"))
+    assert roomy.create_run(RunRequest.from_dicts("big", glow, _tc(dataset="cifar10")))
     # the estimate is plain arithmetic, linear in the batch
     cfg = preset("mnist-fast")
     assert activation_mb(cfg, 128) == pytest.approx(2 * activation_mb(cfg, 64))
 
 
 def test_outside_classroom_there_is_no_model_cap(store):
-    assert store.create_run("big", "cifar10", preset("glow").to_dict(), _tc(dataset="cifar10", batch_size=256))
+    assert store.create_run(RunRequest.from_dicts("big", preset("glow").to_dict(),
+                                                  _tc(dataset="cifar10", batch_size=256)))
 
 
 # -- the per-visitor queue cap ----------------------------------------------------------------------
 def test_one_visitor_cannot_queue_unlimited_runs(tmp_path, monkeypatch):
     store = RunStore(tmp_path / "runs", Limits(max_waiting_per_owner=3))
     for i in range(3):
-        store.create_run(f"w{i}", "faces", {}, {"max_steps": 1}, owner="v1", status="waiting")
+        store.create_run(RunRequest.from_dicts(f"w{i}", {}, {"max_steps": 1}, owner="v1"), status="waiting")
     with pytest.raises(RunLimitError, match=r"you already have 3 runs waiting or training; the limit is 3 "
                                             r"per visitor \(FLOWLAB_MAX_WAITING_PER_VISITOR\)"):
-        store.create_run("w3", "faces", {}, {"max_steps": 1}, owner="v1", status="waiting")
+        store.create_run(RunRequest.from_dicts("w3", {}, {"max_steps": 1}, owner="v1"), status="waiting")
     with pytest.raises(RunLimitError, match="you already have 3"):
         store.check_queue_room("v1", 1)
     store.check_queue_room("v2", 3)
     with pytest.raises(RunLimitError, match="you already have 0 runs waiting or training; 4 more would make 4"):
         store.check_queue_room("v2", 4)
     store.check_queue_room(None, 100)                          # the CLI and the teacher: uncapped
-    store.create_run("t", "faces", {}, {"max_steps": 1}, status="waiting")
-    store.create_run("c", "faces", {}, {"max_steps": 1}, owner="v1")   # created runs do not queue
+    store.create_run(RunRequest.from_dicts("t", {}, {"max_steps": 1}), status="waiting")
+    store.create_run(RunRequest.from_dicts("c", {}, {"max_steps": 1}, owner="v1"))   # created runs do not queue
     assert len([r for r in store.list_runs(owner="v1") if r["status"] == "waiting"]) == 3
     monkeypatch.setenv("FLOWLAB_CLASSROOM", "1")
     assert Limits.from_env().max_waiting_per_owner == 12
@@ -474,7 +476,7 @@ def test_one_visitor_cannot_queue_unlimited_runs(tmp_path, monkeypatch):
 def test_a_real_full_disk_at_checkpoint_save_and_at_resume(tiny_disk, capsys):
     import torch
     store = RunStore(tiny_disk / "runs", Limits())
-    run_id = store.create_run("r", "faces", TINY.to_dict(), _tc())
+    run_id = store.create_run(RunRequest.from_dicts("r", TINY.to_dict(), _tc()))
     path = store.checkpoint_path(run_id)
     save_checkpoint(path, {"w": torch.ones(10)})
     good = path.read_bytes()

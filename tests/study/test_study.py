@@ -11,6 +11,7 @@ import pytest
 from flowlib.config import APP_TRAIN_DEFAULTS, PRESET_LR, ConfigError
 from flowlib.env import REPO_ROOT
 from flowlib.store.limits import Limits
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStateError, RunStore
 from flowlib.store.studies import StudyStore
 from flowlib.study.spec import STUDY_PRESETS, StudySpec, answer, answer_csv, json_result, plan, submit
@@ -113,9 +114,9 @@ def test_time_budget_warns_that_it_is_unfair():
 # -- the store: one unit ---------------------------------------------------------------------
 def _planned(n=4):
     from flowlib.config import PRESETS, TrainConfig
-    cfg = PRESETS["mnist-fast"].to_dict()
-    tc = TrainConfig(max_steps=10).to_dict()
-    return [(f"arm{i % 2}", i // 2, f"r{i}", "mnist", cfg, tc, "mnist-fast") for i in range(n)]
+    cfg = PRESETS["mnist-fast"]
+    tc = TrainConfig(max_steps=10)
+    return [(f"arm{i % 2}", i // 2, RunRequest(f"r{i}", cfg, tc, preset="mnist-fast")) for i in range(n)]
 
 
 def test_create_is_all_or_nothing(store, monkeypatch):
@@ -170,8 +171,8 @@ def _finish(store, run_id, bpd, ips=1000.0):
 def test_answer_means_intervals_paired_differences_and_verdict(store):
     spec = StudySpec.from_preset("coupling", seeds=3, steps=10)
     p = plan(spec, MNIST)     # built in the store directly: no worker trains these runs
-    planned = [(a.name, s, f"{a.name}-{s}", "mnist", a.run_configs(s)[0].to_dict(),
-                a.run_configs(s)[1].to_dict(), "mnist-fast") for s in p.seeds for a in p.arms]
+    planned = [(a.name, s, RunRequest(f"{a.name}-{s}", *a.run_configs(s), preset="mnist-fast"))
+               for s in p.seeds for a in p.arms]
     sid = StudyStore(store).create("coupling", p.describe(), planned)
     runs = {(r["arm"], r["seed"]): r["id"] for r in StudyStore(store).get(sid)["runs"]}
     additive = {0: 1.80, 1: 1.84, 2: 1.79}
@@ -201,8 +202,8 @@ def test_answer_means_intervals_paired_differences_and_verdict(store):
 
 def test_a_failed_run_is_shown_and_the_answer_says_fewer_seeds(store):
     p = plan(StudySpec.from_preset("coupling", seeds=3, steps=10), MNIST)
-    planned = [(a.name, s, f"{a.name}-{s}", "mnist", a.run_configs(s)[0].to_dict(),
-                a.run_configs(s)[1].to_dict(), "mnist-fast") for s in p.seeds for a in p.arms]
+    planned = [(a.name, s, RunRequest(f"{a.name}-{s}", *a.run_configs(s), preset="mnist-fast"))
+               for s in p.seeds for a in p.arms]
     sid = StudyStore(store).create("coupling", p.describe(), planned)
     runs = {(r["arm"], r["seed"]): r["id"] for r in StudyStore(store).get(sid)["runs"]}
     for seed in (0, 1, 2):

@@ -2,6 +2,7 @@
 a start/stop soak, hostile config values and names, classroom caps."""
 
 import errno
+import json
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ from flowlib.config import TrainConfig
 from flowlib.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 from flowlib.jobs import worker
 from flowlib.store.limits import Limits
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore, StoreBusyError
 from flowlib.train.loop import Collaborators, train_run
 from flowlib.train.step import batch_terms
@@ -43,8 +45,8 @@ def _wait(predicate, timeout=60.0, what="condition"):
 # -- kill -9 at random moments, including mid-checkpoint-write ---------------------------------
 def test_kill_9_at_random_moments_including_mid_checkpoint_write(store):
     rng = random.Random(8)
-    run_id = store.create_run("k", "faces", TINY.to_dict(),
-                              _tc(max_steps=100000, checkpoint_every_minutes=0.0005, log_every=1))
+    run_id = store.create_run(RunRequest.from_dicts(
+        "k", TINY.to_dict(), _tc(max_steps=100000, checkpoint_every_minutes=0.0005, log_every=1)))
     folder = store.run_dir(run_id)
     mid_write_hits = 0
     for round_ in range(3):
@@ -124,7 +126,7 @@ def test_disk_full_while_saving_a_sample_grid_fails_the_run_and_keeps_the_checkp
 # -- a locked database ----------------------------------------------------------------------------
 def test_store_writes_retry_while_locked_then_give_up_with_a_bound(tmp_path):
     store = RunStore(tmp_path, Limits(db_timeout_s=0.3))
-    run_id = store.create_run("x", "faces", {}, {"max_steps": 1})
+    run_id = store.create_run(RunRequest.from_dicts("x", {}, {"max_steps": 1}))
     blocker = sqlite3.connect(store.db_path, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")
     timer = threading.Timer(0.15, lambda: blocker.execute("COMMIT"))
@@ -222,8 +224,8 @@ def test_out_of_memory_when_not_even_one_image_fits_says_so(store):
 
 # -- double clicks --------------------------------------------------------------------------------
 def test_two_starts_in_the_same_second_start_one_run_and_stop_twice_is_harmless(store):
-    a = store.create_run("a", "faces", TINY.to_dict(), _tc(max_steps=100000))
-    b = store.create_run("b", "faces", TINY.to_dict(), _tc(max_steps=100000))
+    a = store.create_run(RunRequest.from_dicts("a", TINY.to_dict(), _tc(max_steps=100000)))
+    b = store.create_run(RunRequest.from_dicts("b", TINY.to_dict(), _tc(max_steps=100000)))
     barrier, outcomes = threading.Barrier(4), []
 
     def click(run_id):
@@ -269,7 +271,8 @@ def _zombie_children():
 def test_soak_many_runs_started_and_stopped_leave_no_zombies_fds_or_damage(tmp_path):
     n = int(os.environ.get("FLOWLAB_SOAK_RUNS", "50"))
     store = RunStore(tmp_path / "runs", Limits(max_concurrent=2, start_timeout_s=120))
-    ids = [store.create_run(f"soak {i}", "faces", TINY.to_dict(), _tc(max_steps=100000)) for i in range(n)]
+    ids = [store.create_run(RunRequest.from_dicts(f"soak {i}", TINY.to_dict(), _tc(max_steps=100000)))
+           for i in range(n)]
     fds_before = len(os.listdir("/proc/self/fd"))
     for run_id in ids:
         while True:
@@ -314,7 +317,9 @@ def test_bad_configs_are_refused_by_start_before_any_process_exists(store):
     bad_model = {**TINY.to_dict(), "hidden": float("nan")}
     for config, train, match in ((TINY.to_dict(), bad_train, "batch_size must be an integer in 1..4096, got -4"),
                                  (bad_model, _tc(), "hidden must be an integer")):
-        run_id = store.create_run("bad", "faces", config, train)
+        run_id = store.create_run(RunRequest.from_dicts("bad", TINY.to_dict(), _tc()))
+        store.transaction(lambda c: c.execute(            # values no form or request could hold
+            "UPDATE runs SET config=?, train=? WHERE id=?", (json.dumps(config), json.dumps(train), run_id)))
         with pytest.raises(ValueError, match=match):
             worker.start_run(store, run_id)
         assert store.get_run(run_id)["status"] == "created" and not worker.running_processes()
@@ -324,7 +329,7 @@ def test_hostile_run_names_stay_labels_and_never_become_paths(tmp_path):
     root = tmp_path / "runs"
     store = RunStore(root, Limits())
     hostile = ["../../evil", "/etc/passwd", "a/b/../c", "x\x00y", "n" * 10000, "..\\..\\win", "\n\r\t", "...."]
-    ids = [store.create_run(name, "faces", {}, {"max_steps": 1}) for name in hostile]
+    ids = [store.create_run(RunRequest.from_dicts(name, {}, {"max_steps": 1})) for name in hostile]
     for run_id in ids:
         name = store.get_run(run_id)["name"]
         assert len(name) <= 80 and "/" not in name and "\\" not in name and "\x00" not in name and ".." not in name
@@ -335,7 +340,7 @@ def test_hostile_run_names_stay_labels_and_never_become_paths(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["runs"] and len(list(root.glob("run-*"))) == len(ids) - 1
     with pytest.raises((ValueError, KeyError)):
         store.run_dir("../x")
-    long_owner = store.create_run("o", "faces", {}, {"max_steps": 1}, owner="v" * 5000)
+    long_owner = store.create_run(RunRequest.from_dicts("o", {}, {"max_steps": 1}, owner="v" * 5000))
     assert len(store.get_run(long_owner)["owner"]) == 200
 
 
@@ -348,12 +353,13 @@ def test_classroom_caps_from_the_environment(tmp_path, monkeypatch):
     assert (store.limits.classroom, store.limits.max_steps, store.limits.max_batch,
             store.limits.max_concurrent) == (True, 100, 32, 2)
     with pytest.raises(ValueError, match="max_steps 1000 is above this server's limit of 100 .*FLOWLAB_MAX_STEPS"):
-        store.create_run("big", "faces", {}, _tc(max_steps=1000))
+        store.create_run(RunRequest.from_dicts("big", {}, _tc(max_steps=1000)))
     with pytest.raises(ValueError, match="batch_size 64 is above .* 32 .*FLOWLAB_MAX_BATCH"):
-        store.create_run("big", "faces", {}, _tc(batch_size=64))
+        store.create_run(RunRequest.from_dicts("big", {}, _tc(batch_size=64)))
     with pytest.raises(ValueError, match="step budget"):
-        store.create_run("forever", "faces", {}, _tc(max_steps=None, max_minutes=5.0))
-    ids = [store.create_run(f"s{i}", "faces", {}, _tc(max_steps=100), owner=f"visitor-{i}") for i in range(3)]
+        store.create_run(RunRequest.from_dicts("forever", {}, _tc(max_steps=None, max_minutes=5.0)))
+    ids = [store.create_run(RunRequest.from_dicts(f"s{i}", {}, _tc(max_steps=100), owner=f"visitor-{i}"))
+           for i in range(3)]
     store.request_start(ids[0], "visitor-0")
     store.request_start(ids[1], "visitor-1")
     with pytest.raises(RunLimitError, match="the limit is 2"):

@@ -15,6 +15,7 @@ from flowlib.core.checkpoint import load_checkpoint, load_model
 from flowlib.data import load_images
 from flowlib.machine.device import describe_device, pick_device
 from flowlib.store.limits import Limits
+from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStore
 from flowlib.train.clip import GradientClip
 from flowlib.train.evaluation import evaluate_bpd
@@ -69,7 +70,7 @@ def test_evaluations_between_fused_adam_steps_see_the_current_1x1_weights(store)
     # an LU 1×1 cache keyed on those served step 10's W to every later evaluation (on MNIST:
     # 14 million bits/dim at the end of a run that trained to 1.65).
     config = TINY.replace(permutation="conv1x1_lu")
-    run_id = store.create_run("lu", "faces", config.to_dict(), _tc(max_steps=20).to_dict())
+    run_id = store.create_run(RunRequest("lu", config, _tc(max_steps=20)))
     store.request_start(run_id)
     assert train_run(store, run_id).status == "finished"
     model, _ = load_model(store.checkpoint_path(run_id))   # a fresh model: no cache
@@ -79,7 +80,7 @@ def test_evaluations_between_fused_adam_steps_see_the_current_1x1_weights(store)
 
 def test_a_run_with_learned_dequantisation_logs_its_term_and_the_parts_still_add_up(store):
     config = TINY.replace(dequantization="variational")
-    run_id = store.create_run("vd", "faces", config.to_dict(), _tc(max_steps=10, first_eval=0).to_dict())
+    run_id = store.create_run(RunRequest("vd", config, _tc(max_steps=10, first_eval=0)))
     store.request_start(run_id)
     assert train_run(store, run_id).status == "finished"
     m = store.metrics(run_id)
