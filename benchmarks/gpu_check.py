@@ -135,14 +135,10 @@ def main(argv=None) -> int:
     worker_script = (
         "import sys, json\n"
         "from flowlib import preset\n"
-        "from flowlib.store.runs import RunStore
-"
-        "from flowlib.store.request import RunRequest
-"
-        "from flowlib.config import TrainConfig
-"
-        "from flowlib.jobs import worker
-"
+        "from flowlib.store.runs import RunStore\n"
+        "from flowlib.store.request import RunRequest\n"
+        "from flowlib.config import TrainConfig\n"
+        "from flowlib.jobs import worker\n"
         f"store = RunStore({str(out / 'worker_runs')!r})\n"
         f"tc = TrainConfig(dataset='mnist', max_steps=60, eval_every=30, first_eval=0, device={device!r})\n"
         "cfg = preset('mnist-fast', hidden=32)\n"
