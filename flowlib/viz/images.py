@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["PAD_COLOUR", "as_numpy", "upscale", "fit_factor", "to_rgb", "image_grid",
            "labelled_grid", "hstack_images", "png_bytes", "diverging_rgb", "latent_grid",
-           "signed_number", "signed_factor", "wrap_text"]
+           "signed_number", "signed_factor", "wrap_text", "tint", "outline"]
 
 PAD_COLOUR = 255
 
@@ -179,7 +179,7 @@ def png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def _tint(gray: np.ndarray, colour: np.ndarray, strength: float = 0.55) -> np.ndarray:
+def tint(gray: np.ndarray, colour: np.ndarray, strength: float = 0.55) -> np.ndarray:
     """Blend a grey picture [H, W] with a colour: dark stays dark-tinted, white becomes pale colour."""
     g = gray.astype(np.float32)[..., None]
     base = np.concatenate([g, g, g], axis=-1)
@@ -187,7 +187,8 @@ def _tint(gray: np.ndarray, colour: np.ndarray, strength: float = 0.55) -> np.nd
     return np.clip(mixed, 0, 255).astype(np.uint8)
 
 
-def _outline(tile: np.ndarray, colour=(60, 60, 60), width: int = 1) -> np.ndarray:
+def outline(tile: np.ndarray, colour=(60, 60, 60), width: int = 1) -> np.ndarray:
+    """A copy of an RGB tile [H, W, 3] with a ``width``-pixel frame of ``colour`` drawn inside its edge."""
     out = tile.copy()
     out[:width], out[-width:], out[:, :width], out[:, -width:] = colour, colour, colour, colour
     return out

@@ -13,7 +13,7 @@ from flowlib import PRESETS, FlowConfig, FlowModel
 from flowlib.core.layers import Coupling
 from flowlib.core.ops import squeeze2d, unsqueeze2d
 from flowlib.viz.figures import actnorm_figure, actnorm_scales, bpd_budget_figure, matrix_heatmap
-from flowlib.viz.images import _tint, diverging_rgb, image_grid, labelled_grid, latent_grid, png_bytes, upscale
+from flowlib.viz.images import diverging_rgb, image_grid, labelled_grid, latent_grid, png_bytes, tint, upscale
 from flowlib.viz.latents import flow_journey, interpolate_latents, lerp, slerp, standardised_grey
 from flowlib.viz.masks import (
     BLOCK_COLOURS,
@@ -71,7 +71,7 @@ def test_overlay_tint_of_each_pixel_equals_its_squeezed_channel_tile():
                 p, q = 2 * i + di, 2 * j + dj
                 centre_overlay = overlay[p * s + 1, q * s + 1]
                 assert centre_tile.tolist() == centre_overlay.tolist()
-                assert centre_tile.tolist() == _tint(np.array([[img[0, p, q]]], np.uint8),
+                assert centre_tile.tolist() == tint(np.array([[img[0, p, q]]], np.uint8),
                                                          BLOCK_COLOURS[2 * di + dj], 0.6)[0, 0].tolist()
 
 
