@@ -35,7 +35,7 @@ if loaded is None:
 model = loaded.model
 C, H, W = loaded.config.image_shape
 SHAPE = (C, H, W)
-PATH, MTIME = str(loaded.path), ec._mtime(loaded.path)
+PATH, MTIME = str(loaded.path), ec.file_version(loaded.path)
 n_per_set = st.select_slider("Images per data set (a seeded random subset)", [250, 500, 1000, 2000], value=1000,
                              key="lik_n", help="More images: smoother histograms, slower first answer "
                                                "(about 1.5 s per 1,000 MNIST images on one CPU core).")
@@ -51,7 +51,7 @@ def load_sets(dataset: str | None, shape: tuple, n: int, available: tuple):
 
 @st.cache_data(show_spinner="Scoring…", max_entries=64)
 def score(path: str, mtime: float, key: str, images_bytes: bytes, shape: tuple) -> Scores:
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     images = np.frombuffer(images_bytes, np.uint8).reshape(-1, *shape)
     with ec.compute():
         return score_images(model, images)

@@ -31,7 +31,7 @@ model = loaded.model
 C, H, W = loaded.config.image_shape
 L = loaded.config.levels
 D = C * H * W
-PATH, MTIME = str(loaded.path), ec._mtime(loaded.path)
+PATH, MTIME = str(loaded.path), ec.file_version(loaded.path)
 
 KIND_COLOURS = {"input": "#495057", "logit": "#868e96", "squeeze": "#1098ad", "actnorm": "#2b8a3e",
                 "permutation": "#ae3ec9", "coupling": "#e8590c", "split": "#3b5bdb", "top": "#3b5bdb",
@@ -68,7 +68,7 @@ pixels, where = picked
 @st.cache_resource(show_spinner="Walking the image through the flow…", max_entries=32)
 def forward(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
     """The forward walk, its backward twin and this image's bits/dim (cached per model and image)."""
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     pix = np.frombuffer(pixels_bytes, np.uint8).reshape(shape)
     with ec.compute():
         x = ec.to_model_space(model, pix)
@@ -82,7 +82,7 @@ def forward(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def fresh(path: str, mtime: float):
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     return fresh_model(model.config)
 
 
@@ -440,7 +440,7 @@ if mode == "fresh noise":
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def noise_walk(path: str, mtime: float, temp: float, seed: int):
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     with ec.compute():
         eps = model.sample_eps(1, torch.Generator().manual_seed(500 + seed))
         w = walk_backward(model, [None] * len(model.levels), temperature=temp, eps=eps)

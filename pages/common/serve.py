@@ -74,11 +74,11 @@ def warm_up() -> float:
             ec.test_images(dataset)
         home_demo = ec.DEMOS[ec.MNIST_DEMO]
         if home_demo.is_file():
-            ec.journey_picture(str(home_demo), ec._mtime(home_demo), "mnist")
+            ec.journey_picture(str(home_demo), ec.file_version(home_demo), "mnist")
         for demo in demos:
             if demo.model is None:      # a broken file: its page says why when it is opened
                 continue
-            path, mtime, levels = str(demo.path), ec._mtime(demo.path), demo.config.levels
+            path, mtime, levels = str(demo.path), ec.file_version(demo.path), demo.config.levels
             for t in ec.SAMPLING_TEMPERATURES:     # the default seed at every slider temperature
                 ec.sample_grid(path, mtime, 0, (t,) * levels)
             for t in ec.GLOW_TEMPERATURES:         # and Glow's table

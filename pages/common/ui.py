@@ -58,7 +58,9 @@ STATUS_WORDS = {
 }
 
 VISITOR_PARAM = "visitor"
-# The Runs page sets this before switching to an exploration page: a checkpoint path.
+# A checkpoint path that the Runs page and a run's dashboard put here before switching to the
+# Latents page; the model picker of the pages that open a model (pages/common/explore.py)
+# selects it once and removes it.
 EXPLORE_KEY = "explore_checkpoint"
 
 
