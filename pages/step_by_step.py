@@ -7,10 +7,9 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from flowlib.analysis.walk import coupling_parts, fresh_model, state_image, walk_backward, walk_forward
+from flowlib.analysis.walk import coupling_parts, fresh_model, walk_backward, walk_forward
 from flowlib.viz.figures import matrix_heatmap
 from flowlib.viz.images import fit_factor, hstack_images, labelled_grid, latent_grid, signed_factor, to_rgb, upscale
-from flowlib.viz.latents import standardised_grey
 from flowlib.viz.masks import squeezed_channel_tiles
 from pages.common import canvas, ui
 from pages.common import explore as ec
@@ -133,16 +132,8 @@ def filmstrip(frames, captions, ncol: int, scale: int) -> np.ndarray:
 def state_frames(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, which: str):
     """Image-shaped pictures of the whole state after each op (forward or backward walk)."""
     res = forward(path, mtime, pixels_bytes, shape)
-    w = res[which]
-    zs = res["walk"].zs
-    frames = []
-    for op in w.ops:
-        if op.kind in ("input", "output"):
-            x = op.after[0]
-            frames.append(((x.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).numpy())
-        else:
-            frames.append(standardised_grey(state_image(op, zs)[0]).numpy())
-    return frames
+    model, _, _ = ec.cached_model(path, mtime)
+    return ec.walk_frames(model, res[which], res["walk"].zs)
 
 
 # ------------------------------------------------------------------------------ 1 · the walk
@@ -444,13 +435,7 @@ def noise_walk(path: str, mtime: float, temp: float, seed: int):
     with ec.compute():
         eps = model.sample_eps(1, torch.Generator().manual_seed(500 + seed))
         w = walk_backward(model, [None] * len(model.levels), temperature=temp, eps=eps)
-        frames = []
-        for op in w.ops:
-            if op.kind == "output":
-                x = op.after[0]
-                frames.append(((x.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).numpy())
-            else:
-                frames.append(standardised_grey(state_image(op, w.zs)[0]).numpy())
+        frames = ec.walk_frames(model, w, w.zs)
         total = float(w.logdet[0])
     return frames, [short(op) for op in w.ops], total
 

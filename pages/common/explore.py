@@ -22,9 +22,10 @@ import streamlit as st
 import torch
 
 from flowlib import env
+from flowlib.analysis.walk import state_image
 from flowlib.core.checkpoint import CheckpointError, load_model
 from flowlib.viz.images import fit_factor
-from flowlib.viz.latents import flow_journey, interpolate_latents, journey_strip
+from flowlib.viz.latents import flow_journey, interpolate_latents, journey_strip, standardised_grey
 from flowlib.viz.uploads import UploadError, prepare_upload
 from pages.common.ui import EXPLORE_KEY
 
@@ -355,6 +356,21 @@ def to_model_space(model, pixels: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))[None]
     with torch.no_grad():
         return model.dequantize(x, noise=False)[0]
+
+
+def walk_frames(model, walk, zs) -> list[np.ndarray]:
+    """One uint8 picture [C, H, W] per operation of a walk (``flowlib.analysis.walk``): the
+    image itself for the input and output, as the model's pixels (``model.to_uint8``: each
+    value at the centre of its n_bits bin, like every other image the app decodes); for
+    every other operation the flow's whole state folded into the image's shape
+    (``state_image``, with ``zs`` the walk's latents), standardised grey."""
+    frames = []
+    for op in walk.ops:
+        if op.kind in ("input", "output"):
+            frames.append(model.to_uint8(op.after)[0].numpy())
+        else:
+            frames.append(standardised_grey(state_image(op, zs)[0]).numpy())
+    return frames
 
 
 def explain(title: str = "What am I looking at?"):
