@@ -45,7 +45,8 @@ COLOURS = {"test": "#2b8a3e", "other": "#e8590c", "noise": "#868e96", "constant"
 
 @st.cache_data(show_spinner="Loading the data sets…", max_entries=8)
 def load_sets(dataset: str | None, shape: tuple, n: int, available: tuple):
-    """``available`` is only part of the key: a data set installed later is picked up."""
+    """The comparison sets (key, label, images, why missing), cached; ``available`` (which data
+    sets are installed) is only part of the key, so a data set installed later is picked up."""
     return [(s.key, s.label, s.images, s.missing) for s in comparison_sets(dataset, shape, n)]
 
 

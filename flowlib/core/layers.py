@@ -21,7 +21,8 @@ One flow step (Glow) is  ActNorm -> permutation -> coupling:
 * The coupling splits its input into x1 and x2 and changes only x2, by an amount that
   depends on x1. Its Jacobian is triangular, so the log-determinant is a sum.
 
-Between levels the model squeezes (:class:`Squeeze`): a reshape, so a layer with logdet 0.
+Each level of the model squeezes (:class:`Squeeze`) before its channel steps: a reshape, so a
+layer with logdet 0.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Pictures as numpy arrays: grids, labels, PNG bytes, and latents in a diverging colour map.
 
-Every function takes numpy arrays or torch tensors and returns a numpy ``uint8`` picture
-(``[H, W]`` grey or ``[H, W, 3]`` RGB). No plotly and no Streamlit here, so a process that
-only writes pictures (the trainer's sample grids) can use it cheaply.
+The picture functions take numpy arrays or torch tensors and return a numpy ``uint8``
+picture (``[H, W]`` grey or ``[H, W, 3]`` RGB; ``latent_grid`` also returns its colour
+limit); small helpers around them size pictures (``fit_factor``), encode them
+(``png_bytes``) and write numbers and words for them (``signed_number``, ``signed_factor``,
+``wrap_text``). No plotly and no Streamlit here, so a process that only writes pictures (the
+trainer's sample grids) can use it cheaply.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Paths between latents: linear and spherical interpolation, per level or all levels joined."""
+"""Latents as pictures and paths: linear and spherical interpolation between latents (per level
+or all levels joined), and an image's journey to noise and fresh noise's back, level by level
+(``flow_journey``, drawn by ``journey_strip``), with states in standardised grey."""
 
 from __future__ import annotations
 

@@ -105,7 +105,8 @@ def _store_runs() -> list[tuple[str, Path]] | None:
 
 
 def checkpoint_choices() -> list[tuple[str, Path]]:
-    """(label, path) for the demos, then the user's runs (from the store, else any *.pt)."""
+    """(label, path) for the demos, then the user's runs from the store, then any other *.pt
+    under the runs folder (a file listed once, by its first label)."""
     choices = [(label, path) for label, path in DEMOS.items()]
     runs = _store_runs()
     known = {p.resolve() for _, p in choices}
@@ -248,8 +249,8 @@ def costly_image_note(bits_per_dim: float, loaded: Loaded) -> str | None:
     """Why an image costs far more than the model's typical test image (one bit/dim or more
     above its held-out score), in words; None for an ordinary image or an unknown score.
 
-    A drawn "seven" on the faces model scored 53.7 bits/dim next to "8 = random noise", and a
-    class read it as a broken model (issue 18)."""
+    A drawn "seven" on the faces model scores about 53.7 bits/dim, far above the 8 bits/dim of
+    raw pixels, which without a word of explanation reads like a broken model."""
     typical = loaded.held_out_bpd
     if typical is None or not bits_per_dim > typical + 1.0:
         return None

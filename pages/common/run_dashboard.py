@@ -3,8 +3,8 @@
     from pages.common import run_dashboard
     run_dashboard.render_dashboard(store, run_id, was_active)   # inside the page's polling fragment
 
-Split from ``pages/train.py`` (the set-up form stays there); it only reads the run store and
-asks ``flowlib.jobs.worker`` to stop or resume runs.
+The set-up form is in ``pages/train.py``; this module only reads the run store and asks
+``flowlib.jobs.worker`` to stop or resume runs.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def busy_words(others: list[dict], limit: int) -> str:
 
 def other_runs_bar(store, run: dict) -> None:
     """While this page shows a run that is not training, say which other run is, and offer to
-    show it, or to stop it so that this one can be resumed (issue 18, item 7)."""
+    show it, or to stop it so that this one can be resumed."""
     from flowlib.jobs import worker
 
     others = [r for r in store.list_runs()

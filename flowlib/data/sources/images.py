@@ -229,5 +229,5 @@ def _resize(square: Image.Image, size: int) -> Image.Image:
     # size, leaving 3x for Lanczos; from a 7000-pixel square that is 0.03 s instead of 0.5 s,
     # and Pillow documents the result as indistinguishable from plain Lanczos in most cases
     # (measured on ORL at size 8: mean difference 0.5 grey levels, at most 8).
-    # Smaller squares (ORL's 92 pixels at size 32) are resized exactly as before.
+    # Smaller squares (ORL's 92 pixels at size 32) get plain Lanczos, exactly.
     return square.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
