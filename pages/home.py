@@ -14,7 +14,7 @@ def show_journey() -> None:
         st.caption("(The picture of a flow at work needs the demo checkpoint "
                    "checkpoints/mnist-fast.pt.)")
         return
-    picture, info = ec.journey_picture(str(path), ec._mtime(path), "mnist")
+    picture, info = ec.journey_picture(str(path), ec.file_version(path), "mnist")
     if picture is None:
         st.caption(f"(The picture of a flow at work could not be drawn: {info})")
         return

@@ -35,7 +35,7 @@ pixels, where = picked
 @st.cache_data(show_spinner=False, max_entries=64)
 def encode_image(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
     """Latents (raw, standardised), reconstruction error and the bits/dim terms of one image."""
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     pix = np.frombuffer(pixels_bytes, np.uint8).reshape(shape)
     with ec.compute():
         x = ec.to_model_space(model, pix)
@@ -55,7 +55,7 @@ def encode_image(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
     }
 
 
-enc = encode_image(str(loaded.path), ec._mtime(loaded.path), pixels.tobytes(), pixels.shape)
+enc = encode_image(str(loaded.path), ec.file_version(loaded.path), pixels.tobytes(), pixels.shape)
 up = fit_factor(H, 200)
 
 # ------------------------------------------------------------------------------ image + round trip
@@ -137,7 +137,7 @@ seed = int(st.session_state.get("latents_seed", 0))
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def scale_rows(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, temp: float, n: int, seed: int):
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     pix = np.frombuffer(pixels_bytes, np.uint8).reshape(shape)
     levels = model.config.levels
     rows, labels = [], []
@@ -169,7 +169,7 @@ def scale_rows(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, temp:
     return rows, labels, dict(zip([label for _, label in plans[:-1]], diffs))
 
 
-rows, labels, diffs = scale_rows(str(loaded.path), ec._mtime(loaded.path), pixels.tobytes(), pixels.shape,
+rows, labels, diffs = scale_rows(str(loaded.path), ec.file_version(loaded.path), pixels.tobytes(), pixels.shape,
                                  float(temp), int(n_draw), seed)
 s = fit_factor(H, 84)
 grid = labelled_grid([image_grid(r, ncol=len(r), pad=3, scale=s) for r in rows], labels,

@@ -35,7 +35,7 @@ if loaded is None:
 model = loaded.model
 C, H, W = loaded.config.image_shape
 SHAPE = (C, H, W)
-PATH, MTIME = str(loaded.path), ec._mtime(loaded.path)
+PATH, MTIME = str(loaded.path), ec.file_version(loaded.path)
 n_per_set = st.select_slider("Images per data set (a seeded random subset)", [250, 500, 1000, 2000], value=1000,
                              key="lik_n", help="More images: smoother histograms, slower first answer "
                                                "(about 1.5 s per 1,000 MNIST images on one CPU core).")
@@ -45,13 +45,14 @@ COLOURS = {"test": "#2b8a3e", "other": "#e8590c", "noise": "#868e96", "constant"
 
 @st.cache_data(show_spinner="Loading the data sets…", max_entries=8)
 def load_sets(dataset: str | None, shape: tuple, n: int, available: tuple):
-    """``available`` is only part of the key: a data set installed later is picked up."""
+    """The comparison sets (key, label, images, why missing), cached; ``available`` (which data
+    sets are installed) is only part of the key, so a data set installed later is picked up."""
     return [(s.key, s.label, s.images, s.missing) for s in comparison_sets(dataset, shape, n)]
 
 
 @st.cache_data(show_spinner="Scoring…", max_entries=64)
 def score(path: str, mtime: float, key: str, images_bytes: bytes, shape: tuple) -> Scores:
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     images = np.frombuffer(images_bytes, np.uint8).reshape(-1, *shape)
     with ec.compute():
         return score_images(model, images)

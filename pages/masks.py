@@ -116,8 +116,8 @@ with col_b:
 
 # ------------------------------------------------------------------------------ masks through steps
 # A fragment: moving this section's controls (mask, permutation, steps K) reruns only this
-# section, not the squeeze walk above or the trained parameters below (issue 18: the steps-K
-# slider took 0.43 s when it reran the whole page).
+# section, not the squeeze walk above or the trained parameters below (rerunning the whole
+# page costs 0.43 s per move of the steps-K slider).
 @st.fragment
 def masks_through_steps() -> None:
     st.header("3 · Which values get transformed, step by step")

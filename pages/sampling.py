@@ -29,7 +29,7 @@ if loaded.path in ec.DEMOS.values():
 model = loaded.model
 C, H, W = loaded.config.image_shape
 L = loaded.config.levels
-path, mtime = str(loaded.path), ec._mtime(loaded.path)
+path, mtime = str(loaded.path), ec.file_version(loaded.path)
 
 if "sampling_seed" not in st.session_state:
     st.session_state["sampling_seed"] = 0

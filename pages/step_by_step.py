@@ -7,10 +7,9 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from flowlib.analysis.walk import coupling_parts, fresh_model, state_image, walk_backward, walk_forward
+from flowlib.analysis.walk import coupling_parts, fresh_model, walk_backward, walk_forward
 from flowlib.viz.figures import matrix_heatmap
 from flowlib.viz.images import fit_factor, hstack_images, labelled_grid, latent_grid, signed_factor, to_rgb, upscale
-from flowlib.viz.latents import standardised_grey
 from flowlib.viz.masks import squeezed_channel_tiles
 from pages.common import canvas, ui
 from pages.common import explore as ec
@@ -31,7 +30,7 @@ model = loaded.model
 C, H, W = loaded.config.image_shape
 L = loaded.config.levels
 D = C * H * W
-PATH, MTIME = str(loaded.path), ec._mtime(loaded.path)
+PATH, MTIME = str(loaded.path), ec.file_version(loaded.path)
 
 KIND_COLOURS = {"input": "#495057", "logit": "#868e96", "squeeze": "#1098ad", "actnorm": "#2b8a3e",
                 "permutation": "#ae3ec9", "coupling": "#e8590c", "split": "#3b5bdb", "top": "#3b5bdb",
@@ -68,7 +67,7 @@ pixels, where = picked
 @st.cache_resource(show_spinner="Walking the image through the flow…", max_entries=32)
 def forward(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
     """The forward walk, its backward twin and this image's bits/dim (cached per model and image)."""
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     pix = np.frombuffer(pixels_bytes, np.uint8).reshape(shape)
     with ec.compute():
         x = ec.to_model_space(model, pix)
@@ -82,7 +81,7 @@ def forward(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def fresh(path: str, mtime: float):
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     return fresh_model(model.config)
 
 
@@ -133,16 +132,8 @@ def filmstrip(frames, captions, ncol: int, scale: int) -> np.ndarray:
 def state_frames(path: str, mtime: float, pixels_bytes: bytes, shape: tuple, which: str):
     """Image-shaped pictures of the whole state after each op (forward or backward walk)."""
     res = forward(path, mtime, pixels_bytes, shape)
-    w = res[which]
-    zs = res["walk"].zs
-    frames = []
-    for op in w.ops:
-        if op.kind in ("input", "output"):
-            x = op.after[0]
-            frames.append(((x.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).numpy())
-        else:
-            frames.append(standardised_grey(state_image(op, zs)[0]).numpy())
-    return frames
+    model, _, _ = ec.cached_model(path, mtime)
+    return ec.walk_frames(model, res[which], res["walk"].zs)
 
 
 # ------------------------------------------------------------------------------ 1 · the walk
@@ -440,17 +431,11 @@ if mode == "fresh noise":
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def noise_walk(path: str, mtime: float, temp: float, seed: int):
-    model, _, _ = ec._load(path, mtime)
+    model, _, _ = ec.cached_model(path, mtime)
     with ec.compute():
         eps = model.sample_eps(1, torch.Generator().manual_seed(500 + seed))
         w = walk_backward(model, [None] * len(model.levels), temperature=temp, eps=eps)
-        frames = []
-        for op in w.ops:
-            if op.kind == "output":
-                x = op.after[0]
-                frames.append(((x.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).numpy())
-            else:
-                frames.append(standardised_grey(state_image(op, w.zs)[0]).numpy())
+        frames = ec.walk_frames(model, w, w.zs)
         total = float(w.logdet[0])
     return frames, [short(op) for op in w.ops], total
 

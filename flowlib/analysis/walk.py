@@ -8,8 +8,13 @@ and records the tensor after every operation together with that operation's log-
 
 ``walk_backward(model, zs)`` goes the other way, from the latents to the image, with
 ``layer.inverse`` and the inverse's log-determinant (minus the forward one, measured at the
-point the inverse reached). Both return plain :class:`Op` records (torch tensors, floats), so
-a page can cache and draw them without knowing the model's classes.
+point the inverse reached). Both return plain :class:`Op` records (tensors, names, numbers,
+and the layer itself for pages that show its parameters), so a page can cache and draw them.
+
+The walk adds no maths of its own: the layers come from each level's ``flat_layers()``, and
+the split, the prior's log-density, the drawing of a missing latent and the merge are the
+level's ``split``, ``latent_density``, ``draw_latent`` and ``merge`` (flowlib.core.model),
+the same code ``encode`` and ``decode`` run.
 
 ``fresh_model(config)`` builds the same architecture untrained: every coupling's last
 convolution is zero (``ZeroConv2d``), so a fresh coupling is exactly the identity, and its
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flowlib.core.layers import ActNorm, Coupling, LogitTransform, Squeeze, gaussian_log_prob
+from flowlib.core.layers import ActNorm, Coupling, LogitTransform, Squeeze
 from flowlib.core.ops import fold_to_image
 from flowlib.core.permutations import ChannelMixing
 
@@ -103,17 +108,6 @@ def layer_kind(layer) -> str:
     return type(layer).__name__.lower()
 
 
-def _level_layers(level):
-    """(layer, step index, stage) of one level in forward order, steps flattened to layers."""
-    out = []
-    for k, step in enumerate(level.pre_steps):
-        out += [(layer, k, "pre") for layer in step.layers()]
-    out.append((level.squeeze, None, None))
-    for k, step in enumerate(level.steps):
-        out += [(layer, k, "post") for layer in step.layers()]
-    return out
-
-
 def _name(level: int, step: int | None, stage: str | None, kind: str) -> str:
     if step is None:
         return f"level {level + 1} · {kind}"
@@ -126,9 +120,10 @@ def walk_forward(model, x: torch.Tensor) -> Walk:
     """Trace ``model.encode(x)`` operation by operation (x float [B, C, H, W] in [-0.5, 0.5]).
 
     The ops' logdets sum to ``encode(x).logdet`` and the split/top ops' log_pz to
-    ``encode(x).log_pz`` (same layers, same order, so equal up to float rounding).
+    ``encode(x).log_pz``: the walk runs the model's own pieces (each level's ``flat_layers``,
+    ``split`` and ``latent_density``) in the same order, so they are equal up to float rounding.
     """
-    model._check_input(x)
+    model.check_input(x)
     batch = x.shape[0]
     total = x.new_zeros(batch)
     ops = [Op("input", "input image x (dequantised, in [−0.5, 0.5])", -1, x, x.new_zeros(batch),
@@ -142,7 +137,7 @@ def walk_forward(model, x: torch.Tensor) -> Walk:
                       before=before, layer=model.input_transform))
     zs, log_pz = [], x.new_zeros(batch)
     for i, level in enumerate(model.levels):
-        for layer, k, stage in _level_layers(level):
+        for layer, k, stage in level.flat_layers():
             before = h
             h, ld = layer(h)
             total = total + ld
@@ -151,14 +146,9 @@ def walk_forward(model, x: torch.Tensor) -> Walk:
                           step=k, stage=stage, layer=layer,
                           squeezed=stage == "post" or kind == "squeeze"))
         before = h
-        if level.last:
-            h_next, z = None, h
-        else:
-            h_next, z = h[:, :level.keep_channels], h[:, level.keep_channels:]
-        mean, log_scale = level.prior(h_next, batch, h)
-        lp = gaussian_log_prob(z, mean, log_scale)
+        h_next, z = level.split(h)
+        lp, eps = level.latent_density(h_next, z)
         log_pz = log_pz + lp
-        eps = (z - mean) * torch.exp(-log_scale)
         zs.append(z)
         kind = "top" if level.last else "split"
         name = (f"level {i + 1} · top: everything left is the last latent z{i + 1}" if level.last
@@ -174,10 +164,11 @@ def walk_backward(model, zs, temperature: float = 1.0, eps=None) -> Walk:
     """Trace ``model.decode(zs)`` operation by operation, from the top latent to the image.
 
     A latent given as ``None`` is drawn from its prior as ``mean + temperature · scale · eps``
-    (``eps[i]``, or fresh N(0, I) noise), exactly as ``model.decode`` does: so
-    ``walk_backward(model, [None] * L, 0.7, eps)`` walks a sample from noise to image.
-    Each op's ``logdet`` is the log-determinant of the *inverse* map, which is minus the
-    forward layer's log-determinant at the point reached; their sum is -``encode(x).logdet``.
+    (``eps[i]``, or fresh N(0, I) noise) by the level's own ``draw_latent``, exactly as
+    ``model.decode`` does: so ``walk_backward(model, [None] * L, 0.7, eps)`` walks a sample
+    from noise to image. Each op's ``logdet`` is the log-determinant of the *inverse* map,
+    which is minus the forward layer's log-determinant at the point reached; their sum is
+    -``encode(x).logdet``.
     """
     n = len(model.levels)
     if len(zs) != n:
@@ -190,25 +181,19 @@ def walk_backward(model, zs, temperature: float = 1.0, eps=None) -> Walk:
     total = first.new_zeros(batch)
     zero = first.new_zeros(batch)
     ops, h = [], None
-    for i in reversed(range(len(model.levels))):
+    for i in reversed(range(n)):
         level = model.levels[i]
-        mean, log_scale = level.prior(h, batch, first)
         z = zs[i]
         if z is None:
-            noise = eps[i] if eps is not None else torch.randn_like(mean)
-            z = mean + temperature * torch.exp(log_scale) * noise
-        lp = gaussian_log_prob(z, mean, log_scale)
-        standardised = (z - mean) * torch.exp(-log_scale)
-        if level.last:
-            name = f"level {i + 1} · start from the top latent z{i + 1}"
-            h_new = z
-        else:
-            name = f"level {i + 1} · merge: z{i + 1} joins what came down"
-            h_new = torch.cat([h, z], dim=1)
+            z = level.draw_latent(h, temperature, None if eps is None else eps[i], batch=batch)
+        lp, standardised = level.latent_density(h, z)
+        h_new = level.merge(h, z)
+        name = (f"level {i + 1} · start from the top latent z{i + 1}" if level.last
+                else f"level {i + 1} · merge: z{i + 1} joins what came down")
         ops.append(Op("merge", name, i, h_new, zero.clone(), total.clone(), before=h, latent=z,
                       log_pz=lp, eps=standardised, latent_index=i, squeezed=True))
         h = h_new
-        for layer, k, stage in reversed(_level_layers(level)):
+        for layer, k, stage in reversed(level.flat_layers()):
             before = h
             h = layer.inverse(h)
             ld = -layer(h)[1]
@@ -259,11 +244,11 @@ def coupling_parts(coupling: Coupling, x: torch.Tensor) -> dict:
     """
     if coupling.mask_type == "channel":
         x1, x2 = x[:, :coupling.c1], x[:, coupling.c1:]
-        t, s = coupling._shift_and_log_scale(x1)
+        t, s = coupling.shift_and_log_scale(x1)
     else:
         mask = coupling.mask
         x1, x2 = x * mask, x * (1 - mask)
-        t, s = coupling._shift_and_log_scale(x)
+        t, s = coupling.shift_and_log_scale(x)
     s = torch.zeros_like(t) if s is None else s
     y, _ = coupling(x)
     y2 = y[:, coupling.c1:] if coupling.mask_type == "channel" else y * (1 - coupling.mask)

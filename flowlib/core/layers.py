@@ -21,7 +21,8 @@ One flow step (Glow) is  ActNorm -> permutation -> coupling:
 * The coupling splits its input into x1 and x2 and changes only x2, by an amount that
   depends on x1. Its Jacobian is triangular, so the log-determinant is a sum.
 
-Between levels the model squeezes (:class:`Squeeze`): a reshape, so a layer with logdet 0.
+Each level of the model squeezes (:class:`Squeeze`) before its channel steps: a reshape, so a
+layer with logdet 0.
 """
 
 from __future__ import annotations
@@ -251,8 +252,12 @@ class Coupling(nn.Module):
     def _log_scale(self, raw: torch.Tensor) -> torch.Tensor:
         return self.clamp * torch.tanh(raw / self.clamp)
 
-    def _shift_and_log_scale(self, x1_view: torch.Tensor):
-        """Run the network on the conditioning values; return (t, s) shaped like x2."""
+    def shift_and_log_scale(self, x1_view: torch.Tensor):
+        """Run the network on the conditioning values; return (t, s) shaped like x2.
+
+        ``x1_view``: x1 for a channel mask; the whole x for a checkerboard mask (only its x1
+        positions are read). ``s`` is None for an additive coupling.
+        """
         if self.mask_type == "channel":
             h = run_network(self.net, x1_view)
         else:
@@ -272,10 +277,10 @@ class Coupling(nn.Module):
     def forward(self, x):
         if self.mask_type == "channel":
             x1, x2 = x[:, :self.c1], x[:, self.c1:]
-            t, s = self._shift_and_log_scale(x1)
+            t, s = self.shift_and_log_scale(x1)
         else:
             x2 = x
-            t, s = self._shift_and_log_scale(x)
+            t, s = self.shift_and_log_scale(x)
         if s is None:
             y2 = x2 + t
             logdet = x.new_zeros(x.shape[0])
@@ -288,10 +293,10 @@ class Coupling(nn.Module):
     def inverse(self, y):
         if self.mask_type == "channel":
             y1, y2 = y[:, :self.c1], y[:, self.c1:]
-            t, s = self._shift_and_log_scale(y1)
+            t, s = self.shift_and_log_scale(y1)
         else:
             y2 = y
-            t, s = self._shift_and_log_scale(y)  # y1 == x1 on the mask, and only that is read
+            t, s = self.shift_and_log_scale(y)  # y1 == x1 on the mask, and only that is read
         x2 = y2 - t if s is None else (y2 - t) * torch.exp(-s)
         return torch.cat([y1, x2], dim=1) if self.mask_type == "channel" else x2
 

@@ -24,7 +24,12 @@ as in the RealNVP paper.
 
 Each level is a module (:class:`Level`) that owns its steps and its latent's prior, with
 ``forward(h) -> (h_next, z, logdet, log_pz, eps)`` and ``inverse(h_next, z) -> h``; the
-model's ``encode`` and ``decode`` are loops over the levels.
+model's ``encode`` and ``decode`` are loops over the levels (``encode_levels``,
+``decode_levels``) between ``transform_input`` and ``transform_output``. A level is made of
+public pieces (``layers``/``flat_layers``, ``split``/``merge``, ``latent_density``,
+``draw_latent``) that the per-operation walk (``flowlib.analysis.walk``) and the level-by-level
+journey (``flowlib.viz.latents``) call too, so the split, the prior's arithmetic and the
+merge exist once.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from flowlib.config import PRESET_NOTES, PRESETS, FlowConfig, preset
 
 from .layers import ActNorm, FlowStep, LogitTransform, Squeeze, VariationalDequantizer, ZeroConv2d, gaussian_log_prob
 
-__all__ = ["FlowConfig", "FlowModel", "EncodeOutput", "BitsPerDim", "Level", "LevelOutput",
+__all__ = ["FlowConfig", "FlowModel", "EncodeOutput", "BitsPerDim", "Level", "LevelOutput", "LayerPlace",
            "PRESETS", "PRESET_NOTES", "preset"]
 
 
@@ -69,6 +74,13 @@ class LevelOutput(NamedTuple):
     eps: torch.Tensor           # z standardised by its prior, (z - mean) / scale
 
 
+class LayerPlace(NamedTuple):
+    """One invertible layer of a level and where it sits (see :meth:`Level.flat_layers`)."""
+    layer: nn.Module            # ActNorm, permutation, coupling or the squeeze
+    step: int | None            # 0-based index of its flow step within its stage; None for the squeeze
+    stage: str | None           # "pre" (checkerboard steps before the squeeze), "post"; None for the squeeze
+
+
 class Level(nn.Module):
     """One scale: [pre-squeeze checkerboard steps] -> squeeze -> K steps -> split (or top latent).
 
@@ -83,6 +95,12 @@ class Level(nn.Module):
 
     ``forward(h) -> LevelOutput(h_next, z, logdet, log_pz, eps)`` and
     ``inverse(h_next, z) -> h`` are exact inverses; ``inverse`` draws a missing z from the prior.
+    Their pieces are public for code that traces a level operation by operation:
+
+        forward   layers() -> split(h) -> latent_density(h_next, z)
+        inverse   [draw_latent(h_next, ...)] -> merge(h_next, z) -> layers() reversed
+
+    ``flat_layers()`` lists the same layers with the flow steps opened up.
     """
 
     def __init__(self, cfg: FlowConfig, in_shape: tuple[int, int, int], index: int,
@@ -113,8 +131,9 @@ class Level(nn.Module):
             self.keep_channels = c // 2
             self.latent_shape = (c - c // 2, h, w)
             self.out_shape = (c // 2, h, w)
-        # The prior's parameters come after the steps'. The top prior's used to come first
-        # of all (on the model); align_legacy_optimizer_state lines up optimizer states saved then.
+        # The prior's parameters come after the steps'. Checkpoints whose top prior sits on the
+        # model (top_mean, top_log_scale) list it first; align_legacy_optimizer_state lines up
+        # their optimizer states.
         self.prior_net = self.prior_mean = self.prior_log_scale = None
         if not last and cfg.split_prior == "learned":
             self.prior_net = ZeroConv2d(self.keep_channels, 2 * self.latent_shape[0])
@@ -125,6 +144,42 @@ class Level(nn.Module):
     def layers(self) -> list[nn.Module]:
         """The bijective part in forward order: pre-squeeze steps, squeeze, steps."""
         return [*self.pre_steps, self.squeeze, *self.steps]
+
+    def flat_layers(self) -> list[LayerPlace]:
+        """Every invertible layer of :meth:`layers` with the flow steps opened up, in forward
+        order, each with its place: (layer, step index within its stage, "pre" | "post"); the
+        squeeze is (squeeze, None, None)."""
+        out = []
+        for k, step in enumerate(self.pre_steps):
+            out += [LayerPlace(layer, k, "pre") for layer in step.layers()]
+        out.append(LayerPlace(self.squeeze, None, None))
+        for k, step in enumerate(self.steps):
+            out += [LayerPlace(layer, k, "post") for layer in step.layers()]
+        return out
+
+    def split(self, h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The output of :meth:`layers` -> ``(h_next, z)``: the first ``keep_channels`` channels
+        go on, the rest is this level's latent. The top level keeps nothing: ``(None, h)``."""
+        if self.last:
+            return None, h
+        return h[:, :self.keep_channels], h[:, self.keep_channels:]
+
+    def merge(self, h_next: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`split`: ``(h_next, z)`` -> the tensor :meth:`layers` produced.
+
+        Raises ValueError when a split level has no h_next or z is not [B, *latent_shape].
+        """
+        self._require_kept_half(h_next)
+        if tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(f"latent {self.index} must have shape [B, {', '.join(map(str, self.latent_shape))}], "
+                             f"got {list(z.shape)}")
+        if self.last:
+            return z
+        return torch.cat([h_next, z], dim=1)
+
+    def _require_kept_half(self, h_next: torch.Tensor | None) -> None:
+        if h_next is None and not self.last:
+            raise ValueError("a split level needs the kept half h_next to invert")
 
     def prior(self, h_next: torch.Tensor | None, batch: int,
               like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,50 +197,58 @@ class Level(nn.Module):
         zeros = like.new_zeros(batch, *self.latent_shape)
         return zeros, zeros
 
+    def latent_density(self, h_next: torch.Tensor | None,
+                       z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_pz [B], eps)``: z's log-density in nats under this level's prior given the kept
+        half ``h_next`` (None for the top level), and z standardised by it, (z - mean) / scale."""
+        mean, log_scale = self.prior(h_next, z.shape[0], z)
+        return gaussian_log_prob(z, mean, log_scale), (z - mean) * torch.exp(-log_scale)
+
+    def draw_latent(self, h_next: torch.Tensor | None, temperature: float = 1.0,
+                    eps: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
+        """A latent z from this level's prior given ``h_next``: ``mean + temperature · scale · eps``,
+        with ``eps`` given or fresh N(0, I) noise. ``batch`` is needed only when nothing else
+        tells it: the top level drawing with no eps."""
+        self._require_kept_half(h_next)
+        known = h_next if h_next is not None else eps
+        batch = known.shape[0] if known is not None else batch
+        if batch is None:
+            raise ValueError("the top level needs z, eps or batch to know the batch size")
+        mean, log_scale = self.prior(h_next, batch, next(self.parameters()))
+        noise = eps if eps is not None else torch.randn_like(mean)
+        return mean + temperature * torch.exp(log_scale) * noise
+
     def forward(self, h: torch.Tensor) -> LevelOutput:
         logdet = h.new_zeros(h.shape[0])
         for layer in self.layers():
             h, ld = layer(h)
             logdet = logdet + ld
-        if self.last:
-            h_next, z = None, h
-        else:
-            h_next, z = h[:, :self.keep_channels], h[:, self.keep_channels:]
-        mean, log_scale = self.prior(h_next, h.shape[0], h)
-        eps = (z - mean) * torch.exp(-log_scale)
-        return LevelOutput(h_next, z, logdet, gaussian_log_prob(z, mean, log_scale), eps)
+        h_next, z = self.split(h)
+        log_pz, eps = self.latent_density(h_next, z)
+        return LevelOutput(h_next, z, logdet, log_pz, eps)
 
     def inverse(self, h_next: torch.Tensor | None, z: torch.Tensor | None,
                 temperature: float = 1.0, eps: torch.Tensor | None = None,
                 batch: int | None = None) -> torch.Tensor:
         """The input h that :meth:`forward` maps to ``(h_next, z)``.
 
-        A ``None`` z is drawn from the prior as ``mean + temperature · scale · eps``, with
-        ``eps`` given or fresh N(0, I) noise. ``batch`` is needed only when nothing else
-        tells it: the top level drawing its latent with neither z nor eps.
+        A ``None`` z is drawn from the prior (:meth:`draw_latent`) as
+        ``mean + temperature · scale · eps``, with ``eps`` given or fresh N(0, I) noise.
+        ``batch`` is needed only when nothing else tells it: the top level drawing its latent
+        with neither z nor eps.
         """
-        if h_next is None and not self.last:
-            raise ValueError("a split level needs the kept half h_next to invert")
-        known = next((t for t in (h_next, z, eps) if t is not None), None)
-        batch = known.shape[0] if known is not None else batch
-        if batch is None:
-            raise ValueError("the top level needs z, eps or batch to know the batch size")
-        mean, log_scale = self.prior(h_next, batch, next(self.parameters()))
+        self._require_kept_half(h_next)
         if z is None:
-            noise = eps if eps is not None else torch.randn_like(mean)
-            z = mean + temperature * torch.exp(log_scale) * noise
-        elif tuple(z.shape[1:]) != self.latent_shape:
-            raise ValueError(f"latent {self.index} must have shape [B, {', '.join(map(str, self.latent_shape))}], "
-                             f"got {list(z.shape)}")
-        h = z if self.last else torch.cat([h_next, z], dim=1)
+            z = self.draw_latent(h_next, temperature, eps, batch)
+        h = self.merge(h_next, z)
         for layer in reversed(self.layers()):
             h = layer.inverse(h)
         return h
 
 
 def _rename_top_prior_keys(module, state_dict, prefix, *_):
-    """Load-time hook: checkpoints written before the top prior moved into the top level
-    (``top_mean``, ``top_log_scale`` on the model) load into ``levels.<L-1>.prior_*``."""
+    """Load-time hook: a checkpoint that keeps the top prior on the model (``top_mean``,
+    ``top_log_scale``) loads into ``levels.<L-1>.prior_*``."""
     top = f"{prefix}levels.{len(module.levels) - 1}."
     for old, new in (("top_mean", "prior_mean"), ("top_log_scale", "prior_log_scale")):
         if prefix + old in state_dict and top + new not in state_dict:
@@ -193,11 +256,11 @@ def _rename_top_prior_keys(module, state_dict, prefix, *_):
 
 
 def align_legacy_optimizer_state(ckpt: dict) -> None:
-    """Line up, in place, an optimizer state saved when the top prior lived on the model.
+    """Line up, in place, an optimizer state saved with the top prior on the model.
 
     Such a checkpoint has the model keys ``top_mean`` and ``top_log_scale`` (renamed on load
-    by ``_rename_top_prior_keys``). Those two parameters came first in ``model.parameters()``
-    and now come last; an optimizer state is indexed by that order, so its entries are rotated
+    by ``_rename_top_prior_keys``). Those two parameters come first in its parameter order
+    and last in this model's; an optimizer state is indexed by that order, so its entries are rotated
     to match, or a resumed run would apply one tensor's Adam moments to another.
     """
     model, opt = ckpt.get("model"), ckpt.get("optimizer")
@@ -277,7 +340,8 @@ class FlowModel(nn.Module):
         if not self.is_initialized:
             self.encode(x)
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless x is a finite float tensor [B, *config.image_shape]."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"expected a tensor [B, C, H, W], got {type(x).__name__}")
         expected = self.config.image_shape
@@ -291,21 +355,35 @@ class FlowModel(nn.Module):
             raise ValueError("input contains NaN or infinite values")
 
     # -- the flow --------------------------------------------------------------------------
+    def transform_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x in [-0.5, 0.5] -> (what the first level sees, logdet [B]): the input transform
+        (RealNVP's logit) when the config has one, else (x, 0)."""
+        if self.input_transform is None:
+            return x, x.new_zeros(x.shape[0])
+        return self.input_transform(x)
+
+    def transform_output(self, h: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`transform_input`: what the first level gives back -> an image."""
+        return h if self.input_transform is None else self.input_transform.inverse(h)
+
+    def encode_levels(self, h: torch.Tensor) -> list[LevelOutput]:
+        """Each level's :class:`LevelOutput`, finest first, for ``h = transform_input(x)[0]``."""
+        outs = []
+        for level in self.levels:
+            outs.append(level(h))
+            h = outs[-1].h_next
+        return outs
+
     def encode(self, x: torch.Tensor) -> EncodeOutput:
         """x [B, C, H, W] in [-0.5, 0.5] -> latents, logdet [B], log_pz [B] (nats)."""
-        self._check_input(x)
-        h, logdet = x, x.new_zeros(x.shape[0])
-        if self.input_transform is not None:
-            h, logdet = self.input_transform(h)
-        zs, eps, log_pz_levels = [], [], []
-        for level in self.levels:
-            h, z, level_logdet, level_log_pz, level_eps = level(h)
-            logdet = logdet + level_logdet
-            zs.append(z)
-            eps.append(level_eps)
-            log_pz_levels.append(level_log_pz)
+        self.check_input(x)
+        h, logdet = self.transform_input(x)
+        outs = self.encode_levels(h)
+        for out in outs:
+            logdet = logdet + out.logdet
+        log_pz_levels = [out.log_pz for out in outs]
         log_pz = torch.stack(log_pz_levels, 0).sum(0)
-        return EncodeOutput(zs, logdet, log_pz, log_pz_levels, eps)
+        return EncodeOutput([out.z for out in outs], logdet, log_pz, log_pz_levels, [out.eps for out in outs])
 
     forward = encode
 
@@ -321,6 +399,28 @@ class FlowModel(nn.Module):
             raise ValueError(f"temperatures must be finite and ≥ 0, got {temps}")
         return temps
 
+    def decode_levels(self, zs: Sequence[torch.Tensor | None], temperature=1.0,
+                      eps: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The way back level by level: the tensor after undoing each level, coarsest first,
+        so the last is the finest level's input, which :meth:`transform_output` makes the image.
+
+        Arguments as for :meth:`decode`.
+        """
+        n = len(self.levels)
+        if len(zs) != n:
+            raise ValueError(f"decode needs one latent (or None) per level: {n}, got {len(zs)}")
+        temps = self._temperatures(temperature)
+        batch = next((z.shape[0] for z in zs if z is not None),
+                     None if eps is None else eps[0].shape[0])
+        if batch is None:
+            raise ValueError("decode needs at least one latent or eps to know the batch size")
+        h, states = None, []
+        for i in reversed(range(n)):
+            h = self.levels[i].inverse(h, zs[i], temps[i], None if eps is None else eps[i],
+                                       batch=batch)
+            states.append(h)
+        return states
+
     def decode(self, zs: Sequence[torch.Tensor | None], temperature=1.0,
                eps: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Invert the flow. A latent given as ``None`` is drawn from its prior.
@@ -331,21 +431,7 @@ class FlowModel(nn.Module):
         ``decode([out.zs[0], None, None])`` keeps the finest detail of an image while
         resampling its coarse structure.
         """
-        n = len(self.levels)
-        if len(zs) != n:
-            raise ValueError(f"decode needs one latent (or None) per level: {n}, got {len(zs)}")
-        temps = self._temperatures(temperature)
-        batch = next((z.shape[0] for z in zs if z is not None),
-                     None if eps is None else eps[0].shape[0])
-        if batch is None:
-            raise ValueError("decode needs at least one latent or eps to know the batch size")
-        h = None
-        for i in reversed(range(n)):
-            h = self.levels[i].inverse(h, zs[i], temps[i], None if eps is None else eps[i],
-                                       batch=batch)
-        if self.input_transform is not None:
-            h = self.input_transform.inverse(h)
-        return h
+        return self.transform_output(self.decode_levels(zs, temperature, eps)[-1])
 
     def sample_eps(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """Standard-normal noise for every level (finest first), for repeatable sampling."""

@@ -1,8 +1,11 @@
 """Pictures as numpy arrays: grids, labels, PNG bytes, and latents in a diverging colour map.
 
-Every function takes numpy arrays or torch tensors and returns a numpy ``uint8`` picture
-(``[H, W]`` grey or ``[H, W, 3]`` RGB). No plotly and no Streamlit here, so a process that
-only writes pictures (the trainer's sample grids) can use it cheaply.
+The picture functions take numpy arrays or torch tensors and return a numpy ``uint8``
+picture (``[H, W]`` grey or ``[H, W, 3]`` RGB; ``latent_grid`` also returns its colour
+limit); small helpers around them size pictures (``fit_factor``), encode them
+(``png_bytes``) and write numbers and words for them (``signed_number``, ``signed_factor``,
+``wrap_text``). No plotly and no Streamlit here, so a process that only writes pictures (the
+trainer's sample grids) can use it cheaply.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["PAD_COLOUR", "as_numpy", "upscale", "fit_factor", "to_rgb", "image_grid",
            "labelled_grid", "hstack_images", "png_bytes", "diverging_rgb", "latent_grid",
-           "signed_number", "signed_factor", "wrap_text"]
+           "signed_number", "signed_factor", "wrap_text", "tint", "outline"]
 
 PAD_COLOUR = 255
 
@@ -179,7 +182,7 @@ def png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def _tint(gray: np.ndarray, colour: np.ndarray, strength: float = 0.55) -> np.ndarray:
+def tint(gray: np.ndarray, colour: np.ndarray, strength: float = 0.55) -> np.ndarray:
     """Blend a grey picture [H, W] with a colour: dark stays dark-tinted, white becomes pale colour."""
     g = gray.astype(np.float32)[..., None]
     base = np.concatenate([g, g, g], axis=-1)
@@ -187,7 +190,8 @@ def _tint(gray: np.ndarray, colour: np.ndarray, strength: float = 0.55) -> np.nd
     return np.clip(mixed, 0, 255).astype(np.uint8)
 
 
-def _outline(tile: np.ndarray, colour=(60, 60, 60), width: int = 1) -> np.ndarray:
+def outline(tile: np.ndarray, colour=(60, 60, 60), width: int = 1) -> np.ndarray:
+    """A copy of an RGB tile [H, W, 3] with a ``width``-pixel frame of ``colour`` drawn inside its edge."""
     out = tile.copy()
     out[:width], out[-width:], out[:, :width], out[:, -width:] = colour, colour, colour, colour
     return out

@@ -1,4 +1,6 @@
-"""Paths between latents: linear and spherical interpolation, per level or all levels joined."""
+"""Latents as pictures and paths: linear and spherical interpolation between latents (per level
+or all levels joined), and an image's journey to noise and fresh noise's back, level by level
+(``flow_journey``, drawn by ``journey_strip``), with states in standardised grey."""
 
 from __future__ import annotations
 
@@ -80,32 +82,22 @@ def flow_journey(model, pixels, eps: Sequence[torch.Tensor], temperature: float 
     the last being its standardised latent ε), "backward": [...] (the noise T·ε, the state
     after undoing each level, coarsest first, the last being the new image),
     "round_trip": max |decode(encode(x)) − x| in model units}``. States are shown
-    standardised (see ``standardised_grey``), so each picture's contrast is its own.
+    standardised (see ``standardised_grey``), so each picture's contrast is its own. The
+    levels run through the model's own ``encode_levels`` and ``decode_levels``.
     """
-    x = model.dequantize(torch.as_tensor(pixels, dtype=torch.uint8)[None], noise=False)[0]
-    h = x
-    if model.input_transform is not None:
-        h, _ = model.input_transform(h)
-    forward = [torch.as_tensor(pixels, dtype=torch.uint8)]
-    zs, eps_in = [], []
-    for level in model.levels:
-        out = level(h)
-        h = out.h_next
-        zs.append(out.z)
-        eps_in.append(out.eps)
-        forward.append(standardised_grey(fold_to_image(h, eps_in)[0]))
-    round_trip = float((model.decode(zs) - x).abs().max())
-    n = len(model.levels)
+    pixels = torch.as_tensor(pixels, dtype=torch.uint8)
+    x = model.dequantize(pixels[None], noise=False)[0]
+    outs = model.encode_levels(model.transform_input(x)[0])
+    eps_in = [out.eps for out in outs]
+    forward = [pixels] + [standardised_grey(fold_to_image(out.h_next, eps_in[:i + 1])[0])
+                          for i, out in enumerate(outs)]
+    round_trip = float((model.decode([out.z for out in outs]) - x).abs().max())
     scaled = [temperature * e for e in eps]
+    states = model.decode_levels([None] * len(outs), temperature, eps)   # coarsest first
     backward = [standardised_grey(fold_to_image(None, scaled)[0])]
-    h = None
-    for i in reversed(range(n)):
-        h = model.levels[i].inverse(h, None, temperature, eps[i], batch=1)
-        if i > 0:
-            backward.append(standardised_grey(fold_to_image(h, scaled[:i])[0]))
-    if model.input_transform is not None:
-        h = model.input_transform.inverse(h)
-    backward.append(model.to_uint8(h)[0])
+    backward += [standardised_grey(fold_to_image(h, scaled[:i])[0])
+                 for i, h in zip(range(len(outs) - 1, 0, -1), states)]
+    backward.append(model.to_uint8(model.transform_output(states[-1]))[0])
     return {"forward": forward, "backward": backward, "round_trip": round_trip}
 
 

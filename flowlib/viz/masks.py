@@ -23,7 +23,7 @@ import torch
 
 from flowlib.core.ops import checkerboard_mask, squeeze2d
 
-from .images import _outline, _tint, as_numpy, hstack_images, image_grid, to_rgb, upscale
+from .images import as_numpy, hstack_images, image_grid, outline, tint, to_rgb, upscale
 
 __all__ = [
     "BLOCK_COLOURS", "BLOCK_NAMES", "X1_COLOUR", "X2_COLOUR",
@@ -70,7 +70,7 @@ def squeeze_overlay(image, scale: int = 10, grid: bool = True) -> np.ndarray:
     pos = block_position_map(h, w)
     out = np.zeros((h, w, 3), np.uint8)
     for p in range(4):
-        tinted = _tint(gray, BLOCK_COLOURS[p], strength=0.6)
+        tinted = tint(gray, BLOCK_COLOURS[p], strength=0.6)
         out[pos == p] = tinted[pos == p]
     out = upscale(out, scale)
     if grid and scale >= 4:
@@ -92,13 +92,13 @@ def squeezed_channel_tiles(image, scale: int = 10) -> list[tuple[str, np.ndarray
     tiles = []
     for k in range(sq.shape[0]):
         c, di, dj = squeeze_source(k)
-        tile = upscale(_tint(sq[k], BLOCK_COLOURS[2 * di + dj], strength=0.6), scale)
+        tile = upscale(tint(sq[k], BLOCK_COLOURS[2 * di + dj], strength=0.6), scale)
         # Line breaks at the natural joints, so a narrow tile's caption wraps cleanly
         # (hstack_images wraps further only if a line is still wider than the tile).
         label = (f"ch {k} = pixel\n(2i+{di}, 2j+{dj})" + (f"\nof ch {c}" if x.shape[0] > 1 else "")
                  if scale * sq.shape[-1] < 200 else
                  f"ch {k} = pixel (2i+{di}, 2j+{dj})" + (f" of ch {c}" if x.shape[0] > 1 else ""))
-        tiles.append((label, _outline(tile)))
+        tiles.append((label, outline(tile)))
     return tiles
 
 
@@ -285,8 +285,8 @@ def mask_tiles_image(x1: np.ndarray, values=None, scale: int = 12, gap: int = 6,
     vals = np.full((c, h, w), 200, np.uint8) if values is None else as_numpy(values).astype(np.uint8)
     tiles = []
     for k in range(c):
-        t = np.where(x1[k][..., None], _tint(vals[k], X1_COLOUR, 0.75), _tint(vals[k], X2_COLOUR, 0.75))
-        tiles.append(_outline(upscale(t, scale)))
+        t = np.where(x1[k][..., None], tint(vals[k], X1_COLOUR, 0.75), tint(vals[k], X2_COLOUR, 0.75))
+        tiles.append(outline(upscale(t, scale)))
     return hstack_images(tiles, gap=gap, captions=labels, font_size=font_size)
 
 
@@ -294,7 +294,7 @@ def coverage_image(covered: np.ndarray, scale: int = 12, gap: int = 6,
                    labels: Sequence[str] | None = None, font_size: int = 16) -> np.ndarray:
     """Per original channel: green where the value has been transformed at least once, grey where not."""
     covered = as_numpy(covered).astype(bool)
-    tiles = [_outline(upscale(np.where(covered[k][..., None], COVERED_COLOUR, UNCOVERED_COLOUR)
+    tiles = [outline(upscale(np.where(covered[k][..., None], COVERED_COLOUR, UNCOVERED_COLOUR)
                               .astype(np.uint8), scale)) for k in range(covered.shape[0])]
     return hstack_images(tiles, gap=gap, captions=labels, font_size=font_size)
 
@@ -304,5 +304,5 @@ def mask_overlay(image, x1_plane: np.ndarray, scale: int = 10) -> np.ndarray:
     img = as_numpy(image)
     gray = img[0] if img.ndim == 3 else img
     m = as_numpy(x1_plane).astype(bool)
-    out = np.where(m[..., None], _tint(gray, X1_COLOUR, 0.6), _tint(gray, X2_COLOUR, 0.6))
+    out = np.where(m[..., None], tint(gray, X1_COLOUR, 0.6), tint(gray, X2_COLOUR, 0.6))
     return upscale(out.astype(np.uint8), scale)

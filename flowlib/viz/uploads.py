@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from flowlib.data.sources.images import to_plain_mode
+from flowlib.data.sources.images import MAX_IMAGE_PIXELS, Skip, decode_plain
 
-__all__ = ["UploadError", "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "prepare_upload",
-           "synthetic_stroke"]
+__all__ = ["UploadError", "MAX_UPLOAD_BYTES", "prepare_upload", "synthetic_stroke"]
 
 
 class UploadError(ValueError):
@@ -21,11 +19,10 @@ class UploadError(ValueError):
 
 
 MAX_UPLOAD_BYTES = 20 * 1024 ** 2
-MAX_UPLOAD_PIXELS = 40_000_000
 
 
 def prepare_upload(data: bytes, shape: Sequence[int], name: str = "the upload",
-                   max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS
+                   max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_IMAGE_PIXELS
                    ) -> tuple[np.ndarray, list[str]]:
     """Bytes of a picture -> uint8 [C, H, W] for a model, plus notes on what was converted.
 
@@ -33,6 +30,7 @@ def prepare_upload(data: bytes, shape: Sequence[int], name: str = "the upload",
     white, 16-bit and float depths scaled to 8 bits, first frame of an animation, centre
     square crop, resized to the model's side. Refused with :class:`UploadError`: not a picture,
     a damaged file, more than ``max_bytes`` or ``max_pixels`` (decompression bombs included).
+    The decoding and its refusals are the data sources' own (``decode_plain``).
     """
     c, h, w = (int(v) for v in shape)
     if c not in (1, 3):
@@ -43,31 +41,16 @@ def prepare_upload(data: bytes, shape: Sequence[int], name: str = "the upload",
     if len(data) > max_bytes:
         raise UploadError(f"{name} is {len(data) / 1024 ** 2:.1f} MB; pictures up to "
                           f"{max_bytes // 1024 ** 2} MB are accepted.")
+    try:
+        picture = decode_plain(io.BytesIO(data), max_pixels=max_pixels)
+    except Skip as refused:
+        raise UploadError(f"{name} {refused.words}") from None
     notes: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise UploadError(f"{name} is {width}×{height} pixels; pictures up to "
-                                      f"{max_pixels / 1e6:.0f} megapixels are accepted.")
-                if getattr(img, "n_frames", 1) > 1:
-                    notes.append("used the first frame of an animation")
-                img.seek(0)
-                img.load()
-                plain = _plain(img, notes)
-        except UploadError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UploadError(f"{name} declares an enormous size (a possible decompression bomb); "
-                              "it was refused.") from None
-        except Image.UnidentifiedImageError:
-            raise UploadError(f"{name} is not a picture Pillow can read (PNG, JPEG, BMP, GIF, "
-                              "TIFF, WebP are fine).") from None
-        except Exception as exc:  # noqa: BLE001 - hostile or damaged files raise many types
-            raise UploadError(f"{name} could not be decoded ({type(exc).__name__}); it may be "
-                              "damaged.") from None
+    if picture.animated:
+        notes.append("used the first frame of an animation")
+    if picture.note:
+        notes.append(picture.note)
+    plain = picture.image
     width, height = plain.size
     side = min(width, height)
     if width != height:
@@ -87,20 +70,6 @@ def prepare_upload(data: bytes, shape: Sequence[int], name: str = "the upload",
     else:
         pixels = pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels), notes
-
-
-def _plain(img: Image.Image, notes: list[str]) -> Image.Image:
-    """8-bit L or RGB by the library's one rule (``to_plain_mode``), saying what it did."""
-    mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        notes.append("scaled 16-bit depth to 8 bits")
-    elif mode == "F":
-        notes.append("scaled floating-point values to 8 bits")
-    elif mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and img.has_transparency_data):
-        notes.append("composited transparency on white")
-    plain = to_plain_mode(img)
-    # The caller closes the file it opened: keep pixels that outlive it.
-    return img.copy() if plain is img else plain
 
 
 def synthetic_stroke(shape: Sequence[int], kind: str = "seven", thickness: float = 0.12,

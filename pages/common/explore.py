@@ -1,9 +1,14 @@
-"""Shared pieces of the three "Look inside" pages: model picker, cached loading, image sources.
+"""Shared pieces of the five "Look inside" pages that open a trained model (Masks, Latents,
+Sampling, One image step by step, What the likelihood knows), Home's picture and the server's
+warm-up: model picker, cached loading, image sources, and the cached pictures the warm-up
+draws before the first visit.
 
-Models are loaded once per (path, modification time) with ``st.cache_resource``; a checkpoint
-that cannot be loaded gives one ``st.error`` naming the file and the reason, and the page
-falls back to a demo model so it keeps working. The pictures themselves come from
-``flowlib.viz``; this module only turns widgets into arrays.
+Models are loaded once per (path, file version) with ``st.cache_resource``: a page keys its
+own caches on ``file_version(path)`` and reads the model with ``cached_model(path, version)``,
+so a retrained file reloads. A checkpoint that cannot be loaded gives one ``st.error`` naming
+the file and the reason, and the page falls back to a demo model so it keeps working. The
+pictures themselves come from ``flowlib.viz``; this module turns widgets into arrays and
+caches what the pages draw.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import streamlit as st
 import torch
 
 from flowlib import env
+from flowlib.analysis.walk import state_image
 from flowlib.core.checkpoint import CheckpointError, load_model
 from flowlib.viz.images import fit_factor
-from flowlib.viz.latents import flow_journey, interpolate_latents, journey_strip
+from flowlib.viz.latents import flow_journey, interpolate_latents, journey_strip, standardised_grey
 from flowlib.viz.uploads import UploadError, prepare_upload
+from pages.common.ui import EXPLORE_KEY
 
 ROOT = Path(__file__).resolve().parents[2]   # the repository (this file is pages/common/explore.py)
 DEMO_DIR = ROOT / "checkpoints"
@@ -34,9 +41,6 @@ DEMOS = {  # label -> file: the pretrained models that ship with the app (checkp
 # decode 64 samples in ~0.1 s on one core, and on a busy 2-core machine (a trainer running
 # beside the app) two OpenMP threads were measured 5-9x slower than one.
 VIEW_THREADS = env.read("FLOWLAB_VIEW_THREADS")
-# The Runs page puts a checkpoint path here before switching to one of these pages.
-EXPLORE_KEY = "explore_checkpoint"
-
 
 
 @dataclass
@@ -101,7 +105,8 @@ def _store_runs() -> list[tuple[str, Path]] | None:
 
 
 def checkpoint_choices() -> list[tuple[str, Path]]:
-    """(label, path) for the demos, then the user's runs (from the store, else any *.pt)."""
+    """(label, path) for the demos, then the user's runs from the store, then any other *.pt
+    under the runs folder (a file listed once, by its first label)."""
     choices = [(label, path) for label, path in DEMOS.items()]
     runs = _store_runs()
     known = {p.resolve() for _, p in choices}
@@ -119,16 +124,20 @@ def checkpoint_choices() -> list[tuple[str, Path]]:
     return choices
 
 
-def _mtime(path: Path) -> float:
+def file_version(path: Path) -> float:
+    """The file's modification time (-1 when it cannot be read): the key of every cache that
+    holds something computed from a checkpoint, so a retrained file is read again."""
     try:
-        return path.stat().st_mtime
+        return Path(path).stat().st_mtime
     except OSError:
         return -1.0
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=16)
-def _load(path: str, mtime: float):
-    """(model, ckpt, None) or (None, None, reason). Keyed on mtime so a retrained file reloads."""
+def cached_model(path: str, version: float):
+    """(model, ckpt, None) or (None, None, reason), loaded once per ``(path, version)``;
+    ``version`` is :func:`file_version` of the path, so a retrained file reloads. ``ckpt``
+    holds the checkpoint's records without its weights and optimizer state."""
     try:
         model, ckpt = load_model(path)
     except CheckpointError as exc:
@@ -140,11 +149,14 @@ def _load(path: str, mtime: float):
 
 
 def load(path: Path):
-    return _load(str(path), _mtime(path))
+    """:func:`cached_model` of the file as it is now: (model, ckpt, None) or (None, None, reason)."""
+    return cached_model(str(path), file_version(path))
 
 
 def model_picker(key: str) -> Loaded | None:
-    """A select box of checkpoints; returns the loaded choice (or a demo if it fails)."""
+    """A select box of checkpoints; returns the loaded choice (or another checkpoint that loads,
+    demos first, if it fails; None when none does). A path left at ``EXPLORE_KEY`` by the
+    Runs page or a run's dashboard is selected once."""
     choices = checkpoint_choices()
     labels = [c[0] for c in choices]
     wanted = st.session_state.pop(EXPLORE_KEY, None)
@@ -237,8 +249,8 @@ def costly_image_note(bits_per_dim: float, loaded: Loaded) -> str | None:
     """Why an image costs far more than the model's typical test image (one bit/dim or more
     above its held-out score), in words; None for an ordinary image or an unknown score.
 
-    A drawn "seven" on the faces model scored 53.7 bits/dim next to "8 = random noise", and a
-    class read it as a broken model (issue 18)."""
+    A drawn "seven" on the faces model scores about 53.7 bits/dim, far above the 8 bits/dim of
+    raw pixels, which without a word of explanation reads like a broken model."""
     typical = loaded.held_out_bpd
     if typical is None or not bits_per_dim > typical + 1.0:
         return None
@@ -266,14 +278,14 @@ GLOW_TEMPERATURES = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0)  # the set shown in the
 @st.cache_resource(show_spinner=False, max_entries=8)
 def sampling_noise(path: str, mtime: float, seed: int, n: int):
     """The fixed latent noise ε for a model and seed (shared by every temperature)."""
-    model, _, _ = _load(path, mtime)
+    model, _, _ = cached_model(path, mtime)
     return model.sample_eps(n, torch.Generator().manual_seed(seed))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def sample_grid(path: str, mtime: float, seed: int, temps: tuple, n: int = 64) -> np.ndarray:
     """uint8 [n, C, H, W] samples at one temperature per level (finest first)."""
-    model, _, _ = _load(path, mtime)
+    model, _, _ = cached_model(path, mtime)
     with compute():
         eps = [e[:n] for e in sampling_noise(path, mtime, seed, 64)]
         x = model.sample(n, temperature=list(temps), eps=eps)
@@ -287,7 +299,7 @@ INTERPOLATION_FRAMES = (5, 7, 9, 11, 13)   # the Frames slider's values
 def interpolation_strips(path: str, mtime: float, ia: int, ib: int, frames: int, dataset: str):
     """Decoded frames on the linear and the spherical path between two test images' latents:
     ({"linear": uint8 [frames, C, H, W], "spherical": ...}, the path positions)."""
-    model, _, _ = _load(path, mtime)
+    model, _, _ = cached_model(path, mtime)
     imgs = test_images(dataset)
     ts = np.linspace(0, 1, frames).tolist()
     out = {}
@@ -311,7 +323,7 @@ def journey_picture(path: str, mtime: float, dataset: str, index: int = 0):
     demo checkpoint, level by level. Cached per checkpoint file, so the page stays instant;
     kept here rather than in pages/home.py so the server can draw it before the first visit
     (pages/common/serve.py). Returns (RGB picture, round-trip error) or (None, why)."""
-    model, _, error = _load(path, mtime)
+    model, _, error = cached_model(path, mtime)
     if error is not None:
         return None, error
     images = test_images(dataset)
@@ -345,6 +357,21 @@ def to_model_space(model, pixels: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))[None]
     with torch.no_grad():
         return model.dequantize(x, noise=False)[0]
+
+
+def walk_frames(model, walk, zs) -> list[np.ndarray]:
+    """One uint8 picture [C, H, W] per operation of a walk (``flowlib.analysis.walk``): the
+    image itself for the input and output, as the model's pixels (``model.to_uint8``: each
+    value at the centre of its n_bits bin, like every other image the app decodes); for
+    every other operation the flow's whole state folded into the image's shape
+    (``state_image``, with ``zs`` the walk's latents), standardised grey."""
+    frames = []
+    for op in walk.ops:
+        if op.kind in ("input", "output"):
+            frames.append(model.to_uint8(op.after)[0].numpy())
+        else:
+            frames.append(standardised_grey(state_image(op, zs)[0]).numpy())
+    return frames
 
 
 def explain(title: str = "What am I looking at?"):

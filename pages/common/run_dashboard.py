@@ -3,8 +3,8 @@
     from pages.common import run_dashboard
     run_dashboard.render_dashboard(store, run_id, was_active)   # inside the page's polling fragment
 
-Split from ``pages/train.py`` (the set-up form stays there); it only reads the run store and
-asks ``flowlib.jobs.worker`` to stop or resume runs.
+The set-up form is in ``pages/train.py``; this module only reads the run store and asks
+``flowlib.jobs.worker`` to stop or resume runs.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
     python app.py                       # what `make run` does; any `streamlit run` flag works:
     python app.py --server.port 8502
 
-Streamlit imports a page's modules and fills its caches on the first visit, so the first
-person to open a fresh server (the teacher, at the projector) waited 3.3 s for Home: about
-1 s of that is importing torch, the rest loading the demo model and drawing Home's picture.
+Streamlit imports a page's modules and fills its caches on the first visit, so without a
+warm-up the first person to open a fresh server (the teacher, at the projector) waits 3.3 s
+for Home: about 1 s of that is importing torch, the rest loading the demo model and drawing
+Home's picture.
 Here a background thread does all of it while the server starts, in the server's own
 process, where Streamlit's caches (``st.cache_data`` / ``st.cache_resource``, module-level)
 and ``sys.modules`` are shared with every session. The server answers at once; a visitor
-who comes before the warm-up ends just waits for the part still running, as before.
+who comes before the warm-up ends waits only for the part still running.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def _lower_this_threads_priority() -> None:
 
 
 def warm_up() -> float:
-    """Import the libraries, load the demo models and their test images, draw Home's picture;
-    returns the seconds it took. Failures are logged, never raised: the pages say the same
-    things in their own words when a visitor comes."""
+    """Import the libraries, load the demo models and their test images, draw Home's picture
+    and, for the default seed, the Sampling page's grids and walks; returns the seconds it
+    took. Failures are logged, never raised: the pages say the same things in their own
+    words when a visitor comes."""
     start = time.perf_counter()
     for name in _QUIET:
         logging.getLogger(name).addFilter(_not_from_warm_up)
@@ -74,11 +76,11 @@ def warm_up() -> float:
             ec.test_images(dataset)
         home_demo = ec.DEMOS[ec.MNIST_DEMO]
         if home_demo.is_file():
-            ec.journey_picture(str(home_demo), ec._mtime(home_demo), "mnist")
+            ec.journey_picture(str(home_demo), ec.file_version(home_demo), "mnist")
         for demo in demos:
             if demo.model is None:      # a broken file: its page says why when it is opened
                 continue
-            path, mtime, levels = str(demo.path), ec._mtime(demo.path), demo.config.levels
+            path, mtime, levels = str(demo.path), ec.file_version(demo.path), demo.config.levels
             for t in ec.SAMPLING_TEMPERATURES:     # the default seed at every slider temperature
                 ec.sample_grid(path, mtime, 0, (t,) * levels)
             for t in ec.GLOW_TEMPERATURES:         # and Glow's table

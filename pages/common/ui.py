@@ -58,7 +58,9 @@ STATUS_WORDS = {
 }
 
 VISITOR_PARAM = "visitor"
-# The Runs page sets this before switching to an exploration page: a checkpoint path.
+# A checkpoint path that the Runs page and a run's dashboard put here before switching to the
+# Latents page; the model picker of the pages that open a model (pages/common/explore.py)
+# selects it once and removes it.
 EXPLORE_KEY = "explore_checkpoint"
 
 
@@ -91,14 +93,14 @@ MEDIA_GRACE_S = 120.0
 def keep_media_files_a_while(grace_s: float = MEDIA_GRACE_S) -> None:
     """Delete a picture's media file only ``grace_s`` seconds after Streamlit lets go of it.
 
-    Why (issue 18, item 13): the browser console filled with 404 "Image source error" for
+    Why: without it the browser console fills with 404 "Image source error" for
     /media/<hash>.png after quick slider moves and page switches. Streamlit registers each
     st.image's PNG for the current run and, at the end of the *next* run, deletes every file
     that run did not show again. When a run is interrupted (a second slider step, a click on
     another page) the browser may still be loading — or still displaying, as stale elements —
-    the pictures of the run before, and asks for files that are already gone. Reproduced with
-    twelve quick arrow-key steps on a page's slider; fixed by keeping dropped files for a
-    while. A file shown again in the meantime is simply live again (same content hash).
+    the pictures of the run before, and asks for files that are already gone (twelve quick
+    arrow-key steps on a page's slider are enough). Keeping dropped files for a while avoids
+    it. A file shown again in the meantime is simply live again (same content hash).
     The pictures are tens of kB, so two minutes of them cost little memory.
     """
     import threading
@@ -164,7 +166,7 @@ def classroom_mode() -> bool:
 
 
 def upload_cap_mb() -> int:
-    """Largest upload accepted, in MB (classroom default 20; otherwise the server's limit)."""
+    """Largest upload accepted, in MB: FLOWLAB_MAX_UPLOAD_MB, by default 50 (20 in classroom mode)."""
     return env.read("FLOWLAB_MAX_UPLOAD_MB", classroom=classroom_mode())
 
 
@@ -428,9 +430,9 @@ def base_layout(fig, *, x_title: str, y_title: str, uirevision, height: int = 38
 def add_bpd_help(fig) -> None:
     """'what is bits/dim? (hover)' in the plot's top-right corner, inside the axes.
 
-    Not on the legend's line above the plot (where it used to be): with four legend entries,
-    "events" last, the legend ran into it. A bits/dim curve falls, so the top-right corner
-    of the plot is where no curve is.
+    Not on the legend's line above the plot: with four legend entries, "events" last, the
+    legend would run into it. A bits/dim curve falls, so the top-right corner of the plot is
+    where no curve is.
     """
     fig.add_annotation(text="what is bits/dim? (hover)", hovertext=BPD_HELP, showarrow=False,
                        xref="paper", yref="paper", x=1, y=1.0, xanchor="right", yanchor="top",

@@ -3,7 +3,8 @@
 * the ops' log-dets sum to ``encode(x).logdet`` and the latents' log-densities to ``log_pz``;
 * the walk's latents are ``encode(x).zs`` and its ops run in the model's own order;
 * the backward walk reproduces the image to 1e-5 and its log-dets are minus the forward ones;
-* a fresh step (same config, untrained) has a coupling that is exactly the identity.
+* a fresh step (same config, untrained) has a coupling that is exactly the identity;
+* the walk's split, prior and merge are the levels' own (``Level.split`` and company), not a copy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from flowlib import FlowConfig, FlowModel
 from flowlib.analysis.walk import coupling_parts, fresh_model, state_image, walk_backward, walk_forward
+from flowlib.core.model import Level
 from flowlib.core.ops import fold_to_image
 from flowlib.env import REPO_ROOT
 
@@ -126,6 +128,34 @@ def test_backward_walk_from_noise_is_decode():
     # The latents it drew, encoded again, give back the same image.
     back = walk_backward(model, walk.zs)
     torch.testing.assert_close(back.ops[-1].after, expected)
+
+
+def _spy_on_levels(monkeypatch) -> dict:
+    """Count the calls of the Level pieces the walk must share with encode and decode."""
+    calls = dict.fromkeys(("flat_layers", "split", "latent_density", "draw_latent", "merge"), 0)
+    for piece in calls:
+        real = getattr(Level, piece)
+
+        def spy(self, *args, _real=real, _piece=piece, **kwargs):
+            calls[_piece] += 1
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(Level, piece, spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_walk_runs_the_levels_own_split_prior_and_merge(name, monkeypatch):
+    model, x = _trained_looking(CONFIGS[name])
+    L = model.config.levels
+    calls = _spy_on_levels(monkeypatch)
+    forward = walk_forward(model, x)
+    assert calls == {"flat_layers": L, "split": L, "latent_density": L, "draw_latent": 0, "merge": 0}
+    calls.update(dict.fromkeys(calls, 0))
+    walk_backward(model, forward.zs)
+    assert calls == {"flat_layers": L, "split": 0, "latent_density": L, "draw_latent": 0, "merge": L}
+    calls.update(dict.fromkeys(calls, 0))
+    walk_backward(model, [forward.zs[0]] + [None] * (L - 1), 0.5, model.sample_eps(3))
+    assert calls == {"flat_layers": L, "split": 0, "latent_density": L, "draw_latent": L - 1, "merge": L}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

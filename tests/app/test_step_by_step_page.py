@@ -1,4 +1,5 @@
-"""AppTest of the "One image, step by step" page with the shipped demo checkpoints."""
+"""AppTest of the "One image, step by step" page with the shipped demo checkpoints, and its
+filmstrip frames for a model with fewer than 8 bits per pixel value."""
 
 from __future__ import annotations
 
@@ -11,7 +12,72 @@ PAGE = str(ROOT / "pages" / "step_by_step.py")
 pytestmark = [needs_demos, pytest.mark.usefixtures("runs_dir")]   # runs_dir: tests/conftest.py
 
 
+def _low_bit_model(n_bits: int):
+    """A small MNIST-shaped model with n_bits per value whose latents decode to varied values."""
+    import torch
 
+    from flowlib import FlowModel, preset
+    model = FlowModel(preset("mnist-fast", n_bits=n_bits, hidden=8, steps=2))
+    model.initialize(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) - 0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return model.eval()
+
+
+def _bin_centres(n_bits: int) -> set[int]:
+    step = 2 ** (8 - n_bits)
+    return {k * step + step // 2 for k in range(2 ** n_bits)}
+
+
+def test_walk_frames_show_a_sub_8_bit_models_images_at_its_bin_centres():
+    import numpy as np
+    import torch
+
+    from flowlib.analysis.walk import walk_backward, walk_forward
+    from pages.common import explore as ec
+    model = _low_bit_model(3)
+    pixels = np.arange(28 * 28, dtype=np.int64).reshape(1, 28, 28) % 256
+    pixels = pixels.astype(np.uint8)
+    forward = walk_forward(model, ec.to_model_space(model, pixels))
+    frames = ec.walk_frames(model, forward, forward.zs)
+    assert len(frames) == len(forward.ops)
+    # the input frame is the image as a 3-bit model sees it: each pixel at its bin's centre
+    np.testing.assert_array_equal(frames[0], pixels // 32 * 32 + 16)
+    back = walk_backward(model, forward.zs)
+    np.testing.assert_array_equal(ec.walk_frames(model, back, forward.zs)[-1], pixels // 32 * 32 + 16)
+    eps = model.sample_eps(1, torch.Generator().manual_seed(5))
+    noise = walk_backward(model, [None] * len(model.levels), temperature=0.7, eps=eps)
+    drawn = ec.walk_frames(model, noise, noise.zs)[-1]
+    assert set(np.unique(drawn).tolist()) <= _bin_centres(3)
+    assert len(np.unique(drawn)) > 2                       # a real picture, not one flat grey
+
+
+def test_walk_page_draws_a_5_bit_models_frames_at_its_bin_centres(runs_dir, monkeypatch):
+    import numpy as np
+
+    from flowlib.core.checkpoint import model_payload, save_checkpoint
+    from pages.common import explore as ec
+    path = runs_dir / "run-00001" / "five-bits.pt"
+    save_checkpoint(path, model_payload(_low_bit_model(5)))
+    drawn = []
+    real = ec.walk_frames
+    monkeypatch.setattr(ec, "walk_frames", lambda model, walk, zs: drawn.append(
+        (model.config.n_bits, [op.kind for op in walk.ops], real(model, walk, zs))) or drawn[-1][2])
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    drawn.clear()                                                     # the first run drew the MNIST demo
+    at.selectbox[0].set_value(next(o for o in at.selectbox[0].options if "five-bits.pt" in o)).run()
+    assert_ok(at)
+    pixels = ec.test_images("mnist")[int(widget(at.slider, "walk_index").value)].numpy()
+    n_bits, kinds, frames = next(d for d in drawn if d[1][0] == "input")
+    assert n_bits == 5
+    np.testing.assert_array_equal(frames[0], pixels // 8 * 8 + 4)      # the input, as 5 bits
+    drawn.clear()
+    widget(at.radio, "walk_back_mode").set_value("fresh noise").run()
+    assert_ok(at)
+    (n_bits, kinds, from_noise), = drawn                              # the walk from fresh noise
+    assert n_bits == 5 and kinds[-1] == "output" and "input" not in kinds
+    assert set(np.unique(from_noise[-1]).tolist()) <= _bin_centres(5)
 
 
 def _metric(at: AppTest, start: str) -> str:

@@ -499,6 +499,101 @@ def test_a_level_draws_a_missing_latent_from_its_prior():
         model.levels[0].inverse(None, torch.zeros(2, 2, 2, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("prior", ["learned", "standard"])
+def test_split_and_merge_cut_the_channels_in_one_place_and_undo_each_other(prior):
+    model = make_model((1, 4, 4), prior=prior)
+    first, top = model.levels
+    h = torch.arange(2 * 4 * 2 * 2, dtype=torch.float64).view(2, 4, 2, 2)
+    h_next, z = first.split(h)
+    assert first.keep_channels == 2 and tuple(z.shape[1:]) == first.latent_shape == (2, 2, 2)
+    assert torch.equal(h_next, h[:, :2]) and torch.equal(z, h[:, 2:])   # the kept half comes first
+    assert torch.equal(first.merge(h_next, z), h)
+    g = torch.arange(2 * 8, dtype=torch.float64).view(2, 8, 1, 1)
+    kept, latent = top.split(g)
+    assert kept is None and latent is g and top.merge(None, g) is g     # the top keeps nothing
+    with pytest.raises(ValueError, match=r"latent 0 must have shape \[B, 2, 2, 2\], got \[2, 3, 2, 2\]"):
+        first.merge(h_next, torch.zeros(2, 3, 2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs the kept half"):
+        first.merge(None, z)
+
+
+@pytest.mark.parametrize("prior", ["learned", "standard"])
+def test_latent_density_is_the_gaussian_log_density_and_draw_latent_its_inverse(prior):
+    model = make_model((1, 4, 4), prior=prior)
+    gen = torch.Generator().manual_seed(6)
+    for level in model.levels:
+        h_next = None if level.last else torch.randn(3, *level.out_shape, generator=gen, dtype=torch.float64)
+        z = torch.randn(3, *level.latent_shape, generator=gen, dtype=torch.float64)
+        mean, log_scale = level.prior(h_next, 3, z)
+        if prior == "learned":
+            assert float(log_scale.detach().abs().max()) > 1e-3   # the perturbed prior is not N(0, I)
+        log_pz, eps = level.latent_density(h_next, z)
+        brute = torch.distributions.Normal(mean, torch.exp(log_scale)).log_prob(z).flatten(1).sum(1)
+        torch.testing.assert_close(log_pz, brute, rtol=1e-12, atol=1e-10)
+        torch.testing.assert_close(eps, (z - mean) / torch.exp(log_scale), rtol=1e-12, atol=1e-12)
+        # draw_latent puts eps back where latent_density found it, scaled by the temperature
+        drawn = level.draw_latent(h_next, temperature=0.5, eps=eps)
+        torch.testing.assert_close(drawn, mean + 0.5 * torch.exp(log_scale) * eps, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(level.latent_density(h_next, drawn)[1], 0.5 * eps, rtol=1e-10, atol=1e-10)
+        assert torch.allclose(level.draw_latent(h_next, eps=eps), z, atol=1e-10)
+    with pytest.raises(ValueError, match="needs the kept half"):
+        model.levels[0].draw_latent(None, eps=torch.zeros(3, *model.levels[0].latent_shape))
+    with pytest.raises(ValueError, match="batch size"):
+        model.levels[-1].draw_latent(None)
+
+
+@pytest.mark.parametrize("mask", ["channel", "realnvp"])
+def test_a_level_is_its_flat_layers_then_split_and_latent_density(mask):
+    model = make_model((2, 8, 8), mask=mask)
+    h = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64) - 0.5
+    for level in model.levels:
+        places = level.flat_layers()
+        expected = [(layer, k, "pre") for k, step in enumerate(level.pre_steps) for layer in step.layers()]
+        expected += [(level.squeeze, None, None)]
+        expected += [(layer, k, "post") for k, step in enumerate(level.steps) for layer in step.layers()]
+        assert [(p.layer, p.step, p.stage) for p in places] == expected
+        out, t, logdet = level(h), h, h.new_zeros(3)
+        for place in places:
+            t, ld = place.layer(t)
+            logdet = logdet + ld
+        h_next, z = level.split(t)
+        log_pz, eps = level.latent_density(h_next, z)
+        assert torch.equal(z, out.z) and torch.equal(eps, out.eps) and torch.equal(log_pz, out.log_pz)
+        assert (h_next is None and out.h_next is None) or torch.equal(h_next, out.h_next)
+        torch.testing.assert_close(logdet, out.logdet, rtol=1e-12, atol=1e-10)
+        # and back: merge, then every flat layer's inverse in reverse order
+        back = level.merge(h_next, z)
+        for place in reversed(places):
+            back = place.layer.inverse(back)
+        torch.testing.assert_close(back, level.inverse(h_next, z), rtol=0, atol=0)
+        h = h_next
+
+
+@pytest.mark.parametrize("transform", ["none", "logit"])
+def test_encode_and_decode_are_transform_and_level_loops(transform):
+    model = make_model((1, 8, 8), input_transform=transform)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64) - 0.5
+    whole = model.encode(x)
+    h, logdet = model.transform_input(x)
+    assert (transform == "none") == (h is x)
+    outs = model.encode_levels(h)
+    assert all(torch.equal(out.z, z) for out, z in zip(outs, whole.zs)) and outs[-1].h_next is None
+    for out in outs:
+        logdet = logdet + out.logdet
+    torch.testing.assert_close(logdet, whole.logdet, rtol=0, atol=0)
+    states = model.decode_levels(whole.zs)                 # coarsest first: each level's input again
+    inputs = [h] + [out.h_next for out in outs[:-1]]
+    for state, level_input in zip(states, reversed(inputs)):
+        assert torch.allclose(state, level_input, atol=1e-9)
+    torch.testing.assert_close(states[0], model.levels[-1].inverse(None, whole.zs[-1]), rtol=0, atol=0)
+    torch.testing.assert_close(model.transform_output(states[-1]), model.decode(whole.zs), rtol=0, atol=0)
+    assert torch.allclose(model.transform_output(h), x, atol=1e-9)
+    with pytest.raises(ValueError, match=r"expected input of shape \[B, 1, 8, 8\]"):
+        model.check_input(torch.zeros(2, 1, 4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.check_input(torch.full((1, 1, 8, 8), float("nan"), dtype=torch.float64))
+
+
 def test_squeeze_layer_has_zero_logdet_and_inverts_exactly():
     from flowlib.core.layers import Squeeze
     layer = Squeeze()

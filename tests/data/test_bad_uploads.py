@@ -1,6 +1,6 @@
-"""Issue 8's list of hostile uploads, each fed to the code the app runs on an upload:
-``prepare_upload`` for a single picture (Masks / Latents pages) and
-``data.store_upload`` + ``load_images("folder", path=zip)`` for a dataset zip (Train page)."""
+"""Hostile uploads, each fed to the code the app runs on an upload: ``prepare_upload`` for a
+single picture (Masks / Latents pages) and ``data.store_upload`` + ``load_images("folder",
+path=zip)`` for a dataset zip (Train page). Both decode pictures with ``decode_plain``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from PIL import Image
 
 from flowlib.data import load_images, store_upload
 from flowlib.data.sources.common import DatasetError
+from flowlib.data.sources.images import MAX_IMAGE_PIXELS, Skip, decode_picture, decode_plain
 from flowlib.viz.uploads import UploadError, prepare_upload
 
 MNIST_SHAPE = (1, 28, 28)
@@ -73,6 +74,40 @@ def test_decompression_bomb_is_caught_not_raised():
     # Below Pillow's own limit, the page's pixel cap refuses it before decoding.
     with pytest.raises(UploadError, match="megapixels"):
         prepare_upload(_bomb_png(9_000), MNIST_SHAPE, name="big.png")
+
+
+def test_an_upload_and_a_dataset_picture_meet_one_decoder_and_one_cap():
+    side = 7100                                   # 50.4 megapixels: over the cap, under Pillow's own limit
+    assert side * side > MAX_IMAGE_PIXELS > 7000 * 7000
+    with pytest.raises(Skip) as dataset:
+        decode_picture(io.BytesIO(_bomb_png(side)), 28, 1, None)
+    assert dataset.value.reason == "too_large"
+    with pytest.raises(UploadError) as upload:
+        prepare_upload(_bomb_png(side), MNIST_SHAPE, name="big.png")
+    assert str(upload.value) == f"big.png {dataset.value.words}"
+    assert str(upload.value) == "big.png is 7100×7100 pixels; pictures up to 50 megapixels are accepted."
+    # the other refusals: the tally key a folder counts, the words an upload shows
+    png = _encode(Image.new("L", (64, 64), 77))
+    for data, reason, words in ((_bomb_png(20_000), "too_large", "decompression bomb"),
+                                (b"just some notes\n" * 20, "corrupt", "not a picture"),
+                                (png[: len(png) // 2], "corrupt", "damaged")):
+        with pytest.raises(Skip) as refused:
+            decode_plain(io.BytesIO(data))
+        assert refused.value.reason == reason and words in refused.value.words
+        with pytest.raises(UploadError, match=words):
+            prepare_upload(data, MNIST_SHAPE)
+
+
+def test_decode_plain_says_what_it_converted():
+    frames = [Image.new("RGBA", (20, 10), (0, 0, 0, v)) for v in (0, 255)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="PNG", save_all=True, append_images=frames[1:])
+    picture = decode_plain(io.BytesIO(buf.getvalue()))
+    assert picture.animated and picture.note == "composited transparency on white"
+    assert picture.image.mode == "RGB" and picture.header_width == 20
+    assert np.asarray(picture.image).min() == 255          # the first, transparent frame, on white
+    plain = decode_plain(io.BytesIO(_encode(Image.new("L", (9, 9), 3))))
+    assert not plain.animated and plain.note is None and plain.image.mode == "L"
 
 
 def test_sixteen_bit_is_scaled():
@@ -152,7 +187,7 @@ def test_upload_that_is_neither_zip_nor_image_is_refused():
         store_upload("payload.exe", os.urandom(64))
 
 
-# ----------------------------------------------------------------------------- issue 17: inputs that cost more than they look
+# ----------------------------------------------------------------------------- inputs that cost more than they look
 
 
 def _forge_declared_size(raw: bytes, declared: int) -> bytes:
@@ -189,7 +224,7 @@ def _peak_python_bytes(fn) -> int:
 
 
 def test_zip_member_that_inflates_past_its_recorded_size_is_refused_in_small_memory(tmp_path):
-    # Issue 17: a 1 MB zip whose header says 1,000 bytes for a 1 GiB member took 2.24 GB.
+    # A 1 MB zip whose header says 1,000 bytes for a 1 GiB member would take 2.24 GB if inflated whole.
     # Same shape, 48 MiB so the test stays quick; inflating it whole would show in the peak.
     path = tmp_path / "forged.zip"
     path.write_bytes(_forge_declared_size(_zip_of_zeros("big.png", 48), 1000))
@@ -233,7 +268,7 @@ def _black_png_zip(count: int, side: int) -> bytes:
 
 
 def test_small_zip_of_huge_black_pictures_stops_at_its_decode_budget(tmp_path):
-    # Issue 17: 1.9 MB of 40 black 7000x7000 PNGs cost 50 s of CPU. Here 12 of 3000x3000
+    # 1.9 MB of 40 black 7000x7000 PNGs cost 50 s of CPU without a budget. Here 12 of 3000x3000
     # (108 megapixels in a ~110 KB zip) against the 64-megapixel floor of the budget.
     import time
 

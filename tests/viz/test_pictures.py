@@ -13,8 +13,8 @@ from flowlib import PRESETS, FlowConfig, FlowModel
 from flowlib.core.layers import Coupling
 from flowlib.core.ops import squeeze2d, unsqueeze2d
 from flowlib.viz.figures import actnorm_figure, actnorm_scales, bpd_budget_figure, matrix_heatmap
-from flowlib.viz.images import _tint, diverging_rgb, image_grid, labelled_grid, latent_grid, png_bytes, upscale
-from flowlib.viz.latents import interpolate_latents, lerp, slerp
+from flowlib.viz.images import diverging_rgb, image_grid, labelled_grid, latent_grid, png_bytes, tint, upscale
+from flowlib.viz.latents import flow_journey, interpolate_latents, lerp, slerp, standardised_grey
 from flowlib.viz.masks import (
     BLOCK_COLOURS,
     block_position_map,
@@ -71,7 +71,7 @@ def test_overlay_tint_of_each_pixel_equals_its_squeezed_channel_tile():
                 p, q = 2 * i + di, 2 * j + dj
                 centre_overlay = overlay[p * s + 1, q * s + 1]
                 assert centre_tile.tolist() == centre_overlay.tolist()
-                assert centre_tile.tolist() == _tint(np.array([[img[0, p, q]]], np.uint8),
+                assert centre_tile.tolist() == tint(np.array([[img[0, p, q]]], np.uint8),
                                                          BLOCK_COLOURS[2 * di + dj], 0.6)[0, 0].tolist()
 
 
@@ -293,6 +293,38 @@ def test_interpolate_latents_shapes_and_endpoints():
         path = interpolate_latents(za, zb, [0.0, 0.3, 1.0], mode)
         assert [tuple(p.shape) for p in path] == [(3, 2, 4, 4), (3, 8, 2, 2)]
         assert torch.allclose(path[0][0], za[0][0]) and torch.allclose(path[1][-1], zb[1][0])
+
+
+@pytest.mark.parametrize("transform", ["none", "logit"])
+def test_flow_journey_runs_the_models_own_level_loops(transform, monkeypatch):
+    from flowlib.core.ops import fold_to_image
+
+    torch.manual_seed(0)
+    model = FlowModel(FlowConfig(image_shape=(1, 8, 8), levels=3, steps=1, hidden=8, n_bits=5,
+                                 input_transform=transform))
+    pixels = (torch.rand(1, 8, 8) * 256).to(torch.uint8).numpy()
+    model.initialize(model.dequantize(torch.from_numpy(pixels)[None].repeat(4, 1, 1, 1))[0])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    eps = model.sample_eps(1, torch.Generator().manual_seed(1))
+    calls = []
+    for name in ("encode_levels", "decode_levels"):
+        real = getattr(FlowModel, name)
+        monkeypatch.setattr(FlowModel, name, lambda self, *a, _real=real, _name=name, **kw:
+                            calls.append(_name) or _real(self, *a, **kw))
+    journey = flow_journey(model, pixels, eps, 0.8)
+    assert calls.count("encode_levels") == 1 and calls.count("decode_levels") == 2  # + the round trip's decode
+    with torch.no_grad():
+        out = model.encode(model.dequantize(torch.from_numpy(pixels)[None], noise=False)[0])
+        sample = model.decode([None] * 3, temperature=0.8, eps=eps)
+    assert len(journey["forward"]) == len(journey["backward"]) == 4
+    assert np.array_equal(journey["forward"][0].numpy(), pixels)
+    assert torch.equal(journey["forward"][-1], standardised_grey(fold_to_image(None, out.eps)[0]))
+    assert torch.equal(journey["backward"][0], standardised_grey(fold_to_image(None, [0.8 * e for e in eps])[0]))
+    assert torch.equal(journey["backward"][-1], model.to_uint8(sample)[0])
+    assert journey["round_trip"] < 1e-4
 
 
 # -- uploads -------------------------------------------------------------------------------

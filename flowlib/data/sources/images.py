@@ -1,7 +1,12 @@
 """One picture's bytes -> a small square uint8 array: decoding and mode normalisation.
 
-The single copy of "any Pillow mode -> 8-bit L or RGB" (``to_plain_mode``) lives here, below
-every source that reads pictures.
+The single picture decoder of the library lives here, below everything that reads pictures:
+``decode_plain`` opens a picture with its safety checks (one pixel cap,
+``MAX_IMAGE_PIXELS``, read from the header before anything is decoded; Pillow's
+decompression-bomb warnings treated as refusals) and returns its first frame as 8-bit L or
+RGB by the one rule ``to_plain_mode``. The dataset sources use it through
+``decode_picture`` (a small square thumbnail); ``flowlib.viz.uploads`` uses it for a
+picture someone uploads. A refusal is a :class:`Skip` with a tally key and plain words.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import PurePosixPath
-from typing import IO, Callable
+from typing import IO, Callable, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -18,6 +23,7 @@ IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}
 )
 MAX_IMAGE_PIXELS = 50_000_000  # refuse to decode anything bigger (header check first)
+TRANSPARENT_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 
 
 def is_picture_name(name: str) -> bool:
@@ -25,11 +31,16 @@ def is_picture_name(name: str) -> bool:
 
 
 class Skip(Exception):
-    """One file could not be used; ``reason`` is a short tally key of ``SKIP_REASONS``."""
+    """One file could not be used; ``reason`` is a short tally key of ``SKIP_REASONS``.
 
-    def __init__(self, reason: str):
+    ``words``: why, as the end of a sentence that starts with the file's name (e.g. "is not a
+    picture Pillow can read ..."); set by :func:`decode_plain`, empty where only the tally counts.
+    """
+
+    def __init__(self, reason: str, words: str = ""):
         super().__init__(reason)
         self.reason = reason
+        self.words = words
 
 
 # ----------------------------------------------------------------------------- modes
@@ -74,12 +85,108 @@ def to_plain_mode(img: Image.Image) -> Image.Image:
         return img.convert("L")
     if mode == "P":
         return _on_white(img) if img.has_transparency_data else img.convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if mode in TRANSPARENT_MODES:
         return _on_white(img)
     return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
 
 
+def plain_mode_note(img: Image.Image) -> str | None:
+    """What :func:`to_plain_mode` does to ``img`` that a person would notice, in words; None
+    for a plain conversion (already 8-bit, 1-bit, palette without transparency, CMYK...)."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        return "scaled 16-bit depth to 8 bits"
+    if mode == "F":
+        return "scaled floating-point values to 8 bits"
+    if mode in TRANSPARENT_MODES or (mode == "P" and img.has_transparency_data):
+        return "composited transparency on white"
+    return None
+
+
 # ----------------------------------------------------------------------------- decoding
+
+
+class Picture(NamedTuple):
+    """A decoded picture (see :func:`decode_plain`)."""
+    image: Image.Image          # its first frame, 8-bit "L" or "RGB", loaded into memory
+    header_width: int           # the width its header declares (a JPEG draft may decode fewer)
+    animated: bool              # the file holds more frames (animated GIF/WebP/PNG, multi-page TIFF)
+    note: str | None            # what the mode conversion did, in words (plain_mode_note)
+
+
+BOMB_WORDS = "declares an enormous size (a possible decompression bomb); it was refused."
+
+
+def decode_plain(
+    stream: IO[bytes],
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    draft_side: tuple[int, int | None] | None = None,
+    charge: Callable[[int], None] = lambda pixels: None,
+) -> Picture:
+    """A picture file's first frame as 8-bit L or RGB (:class:`Picture`), or raise :class:`Skip`.
+
+    Refused, before anything is decoded where the header allows: more than ``max_pixels``
+    pixels by its header (``too_large``), a size Pillow calls a decompression bomb
+    (``too_large``), not a picture or a damaged one (``corrupt``); each :class:`Skip` carries
+    its reason in words. ``draft_side``: ``(size, crop)`` of a caller that will cut a centre
+    square (side ``crop``, or the largest when None) and shrink it to ``size``: a JPEG is then
+    decoded at a reduced scale whose square is still at least twice ``size`` (quality
+    unaffected); None decodes at full scale. ``charge(pixels)`` is told how many pixels are
+    about to be decoded, after the header was read and before any decoding, so a caller's
+    budget can stop a folder before it costs anything; whatever it raises propagates.
+    """
+    with warnings.catch_warnings():
+        # Pillow only *warns* between its own limit and twice that; we treat it as refusal.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(stream)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise Skip("too_large", BOMB_WORDS) from None
+        except Image.UnidentifiedImageError:
+            raise Skip("corrupt", "is not a picture Pillow can read (PNG, JPEG, BMP, GIF, TIFF, "
+                                  "WebP are fine).") from None
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile files; count it
+            raise Skip("corrupt", _damaged(exc)) from None
+        # Leaving ``with`` closes only the file: the loaded pixels stay usable.
+        with img:
+            width, height = img.size  # from the header, nothing decoded yet
+            if width * height > max_pixels:
+                raise Skip("too_large", f"is {width}×{height} pixels; pictures up to "
+                                        f"{max_pixels / 1e6:g} megapixels are accepted.")
+            if width < 1 or height < 1:
+                raise Skip("corrupt", f"declares {width}×{height} pixels; it may be damaged.")
+            if draft_side is not None:
+                _draft(img, *draft_side)
+            decoded_width, decoded_height = img.size  # smaller than the header's after a draft
+            charge(decoded_width * decoded_height)
+            try:
+                animated = bool(getattr(img, "is_animated", False))
+                img.seek(0)  # animated GIF/WebP/TIFF: the first frame
+                img.load()
+                note = plain_mode_note(img)
+                plain = to_plain_mode(img)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise Skip("too_large", BOMB_WORDS) from None
+            except Exception as exc:  # noqa: BLE001
+                raise Skip("corrupt", _damaged(exc)) from None
+    return Picture(plain, width, animated, note)
+
+
+def _damaged(exc: Exception) -> str:
+    return f"could not be decoded ({type(exc).__name__}); it may be damaged."
+
+
+def _draft(img: Image.Image, size: int, crop: int | None) -> None:
+    """Ask a JPEG for a reduced-scale decode whose crop is still at least twice ``size``."""
+    width, height = img.size
+    side = min(width, height) if crop is None else min(crop, width, height)
+    try:
+        factor = 2 * size / side
+        if factor < 1:
+            img.draft(None, (math.ceil(width * factor), math.ceil(height * factor)))
+    except Exception as exc:  # noqa: BLE001
+        raise Skip("corrupt", _damaged(exc)) from None
 
 
 def decode_picture(
@@ -92,45 +199,11 @@ def decode_picture(
     """One picture file -> uint8 [channels, size, size], or raise ``Skip``.
 
     ``crop``: side of the centre square to cut first (CelebA's 148); None = largest square.
-    ``charge(pixels)`` is told how many pixels are about to be decoded, after the header was
-    read and before any decoding, so a caller's budget can stop a folder before it costs
-    anything; whatever it raises propagates.
+    ``charge``: as for :func:`decode_plain`, which decodes the file (a JPEG at a reduced scale
+    when the square allows).
     """
-    with warnings.catch_warnings():
-        # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; we treat it as refusal.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(stream)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise Skip("too_large") from None
-        except Exception:  # noqa: BLE001 - decoders raise many types on hostile files; count it
-            raise Skip("corrupt") from None
-        with img:
-            width, height = img.size  # from the header, nothing decoded yet
-            if width * height > MAX_IMAGE_PIXELS:
-                raise Skip("too_large")
-            if width < 1 or height < 1:
-                raise Skip("corrupt")
-            side = min(width, height) if crop is None else min(crop, width, height)
-            try:
-                # JPEG can decode at 1/2..1/8 scale almost for free: ask for a draft whose
-                # crop is still at least twice the final size, so quality is unaffected.
-                factor = 2 * size / side
-                if factor < 1:
-                    img.draft(None, (math.ceil(width * factor), math.ceil(height * factor)))
-            except Exception:  # noqa: BLE001
-                raise Skip("corrupt") from None
-            decoded_width, decoded_height = img.size  # smaller than the header's after a draft
-            charge(decoded_width * decoded_height)
-            try:
-                img.seek(0)  # animated GIF/WebP/TIFF: the first frame
-                img.load()
-                plain = to_plain_mode(img)
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                raise Skip("too_large") from None
-            except Exception:  # noqa: BLE001
-                raise Skip("corrupt") from None
-    return _square_thumbnail(plain, width, size, channels, crop)
+    picture = decode_plain(stream, draft_side=(size, crop), charge=charge)
+    return _square_thumbnail(picture.image, picture.header_width, size, channels, crop)
 
 
 def _square_thumbnail(plain: Image.Image, header_width: int, size: int, channels: int,
@@ -156,5 +229,5 @@ def _resize(square: Image.Image, size: int) -> Image.Image:
     # size, leaving 3x for Lanczos; from a 7000-pixel square that is 0.03 s instead of 0.5 s,
     # and Pillow documents the result as indistinguishable from plain Lanczos in most cases
     # (measured on ORL at size 8: mean difference 0.5 grey levels, at most 8).
-    # Smaller squares (ORL's 92 pixels at size 32) are resized exactly as before.
+    # Smaller squares (ORL's 92 pixels at size 32) get plain Lanczos, exactly.
     return square.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
