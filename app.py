@@ -39,7 +39,7 @@ PAGES = {
 }
 
 navigation = st.navigation(PAGES)
-ui.keep_media_files_a_while()  # no 404 for pictures of an interrupted run (issue 18, item 13)
+ui.keep_media_files_a_while()  # a picture asked for by a rerun that was cut short still loads (no 404)
 ui.page_style()
 ui.visitor_id()
 ui.render_sidebar_status()

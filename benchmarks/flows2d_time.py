@@ -1,5 +1,5 @@
-"""From opening "Flows in 2-D" to a trained flow on two moons, in a real browser (issue 15's
-target: under 15 s on 2 cores).
+"""From opening "Flows in 2-D" to a trained flow on two moons, in a real browser
+(target: under 15 s on 2 cores).
 
     python -m benchmarks.flows2d_time              # 3 cold servers, median
     python -m benchmarks.flows2d_time --repeats 5 --screenshot /tmp/f2d.png

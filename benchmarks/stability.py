@@ -1,4 +1,4 @@
-"""Is training stable enough to compare? Seeds × {before, after} gradient clipping (issue 14).
+"""Is training stable enough to compare? Seeds × {before, after} gradient clipping.
 
     python -m benchmarks.stability                         # 3 seeds × 2,000 steps, both settings
     python -m benchmarks.stability --steps 50 --seeds 2    # a quick check that it runs
@@ -14,7 +14,7 @@ Each run evaluates on the trainer's fixed 512 held-out images every ``--eval-eve
 Per seed it prints the final bits/dim on the full test set, the largest rise of one
 evaluation over the previous one after step ``--settle`` (500), and the fraction of steps
 whose gradient was clipped; per setting the standard deviation of the final bits/dim over
-the seeds. Targets (issue 14): s.d. < 0.02, no rise > 0.05. Uses one CPU thread per run
+the seeds. Targets: s.d. < 0.02, no rise > 0.05. Uses one CPU thread per run
 unless ``--threads`` says otherwise; a 2,000-step run takes 2–5 minutes on a 2-core CPU.
 """
 

@@ -20,7 +20,8 @@ floors (the worker answering a stop request, the CLI's ``--help``) never loads t
 """
 
 FLOORS = (
-    ("config", "env", "size", "fileio"),   # settings, environment, arithmetic, atomic files: no torch
+    ("settings", "env", "fileio"),         # how a setting is declared and checked; the environment; atomic files
+    ("config", "size"),                    # every setting of a model and a run, the presets; size arithmetic
     ("machine",),                          # the device, NVIDIA GPUs, threads, allocator tuning
     ("core", "data"),                      # the flows themselves; the datasets
     ("store",),                            # the run store (SQLite), its records, studies' tables, limits
@@ -37,7 +38,7 @@ __all__ = ["FlowConfig", "FlowModel", "PRESETS", "PRESET_NOTES", "preset", "Enco
 
 def __getattr__(name):
     if name in ("FlowConfig", "PRESETS", "PRESET_NOTES", "preset"):
-        from flowlib import config
+        from . import config
         return getattr(config, name)
     if name in ("FlowModel", "EncodeOutput", "BitsPerDim"):
         from flowlib.core import model

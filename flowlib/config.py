@@ -1,6 +1,7 @@
 """Every setting of Flow Lab, declared once: FlowConfig (the model), TrainConfig (the run), presets.
 
-    from flowlib.config import FlowConfig, TrainConfig, PRESETS, ConfigError
+    from flowlib.config import FlowConfig, TrainConfig, PRESETS
+    from flowlib.settings import ConfigError
     cfg = PRESETS["mnist-fast"].replace(hidden=96)
     tc = TrainConfig(dataset="mnist", max_minutes=5, max_steps=None)
     try:
@@ -8,11 +9,11 @@
     except ConfigError as exc:
         exc.field                         # "batch_size": which setting is wrong
 
-Each field carries a :class:`Setting` in its ``dataclasses.field`` metadata: its label, a
-one-line help, the allowed values in words, the CLI flag, the unit, whether the Train form
-shows it and whether the Runs diff compares it. The CLI (``flowlib.cli.train``), the Train page's
-widgets (``pages/common/settings_form.py``) and the Runs page's comparison rows are generated
-from it, so a new field declared here appears in all three.
+Each field is declared with ``flowlib.settings.setting``: its label, a one-line help, the
+allowed values in words, the CLI flag, the unit, whether the Train form shows it and whether
+the Runs diff compares it. The CLI (``flowlib.cli.train``), the Train page's widgets
+(``pages/common/settings_form.py``) and the Runs page's comparison rows are generated from
+them, so a new field declared here appears in all three.
 
 No torch import here: the run store, the worker and the pages validate a config without
 paying for the trainer.
@@ -20,24 +21,13 @@ paying for the trainer.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
 
-__all__ = ["FlowConfig", "TrainConfig", "ConfigError", "Setting", "PRESETS", "PRESET_NOTES", "DATASET_TRAIN_DEFAULTS",
+from flowlib.settings import CheckedConfig, ConfigError, setting, settings_of
+
+__all__ = ["FlowConfig", "TrainConfig", "PRESETS", "PRESET_NOTES", "DATASET_TRAIN_DEFAULTS",
            "preset", "PRESET_LR", "APP_TRAIN_DEFAULTS", "LR_SCHEDULES", "DATASET_NAMES",
-           "DEVICE_CHOICES", "dataclass_from_dict", "max_levels", "settings_of", "form_fields",
-           "comparison_rows", "field_errors"]
-
-
-class ConfigError(ValueError):
-    """A setting with a bad value; ``field`` names it (e.g. "batch_size"), so a form can mark it."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
+           "DEVICE_CHOICES", "max_levels", "comparison_rows"]
 
 
 # -- allowed values --------------------------------------------------------------------------
@@ -75,166 +65,6 @@ def max_levels(h: int, w: int) -> int:
     return levels
 
 
-# -- the metadata of one setting ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Setting:
-    """How one config field is named, explained, checked and offered (CLI, form, Runs diff)."""
-
-    label: str                  # widget label and Runs row ("Batch size")
-    help: str                   # one line: the CLI's --help, the start of every tooltip
-    kind: str                   # int | float | bool | choice | device | temperatures | shape | options
-    choices: Mapping | None = None      # allowed value -> words shown for it (choice, device; int: the picker)
-    bounds: tuple | None = None         # (lo, hi) of an int or float
-    low_open: bool = False      # float: lo itself is not allowed (0 < lr)
-    high_open: bool = False     # float: hi itself is not allowed (lr_drop < 1)
-    optional: bool = False      # None is allowed
-    none_words: str = ""        # what None means, in words ("no clipping")
-    flag: str | None = None     # CLI flag; None: not on the command line
-    cli_none: Any = None        # the CLI value that stands for None (--grad-clip 0)
-    unit: str = ""              # "images", "steps", "minutes": after numbers in words
-    explain: str = ""           # the form's tooltip, when one line is not enough to teach it
-    form: bool = False          # the Train page's settings grid shows it
-    form_step: float | None = None      # number-input step of that widget
-    form_format: str | None = None      # number-input format, e.g. "%.5f"
-    compare: bool = True        # the Runs page compares it between runs
-    short: str = ""             # the Runs row's name (default: the label, lower-case unless a name)
-
-    @property
-    def row_label(self) -> str:
-        """"Batch size" -> "batch size"; words like ActNorm and NaN keep their capitals."""
-        if self.short:
-            return self.short
-        first = self.label.split(" ", 1)[0]
-        return self.label if first[1:] != first[1:].lower() else self.label[:1].lower() + self.label[1:]
-
-    def range_text(self) -> str:
-        """Allowed values in words: "1..4096", "0 < value ≤ 1", "one of a, b"."""
-        if self.bounds is not None:
-            lo, hi = self.bounds
-            if self.kind == "int":
-                return f"{lo}..{hi}"
-            return f"{lo:g} {'<' if self.low_open else '≤'} value {'<' if self.high_open else '≤'} {hi:g}"
-        if self.choices is not None:
-            return "one of " + ", ".join(map(str, self.choices))
-        return ""
-
-    def tooltip(self) -> str:
-        """The Train form's help: the explanation (or the one line), then the valid values."""
-        text = self.explain or self.help[:1].upper() + self.help[1:] + "."
-        valid = self.range_text()
-        return f"{text} Valid: {valid}." if valid and self.kind in ("int", "float") else text
-
-    def words(self, value) -> str:
-        """A value as the app says it: a choice's words, None's meaning, else the value."""
-        if value is None:
-            return self.none_words or "–"
-        if self.choices is not None and value in self.choices:
-            return str(self.choices[value])
-        return str(value)
-
-    def check(self, name: str, value):
-        """``value`` as stored (lists -> tuples, ints -> floats), or ConfigError naming the field."""
-        if value is None and self.optional:
-            return None
-        return _CHECKS[self.kind](self, name, value)
-
-
-def _setting(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, **meta):
-    return field(default=default, default_factory=default_factory, metadata={"setting": Setting(**meta)})
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _or_none(s: Setting) -> str:
-    return " or None" if s.optional else ""
-
-
-def _check_int(s: Setting, name: str, v):
-    lo, hi = s.bounds
-    if not _is_int(v) or not lo <= v <= hi:
-        raise ConfigError(f"{name} must be an integer in {lo}..{hi}{_or_none(s)}, got {v!r}", name)
-    return v
-
-
-def _check_float(s: Setting, name: str, v):
-    lo, hi = s.bounds
-    ok = _is_number(v) and (lo < v if s.low_open else lo <= v) and (v < hi if s.high_open else v <= hi)
-    if not ok:
-        raise ConfigError(f"{name} must be a finite number with {s.range_text()}{_or_none(s)}, got {v!r}", name)
-    return float(v)
-
-
-def _check_bool(s: Setting, name: str, v):
-    if not isinstance(v, bool):
-        raise ConfigError(f"{name} must be True or False, got {v!r}", name)
-    return v
-
-
-def _check_choice(s: Setting, name: str, v):
-    if not isinstance(v, str) or v not in s.choices:
-        raise ConfigError(f"{name} must be one of {', '.join(s.choices)}; got {v!r}", name)
-    return v
-
-
-def _check_device(s: Setting, name: str, v):
-    ok = isinstance(v, str) and (v in s.choices or (v.startswith("cuda:") and v[5:].isdigit()))
-    if not ok:
-        raise ConfigError(f"{name} must be one of {', '.join(s.choices)} (or cuda:N); got {v!r}", name)
-    return v
-
-
-def _check_temperatures(s: Setting, name: str, v):
-    temps = tuple(v) if isinstance(v, list) else v
-    if (not isinstance(temps, tuple) or not 1 <= len(temps) <= 8
-            or not all(_is_number(t) and 0 <= t <= 2 for t in temps)):
-        raise ConfigError(f"{name} must be 1..8 numbers in 0..2, got {v!r}", name)
-    return temps
-
-
-def _check_shape(s: Setting, name: str, v):
-    shape = tuple(v) if isinstance(v, list) else v
-    if not isinstance(shape, tuple) or len(shape) != 3 or not all(_is_int(x) for x in shape):
-        raise ConfigError(f"{name} must be three integers (C, H, W), got {v!r}", name)
-    c, h, w = shape
-    if not 1 <= c <= MAX_CHANNELS:
-        raise ConfigError(f"{name} channels must be in 1..{MAX_CHANNELS}, got {c}", name)
-    if h > MAX_SIDE or w > MAX_SIDE:
-        raise ConfigError(f"{name} height and width must be at most {MAX_SIDE}, got {h}×{w}", name)
-    return shape
-
-
-def _check_options(s: Setting, name: str, v):
-    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
-        raise ConfigError(f"{name} must be a dict with string keys, got {v!r}", name)
-    try:
-        json.dumps(v, allow_nan=False)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must hold plain JSON values (str, number, bool), got {v!r}", name) from None
-    return v
-
-
-_CHECKS = {"int": _check_int, "float": _check_float, "bool": _check_bool, "choice": _check_choice,
-           "device": _check_device, "temperatures": _check_temperatures, "shape": _check_shape,
-           "options": _check_options}
-
-
-# -- what both configs share ---------------------------------------------------------------------
-def settings_of(cls) -> list[tuple[str, Setting]]:
-    """(field name, Setting) of a config class, in declaration order."""
-    return [(f.name, f.metadata["setting"]) for f in dataclasses.fields(cls) if "setting" in f.metadata]
-
-
-def form_fields(cls) -> tuple[str, ...]:
-    """The fields the Train page's settings grid shows, in declaration order."""
-    return tuple(name for name, s in settings_of(cls) if s.form)
-
-
 def comparison_rows(flow_cls=None, train_cls=None) -> list[tuple[str, str, str]]:
     """(row label, "config" | "train", field) for every field the Runs page compares."""
     flow_cls, train_cls = flow_cls or FlowConfig, train_cls or TrainConfig
@@ -242,112 +72,60 @@ def comparison_rows(flow_cls=None, train_cls=None) -> list[tuple[str, str, str]]
             for name, s in settings_of(cls) if s.compare]
 
 
-def field_errors(cls, values: Mapping) -> dict[str, str]:
-    """{field: message} for each value that is wrong on its own (a form marks them all at once)."""
-    meta = dict(settings_of(cls))
-    errors = {}
-    for name, value in values.items():
-        if name in meta:
-            try:
-                meta[name].check(name, value)
-            except ConfigError as exc:
-                errors[name] = str(exc)
-    return errors
-
-
-def dataclass_from_dict(cls, d: dict):
-    """``cls(**d)`` for a config dataclass, refusing a non-dict or unknown keys by name."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"a {cls.__name__} dict is needed, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}",
-                          unknown[0])
-    return cls(**d)
-
-
-class _Checked:
-    """Validation and dict round trips from the fields' Settings (both configs inherit it)."""
-
-    def __post_init__(self):
-        for name, s in settings_of(type(self)):
-            object.__setattr__(self, name, s.check(name, getattr(self, name)))
-        self._check_together()
-
-    def _check_together(self) -> None:
-        """Rules that involve several fields (a field's own range is in its Setting)."""
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        """Build from a dict (a checkpoint's ``config``, the store's ``train``); unknown keys are an error."""
-        return dataclass_from_dict(cls, d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-
 # -- the model ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class FlowConfig(_Checked):
+class FlowConfig(CheckedConfig):
     """Everything needed to rebuild a model. Round-trips through a plain dict / JSON."""
 
-    image_shape: tuple[int, int, int] = _setting(
-        (1, 28, 28), kind="shape", label="Image shape", flag="--image-shape",
+    image_shape: tuple[int, int, int] = setting(
+        (1, 28, 28), kind="shape", bounds=(MAX_CHANNELS, MAX_SIDE), label="Image shape", flag="--image-shape",
         help="C,H,W of the images; H and W divisible by 2**levels (default: the dataset's)")
-    levels: int = _setting(
+    levels: int = setting(
         2, kind="int", bounds=(1, MAX_LEVELS), label="Levels L", flag="--levels", form=True, form_step=1,
         help="L: number of scales (image side must divide by 2**L)",
         explain="L, the number of scales. Each level squeezes 2×2 pixels into channels; after each "
                 "level but the last, half the channels leave as that scale's latent. The image side "
                 "must divide by 2^L.")
     # "--flow-steps" because "--steps" is the training budget on the command line.
-    steps: int = _setting(
+    steps: int = setting(
         4, kind="int", bounds=(1, MAX_FLOW_STEPS), label="Steps per level K", flag="--flow-steps",
         form=True, form_step=1,
         help="K: flow steps per level (mask=realnvp: K before and K after the squeeze)",
         explain="K, flow steps per level (ActNorm → permutation → coupling). More steps: a more "
                 "expressive flow, slower steps.")
-    hidden: int = _setting(
+    hidden: int = setting(
         64, kind="int", bounds=(1, MAX_HIDDEN), label="Hidden width", flag="--hidden", unit="channels",
         form=True, form_step=16, help="channels of each coupling network; most of the parameters live here")
-    coupling: str = _setting(
+    coupling: str = setting(
         "affine", kind="choice", choices=COUPLING_WORDS, label="Coupling", flag="--coupling", form=True,
         help="affine y2 = x2·exp(s)+t (RealNVP, Glow) or additive y2 = x2+t (NICE)",
         explain="How one half of the values transforms the other half: affine y = x·exp(s) + t "
                 "(RealNVP, Glow) or additive y = x + t (NICE, volume-preserving).")
-    permutation: str = _setting(
+    permutation: str = setting(
         "conv1x1_lu", kind="choice", choices=PERMUTATION_WORDS, label="Permutation", flag="--permutation",
         form=True, help="channel mixing between couplings, so every value gets transformed")
-    mask: str = _setting(
+    mask: str = setting(
         "channel", kind="choice", choices=MASK_WORDS, label="Mask", flag="--mask", form=True,
         help="which values a coupling keeps and which it transforms: channel halves, checkerboard "
              "pixels, or realnvp (both, the paper's pattern)")
-    actnorm: bool = _setting(
+    actnorm: bool = setting(
         True, kind="bool", label="ActNorm", flag="--actnorm", form=True,
         help="ActNorm at the start of each flow step: Glow's per-channel scale and shift, "
              "initialised from the first batch")
-    coupling_actnorm: bool = _setting(
+    coupling_actnorm: bool = setting(
         False, kind="bool", label="ActNorm inside couplings",
         flag="--coupling-actnorm", help="ActNorm inside the coupling networks too (Glow does this)")
-    split_prior: str = _setting(
+    split_prior: str = setting(
         "learned", kind="choice", choices=PRIOR_WORDS, label="Prior of split-off latents",
         flag="--split-prior", form=True,
         help="prior of each split-off latent: learned from the half that stays (split2d), or N(0, I)")
-    top_prior: str = _setting(
+    top_prior: str = setting(
         "learned", kind="choice", choices=PRIOR_WORDS, label="Prior of the top latent", flag="--top-prior",
         form=True, help="prior of the last (coarsest) latent: learned mean and scale, or N(0, I)")
-    n_bits: int = _setting(
+    n_bits: int = setting(
         8, kind="int", bounds=(1, 8), choices=N_BITS_WORDS, label="Bits per pixel", flag="--n-bits",
         form=True, help="bits per pixel modelled: 8 = all 256 levels, 5 = Glow's CelebA-HQ trick")
-    dequantization: str = _setting(
+    dequantization: str = setting(
         "uniform", kind="choice", choices=DEQUANTIZATION_WORDS, label="Dequantisation",
         flag="--dequantization", form=True,
         help="noise in each pixel's bin: uniform U[0,1) (RealNVP, Glow) or variational, learned q(u|x) (Flow++)",
@@ -356,17 +134,17 @@ class FlowConfig(_Checked):
                 "(Flow++) takes the shape the flow finds easiest and is scored with its own "
                 "density, so bits/dim stays an upper bound on the true cost; on MNIST it "
                 "reached a lower score in the same 10 minutes.")
-    input_transform: str = _setting(
+    input_transform: str = setting(
         "none", kind="choice", choices=INPUT_TRANSFORM_WORDS, label="Input transform",
         flag="--input-transform", form=True,
         help="logit: RealNVP's logit(α + (1-2α)x) as the flow's first, fixed layer (its logdet counted)",
         explain="Logit (RealNVP): the flow's first layer stretches values near black and white "
                 "with logit(α + (1−2α)x), α = 1e-6, and counts that stretch in the log-det. "
                 "Helps a lot on MNIST, whose background is exactly black.")
-    affine_clamp: float = _setting(
+    affine_clamp: float = setting(
         2.0, kind="float", bounds=(0.1, 10.0), label="Affine clamp", flag="--affine-clamp",
         help="bound c on |s| in affine couplings, s = c·tanh(raw/c); keeps exp(s) finite")
-    seed: int = _setting(
+    seed: int = setting(
         0, kind="int", bounds=(0, 2**31 - 1), label="Model seed", flag="--model-seed",
         help="seed of the initial weights and the shuffle permutations: same seed, same model")
 
@@ -399,50 +177,50 @@ class FlowConfig(_Checked):
 
 # -- the run -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TrainConfig(_Checked):
+class TrainConfig(CheckedConfig):
     """How to train (the model's shape lives in FlowConfig). Round-trips through JSON."""
 
-    dataset: str = _setting(
+    dataset: str = setting(
         "mnist", kind="choice", choices={n: n for n in DATASET_NAMES}, label="Dataset", compare=False,
         help="registry name in flowlib.data (mnist, faces, folder, ...)")
-    dataset_options: dict = _setting(
+    dataset_options: dict = setting(
         default_factory=dict, kind="options", label="Dataset options", compare=False,
         help='source options, e.g. {"path": "~/faces.zip"}')
-    batch_size: int = _setting(
+    batch_size: int = setting(
         64, kind="int", bounds=(1, 4096), label="Batch size", flag="--batch-size", unit="images",
         form=True, form_step=16, help="images per step; 64 keeps a 2-core CPU near its best images/s")
-    lr: float = _setting(
+    lr: float = setting(
         1e-3, kind="float", bounds=(0.0, 1.0), low_open=True, label="Learning rate", flag="--lr",
         form=True, form_step=1e-4, form_format="%.5f", help="Adam's peak learning rate (Glow used 1e-3)",
         explain="Adam's peak learning rate. Glow used 0.001, the default for the larger presets; "
                 "the small demo presets start from the rate that learned fastest in a measured "
                 "sweep (benchmarks/RESULTS.md).")
-    warmup_steps: int = _setting(
+    warmup_steps: int = setting(
         200, kind="int", bounds=(0, 10**7), label="Warm-up steps", flag="--warmup-steps", unit="steps",
         form=True, form_step=50,
         help="the learning rate rises linearly from 0 over these steps: the usual cure for early NaNs in Glow ports")
     # Cosine: with a fixed budget it ends at a lower test bits/dim (benchmarks/RESULTS.md).
-    lr_schedule: str = _setting(
+    lr_schedule: str = setting(
         "cosine", kind="choice", choices=LR_SCHEDULE_WORDS, label="Learning-rate schedule",
         flag="--lr-schedule", form=True,
         help="after warm-up: constant, or cosine decay to 0 as the budget (steps or minutes) runs out",
         explain="What the learning rate does after warm-up: stay at its peak, or fall along a "
                 "cosine to 0 as the budget (steps or minutes) runs out. With a fixed budget the "
                 "cosine ends at a lower test bits/dim (benchmarks/RESULTS.md).")
-    max_steps: int | None = _setting(
+    max_steps: int | None = setting(
         2000, kind="int", bounds=(1, 10**8), optional=True, none_words="no step budget",
         label="Training steps", short="step budget", flag="--steps", unit="steps",
         help="training step budget (at least one of the step and minute budgets is required)")
-    max_minutes: float | None = _setting(
+    max_minutes: float | None = setting(
         None, kind="float", bounds=(0.0, 60.0 * 24 * 30), low_open=True, optional=True,
         none_words="no time budget", label="Minutes of training", short="minute budget",
         flag="--minutes", unit="minutes", help="wall-time budget in minutes, across resumes")
-    grad_clip: float | None = _setting(
+    grad_clip: float | None = setting(
         None, kind="float", bounds=(0.0, 1e9), low_open=True, optional=True, none_words="no fixed clip",
         label="Gradient clip", flag="--grad-clip", cli_none=0,
         help="also clip the gradient norm at this fixed value (0 = no fixed clip, the default): the "
              "usual norms differ 50× between models (mnist-fast 2–40, uniform noise without logit 100–300)")
-    grad_clip_relative: float | None = _setting(
+    grad_clip_relative: float | None = setting(
         3.0, kind="float", bounds=(1.0, 1e6), low_open=True, optional=True, none_words="no relative clipping",
         label="Relative gradient clip", flag="--grad-clip-relative", cli_none=0,
         help="clip the gradient norm at this multiple of its running mean over ~20 steps "
@@ -454,7 +232,7 @@ class TrainConfig(_Checked):
     # A small data set (ORL: 360 training photos) is memorised within a few hundred steps;
     # mirrored and shifted copies are new images to the flow, so held-out bits/dim keeps
     # improving for longer (checkpoints/README.md).
-    augment: str = _setting(
+    augment: str = setting(
         "none", kind="choice", choices=AUGMENT_WORDS, label="Data augmentation", flag="--augment",
         form=True,
         help="random changes to each training batch: none, flip (mirror left-right) or flip-shift "
@@ -463,62 +241,62 @@ class TrainConfig(_Checked):
                 "moved up to 2 pixels in each direction (flip-shift). A small data set is learnt "
                 "by heart within a few hundred steps; these changed copies let it train longer "
                 "before the held-out bits/dim turns up. Digits should not be mirrored.")
-    early_stop_evals: int | None = _setting(
+    early_stop_evals: int | None = setting(
         None, kind="int", bounds=(1, 10**6), optional=True, none_words="never stop early",
         label="Early stopping (evaluations)", flag="--early-stop-evals", cli_none=0,
         help="end the run when the held-out bits/dim has not improved for this many evaluations "
              "and keep the weights of the best one (0 = never stop early, the default); a copy of "
              "the best weights is kept in memory and in the checkpoint, which doubles its size. "
              "The evaluations use test images, so the final test score is then slightly optimistic")
-    seed: int = _setting(
+    seed: int = setting(
         0, kind="int", bounds=(0, 2**31 - 1), label="Training seed", flag="--seed",
         help="seed of batch order, dequantisation noise and torch's RNG")
-    log_every: int = _setting(
+    log_every: int = setting(
         10, kind="int", bounds=(1, 10**6), label="Log every (steps)", flag="--log-every", unit="steps",
         compare=False, help="steps per logged metrics row (means over them); one DB write each")
-    eval_every: int = _setting(
+    eval_every: int = setting(
         250, kind="int", bounds=(1, 10**8), label="Evaluate every (steps)", short="evaluate every",
         flag="--eval-every", unit="steps", form=True, form_step=50,
         help="steps between evaluations on held-out test images, each with a new grid of samples")
-    first_eval: int = _setting(
+    first_eval: int = setting(
         50, kind="int", bounds=(0, 10**8), label="First evaluation (step)", flag="--first-eval",
         unit="steps", compare=False,
         help="step of an early extra eval, so a chart shows a test point within a minute (0: none)")
-    eval_subset: int = _setting(
+    eval_subset: int = setting(
         512, kind="int", bounds=(1, 10**7), label="Test images per evaluation", flag="--eval-subset",
         unit="images", help="fixed held-out images per eval (the full test set is used at the end)")
-    epoch_size: int | None = _setting(
+    epoch_size: int | None = setting(
         None, kind="int", bounds=(1, 10**9), optional=True, none_words="the dataset size",
         label="Images per epoch", flag="--epoch-size", unit="images", compare=False,
         help="images per reported epoch")
-    sample_temperatures: tuple = _setting(
+    sample_temperatures: tuple = setting(
         (0.0, 0.5, 0.7, 1.0), kind="temperatures", label="Sample temperatures",
         flag="--sample-temperatures", compare=False, help="comma-separated grid temperatures, one row each")
-    samples_per_temperature: int = _setting(
+    samples_per_temperature: int = setting(
         8, kind="int", bounds=(1, 32), label="Samples per temperature", flag="--samples-per-temperature",
         compare=False, help="samples per grid row")
-    checkpoint_every_minutes: float = _setting(
+    checkpoint_every_minutes: float = setting(
         2.0, kind="float", bounds=(0.0, 60.0 * 24), low_open=True, label="Checkpoint every (minutes)",
         flag="--checkpoint-every-minutes", unit="minutes", compare=False,
         help="minutes between checkpoints: a kill loses at most this much training")
-    nan_patience: int = _setting(
+    nan_patience: int = setting(
         3, kind="int", bounds=(1, 10**4), label="NaN patience", flag="--nan-patience", unit="steps",
         help="non-finite steps in a row before rolling back to the checkpoint")
-    lr_drop: float = _setting(
+    lr_drop: float = setting(
         0.5, kind="float", bounds=(0.0, 1.0), low_open=True, high_open=True, label="LR drop per rollback",
         short="learning-rate drop per rollback", flag="--lr-drop",
         help="learning-rate factor applied at each rollback")
-    device: str = _setting(
+    device: str = setting(
         "auto", kind="device", choices=DEVICE_WORDS, label="Device", flag="--device",
         help="auto = CUDA, else MPS, else CPU; or cuda / cuda:N / mps / cpu")
-    bf16: bool = _setting(
+    bf16: bool = setting(
         False, kind="bool", label="Fast bf16 coupling networks", short="bf16 coupling networks",
         flag="--bf16", form=True,
         help="coupling networks in bf16 (GPU, or CPU with AVX-512 BF16); log-dets and priors stay float32",
         explain="Run the coupling networks in bfloat16 (on by default where the processor or GPU "
                 "does bf16 natively): 20-80 % faster training. Log-determinants, priors and every "
                 "reported test bits/dim stay exact float32.")
-    threads: int | None = _setting(
+    threads: int | None = setting(
         None, kind="int", bounds=(1, 1024), optional=True, none_words="every core", label="CPU threads",
         flag="--threads", compare=False, help="CPU torch threads")
 

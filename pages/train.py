@@ -18,18 +18,15 @@ from flowlib.config import (
     PRESET_LR,
     PRESET_NOTES,
     PRESETS,
-    ConfigError,
     FlowConfig,
     TrainConfig,
-    field_errors,
-    form_fields,
     max_levels,
-    settings_of,
 )
 from flowlib.data import list_datasets, load_images, store_upload
 from flowlib.data.sources.common import DatasetError
 from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest
 from flowlib.machine.device import bf16_is_fast, pick_device
+from flowlib.settings import ConfigError, field_errors, form_fields, settings_of
 from flowlib.size import parameter_count
 from pages.common import settings_form, ui
 from pages.common.run_dashboard import busy_words, friendly, render_dashboard

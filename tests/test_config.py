@@ -14,15 +14,12 @@ from flowlib.config import (
     DATASET_NAMES,
     DEVICE_CHOICES,
     PRESETS,
-    ConfigError,
     FlowConfig,
-    Setting,
     TrainConfig,
     comparison_rows,
-    field_errors,
-    form_fields,
     max_levels,
 )
+from flowlib.settings import ConfigError, Setting, field_errors, form_fields
 
 
 def _config_with_a_new_field():
@@ -179,7 +176,8 @@ def test_a_new_field_gets_a_train_form_widget():
 
         import streamlit as st
 
-        from flowlib.config import Setting, TrainConfig, form_fields
+        from flowlib.config import TrainConfig
+        from flowlib.settings import Setting, form_fields
         from pages.common import settings_form
 
         ema = Setting(label="EMA decay", help="decay of an exponential moving average of the weights",

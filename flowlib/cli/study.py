@@ -20,7 +20,8 @@ import statistics
 import sys
 import time
 
-from flowlib.config import PRESETS, ConfigError
+from flowlib.config import PRESETS
+from flowlib.settings import ConfigError
 from flowlib.store.runs import RunStore, StoreBusyError
 from flowlib.study.spec import (
     MAX_SEEDS,

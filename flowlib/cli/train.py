@@ -15,7 +15,8 @@ import sys
 import time
 
 from flowlib import env
-from flowlib.config import DATASET_NAMES, PRESETS, FlowConfig, Setting, TrainConfig, settings_of
+from flowlib.config import DATASET_NAMES, PRESETS, FlowConfig, TrainConfig
+from flowlib.settings import Setting, settings_of
 from flowlib.store.dbfile import StoreUnavailableError
 from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStore, StoreBusyError

@@ -38,8 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowlib import env
-from flowlib.config import ConfigError
 from flowlib.machine.gpu import default_concurrent_runs
+from flowlib.settings import ConfigError
 from flowlib.size import activation_mb, parameter_count
 
 __all__ = ["Limits"]

@@ -99,7 +99,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from flowlib import env
-from flowlib.config import ConfigError, TrainConfig
+from flowlib.config import TrainConfig
+from flowlib.settings import ConfigError
 
 from . import schema
 from .dbfile import RESERVE_NAME, DatabaseFile, StoreUnavailableError, is_busy, storage_code

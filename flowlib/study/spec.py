@@ -31,16 +31,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowlib.config import (
-    APP_TRAIN_DEFAULTS,
-    PRESET_LR,
-    PRESETS,
-    ConfigError,
-    FlowConfig,
-    Setting,
-    TrainConfig,
-    settings_of,
-)
+from flowlib.config import APP_TRAIN_DEFAULTS, PRESET_LR, PRESETS, FlowConfig, TrainConfig
+from flowlib.settings import ConfigError, Setting, settings_of
 
 from .stats import Summary, paired_difference, summarize
 

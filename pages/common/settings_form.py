@@ -17,7 +17,8 @@ from typing import Mapping
 import pandas as pd
 import streamlit as st
 
-from flowlib.config import FlowConfig, Setting, TrainConfig, comparison_rows, form_fields, settings_of
+from flowlib.config import FlowConfig, TrainConfig, comparison_rows
+from flowlib.settings import Setting, form_fields, settings_of
 
 __all__ = ["render_settings", "form_values", "form_fields", "settings_table", "RUN_ROWS"]
 

@@ -16,8 +16,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from flowlib.config import PRESETS, ConfigError, FlowConfig, TrainConfig, settings_of
+from flowlib.config import PRESETS, FlowConfig, TrainConfig
 from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest
+from flowlib.settings import ConfigError, settings_of
 from flowlib.store.studies import StudyStore
 from flowlib.study.spec import (
     MAX_SEEDS,

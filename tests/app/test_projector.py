@@ -1,4 +1,4 @@
-"""Issue 18, "What the class sees": what a teacher at a projector reads on each page.
+"""What the class sees: what a teacher at a projector reads on each page.
 
 AppTests of the pages with the shipped demo checkpoints (no training), and of the Train page
 with runs written straight into a temporary store (no training process either).
@@ -111,7 +111,8 @@ def test_bpd_help_sits_inside_the_plot_not_on_the_legend_line():
 
 
 def test_long_select_choices_get_wider_cells():
-    from flowlib.config import FlowConfig, TrainConfig, settings_of
+    from flowlib.config import FlowConfig, TrainConfig
+    from flowlib.settings import settings_of
     from pages.common.settings_form import _cell_weight
 
     flow = dict(settings_of(FlowConfig))

@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 # 'Step 63 of 2,000 · 2.810 bits/dim at step 60 (test 2.950 at step 50) · …': each number
-# says which logged step it belongs to (issue 18, item 5).
+# says which logged step it belongs to.
 LIVE = re.compile(r"Step (\d[\d,]*)(?: of [\d,]+)? · ([\d.]+) bits/dim at step [\d,]+ \(test ([\d.]+)")
 
 

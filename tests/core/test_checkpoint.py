@@ -111,7 +111,7 @@ def _never_built(monkeypatch):
 
 
 def test_huge_config_is_refused_before_building(tmp_path, monkeypatch):
-    # Issue 17's probe: a 2 KB file whose valid config describes 10 billion parameters built
+    # A probe: a 2 KB file whose valid config describes 10 billion parameters built
     # the model first (22.8 GB resident, then killed for memory).
     payload = model_payload(_small_model())
     payload["config"] = FlowConfig(image_shape=(4, 256, 256), levels=8, steps=64, hidden=2048).to_dict()

@@ -483,7 +483,7 @@ def test_registry_lists_builtins_as_available():
     assert set(listed) == {"mnist", "faces", "celeba", "cifar10", "folder", "fashion-mnist"}
 
 
-# ----------------------------------------------------------------------------- issue 17: inputs that cost more than they look
+# ----------------------------------------------------------------------------- inputs that cost more than they look
 
 
 def load_with_timeout(seconds: float, **options):
@@ -509,7 +509,7 @@ def load_with_timeout(seconds: float, **options):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_fifos_and_links_to_them_are_skipped_not_waited_on(tmp_path):
-    # Issue 17: a FIFO named pipe.png hung load_images forever (and its run ignored Stop).
+    # A FIFO named pipe.png hung load_images forever (and its run ignored Stop).
     folder = tmp_path / "pics"
     folder.mkdir()
     for i in range(4):
@@ -534,7 +534,7 @@ def test_fifos_and_links_to_them_are_skipped_not_waited_on(tmp_path):
 
 
 def test_cache_sees_a_file_replaced_by_one_of_the_same_size_and_an_older_mtime(tmp_path):
-    # Issue 17: the cache key was (count, newest mtime, total size), so this served old pixels.
+    # The cache key was (count, newest mtime, total size), so this served old pixels.
     folder = tmp_path / "pics"
     folder.mkdir()
     Image.new("RGB", (12, 12), (0, 0, 0)).save(folder / "newest.png")

@@ -6,8 +6,9 @@ import sqlite3
 
 import pytest
 
-from flowlib.config import ConfigError, FlowConfig, TrainConfig
+from flowlib.config import FlowConfig, TrainConfig
 from flowlib.jobs import worker
+from flowlib.settings import ConfigError
 from flowlib.store.request import RunRequest
 from flowlib.store.runs import DamagedRunError, RunStateError
 from tests.runs_kit import TINY, tiny_train

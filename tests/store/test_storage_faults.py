@@ -17,9 +17,10 @@ import pytest
 
 from flowlib import preset
 from flowlib.cli import train as cli
-from flowlib.config import ConfigError, TrainConfig
+from flowlib.config import TrainConfig
 from flowlib.core.checkpoint import save_checkpoint
 from flowlib.jobs import worker
+from flowlib.settings import ConfigError
 from flowlib.size import activation_mb
 from flowlib.store.dbfile import APPLICATION_ID, RESERVE_BYTES, DatabaseFile, StoreUnavailableError
 from flowlib.store.limits import Limits

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from flowlib.config import APP_TRAIN_DEFAULTS, PRESET_LR, ConfigError
+from flowlib.config import APP_TRAIN_DEFAULTS, PRESET_LR
 from flowlib.env import REPO_ROOT
+from flowlib.settings import ConfigError
 from flowlib.store.limits import Limits
 from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStateError, RunStore

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from flowlib.cli.train import build_parser, config_overrides
-from flowlib.config import ConfigError, TrainConfig
+from flowlib.config import TrainConfig
 from flowlib.core.checkpoint import load_checkpoint, load_model
 from flowlib.data import load_images
+from flowlib.settings import ConfigError
 from flowlib.train.batches import AUGMENT_SHIFT, augment_batch
+from flowlib.train.collaborators import Collaborators
 from flowlib.train.evaluation import evaluate_bpd
-from flowlib.train.loop import Collaborators, train_run
+from flowlib.train.loop import train_run
 from tests.runs_kit import queued_run as _queued_run
 
 

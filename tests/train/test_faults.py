@@ -20,7 +20,8 @@ from flowlib.jobs import worker
 from flowlib.store.limits import Limits
 from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore, StoreBusyError
-from flowlib.train.loop import Collaborators, train_run
+from flowlib.train.collaborators import Collaborators
+from flowlib.train.loop import train_run
 from flowlib.train.step import batch_terms
 from tests.runs_kit import TINY
 from tests.runs_kit import fault_train as _tc

@@ -18,9 +18,10 @@ from flowlib.store.limits import Limits
 from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunStore
 from flowlib.train.clip import GradientClip
+from flowlib.train.collaborators import Collaborators
 from flowlib.train.evaluation import evaluate_bpd
 from flowlib.train.heartbeat import Monitor
-from flowlib.train.loop import MAX_ROLLBACKS, Collaborators, TrainingSession, train_run
+from flowlib.train.loop import MAX_ROLLBACKS, TrainingSession, train_run
 from flowlib.train.samples import write_sample_grid
 from flowlib.train.step import batch_terms, make_optimizer
 from tests.runs_kit import TINY, queued_run, tiny_train
