@@ -10,16 +10,15 @@ import math
 import pytest
 import torch
 
-from flowlib import PRESETS, FlowConfig, FlowModel, preset
+from flowlib import PRESETS, FlowConfig, FlowModel, config, preset
 from flowlib.core.layers import ActNorm, Coupling, VariationalDequantizer
 from flowlib.core.ops import channel_split_sizes, checkerboard_mask, squeeze2d, unsqueeze2d
 from flowlib.core.permutations import InvConv1x1, InvConv1x1LU
 from flowlib.env import REPO_ROOT
 
-COUPLINGS = ["affine", "additive"]
-PERMUTATIONS = ["reverse", "shuffle", "conv1x1", "conv1x1_lu"]
-MASKS = ["channel", "checkerboard", "realnvp"]
-PRIORS = ["learned", "standard"]
+# Every choice the config declares: a new coupling, permutation, mask or prior is covered here
+# the moment it is declared in flowlib/config.py.
+COUPLINGS, PERMUTATIONS, MASKS, PRIORS = config.COUPLINGS, config.PERMUTATIONS, config.MASKS, config.PRIORS
 SHAPES = [(1, 4, 4), (2, 8, 8)]
 COMBOS = list(itertools.product(COUPLINGS, PERMUTATIONS, MASKS, PRIORS))
 
@@ -499,7 +498,7 @@ def test_a_level_draws_a_missing_latent_from_its_prior():
         model.levels[0].inverse(None, torch.zeros(2, 2, 2, 2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("prior", ["learned", "standard"])
+@pytest.mark.parametrize("prior", PRIORS)
 def test_split_and_merge_cut_the_channels_in_one_place_and_undo_each_other(prior):
     model = make_model((1, 4, 4), prior=prior)
     first, top = model.levels
@@ -517,7 +516,7 @@ def test_split_and_merge_cut_the_channels_in_one_place_and_undo_each_other(prior
         first.merge(None, z)
 
 
-@pytest.mark.parametrize("prior", ["learned", "standard"])
+@pytest.mark.parametrize("prior", PRIORS)
 def test_latent_density_is_the_gaussian_log_density_and_draw_latent_its_inverse(prior):
     model = make_model((1, 4, 4), prior=prior)
     gen = torch.Generator().manual_seed(6)

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from flowlib import PRESETS, FlowModel, preset
+from flowlib import PRESETS, FlowConfig, FlowModel, preset
 from flowlib.env import REPO_ROOT
 from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest, history_images_per_s
+from flowlib.settings import settings_of
 from flowlib.size import parameter_count
 from flowlib.store.limits import Limits
 from flowlib.store.request import RunRequest
@@ -25,18 +26,10 @@ def test_parameter_count_of_every_preset_is_the_models(name):
     assert parameter_count(PRESETS[name]) == FlowModel(PRESETS[name]).num_parameters()
 
 
-OPTIONS = {
-    "coupling": ("affine", "additive"),
-    "permutation": ("reverse", "shuffle", "conv1x1", "conv1x1_lu"),
-    "mask": ("channel", "checkerboard", "realnvp"),
-    "split_prior": ("learned", "standard"),
-    "top_prior": ("learned", "standard"),
-    "dequantization": ("uniform", "variational"),
-    "input_transform": ("none", "logit"),
-    "actnorm": (True, False),
-    "coupling_actnorm": (True, False),
-    "n_bits": (8, 5),
-}
+# Every value each model setting offers, read from its declaration in flowlib/config.py: a
+# new choice is counted here the moment it is declared (booleans both ways; n_bits at 8 and 5).
+OPTIONS = {name: (tuple(s.choices) if s.kind == "choice" else (True, False) if s.kind == "bool" else (8, 5))
+           for name, s in settings_of(FlowConfig) if s.kind in ("choice", "bool") or name == "n_bits"}
 
 
 @pytest.mark.parametrize("field, value", [(f, v) for f, values in OPTIONS.items() for v in values])
