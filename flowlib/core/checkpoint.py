@@ -13,7 +13,7 @@ containers: a checkpoint downloaded from a forum cannot call ``os.system``.
 A checkpoint also costs what it looks before anything is built from it: its zip entries must
 be stored uncompressed, as ``torch.save`` writes them (torch would otherwise inflate a 260 KB
 file into a 256 MB tensor), every weight must be finite, and the model its config describes
-is counted by arithmetic (``flowlib.jobs.estimate.parameter_count``) and checked against a cap and
+is counted by arithmetic (``flowlib.size.parameter_count``) and checked against a cap and
 against the weights actually in the file before a single layer is allocated.
 """
 

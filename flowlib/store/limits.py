@@ -1,36 +1,17 @@
-"""Server-wide limits (classroom caps, concurrency, timing windows) and the environment parsing.
+"""Server-wide limits: classroom caps, concurrency, timing windows.
 
-    from flowlib.store.limits import Limits, env_flag
+    from flowlib.store.limits import Limits
     limits = Limits.from_env()          # what RunStore() uses when no Limits is given
     limits.check_train(train_dict)      # ConfigError (a ValueError) naming the field, the cap and its variable
     limits.check_run(config_dict, train_dict)   # also the model-size caps (classroom)
-    activation_mb(flow_config, batch)   # the arithmetic estimate the activation cap uses
-    env_flag("FLOWLAB_CLASSROOM")       # "1" / "true" / "yes" / "on" -> True
 
-The run store enforces these limits; the policy lives here so the store stays a store and
-the app, the worker and the CLI read the same variables the same way.
-
-Environment:
-
-``FLOWLAB_MAX_CONCURRENT``    active runs allowed on this server (default: 1 on a CPU; on an
-                              NVIDIA GPU one per 16 GiB of its memory, at most 4 —
-                              :func:`flowlib.machine.gpu.default_concurrent_runs`)
-``FLOWLAB_CLASSROOM=1``       classroom mode: caps below default to 5000 steps, batch 256,
-                              60 minutes, 3,000,000 parameters, 2048 MB of
-                              activations, 12 waiting runs per visitor, unless set explicitly
-``FLOWLAB_MAX_STEPS``         most training steps a run may ask for
-``FLOWLAB_MAX_BATCH``         largest batch size a run may ask for
-``FLOWLAB_MAX_MINUTES``       longest time budget a run may ask for; the trainer also ends any
-                              run at this much training time, whatever its own budget says
-``FLOWLAB_MAX_PARAMS``        most parameters a run's model may have
-                              (``flowlib.jobs.estimate.parameter_count``: arithmetic, nothing built)
-``FLOWLAB_MAX_ACTIVATION_MB`` most activation memory one training batch may need, by the
-                              estimate of :func:`activation_mb` below
-``FLOWLAB_MAX_WAITING_PER_VISITOR``  most runs one visitor (owner) may have waiting or training
-                              at once; unlimited outside classroom mode unless set
-``FLOWLAB_HEARTBEAT_STALE_S`` seconds without a heartbeat before a running run is ``lost`` (30)
-``FLOWLAB_START_TIMEOUT_S``   seconds a queued run may wait for its process to come up (120)
-``FLOWLAB_DB_TIMEOUT_S``      SQLite busy timeout and the write-retry bound, seconds (5)
+The run store enforces these limits; the policy lives here so the store stays a store. The
+variables behind them (``FLOWLAB_MAX_CONCURRENT``, ``FLOWLAB_CLASSROOM`` and the caps it turns
+on, ``FLOWLAB_HEARTBEAT_STALE_S``, ``FLOWLAB_START_TIMEOUT_S``, ``FLOWLAB_DB_TIMEOUT_S`` ...)
+are declared, with their defaults and classroom defaults, in :mod:`flowlib.env`, so the app,
+the worker and the CLI read them the same way. The model-size caps are arithmetic on the
+config (:func:`flowlib.size.parameter_count`, :func:`flowlib.size.activation_mb`): nothing is
+built to check them.
 """
 
 from __future__ import annotations
@@ -104,7 +85,7 @@ class Limits:
     def check_model(self, config: dict, batch_size: int | None) -> None:
         """Refuse a model over the parameter or activation cap (ConfigError naming the field).
 
-        Arithmetic only (:func:`flowlib.jobs.estimate.parameter_count`, :func:`activation_mb`):
+        Arithmetic only (:func:`flowlib.size.parameter_count`, :func:`activation_mb`):
         no model is built. A config that does not parse is a ConfigError from FlowConfig.
         """
         if self.max_params is None and self.max_activation_mb is None:
