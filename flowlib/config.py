@@ -163,7 +163,7 @@ class FlowConfig(CheckedConfig):
                 "so the likelihood stays exact; bits/dim is reported for log p(x) = "
                 "log Σ_y p(x | y) p(y), comparable with unconditional models.")
     n_classes: int = setting(
-        0, kind="int", bounds=(0, MAX_CLASSES), label="Classes", flag="--classes",
+        0, kind="int", bounds=(0, MAX_CLASSES), label="Classes", flag="--n-classes",
         help="number of labels of a conditional model, 0..n_classes-1 (0 when unconditional; the "
              "CLI and the Train page fill it in from the dataset)")
     class_loss_weight: float = setting(
