@@ -98,3 +98,15 @@ def test_the_conditional_demo_is_one_click_away_and_draws_the_digit_asked_for():
     assert "conditional" in at.selectbox[0].value
     assert any(h.value == "Pick a digit" for h in at.header)
     assert widget(at.multiselect, "cond_classes").value == [str(k) for k in range(10)]
+
+
+def test_the_train_form_takes_the_number_of_classes_from_the_dataset():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page("pages/train.py").run()
+    assert_ok(at)
+    widget(at.selectbox, "tr_condition").set_value("top").run()
+    assert_ok(at)
+    assert any("conditioned on 10 classes (top)" in c.value for c in at.caption)
+    widget(at.selectbox, "tr_dataset").set_value("faces").run()
+    assert_ok(at)
+    assert any("conditioned on 40 classes (top)" in c.value for c in at.caption)
