@@ -110,3 +110,14 @@ def test_the_train_form_takes_the_number_of_classes_from_the_dataset():
     widget(at.selectbox, "tr_dataset").set_value("faces").run()
     assert_ok(at)
     assert any("conditioned on 40 classes (top)" in c.value for c in at.caption)
+
+
+@pytest.mark.skipif(not (ROOT / "checkpoints" / "mnist-cond.pt").is_file(), reason="no conditional demo")
+@pytest.mark.parametrize("page", ["masks", "latents", "step_by_step", "likelihood"])
+def test_every_look_inside_page_opens_the_conditional_demo(page):
+    at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=180)
+    at.session_state["explore_checkpoint"] = str(ROOT / "checkpoints" / "mnist-cond.pt")
+    at.run()
+    assert_ok(at)
+    assert "conditional" in at.selectbox[0].value
+    assert image_urls(at)
