@@ -49,9 +49,12 @@ DEVICE_WORDS = {"auto": "the best here (CUDA, else MPS, else CPU)", "cuda": "CUD
 AUGMENT_WORDS = {"none": "none", "flip": "mirror left-right",
                  "flip-shift": "mirror left-right and shift up to 2 pixels"}
 N_BITS_WORDS = {n: f"{n} ({2 ** n} levels)" for n in range(8, 0, -1)}
+CONDITION_WORDS = {"none": "none: unconditional p(x)", "top": "label → top prior (Glow's ycond)",
+                   "all": "label → top and split priors"}
+MAX_CLASSES = 1000
 
 COUPLINGS, PERMUTATIONS, MASKS = tuple(COUPLING_WORDS), tuple(PERMUTATION_WORDS), tuple(MASK_WORDS)
-PRIORS, DEQUANTIZATIONS = tuple(PRIOR_WORDS), tuple(DEQUANTIZATION_WORDS)
+PRIORS, DEQUANTIZATIONS, CONDITIONS = tuple(PRIOR_WORDS), tuple(DEQUANTIZATION_WORDS), tuple(CONDITION_WORDS)
 INPUT_TRANSFORMS, LR_SCHEDULES, DEVICE_CHOICES = tuple(INPUT_TRANSFORM_WORDS), tuple(LR_SCHEDULE_WORDS), tuple(DEVICE_WORDS)
 # The registry names of flowlib.data.DATASETS (which imports torch); a test keeps them equal.
 DATASET_NAMES = ("mnist", "faces", "celeba", "cifar10", "folder", "fashion-mnist")
@@ -144,6 +147,31 @@ class FlowConfig(CheckedConfig):
     affine_clamp: float = setting(
         2.0, kind="float", bounds=(0.1, 10.0), label="Affine clamp", flag="--affine-clamp",
         help="bound c on |s| in affine couplings, s = c·tanh(raw/c); keeps exp(s) finite")
+    # Class conditioning (Glow's ycond): the label enters only the priors, never a coupling,
+    # so log p(x|y) stays exact and log p(x) = log Σ_y p(x|y) p(y) costs one pass through the
+    # flow plus one prior evaluation per class (flowlib.core.conditioning).
+    condition: str = setting(
+        "none", kind="choice", choices=CONDITION_WORDS, label="Class conditioning", flag="--condition",
+        form=True,
+        help="condition the priors on the image's label (digit, person, class, sub-folder): none, "
+             "top (the top prior's mean and scale come from a learned per-class table, Glow's "
+             "ycond) or all (the split priors' too); n_classes comes from the dataset",
+        explain="With a label, the flow learns p(x | y): each class gets its own learned mean and "
+                "scale for the top latent (and, with 'all', a per-class shift of every split "
+                "prior). Sampling can then be asked for a class ('draw a 3'), and p(y | x) from "
+                "the class likelihoods classifies an image. The label never enters a coupling, "
+                "so the likelihood stays exact; bits/dim is reported for log p(x) = "
+                "log Σ_y p(x | y) p(y), comparable with unconditional models.")
+    n_classes: int = setting(
+        0, kind="int", bounds=(0, MAX_CLASSES), label="Classes", flag="--n-classes",
+        help="number of labels of a conditional model, 0..n_classes-1 (0 when unconditional; the "
+             "CLI and the Train page fill it in from the dataset)")
+    class_loss_weight: float = setting(
+        0.01, kind="float", bounds=(0.0, 100.0), label="Classification loss weight",
+        flag="--class-loss-weight",
+        help="conditional models only: weight of Glow's classification loss, the cross-entropy "
+             "in bits per image of a linear classifier on the top latent, added to the bits/dim "
+             "objective (0: no classifier)")
     seed: int = setting(
         0, kind="int", bounds=(0, 2**31 - 1), label="Model seed", flag="--model-seed",
         help="seed of the initial weights and the shuffle permutations: same seed, same model")
@@ -155,6 +183,13 @@ class FlowConfig(CheckedConfig):
             raise ConfigError(
                 f"levels={self.levels} needs height and width divisible by 2**levels = {factor}, "
                 f"but the image is {h}×{w}; use levels ≤ {max_levels(h, w)} for this image size", "levels")
+        if self.condition == "none" and self.n_classes:
+            raise ConfigError(f"n_classes={self.n_classes} needs a conditional model: set condition to "
+                              "top or all, or n_classes to 0", "n_classes")
+        if self.condition != "none" and self.n_classes < 2:
+            raise ConfigError(f"condition={self.condition} needs labelled images: the number of classes "
+                              f"(at least 2) comes from the dataset's labels, got n_classes={self.n_classes} "
+                              "(a dataset without labels? then set condition to none)", "n_classes")
 
     @property
     def n_bins(self) -> int:
@@ -172,7 +207,13 @@ class FlowConfig(CheckedConfig):
                 f"{self.coupling}, {self.permutation}, {self.mask} mask"
                 f"{', ActNorm' if self.actnorm else ''}, {self.n_bits}-bit"
                 f"{', logit input' if self.input_transform == 'logit' else ''}"
-                f"{', learned dequantisation' if self.dequantization == 'variational' else ''}")
+                f"{', learned dequantisation' if self.dequantization == 'variational' else ''}"
+                f"{f', conditioned on {self.n_classes} classes ({self.condition})' if self.conditional else ''}")
+
+    @property
+    def conditional(self) -> bool:
+        """True when the priors take a class label (``condition`` is top or all)."""
+        return self.condition != "none"
 
 
 # -- the run -----------------------------------------------------------------------------------

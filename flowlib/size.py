@@ -67,13 +67,20 @@ def parameter_count(cfg) -> int:
         c, h, w = 4 * c, h // 2, w // 2
         step_mask = "checkerboard" if cfg.mask == "checkerboard" else "channel"
         total += cfg.steps * _flow_step(cfg, c, step_mask)
+        conditional = getattr(cfg, "condition", "none") != "none"
         if last:
             if cfg.top_prior == "learned":
                 total += 2 * c * h * w                     # mean and log-scale per latent value
+            if conditional:                                # a class's shift of each value's pair
+                total += cfg.n_classes * 2 * c * h * w
+                if cfg.class_loss_weight > 0:              # the linear classifier on the top latent
+                    total += (c * h * w + 1) * cfg.n_classes
         else:
             kept = c // 2
             if cfg.split_prior == "learned":
                 total += _zero_conv(kept, 2 * (c - kept))
+            if conditional and cfg.condition == "all":     # a class's shift of each channel's pair
+                total += cfg.n_classes * 2 * (c - kept)
             c = kept
     if cfg.dequantization == "variational":
         channels = cfg.image_shape[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from flowlib.viz.images import fit_factor, image_grid, labelled_grid, png_bytes
+from pages.common import conditional
 from pages.common import explore as ec
 from pages.common import ui
 
@@ -23,7 +24,7 @@ loaded = ec.model_picker("sampling_model")
 if loaded is None:
     st.stop()
 if loaded.path in ec.DEMOS.values():
-    st.caption("The demo models are small (at most 440k parameters, under an hour of training "
+    st.caption("The demo models are small (at most 452k parameters, under an hour of training "
                "on a 2-core CPU), so expect some odd shapes; what to watch is how the samples "
                "change with the temperature.")
 model = loaded.model
@@ -33,6 +34,9 @@ path, mtime = str(loaded.path), ec.file_version(loaded.path)
 
 if "sampling_seed" not in st.session_state:
     st.session_state["sampling_seed"] = 0
+
+# class-conditional models: a row of samples per class ("draw me a 3"); others: the demo that can
+conditional.pick_a_class(loaded, "sampling_model")
 
 
 # ------------------------------------------------------------------------------ temperature slider
@@ -128,3 +132,6 @@ with ec.explain():
         "near √d. A straight line between two latents dips to a smaller norm in the middle — a "
         "region real latents never visit — so the middle frames can look washed out. Spherical "
         "interpolation (slerp) follows the arc and keeps the norm typical.")
+
+# which class is a picture (conditional models), and latent arithmetic between classes (any model)
+conditional.class_sections(loaded)

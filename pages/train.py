@@ -48,7 +48,7 @@ FORM_FIELDS = ("dataset", "preset", "budget_kind", "max_steps", "max_minutes", "
 FORM_KEY = "tr_"  # prefix of the form's widget keys in st.session_state
 FORM_OPEN_KEY = "train_form_open"  # whether this tab shows the set-up form expanded
 # Where a field's error is shown when the field has no widget of its own.
-ERROR_SLOT_OF = {"max_steps": "budget", "max_minutes": "budget", "image_shape": "levels"}
+ERROR_SLOT_OF = {"max_steps": "budget", "max_minutes": "budget", "image_shape": "levels", "n_classes": "condition"}
 CLASSROOM_DATASETS = ("mnist", "faces", "folder")
 PATH_DATASETS = ("celeba", "cifar10", "folder", "fashion-mnist")   # datasets that read a path
 
@@ -70,7 +70,7 @@ def dataset_info(name: str, options_json: str) -> dict:
     return {"train": train.info.count, "test": test.info.count, "shape": tuple(train.info.shape),
             "source": train.info.source, "licence": train.info.licence, "notes": train.info.notes,
             "display": train.info.display_name, "skipped": train.info.skipped,
-            "examples": examples}
+            "examples": examples, "classes": tuple(train.info.classes) if train.labels is not None else ()}
 
 
 @st.cache_resource(show_spinner=False)
@@ -399,6 +399,8 @@ with st.expander("**Set up a new run**: data, model, budget",
     slots["budget"] = budget_error_slot
 
     values = settings_form.form_values(FlowConfig, FORM_KEY, MODEL_FIELDS)
+    if values.get("condition", "none") != "none":   # a conditional model: K from the dataset's labels
+        values["n_classes"] = len(info["classes"]) if info else 0
     train_values = settings_form.form_values(TrainConfig, FORM_KEY, TRAIN_FIELDS)
     if kind == "steps":
         train_values.update(max_steps=budget, max_minutes=None)

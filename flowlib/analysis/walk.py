@@ -116,14 +116,18 @@ def _name(level: int, step: int | None, stage: str | None, kind: str) -> str:
 
 
 @torch.no_grad()
-def walk_forward(model, x: torch.Tensor) -> Walk:
+def walk_forward(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> Walk:
     """Trace ``model.encode(x)`` operation by operation (x float [B, C, H, W] in [-0.5, 0.5]).
 
     The ops' logdets sum to ``encode(x).logdet`` and the split/top ops' log_pz to
     ``encode(x).log_pz``: the walk runs the model's own pieces (each level's ``flat_layers``,
     ``split`` and ``latent_density``) in the same order, so they are equal up to float rounding.
+    A conditional model's priors take ``labels`` (default: each image's most likely class), so
+    its log_pz is ``encode(x, labels).log_pz``.
     """
     model.check_input(x)
+    if getattr(model, "n_classes", 0) and labels is None:
+        labels = model.encode(x).labels
     batch = x.shape[0]
     total = x.new_zeros(batch)
     ops = [Op("input", "input image x (dequantised, in [−0.5, 0.5])", -1, x, x.new_zeros(batch),
@@ -147,7 +151,7 @@ def walk_forward(model, x: torch.Tensor) -> Walk:
                           squeezed=stage == "post" or kind == "squeeze"))
         before = h
         h_next, z = level.split(h)
-        lp, eps = level.latent_density(h_next, z)
+        lp, eps = level.latent_density(h_next, z, labels)
         log_pz = log_pz + lp
         zs.append(z)
         kind = "top" if level.last else "split"
@@ -160,7 +164,7 @@ def walk_forward(model, x: torch.Tensor) -> Walk:
 
 
 @torch.no_grad()
-def walk_backward(model, zs, temperature: float = 1.0, eps=None) -> Walk:
+def walk_backward(model, zs, temperature: float = 1.0, eps=None, labels: torch.Tensor | None = None) -> Walk:
     """Trace ``model.decode(zs)`` operation by operation, from the top latent to the image.
 
     A latent given as ``None`` is drawn from its prior as ``mean + temperature · scale · eps``
@@ -168,7 +172,8 @@ def walk_backward(model, zs, temperature: float = 1.0, eps=None) -> Walk:
     ``model.decode`` does: so ``walk_backward(model, [None] * L, 0.7, eps)`` walks a sample
     from noise to image. Each op's ``logdet`` is the log-determinant of the *inverse* map,
     which is minus the forward layer's log-determinant at the point reached; their sum is
-    -``encode(x).logdet``.
+    -``encode(x).logdet``. A conditional model draws given ``labels`` (default: the classes in
+    turn, as ``model.decode`` does).
     """
     n = len(model.levels)
     if len(zs) != n:
@@ -178,6 +183,8 @@ def walk_backward(model, zs, temperature: float = 1.0, eps=None) -> Walk:
         raise ValueError("walk_backward needs at least one latent or eps to know the batch size")
     first = known if known is not None else eps[0]
     batch = first.shape[0]
+    if getattr(model, "n_classes", 0) and labels is None:
+        labels = torch.arange(batch, device=first.device) % model.n_classes
     total = first.new_zeros(batch)
     zero = first.new_zeros(batch)
     ops, h = [], None
@@ -185,8 +192,8 @@ def walk_backward(model, zs, temperature: float = 1.0, eps=None) -> Walk:
         level = model.levels[i]
         z = zs[i]
         if z is None:
-            z = level.draw_latent(h, temperature, None if eps is None else eps[i], batch=batch)
-        lp, standardised = level.latent_density(h, z)
+            z = level.draw_latent(h, temperature, None if eps is None else eps[i], batch=batch, labels=labels)
+        lp, standardised = level.latent_density(h, z, labels)
         h_new = level.merge(h, z)
         name = (f"level {i + 1} · start from the top latent z{i + 1}" if level.last
                 else f"level {i + 1} · merge: z{i + 1} joins what came down")

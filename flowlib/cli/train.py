@@ -227,6 +227,9 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
             if shape is None:
                 print(f"loading {dataset} to read its image shape ...", file=err)
                 shape = image_shape(dataset, **options)
+            if flow.get("condition", PRESETS[args.preset].condition) != "none" and "n_classes" not in flow:
+                from flowlib.data import class_names
+                flow["n_classes"] = len(class_names(dataset, **options))   # 0 (refused) without labels
             config = PRESETS[args.preset].replace(image_shape=shape, **flow)
             name = args.name or f"{args.preset}-{dataset}"
             # Created already holding a slot (one transaction): a refusal leaves no run behind.

@@ -5,7 +5,12 @@ A checkpoint is a plain dict that records how to rebuild the model (nanoGPT's ha
     {"format": "flowlab-checkpoint", "version": 1,
      "config": FlowConfig.to_dict(),   # FlowModel(FlowConfig.from_dict(ckpt["config"]))
      "model": state_dict,              # includes ActNorm's `initialized` flags
-     ... anything else the trainer adds: optimizer, step, rng, dataset, best_test_bpd}
+     ... anything else the trainer adds: optimizer, step, rng, dataset, best_test_bpd,
+     and for a conditional model class_names, the dataset's name of each label}
+
+A conditional model's config records its conditioning (``condition``, ``n_classes``,
+``class_loss_weight``), so the class tables and the classifier are rebuilt like every other
+part; :func:`class_names` reads the labels' names back.
 
 Reading uses ``torch.load(weights_only=True)``, which unpickles only tensors and plain
 containers: a checkpoint downloaded from a forum cannot call ``os.system``.
@@ -34,7 +39,7 @@ from flowlib.size import parameter_count
 from .model import FlowModel, align_legacy_optimizer_state
 
 __all__ = ["CheckpointError", "MAX_CHECKPOINT_PARAMETERS", "save_checkpoint", "load_checkpoint",
-           "load_model", "model_payload"]
+           "load_model", "model_payload", "class_names"]
 
 FORMAT = "flowlab-checkpoint"
 VERSION = 1
@@ -51,6 +56,16 @@ def model_payload(model: FlowModel) -> dict:
     """The minimal checkpoint dict for a model: format tag, config and weights."""
     return {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
             "model": model.state_dict()}
+
+
+def class_names(model: FlowModel, ckpt: dict) -> list[str]:
+    """The name of each label of a conditional model: the checkpoint's ``class_names`` (the
+    dataset's, recorded by the trainer) when they fit, else "0", "1", …; [] when unconditional."""
+    k = model.n_classes
+    names = ckpt.get("class_names") if isinstance(ckpt, dict) else None
+    if isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names):
+        return list(names)
+    return [str(i) for i in range(k)]
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:

@@ -30,6 +30,12 @@ public pieces (``layers``/``flat_layers``, ``split``/``merge``, ``latent_density
 ``draw_latent``) that the per-operation walk (``flowlib.analysis.walk``) and the level-by-level
 journey (``flowlib.viz.latents``) call too, so the split, the prior's arithmetic and the
 merge exist once.
+
+Class-conditional models (``FlowConfig.condition``, Glow's ``ycond``): the top prior (and with
+``"all"`` every split prior) is shifted by a learned per-class table, so ``encode``, ``decode``,
+``sample``, ``log_prob`` and ``bits_per_dim`` take ``labels``. The label never enters a layer,
+so without labels ``encode`` gives the exact marginal log p(x) = log Σ_y p(x | y) p(y) from one
+pass through the flow, and ``classify`` gives p(y | x); see ``flowlib.core.conditioning``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from torch import nn
 
 from flowlib.config import PRESET_NOTES, PRESETS, FlowConfig, preset
 
+from .conditioning import ClassifierHead, ClassTable, check_labels, class_labels, log_class_prior, marginal_terms
 from .layers import ActNorm, FlowStep, LogitTransform, Squeeze, VariationalDequantizer, ZeroConv2d, gaussian_log_prob
 
 __all__ = ["FlowConfig", "FlowModel", "EncodeOutput", "BitsPerDim", "Level", "LevelOutput", "LayerPlace",
@@ -54,6 +61,11 @@ class EncodeOutput(NamedTuple):
     log_pz: torch.Tensor        # [B] nats: Σ over levels of the latent's log-density
     log_pz_levels: list         # per-level [B] terms of log_pz, finest first
     eps: list                   # latents standardised by their prior, (z - mean) / scale
+    # Conditional models only (None otherwise): the labels the priors were given, or, when
+    # none were, the most likely class of each image, which eps is standardised by; and,
+    # when none were given, log p(y | x) [B, K] (log_pz is then the marginal over labels).
+    labels: torch.Tensor | None = None
+    log_posterior: torch.Tensor | None = None
 
 
 class BitsPerDim(NamedTuple):
@@ -63,6 +75,11 @@ class BitsPerDim(NamedTuple):
     logdet: torch.Tensor        # [B]: -Σ log|det J| / (D ln 2) (negative when the flow expands volume)
     quantisation: float         # n_bits: the log(n_bins) per dimension that turns a density into a probability
     dequant: torch.Tensor       # [B]: log q(u|x) / (D ln 2) of learned dequantisation noise; 0 for uniform noise
+    # Conditional models trained with labels: -log2 p_head(y | z_top) per image (Glow's
+    # classification loss), and what training minimises, total + class_loss_weight · class_bits.
+    # None otherwise (the objective is then the total).
+    class_bits: torch.Tensor | None = None
+    objective: torch.Tensor | None = None
 
 
 class LevelOutput(NamedTuple):
@@ -95,6 +112,10 @@ class Level(nn.Module):
 
     ``forward(h) -> LevelOutput(h_next, z, logdet, log_pz, eps)`` and
     ``inverse(h_next, z) -> h`` are exact inverses; ``inverse`` draws a missing z from the prior.
+    A conditioned level (``class_table``: the top level of a conditional model, and with
+    ``condition="all"`` every split level) shifts its prior by the label's row of a learned
+    table, so its ``prior``, ``latent_density``, ``draw_latent``, ``forward`` and ``inverse``
+    need ``labels`` [B]; the layers never see them.
     Their pieces are public for code that traces a level operation by operation:
 
         forward   layers() -> split(h) -> latent_density(h_next, z)
@@ -140,6 +161,9 @@ class Level(nn.Module):
         if last and cfg.top_prior == "learned":
             self.prior_mean = nn.Parameter(torch.zeros(1, *self.latent_shape))
             self.prior_log_scale = nn.Parameter(torch.zeros(1, *self.latent_shape))
+        self.class_table = None
+        if cfg.conditional and (last or cfg.condition == "all"):
+            self.class_table = ClassTable(cfg.n_classes, self.latent_shape, per_value=last)
 
     def layers(self) -> list[nn.Module]:
         """The bijective part in forward order: pre-squeeze steps, squeeze, steps."""
@@ -181,13 +205,33 @@ class Level(nn.Module):
         if h_next is None and not self.last:
             raise ValueError("a split level needs the kept half h_next to invert")
 
-    def prior(self, h_next: torch.Tensor | None, batch: int,
-              like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prior(self, h_next: torch.Tensor | None, batch: int, like: torch.Tensor,
+              labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-scale [batch, *latent_shape] of z's Gaussian (dtype and device of ``like``).
 
         A split level's comes from the kept half ``h_next``; the top level's does not
-        depend on anything.
+        depend on anything. A conditioned level adds its class table's rows for ``labels``
+        (ValueError without them); other levels ignore ``labels``.
         """
+        mean, log_scale = self._unconditional_prior(h_next, batch, like)
+        if self.class_table is None:
+            return mean, log_scale
+        if labels is None:
+            raise ValueError(f"level {self.index} is conditioned on a class label: pass labels [B]")
+        if labels.shape[0] != batch:
+            raise ValueError(f"labels must be [{batch}] for a batch of {batch}, got {list(labels.shape)}")
+        d_mean, d_log_scale = self.class_table.shift(labels)
+        return mean + d_mean, log_scale + d_log_scale
+
+    def log_density_per_class(self, h_next: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor | None:
+        """[B, K]: log p(z | h_next, y) for every class y, or None for a level without labels."""
+        if self.class_table is None:
+            return None
+        mean, log_scale = self._unconditional_prior(h_next, z.shape[0], z)
+        return self.class_table.log_density_per_class(z, mean, log_scale)
+
+    def _unconditional_prior(self, h_next: torch.Tensor | None, batch: int,
+                             like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prior_net is not None:
             mean, log_scale = self.prior_net(h_next).chunk(2, dim=1)
             return mean, log_scale
@@ -197,15 +241,17 @@ class Level(nn.Module):
         zeros = like.new_zeros(batch, *self.latent_shape)
         return zeros, zeros
 
-    def latent_density(self, h_next: torch.Tensor | None,
-                       z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_density(self, h_next: torch.Tensor | None, z: torch.Tensor,
+                       labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_pz [B], eps)``: z's log-density in nats under this level's prior given the kept
-        half ``h_next`` (None for the top level), and z standardised by it, (z - mean) / scale."""
-        mean, log_scale = self.prior(h_next, z.shape[0], z)
+        half ``h_next`` (None for the top level) and the labels, and z standardised by it,
+        (z - mean) / scale."""
+        mean, log_scale = self.prior(h_next, z.shape[0], z, labels)
         return gaussian_log_prob(z, mean, log_scale), (z - mean) * torch.exp(-log_scale)
 
     def draw_latent(self, h_next: torch.Tensor | None, temperature: float = 1.0,
-                    eps: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
+                    eps: torch.Tensor | None = None, batch: int | None = None,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
         """A latent z from this level's prior given ``h_next``: ``mean + temperature · scale · eps``,
         with ``eps`` given or fresh N(0, I) noise. ``batch`` is needed only when nothing else
         tells it: the top level drawing with no eps."""
@@ -214,22 +260,27 @@ class Level(nn.Module):
         batch = known.shape[0] if known is not None else batch
         if batch is None:
             raise ValueError("the top level needs z, eps or batch to know the batch size")
-        mean, log_scale = self.prior(h_next, batch, next(self.parameters()))
+        mean, log_scale = self.prior(h_next, batch, next(self.parameters()), labels)
         noise = eps if eps is not None else torch.randn_like(mean)
         return mean + temperature * torch.exp(log_scale) * noise
 
-    def forward(self, h: torch.Tensor) -> LevelOutput:
+    def transform(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bijective part, :meth:`layers` in order: ``(output, logdet [B])``."""
         logdet = h.new_zeros(h.shape[0])
         for layer in self.layers():
             h, ld = layer(h)
             logdet = logdet + ld
+        return h, logdet
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> LevelOutput:
+        h, logdet = self.transform(h)
         h_next, z = self.split(h)
-        log_pz, eps = self.latent_density(h_next, z)
+        log_pz, eps = self.latent_density(h_next, z, labels)
         return LevelOutput(h_next, z, logdet, log_pz, eps)
 
     def inverse(self, h_next: torch.Tensor | None, z: torch.Tensor | None,
                 temperature: float = 1.0, eps: torch.Tensor | None = None,
-                batch: int | None = None) -> torch.Tensor:
+                batch: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The input h that :meth:`forward` maps to ``(h_next, z)``.
 
         A ``None`` z is drawn from the prior (:meth:`draw_latent`) as
@@ -239,7 +290,7 @@ class Level(nn.Module):
         """
         self._require_kept_half(h_next)
         if z is None:
-            z = self.draw_latent(h_next, temperature, eps, batch)
+            z = self.draw_latent(h_next, temperature, eps, batch, labels)
         h = self.merge(h_next, z)
         for layer in reversed(self.layers()):
             h = layer.inverse(h)
@@ -306,6 +357,10 @@ class FlowModel(nn.Module):
                 self.dequantizer = VariationalDequantizer(cfg.image_shape[0], cfg.n_bins)
         self.levels = nn.ModuleList(levels)
         self.input_transform = LogitTransform() if cfg.input_transform == "logit" else None
+        # Glow's classifier on the top latent, for its classification loss (conditional only)
+        self.classifier = None
+        if cfg.conditional and cfg.class_loss_weight > 0:
+            self.classifier = ClassifierHead(cfg.n_classes, self.levels[-1].latent_shape)
         self.register_load_state_dict_pre_hook(_rename_top_prior_keys)
 
     # -- shapes and bookkeeping -----------------------------------------------------------
@@ -317,6 +372,20 @@ class FlowModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def n_classes(self) -> int:
+        """K, the labels a conditional model's priors take (0..K-1); 0 for an unconditional model."""
+        return self.config.n_classes if self.config.conditional else 0
+
+    def _labels(self, labels, batch: int) -> torch.Tensor | None:
+        """Checked labels [batch] on the model's device; None for an unconditional model."""
+        if not self.n_classes:
+            return None
+        labels = check_labels(labels, self.n_classes)
+        if labels.shape[0] != batch:
+            raise ValueError(f"labels must be [{batch}], one per image, got {list(labels.shape)}")
+        return labels.to(self.device)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -366,24 +435,59 @@ class FlowModel(nn.Module):
         """The inverse of :meth:`transform_input`: what the first level gives back -> an image."""
         return h if self.input_transform is None else self.input_transform.inverse(h)
 
-    def encode_levels(self, h: torch.Tensor) -> list[LevelOutput]:
-        """Each level's :class:`LevelOutput`, finest first, for ``h = transform_input(x)[0]``."""
-        outs = []
+    def _transform_levels(self, h: torch.Tensor) -> list[tuple]:
+        """Each level's bijective part and split, finest first: [(h_next, z, logdet)]."""
+        parts = []
         for level in self.levels:
-            outs.append(level(h))
-            h = outs[-1].h_next
-        return outs
+            t, logdet = level.transform(h)
+            h_next, z = level.split(t)
+            parts.append((h_next, z, logdet))
+            h = h_next
+        return parts
 
-    def encode(self, x: torch.Tensor) -> EncodeOutput:
-        """x [B, C, H, W] in [-0.5, 0.5] -> latents, logdet [B], log_pz [B] (nats)."""
+    def _marginal(self, parts: list[tuple]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-level terms of log p(z) summed over the labels, and log p(y | x) [B, K]
+        (see :func:`flowlib.core.conditioning.marginal_terms`)."""
+        per_class = [level.log_density_per_class(h_next, z) for level, (h_next, z, _) in zip(self.levels, parts)]
+        exact = [level.latent_density(h_next, z)[0] if pc is None else None
+                 for level, (h_next, z, _), pc in zip(self.levels, parts, per_class)]
+        return marginal_terms(per_class, exact, self.n_classes)
+
+    def encode_levels(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> list[LevelOutput]:
+        """Each level's :class:`LevelOutput`, finest first, for ``h = transform_input(x)[0]``.
+
+        A conditional model's priors take ``labels`` [B]; without them, each image's most
+        likely class (the argmax of p(y | x))."""
+        parts = self._transform_levels(h)
+        if self.n_classes:
+            labels = (self._marginal(parts)[1].argmax(1) if labels is None
+                      else self._labels(labels, h.shape[0]))
+        return [LevelOutput(h_next, z, logdet, *level.latent_density(h_next, z, labels))
+                for level, (h_next, z, logdet) in zip(self.levels, parts)]
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> EncodeOutput:
+        """x [B, C, H, W] in [-0.5, 0.5] -> latents, logdet [B], log_pz [B] (nats).
+
+        A conditional model: with ``labels`` [B], log_pz is log p(z | y); without them, the
+        marginal log Σ_y p(z | y) p(y) (its per-level split: see ``marginal_terms``), with
+        ``log_posterior`` = log p(y | x) and eps standardised by the most likely class's prior.
+        """
         self.check_input(x)
         h, logdet = self.transform_input(x)
-        outs = self.encode_levels(h)
-        for out in outs:
-            logdet = logdet + out.logdet
-        log_pz_levels = [out.log_pz for out in outs]
+        parts = self._transform_levels(h)
+        for _, _, level_logdet in parts:
+            logdet = logdet + level_logdet
+        log_posterior = None
+        if self.n_classes and labels is None:
+            log_pz_levels, log_posterior = self._marginal(parts)
+            labels = log_posterior.argmax(1)
+            eps = [level.latent_density(h_next, z, labels)[1] for level, (h_next, z, _) in zip(self.levels, parts)]
+        else:
+            labels = self._labels(labels, x.shape[0]) if self.n_classes else None
+            densities = [level.latent_density(h_next, z, labels) for level, (h_next, z, _) in zip(self.levels, parts)]
+            log_pz_levels, eps = [d[0] for d in densities], [d[1] for d in densities]
         log_pz = torch.stack(log_pz_levels, 0).sum(0)
-        return EncodeOutput([out.z for out in outs], logdet, log_pz, log_pz_levels, [out.eps for out in outs])
+        return EncodeOutput([z for _, z, _ in parts], logdet, log_pz, log_pz_levels, eps, labels, log_posterior)
 
     forward = encode
 
@@ -400,7 +504,8 @@ class FlowModel(nn.Module):
         return temps
 
     def decode_levels(self, zs: Sequence[torch.Tensor | None], temperature=1.0,
-                      eps: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                      eps: Sequence[torch.Tensor] | None = None,
+                      labels: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The way back level by level: the tensor after undoing each level, coarsest first,
         so the last is the finest level's input, which :meth:`transform_output` makes the image.
 
@@ -414,24 +519,29 @@ class FlowModel(nn.Module):
                      None if eps is None else eps[0].shape[0])
         if batch is None:
             raise ValueError("decode needs at least one latent or eps to know the batch size")
+        if self.n_classes:
+            labels = (class_labels(self.n_classes, batch, self.device) if labels is None
+                      else self._labels(labels, batch))
         h, states = None, []
         for i in reversed(range(n)):
             h = self.levels[i].inverse(h, zs[i], temps[i], None if eps is None else eps[i],
-                                       batch=batch)
+                                       batch=batch, labels=labels)
             states.append(h)
         return states
 
     def decode(self, zs: Sequence[torch.Tensor | None], temperature=1.0,
-               eps: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+               eps: Sequence[torch.Tensor] | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Invert the flow. A latent given as ``None`` is drawn from its prior.
 
         A missing latent becomes ``mean + temperature · scale · eps`` where the mean and scale
         come from its (conditional) prior and eps is the matching entry of ``eps`` or fresh
         N(0, I) noise. So ``decode(out.zs)`` is the exact inverse of ``encode``, and
         ``decode([out.zs[0], None, None])`` keeps the finest detail of an image while
-        resampling its coarse structure.
+        resampling its coarse structure. A conditional model draws given ``labels`` [B]
+        (without them: the classes in turn, 0, 1, …); latents that are given decode the same
+        whatever the labels, since the label enters only the priors.
         """
-        return self.transform_output(self.decode_levels(zs, temperature, eps)[-1])
+        return self.transform_output(self.decode_levels(zs, temperature, eps, labels)[-1])
 
     def sample_eps(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """Standard-normal noise for every level (finest first), for repeatable sampling."""
@@ -439,24 +549,41 @@ class FlowModel(nn.Module):
                 for shape in self.latent_shapes]
 
     def sample(self, n: int, temperature=0.7, eps: Sequence[torch.Tensor] | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """n images [n, C, H, W] (about [-0.5, 0.5]) drawn at a temperature (or one per level).
 
         Fixed ``eps`` (from :meth:`sample_eps`) gives the same samples at every temperature,
         scaled towards the prior mean as the temperature falls; temperature 0 returns the
-        decoded prior mean.
+        decoded prior mean. A conditional model draws from p(x | y) for ``labels`` [n] (without
+        them: the classes in turn), so the same eps with other labels changes only the class.
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if eps is None:
             eps = self.sample_eps(n, generator)
-        return self.decode([None] * len(self.levels), temperature=temperature, eps=eps)
+        return self.decode([None] * len(self.levels), temperature=temperature, eps=eps, labels=labels)
 
     # -- likelihood ------------------------------------------------------------------------
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) in nats [B] for continuous x in [-0.5, 0.5]: log_pz + logdet."""
-        out = self.encode(x)
+    def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x) in nats [B] for continuous x in [-0.5, 0.5]: log_pz + logdet (a conditional
+        model: log p(x | y) with ``labels``, else the marginal log Σ_y p(x | y) p(y))."""
+        out = self.encode(x, labels)
         return out.log_pz + out.logdet
+
+    def class_log_likelihoods(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, K] log p(x | y) in nats for every class y of a conditional model (one pass
+        through the flow; only the priors are evaluated K times)."""
+        if not self.n_classes:
+            raise ValueError("this model is unconditional: it has no class likelihoods")
+        out = self.encode(x)
+        return out.log_posterior + (out.log_pz + out.logdet)[:, None] - log_class_prior(self.n_classes)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, K] log p(y | x) of a conditional model, by Bayes' rule from its class likelihoods:
+        a generative classifier (the classification head, if any, plays no part)."""
+        if not self.n_classes:
+            raise ValueError("this model is unconditional: it cannot classify")
+        return self.encode(x).log_posterior
 
     def pixel_bins(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """Integer pixels 0..255 -> float bin indices 0..n_bins-1 on the model's device.
@@ -523,28 +650,38 @@ class FlowModel(nn.Module):
 
     def bits_per_dim_terms(self, x_uint8: torch.Tensor, noise: bool = True,
                            generator: torch.Generator | None = None,
-                           uniform: torch.Tensor | None = None) -> BitsPerDim:
+                           uniform: torch.Tensor | None = None,
+                           labels: torch.Tensor | None = None) -> BitsPerDim:
         """Bits/dim of integer images and its split into prior-per-level, logdet, dequant, quantisation.
 
         bpd = -(log p(x̃) - log q(u|x) - D·log n_bins) / (D·ln 2), with x̃ = (x + u)/n_bins - 0.5
         the dequantised image, D = C·H·W real pixels, and log q = 0 for uniform noise (the
         usual formula). Either way an upper bound on the discrete -log2 P(x) / D.
-        Differentiable: the trainer uses ``total.mean()`` as its loss. ``uniform``: the
-        U[0, 1) draws behind the noise (see :meth:`preprocess`).
+        Differentiable: the trainer uses ``objective.mean()`` as its loss. ``uniform``: the
+        U[0, 1) draws behind the noise (see :meth:`preprocess`). A conditional model: with
+        ``labels``, the bits/dim of x given y (what it trains on) and, with a classifier, its
+        loss; without, of the marginal p(x) = Σ_y p(x | y) p(y), comparable with an
+        unconditional model's.
         """
         x, log_q = self.dequantize(x_uint8, noise=noise, generator=generator, uniform=uniform)
-        out = self.encode(x)
+        out = self.encode(x, labels)
         scale = self.config.dims * math.log(2)
         prior_levels = -torch.stack(out.log_pz_levels, dim=1) / scale
         logdet = -out.logdet / scale
         dequant = log_q / scale if log_q is not None else torch.zeros_like(logdet)
         total = prior_levels.sum(1) + logdet + dequant + self.config.n_bits
-        return BitsPerDim(total, prior_levels, logdet, float(self.config.n_bits), dequant)
+        class_bits = objective = None
+        if self.classifier is not None and labels is not None:
+            class_bits = self.classifier.class_bits(out.zs[-1], out.labels)
+            objective = total + self.config.class_loss_weight * class_bits
+        return BitsPerDim(total, prior_levels, logdet, float(self.config.n_bits), dequant, class_bits, objective)
 
     def bits_per_dim(self, x_uint8: torch.Tensor, noise: bool = True,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B] bits per dimension of integer images 0..255 (dequantised as the config says)."""
-        return self.bits_per_dim_terms(x_uint8, noise=noise, generator=generator).total
+                     generator: torch.Generator | None = None,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] bits per dimension of integer images 0..255 (dequantised as the config says);
+        a conditional model's of x given ``labels``, or without them of the marginal p(x)."""
+        return self.bits_per_dim_terms(x_uint8, noise=noise, generator=generator, labels=labels).total
 
     def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """Model space [-0.5, 0.5] -> uint8 pixels, each at the centre of its n_bits bin."""

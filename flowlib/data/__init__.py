@@ -6,7 +6,7 @@ One call is all the app and the trainer use::
     ds = load_images("mnist", split="train")            # embedded, offline
     ds = load_images("folder", path="~/photos.zip", progress=cb)
     ds.images   # torch.uint8 [N, C, H, W]
-    ds.labels   # torch.int64 [N] or None
+    ds.labels   # torch.int64 [N] or None; ds.info.classes names them ("3", "person 7", "cat")
     ds.info     # DatasetInfo: display name, source, count, shape, licence, notes, skipped
 
 The registry ``DATASETS`` maps a name to a ``DatasetSpec`` (display name, description, the
@@ -83,6 +83,7 @@ __all__ = [
     "list_datasets",
     "load_images",
     "image_shape",
+    "class_names",
     "parse_cifar_batch",
     "read_idx",
     "restricted_load",
@@ -222,6 +223,12 @@ def list_datasets() -> list[dict[str, Any]]:
 def image_shape(name: str, **source_options: Any) -> tuple[int, int, int]:
     """(C, H, W) of a dataset's images, read from its test split (what a model for it needs)."""
     return tuple(load_images(name, "test", **source_options).info.shape)
+
+
+def class_names(name: str, **source_options: Any) -> tuple[str, ...]:
+    """The name of each label 0..K-1 of a dataset (what a conditional model for it needs: K);
+    () for a dataset without labels (CelebA, a folder without sub-folders)."""
+    return tuple(load_images(name, "train", **source_options).info.classes)
 
 
 def load_images(name: str, split: str = "train", **source_options: Any) -> ImageSet:

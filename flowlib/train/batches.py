@@ -1,7 +1,7 @@
 """The training batches: which images, their dequantisation noise, and their augmentation.
 
-    batches = Batches(train_x, TrainConfig(batch_size=64, seed=0, augment="flip"), dist)
-    x_uint8, uniform = batches.next(step)     # this rank's rows of global batch number ``step``
+    batches = Batches(train_x, TrainConfig(batch_size=64, seed=0, augment="flip"), dist, labels=train_y)
+    x_uint8, uniform, labels = batches.next(step)   # this rank's rows of global batch ``step``
 
 The batch order and the noise generator have state, saved in every checkpoint (``order.state()``
 and ``noise.get_state()``), so a resumed run walks the same batches with the same noise as an
@@ -10,6 +10,8 @@ uninterrupted one; the augmentation has none (it is seeded by the seed and the s
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from flowlib.config import TrainConfig
@@ -17,7 +19,7 @@ from flowlib.core.checkpoint import CheckpointError
 
 from .distributed import Dist, shard_slice
 
-__all__ = ["Batches", "BatchOrder", "augment_batch", "AUGMENT_SHIFT"]
+__all__ = ["Batch", "Batches", "BatchOrder", "augment_batch", "AUGMENT_SHIFT"]
 
 AUGMENT_SHIFT = 2           # pixels, each direction, for "flip-shift"
 
@@ -53,26 +55,34 @@ class BatchOrder:
         self.perm, self.pos = state["perm"].clone(), int(state["pos"])
 
 
+class Batch(NamedTuple):
+    x: torch.Tensor                 # uint8 [B, C, H, W]
+    uniform: torch.Tensor           # the U[0, 1) draws behind their dequantisation noise
+    labels: torch.Tensor | None     # int64 [B] for a conditional model, else None
+
+
 class Batches:
     """A session's training batches: ``next(step)`` gives this process's rows of the next global
     batch of ``tc.batch_size`` images (all of them, unless under torchrun), augmented as
-    ``tc.augment`` says, and the same rows of the U[0, 1) draws behind their dequantisation
-    noise (drawn for the whole global batch, so N ranks see exactly what one process would)."""
+    ``tc.augment`` says, the same rows of the U[0, 1) draws behind their dequantisation
+    noise (drawn for the whole global batch, so N ranks see exactly what one process would),
+    and their ``labels`` when the session has them (a conditional model)."""
 
-    def __init__(self, images: torch.Tensor, tc: TrainConfig, dist: Dist):
-        self.images, self.dist = images, dist
+    def __init__(self, images: torch.Tensor, tc: TrainConfig, dist: Dist, labels: torch.Tensor | None = None):
+        self.images, self.dist, self.labels = images, dist, labels
         self.augment, self.seed = tc.augment, tc.seed
         self.order = BatchOrder(images.shape[0], tc.batch_size, tc.seed)
         self.noise = torch.Generator().manual_seed(tc.seed + 1)
 
-    def next(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_uint8, uniform)`` for training step number ``step`` (counted from 0)."""
+    def next(self, step: int) -> Batch:
+        """``(x_uint8, uniform, labels)`` for training step number ``step`` (counted from 0)."""
         idx = self.order.next()
         rows = shard_slice(idx.shape[0], self.dist)
         uniform = torch.rand((idx.shape[0], *self.images.shape[1:]), generator=self.noise)[rows]
         x = augment_batch(self.images[idx[rows].to(self.images.device)], self.augment, self.seed, step,
                           rows=rows, global_batch=idx.shape[0])
-        return x, uniform
+        labels = None if self.labels is None else self.labels[idx[rows].to(self.labels.device)]
+        return Batch(x, uniform, labels)
 
 
 def augment_batch(x: torch.Tensor, mode: str, seed: int, step: int, rows: slice | None = None,

@@ -46,6 +46,7 @@ class Checkpoints:
         self.write, self.clock = write, clock
         self.last_step: int | None = None
         self.last_time = clock()
+        self.class_names: tuple = ()        # the dataset's label names, set once the data is loaded
 
     def payload(self, learner: Learner, budget: Budget, evaluation: Evaluation) -> dict:
         """The checkpoint's contents: the model's ``format``, ``version``, ``config`` and ``model``
@@ -53,7 +54,8 @@ class Checkpoints:
         generator, CUDA's), ``sampler`` (the batch order), ``grad_clip``; ``dataset``,
         ``dataset_options``, ``train`` (the TrainConfig); the budget's ``elapsed_s``,
         ``lr_scale``, ``rollbacks``; the evaluation's ``best_test_bpd`` (and ``early_stop`` with
-        early stopping on); ``run_id`` and ``saved`` (the wall time)."""
+        early stopping on); ``run_id`` and ``saved`` (the wall time); for a conditional model,
+        ``class_names`` (the dataset's name of each label, when it has names)."""
         tc, device = self.tc, learner.device
         rng = {"torch": torch.get_rng_state(), "noise": learner.batches.noise.get_state()}
         if device.type == "cuda":
@@ -61,7 +63,8 @@ class Checkpoints:
         return {**model_payload(learner.model), "optimizer": learner.optimizer.state_dict(), "step": learner.step,
                 "rng": rng, "sampler": learner.batches.order.state(), "dataset": tc.dataset,
                 "dataset_options": dict(tc.dataset_options), "train": tc.to_dict(), **evaluation.state(),
-                **budget.state(), "grad_clip": learner.clip.state(), "run_id": self.run_id, "saved": time.time()}
+                **budget.state(), "grad_clip": learner.clip.state(), "run_id": self.run_id, "saved": time.time(),
+                **({"class_names": list(self.class_names)} if self.cfg.conditional and self.class_names else {})}
 
     def save(self, learner: Learner, budget: Budget, evaluation: Evaluation) -> None:
         """Write the checkpoint of the learner's step (rank 0 only; the others keep the count)."""

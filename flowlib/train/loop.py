@@ -148,7 +148,8 @@ class TrainingSession:
         self.stage = f"while moving the data to {machine.device.type}"
         self.data = data = place_data(train, test, tc, machine.device)
         self.stage = "while building the model"
-        self.learner = build_learner(cfg, tc, data.train_x, machine.device, self.dist)
+        self.learner = build_learner(cfg, tc, data.train_x, machine.device, self.dist, data.train_y)
+        self.checkpoints.class_names = data.class_names
         self.evaluation = Evaluation(self.learner.model, data.eval_x, data.test_x, tc, self.run_dir, self.journal,
                                      self.dist, self.collaborators.evaluate, self.set_stage)
         self.window = MetricWindow(cfg, tc, self.journal, data.images_per_epoch, self.on_log, self.dist)
@@ -258,9 +259,10 @@ class TrainingSession:
         clip = learner.clip.threshold()
         oom = None
         try:
-            x, uniform = learner.batches.next(self.step)
+            x, uniform, labels = learner.batches.next(self.step)
             result = train_step(self.step_loss, learner.optimizer, learner.params, x, uniform, clip,
-                                bf16=self.machine.use_bf16, reduce=functools.partial(all_reduce_mean, d=self.dist))
+                                bf16=self.machine.use_bf16, reduce=functools.partial(all_reduce_mean, d=self.dist),
+                                labels=labels)
         except Exception as exc:   # noqa: BLE001 - only out-of-memory is handled here
             if not is_out_of_memory(exc) or self.dist.active:
                 raise

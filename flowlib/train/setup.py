@@ -1,9 +1,9 @@
 """A training session's start: the device, the data, the model and what trains it.
 
     machine = choose_machine(tc, dist)            # device, threads, bf16 (and the CPU allocator tuned)
-    train, test = load_data(tc, cfg)              # uint8 splits, checked against the model's shape
+    train, test = load_data(tc, cfg)              # both splits, checked against the model (shape, labels)
     data = place_data(train, test, tc, machine.device)
-    learner = build_learner(cfg, tc, data.train_x, machine.device, dist)
+    learner = build_learner(cfg, tc, data.train_x, machine.device, dist, data.train_y)
     start_actnorm(learner.model, data.train_x, tc)    # a fresh run; a resumed one loads its checkpoint
     loss = wrap_for_ranks(BitsPerDimLoss(learner.model), dist, machine.device, tc.batch_size)
 
@@ -20,7 +20,7 @@ import torch
 
 from flowlib.config import FlowConfig, TrainConfig
 from flowlib.core.model import FlowModel
-from flowlib.data import load_images
+from flowlib.data import ImageSet, load_images
 from flowlib.machine.device import bf16_is_fast, configure_threads, pick_device
 from flowlib.machine.memory import tune_for_training
 from flowlib.machine.threads import ThreadGovernor
@@ -47,12 +47,14 @@ class Machine:
 
 @dataclass(frozen=True)
 class Data:
-    """A session's images, uint8 ``[N, C, H, W]``."""
+    """A session's images, uint8 ``[N, C, H, W]``, and their labels."""
 
     train_x: torch.Tensor       # the training split, on the device
     eval_x: torch.Tensor        # the fixed held-out subset scored at every evaluation, on the device
     test_x: torch.Tensor        # the whole test split (scored once, at the end), on the CPU
     images_per_epoch: int       # TrainConfig.epoch_size, or the training split's size
+    train_y: torch.Tensor | None = None     # the training labels on the device (None without labels)
+    class_names: tuple = ()                 # the name of each label, from the dataset
 
 
 @dataclass
@@ -88,37 +90,51 @@ def choose_machine(tc: TrainConfig, dist: Dist) -> Machine:
     return Machine(device, threads, governor, use_bf16)
 
 
-def load_data(tc: TrainConfig, cfg: FlowConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dataset's train and test images (uint8, on the CPU); ValueError if their shape is
-    not the model's."""
-    train = load_images(tc.dataset, "train", **tc.dataset_options).images
-    test = load_images(tc.dataset, "test", **tc.dataset_options).images
-    shape = tuple(train.shape[1:])
+def load_data(tc: TrainConfig, cfg: FlowConfig) -> tuple[ImageSet, ImageSet]:
+    """The dataset's train and test splits (uint8 images on the CPU, labels); ValueError if
+    their shape is not the model's, or a conditional model's labels are missing or too many.
+    An unconditional model's splits come without labels."""
+    train = load_images(tc.dataset, "train", **tc.dataset_options)
+    test = load_images(tc.dataset, "test", **tc.dataset_options)
+    shape = tuple(train.images.shape[1:])
     if shape != tuple(cfg.image_shape):
         c, h, w = cfg.image_shape
         raise ValueError(f"the model expects {c}×{h}×{w} images but {tc.dataset} images are "
                          f"{shape[0]}×{shape[1]}×{shape[2]}; set image_shape to match")
+    if not cfg.conditional:
+        return ImageSet(train.images, None, train.info), ImageSet(test.images, None, test.info)
+    if train.labels is None:
+        raise ValueError(f"the model is conditioned on labels but {tc.dataset} images have none (labels "
+                         "come with MNIST, faces, CIFAR-10, Fashion-MNIST and folders with one sub-folder "
+                         "per class); set condition to none")
+    found = max(int(train.labels.max()), int(test.labels.max()) if test.labels is not None else 0) + 1
+    if found > cfg.n_classes:
+        raise ValueError(f"the model takes {cfg.n_classes} classes but {tc.dataset} has labels up to "
+                         f"{found - 1}; set n_classes to {max(found, len(train.info.classes))}")
     return train, test
 
 
-def place_data(train: torch.Tensor, test: torch.Tensor, tc: TrainConfig, device: torch.device) -> Data:
-    """The training split and the eval subset (a fixed ``EVAL_SEED`` draw of ``tc.eval_subset``
-    test images) moved to ``device``."""
-    train_x = train.to(device).contiguous()
-    order = torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(EVAL_SEED))
-    eval_x = test[order[:min(tc.eval_subset, test.shape[0])]].to(device)
-    return Data(train_x, eval_x, test, tc.epoch_size or train_x.shape[0])
+def place_data(train: ImageSet, test: ImageSet, tc: TrainConfig, device: torch.device) -> Data:
+    """The training split (and its labels, if any) and the eval subset (a fixed ``EVAL_SEED``
+    draw of ``tc.eval_subset`` test images) moved to ``device``."""
+    train_x = train.images.to(device).contiguous()
+    test_x = test.images
+    order = torch.randperm(test_x.shape[0], generator=torch.Generator().manual_seed(EVAL_SEED))
+    eval_x = test_x[order[:min(tc.eval_subset, test_x.shape[0])]].to(device)
+    train_y = None if train.labels is None else train.labels.to(device)
+    return Data(train_x, eval_x, test_x, tc.epoch_size or train_x.shape[0], train_y,
+                tuple(train.info.classes) if train.labels is not None else ())
 
 
 def build_learner(cfg: FlowConfig, tc: TrainConfig, train_x: torch.Tensor, device: torch.device,
-                  dist: Dist) -> Learner:
+                  dist: Dist, train_y: torch.Tensor | None = None) -> Learner:
     """A new model (initial weights from torch's global generator) in training mode, its Adam,
-    gradient clip and batches, at step 0."""
+    gradient clip and batches (labelled by ``train_y`` for a conditional model), at step 0."""
     model = FlowModel(cfg).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     return Learner(model, params, make_optimizer(params, tc.lr), GradientClip(tc.grad_clip, tc.grad_clip_relative),
-                   Batches(train_x, tc, dist), device)
+                   Batches(train_x, tc, dist, train_y if cfg.conditional else None), device)
 
 
 def start_actnorm(model: FlowModel, train_x: torch.Tensor, tc: TrainConfig) -> None:

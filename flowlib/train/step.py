@@ -5,6 +5,7 @@
     uniform = torch.rand(x_uint8.shape, generator=noise)   # the dequantisation noise's U[0, 1) draws
     result = train_step(loss, optimizer, params, x_uint8, uniform, clip=50.0, bf16=False)
     result.applied, result.loss, result.grad_norm
+    train_step(..., labels=y)       # a conditional model: learns p(x | y) (and its classifier)
 
 The trainer (``flowlib.train.loop``), the Train page's speed estimate
 (``flowlib.jobs.estimate.measure_training_speed``) and the benchmarks (``benchmarks/run.py``,
@@ -45,9 +46,11 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
-def batch_terms(model: FlowModel, x_uint8: torch.Tensor, uniform: torch.Tensor) -> BitsPerDim:
-    """A batch's bits/dim terms, dequantised with the given U[0, 1) draws: the model's own."""
-    return model.bits_per_dim_terms(x_uint8, uniform=uniform)
+def batch_terms(model: FlowModel, x_uint8: torch.Tensor, uniform: torch.Tensor,
+                labels: torch.Tensor | None = None) -> BitsPerDim:
+    """A batch's bits/dim terms, dequantised with the given U[0, 1) draws: the model's own
+    (a conditional model's given ``labels``)."""
+    return model.bits_per_dim_terms(x_uint8, uniform=uniform, labels=labels)
 
 
 class BitsPerDimLoss(torch.nn.Module):
@@ -64,8 +67,10 @@ class BitsPerDimLoss(torch.nn.Module):
         self.model = model
         self.terms = terms
 
-    def forward(self, x_uint8: torch.Tensor, uniform: torch.Tensor) -> BitsPerDim:
-        return self.terms(self.model, x_uint8, uniform)
+    def forward(self, x_uint8: torch.Tensor, uniform: torch.Tensor, labels: torch.Tensor | None = None) -> BitsPerDim:
+        if labels is None:
+            return self.terms(self.model, x_uint8, uniform)
+        return self.terms(self.model, x_uint8, uniform, labels)
 
 
 @dataclass(frozen=True)
@@ -87,22 +92,26 @@ class StepResult:
 
 
 def forward_backward(loss: Callable[[torch.Tensor, torch.Tensor], BitsPerDim], optimizer: torch.optim.Optimizer,
-                     x_uint8: torch.Tensor, uniform: torch.Tensor, bf16: bool = False):
+                     x_uint8: torch.Tensor, uniform: torch.Tensor, bf16: bool = False,
+                     labels: torch.Tensor | None = None):
     """The forward pass (coupling networks in bf16 when ``bf16``) and the backward pass of the
-    mean bits/dim, into freshly zeroed gradients; returns ``(terms, loss)``. Updates nothing."""
+    mean objective (the bits/dim, plus a conditional model's weighted classification loss),
+    into freshly zeroed gradients; returns ``(terms, mean bits/dim)``. Updates nothing."""
     precision = low_precision_networks(torch.bfloat16) if bf16 else contextlib.nullcontext()
     with precision:
-        terms = loss(x_uint8, uniform)
+        terms = loss(x_uint8, uniform) if labels is None else loss(x_uint8, uniform, labels)
     mean = terms.total.float().mean()
+    objective = mean if terms.objective is None else terms.objective.float().mean()
     optimizer.zero_grad(set_to_none=True)
-    mean.backward()
+    objective.backward()
     return terms, mean
 
 
 def train_step(loss: Callable[[torch.Tensor, torch.Tensor], BitsPerDim], optimizer: torch.optim.Optimizer,
                params: list, x_uint8: torch.Tensor, uniform: torch.Tensor, clip: float, *,
                bf16: bool = False,
-               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepResult:
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               labels: torch.Tensor | None = None) -> StepResult:
     """One optimisation step on a uint8 batch; the step is applied only if everything is finite.
 
     ``loss(x_uint8, uniform)`` gives the batch's bits/dim terms (a :class:`BitsPerDimLoss`, or
@@ -113,7 +122,7 @@ def train_step(loss: Callable[[torch.Tensor, torch.Tensor], BitsPerDim], optimiz
     ``optimizer.step()`` runs only when all of them are finite. Out-of-memory and every other
     error of the forward or backward pass propagate; nothing was updated then.
     """
-    terms, mean = forward_backward(loss, optimizer, x_uint8, uniform, bf16)
+    terms, mean = forward_backward(loss, optimizer, x_uint8, uniform, bf16, labels)
     norm = torch.nn.utils.clip_grad_norm_(params, clip)
     stats = torch.cat([mean.detach().reshape(1), norm.detach().float().reshape(1).to(mean.device),
                        terms.prior_levels.detach().float().mean(0),

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from flowlib.config import TrainConfig
-from pages.common import ui
+from pages.common import reference, ui
 
 __all__ = ["render_dashboard", "busy_words", "friendly"]
 
@@ -362,8 +362,9 @@ def charts(store, run: dict, m: dict, events: list) -> None:
             "x-axis of every chart", ["step", "time"], default="step", key=f"axis_{run_id}",
             format_func=lambda a: "by step" if a == "step" else "by training time",
             required=True, label_visibility="collapsed") or "step"
-        st.plotly_chart(bpd_figure(m, events, axis, run_id), key=f"bpd_chart_{run_id}",
-                        config={"displaylogo": False})
+        fig = bpd_figure(m, events, axis, run_id)
+        reference.add_expected(fig, store, run, axis)   # faint 'expected' curve (pages/common/reference.py)
+        st.plotly_chart(fig, key=f"bpd_chart_{run_id}", config={"displaylogo": False})
     with right:
         latest_samples(store, run)
 

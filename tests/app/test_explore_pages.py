@@ -76,7 +76,7 @@ def test_latents_page_renders_levels_budget_and_resamples():
 
 def test_sampling_slider_and_seed_change_the_grid():
     at = _run("sampling")
-    assert len(image_urls(at)) == 3  # 64-grid, temperature table, interpolation strips
+    assert len(image_urls(at)) >= 3  # 64-grid, temperature table, interpolation strips (+ class sections)
     first = at.session_state["sampling_last_grid"]
     grid_before = image_urls(at)[0]
     widget(at.slider, "sampling_temp").set_value(1.0).run()
@@ -88,7 +88,7 @@ def test_sampling_slider_and_seed_change_the_grid():
     assert_ok(at)
     assert at.session_state["sampling_seed"] == 1
     assert image_urls(at)[1] != table_before  # the Glow-temperature table follows the seed
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) >= 3
 
 
 def test_sampling_per_level_temperature_and_faces_demo():

@@ -28,6 +28,8 @@ CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 CIFAR_LICENCE = "CIFAR-10: Alex Krizhevsky, Vinod Nair and Geoffrey Hinton, 2009 (University of Toronto)."
+# batches.meta's label_names, labels 0..9
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # A real batch is 31 MB (10,000 x 3,072 bytes and labels); a file far bigger is not one.
 MAX_BATCH_BYTES = 256 * 1024**2
 
@@ -190,5 +192,6 @@ def load_cifar10(
         licence=CIFAR_LICENCE,
         notes="Official split: 50,000 train / 10,000 test colour 32×32 pictures in 10 classes.",
         split=split,
+        classes=CIFAR_CLASSES,
     )
     return as_image_set(images, labels, info)

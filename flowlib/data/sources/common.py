@@ -40,6 +40,7 @@ class DatasetInfo:
     notes: str = ""  # anything a user should know (preprocessing, how to get more)
     skipped: int = 0  # files that could not be used (folder-like sources)
     split: str = "train"
+    classes: tuple[str, ...] = ()  # the name of each label 0..K-1 ("3", "person 7"); () without labels
 
     def summary(self) -> str:
         c, h, w = self.shape

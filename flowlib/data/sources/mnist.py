@@ -184,6 +184,7 @@ def load_mnist(split: str, path: Any = None) -> ImageSet:
         licence=MNIST_LICENCE,
         notes="Official split: 60,000 train / 10,000 test handwritten digits, grayscale 28×28.",
         split=split,
+        classes=tuple(str(d) for d in range(10)),
     )
     return as_image_set(images, labels, info)
 
@@ -195,6 +196,9 @@ def mnist_available() -> bool:
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Zalando's names of the labels 0..9
+FASHION_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                   "bag", "ankle boot")
 
 
 def load_fashion_mnist(split: str, path: Any = None) -> ImageSet:
@@ -224,5 +228,6 @@ def load_fashion_mnist(split: str, path: Any = None) -> ImageSet:
         licence="Fashion-MNIST: Zalando Research, Xiao, Rasul & Vollgraf 2017 (MIT licence).",
         notes="Official split: 60,000 train / 10,000 test clothing pictures, grayscale 28×28.",
         split=split,
+        classes=FASHION_CLASSES,
     )
     return as_image_set(images, labels, info)
