@@ -275,6 +275,13 @@ class TrainConfig(CheckedConfig):
     samples_per_temperature: int = setting(
         8, kind="int", bounds=(1, 32), label="Samples per temperature", flag="--samples-per-temperature",
         compare=False, help="samples per grid row")
+    # The grid a class watches: drawn between steps from the current weights (the same
+    # latents each time), so it changes while the curve falls, not only at evaluations.
+    grid_every_s: float = setting(
+        10.0, kind="float", bounds=(0.0, 3600.0), label="Live sample grid every (seconds)",
+        flag="--grid-every-s", unit="seconds", compare=False,
+        help="seconds of training between live sample grids (0 = only at evaluations); later in a "
+             "long run the gap grows to 1/20 of the time so far, and it never takes over 2 % of it")
     checkpoint_every_minutes: float = setting(
         2.0, kind="float", bounds=(0.0, 60.0 * 24), low_open=True, label="Checkpoint every (minutes)",
         flag="--checkpoint-every-minutes", unit="minutes", compare=False,
