@@ -144,9 +144,19 @@ class Evaluation:
 
     def live_grid(self, step: int) -> bool:
         """Draw a grid at ``step`` if the live grids' clock says one is due (rank 0; never twice
-        at one step); a ``grid_s`` metrics row says what it cost. True if one was drawn."""
-        if not self.dist.is_main or self.last_grid_step == step or not self.grid_clock.due(self.elapsed()):
+        at one step) and no evaluation's grid comes within half a gap at the pace since the
+        last grid; a ``grid_s`` metrics row says what it cost. True if one was drawn."""
+        if not self.dist.is_main or self.last_grid_step == step:
             return False
+        elapsed = self.elapsed()
+        if not self.grid_clock.due(elapsed):
+            return False
+        tc, last = self.tc, self.last_grid_step
+        if last is not None and step > last and self.grid_clock.last_at is not None:
+            per_step = (elapsed - self.grid_clock.last_at) / (step - last)
+            next_eval = tc.first_eval if step < tc.first_eval else (step // tc.eval_every + 1) * tc.eval_every
+            if (next_eval - step) * per_step < self.grid_clock.gap(elapsed) / 2:
+                return False   # the evaluation's grid is a few seconds away: no near-copy of it
         cost = self.grid(step, f"while drawing the live sample grid at step {step}")
         self.journal.metrics(step, [("grid_s", cost)])
         self.set_stage("while training")
