@@ -69,10 +69,13 @@ def predict(store, cfg, tc, wait_s: float = 90.0):
     deadline = time.monotonic() + wait_s
     while True:
         speed = estimator.estimate(request, store)
-        fc = forecast(store, request, tc, speed, measured_of=measured_of)
-        if fc is not None or time.monotonic() > deadline:
-            return fc
+        if speed is not None or time.monotonic() > deadline:
+            break
         time.sleep(0.5)
+    while estimator.measuring(request) and time.monotonic() < deadline:
+        time.sleep(0.2)    # the measuring process is still exiting: not a load beside the run
+    time.sleep(3.0)        # as a person would: the previous run's process has exited by then
+    return forecast(store, request, tc, speed, measured_of=measured_of)
 
 
 def run_once(store, name: str, minutes: float) -> dict:

@@ -342,7 +342,8 @@ _preset("nice", "NICE: additive (volume-preserving) couplings, channel reversal,
         permutation="reverse", mask="channel", actnorm=False, split_prior="standard",
         top_prior="standard")
 _preset("mnist-fast", "Small Glow for MNIST on a laptop CPU: L=2, K=4, width 64, logit input and learned "
-        "dequantisation noise; learns visibly within a minute.",
+        "dequantisation noise; on 2 free CPU cores its samples show strokes within 15 s and digit shapes "
+        "within a minute (Home's recorded run).",
         image_shape=(1, 28, 28), levels=2, steps=4, hidden=64, coupling="affine",
         permutation="conv1x1_lu", mask="channel", actnorm=True, split_prior="learned",
         top_prior="learned", dequantization="variational", input_transform="logit")

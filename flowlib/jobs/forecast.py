@@ -16,7 +16,7 @@ ready to run, ``flowlib.machine.load``). A forecast reads them back:
    precision and threads, each run's steps ÷ its training time scaled up by the share of the
    cores it had (below); without such runs, the speed measurement (the fastest of a few
    steps, ``flowlib.jobs.estimate``) times what this device's runs actually made of their own
-   measurements (evaluations, grids, checkpoints, a slower average step), 0.7 before any;
+   measurements (evaluations, grids, checkpoints, a slower average step), 0.85 before any;
 2. the share of the cores now: ``1 / (1 + a · busy / cores)``, with ``busy`` measured now and
    ``a`` learned from earlier runs that trained both quiet and busy (1 before any);
 3. start-up: the median of earlier runs' (same dataset first), scaled the same way.
@@ -40,8 +40,8 @@ HISTORY_RUNS = 30               # newest runs read
 SAME_RUNS = 5                   # newest runs of the same settings whose pace counts
 MIN_TRAINING_S = 15.0           # shorter runs say little about a pace (warm-up, a stop at once)
 QUIET_BUSY = 0.5                # a run with fewer other threads ready than this trained quiet
-DEFAULT_STARTUP_S = 4.0         # process start to first step, MNIST, quiet, 2 cores (measured here)
-DEFAULT_MEASURED_SHARE = 0.7    # a run's pace ÷ its fastest-step measurement, before any history
+DEFAULT_STARTUP_S = 3.0         # process start to first step, MNIST, quiet, 2 cores (2.6-3.4 s measured here)
+DEFAULT_MEASURED_SHARE = 0.85   # a run's pace ÷ its fastest-step measurement before any history (mnist-fast here: 1,340 / 1,554)
 DEFAULT_CONTENTION = 1.0        # a: share of the cores = 1 / (1 + a · busy / cores)
 
 
@@ -160,7 +160,7 @@ def forecast(store, request, tc, speed: dict | None, busy_now: float | None = No
     (measured now when None). ``speed``: the SpeedEstimator's answer for the request (used
     when no earlier run has these settings). None when neither history nor a speed is known."""
     n_cores = n_cores or cores()
-    busy_now = busy_beside() if busy_now is None else busy_now
+    busy_now = busy_beside(looks=12, gap_s=0.008) if busy_now is None else busy_now
     runs = past_runs(store, request, measured_of)
     contention = learned_contention(runs, n_cores)
 
