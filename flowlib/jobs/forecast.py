@@ -17,7 +17,8 @@ ready to run, ``flowlib.machine.load``). A forecast reads them back:
    cores it had (below); without such runs, the speed measurement (the fastest of a few
    steps, ``flowlib.jobs.estimate``) times what this device's runs actually made of their own
    measurements (evaluations, grids, checkpoints, a slower average step), 0.85 before any;
-2. the share of the cores now: ``1 / (1 + a · busy / cores)``, with ``busy`` measured now and
+2. the share of the cores now: ``1 / (1 + a · busy / cores)``, with ``busy`` the steady load of
+   the last seconds (``flowlib.machine.load.busy_lately``, not the page's own render burst) and
    ``a`` learned from earlier runs that trained both quiet and busy (1 before any);
 3. start-up: the median of earlier runs' (same dataset first), scaled the same way.
 
@@ -31,7 +32,7 @@ import json
 import statistics
 from dataclasses import dataclass
 
-from flowlib.machine.load import busy_beside, cores
+from flowlib.machine.load import busy_lately, cores
 
 __all__ = ["PastRun", "Forecast", "past_runs", "forecast", "pace_so_far", "share_of_cores",
            "DEFAULT_STARTUP_S", "DEFAULT_MEASURED_SHARE"]
@@ -160,7 +161,7 @@ def forecast(store, request, tc, speed: dict | None, busy_now: float | None = No
     (measured now when None). ``speed``: the SpeedEstimator's answer for the request (used
     when no earlier run has these settings). None when neither history nor a speed is known."""
     n_cores = n_cores or cores()
-    busy_now = busy_beside(looks=12, gap_s=0.008) if busy_now is None else busy_now
+    busy_now = busy_lately() if busy_now is None else busy_now
     runs = past_runs(store, request, measured_of)
     contention = learned_contention(runs, n_cores)
 

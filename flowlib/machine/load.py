@@ -1,7 +1,8 @@
 """How busy the machine is beside this process, and how long this process has been alive.
 
-    from flowlib.machine.load import busy_beside, process_age_s
+    from flowlib.machine.load import busy_beside, busy_lately, process_age_s
     busy_beside()        # e.g. 1.8: threads of other programs ready to run right now (mean of a few looks)
+    busy_lately()        # the same, steady over the last ~10 s: a page's own render burst does not count
     process_age_s()      # seconds since this process started (the worker: since Start was pressed)
 
 Torch-free, and cheap (a few small reads under /proc), so a page may call it on every
@@ -14,9 +15,11 @@ what is there (the load average; None for the age).
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import deque
 
-__all__ = ["busy_beside", "process_age_s", "cores"]
+__all__ = ["busy_beside", "busy_lately", "process_age_s", "cores"]
 
 
 def cores() -> int:
@@ -81,3 +84,37 @@ def process_age_s() -> float | None:
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return None
+
+
+WATCH_EVERY_S = 0.25
+WATCH_SPAN_S = 10.0
+_watch_lock = threading.Lock()
+_samples: deque = deque(maxlen=int(WATCH_SPAN_S / WATCH_EVERY_S))
+_watcher: threading.Thread | None = None
+
+
+def _watch() -> None:
+    while True:
+        _samples.append(busy_beside(looks=1))
+        time.sleep(WATCH_EVERY_S)
+
+
+def busy_lately(quantile: float = 0.25) -> float:
+    """The load a run would train beside: the ``quantile`` of ``busy_beside`` looks taken every
+    0.25 s over the last 10 s by a daemon thread of this process (started on the first call,
+    which answers from 0.5 s of looks). A run training beside keeps the low quantile up; the
+    browser and server drawing the very page that asks (a burst of a few hundred ms) do not:
+    read at once, they made a quiet machine look 3.8 threads busy and the estimate 4× too low."""
+    global _watcher
+    with _watch_lock:
+        if _watcher is None:
+            _watcher = threading.Thread(target=_watch, name="flowlab-load-watch", daemon=True)
+            _watcher.start()
+        seen = sorted(_samples)
+    if len(seen) < 8:   # the watcher has only just started: half a second of looks now
+        seen = []
+        for _ in range(25):
+            seen.append(busy_beside(looks=1))
+            time.sleep(0.02)
+        seen.sort()
+    return seen[min(len(seen) - 1, int(quantile * len(seen)))]

@@ -76,6 +76,10 @@ class Budget:
             used = max(used, self.elapsed() / (min(minutes) * 60))
         return min(1.0, max(0.0, used))
 
+    def time_budget_s(self) -> float | None:
+        """The run's own time budget in seconds (None without one)."""
+        return self.tc.max_minutes * 60 if self.tc.max_minutes is not None else None
+
     def schedule_fraction(self, step: int) -> float:
         """How much of the current schedule's stretch of the budget is spent at ``step``, 0..1:
         like :meth:`fraction` (the server's cap included), counted from ``schedule_start``."""

@@ -84,7 +84,8 @@ class Evaluation:
         self.last_test: float | None = None     # the latest score
         self.last_grid_step: int | None = None
         self.grid_clock = GridClock(tc.grid_every_s)
-        self.last_eval_fraction: float | None = None   # budget share spent at the last evaluation
+        self.last_eval_end: float | None = None   # training seconds when the last evaluation ended
+        self.last_eval_cost = 0.0                 # and what it took
         # early stopping: the best eval-subset score, its step and weights, and how many
         # evaluations since did not beat it
         self.early = {"best": None, "step": None, "since": 0, "weights": None}
@@ -98,7 +99,10 @@ class Evaluation:
             return float("nan")
         self.set_stage(f"while evaluating at step {step}")
         images = self.test_x if full else self.eval_x
+        t0 = time.perf_counter()
         bpd = self.evaluate(self.model, images)
+        if not full:
+            self.last_eval_cost, self.last_eval_end = time.perf_counter() - t0, self.elapsed()
         self.journal.metrics(step, [("test_bpd_full" if full else "test_bpd", bpd)])
         self.journal.flush()
         self.last_test = bpd
@@ -115,19 +119,23 @@ class Evaluation:
         self.set_stage("while training")
         return bpd
 
-    def due(self, step: int, budget_fraction: float | None = None) -> bool:
+    def due(self, step: int, budget_s: float | None = None) -> bool:
         """An evaluation is due at ``step``: the first one (``first_eval``), every ``eval_every``
-        steps, and with a time budget (``budget_fraction``: the share spent, None without one)
-        also whenever another ``EVAL_SHARE`` of it has passed since the last evaluation, so a
-        3-minute run on a busy machine that manages 200 steps still gets a test point every
-        ~20 s instead of one at step 50 and the final one."""
+        steps, and with a time budget (``budget_s``: its seconds, None without one) also once
+        ``EVAL_SHARE`` of it has passed since the last evaluation ended, so a 3-minute run on a
+        busy machine that manages 200 steps still gets a test point every ~20 s instead of one
+        at step 50 and the final one. Evaluations take at most a fifth of the time: the gap is
+        at least 4× what the last one took, so a slow one is never followed by another at once."""
         tc = self.tc
         by_steps = step == tc.first_eval or step % tc.eval_every == 0
-        by_time = (budget_fraction is not None and budget_fraction < 1.0 and self.last_eval_fraction is not None
-                   and budget_fraction - self.last_eval_fraction >= EVAL_SHARE)
-        if budget_fraction is not None and (by_steps or by_time or self.last_eval_fraction is None):
-            self.last_eval_fraction = budget_fraction   # a session counts from its first step
-        return by_steps or by_time
+        elapsed = self.elapsed()
+        if budget_s is None or elapsed >= budget_s:
+            return by_steps
+        if self.last_eval_end is None:
+            self.last_eval_end = elapsed       # a session counts from its first step
+            return by_steps
+        gap = max(EVAL_SHARE * budget_s, 4 * self.last_eval_cost)
+        return by_steps or elapsed - self.last_eval_end >= gap
 
     def grid(self, step: int, stage: str) -> float:
         """Write the sample grid of ``step`` (one row per temperature, the same latents each

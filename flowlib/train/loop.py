@@ -253,7 +253,7 @@ class TrainingSession:
                     continue
             if self.step % tc.log_every == 0:
                 self.log_window()
-            if self.evaluation.due(self.step, self.budget.fraction(self.step) if tc.max_minutes else None):
+            if self.evaluation.due(self.step, self.budget.time_budget_s()):
                 self.evaluation.run(self.step)
             self.evaluation.live_grid(self.step)
             if bad_streak == 0 and self.checkpoints.due():

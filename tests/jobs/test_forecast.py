@@ -83,3 +83,14 @@ def test_pace_so_far_reads_the_last_half_minute_of_training_time():
     assert pace_so_far(m, 64) == pytest.approx(20 * 64 / 40.0)   # from 21 s to 61 s: 20 steps in 40 s
     assert pace_so_far({"elapsed_s": {"step": [10], "value": [1.0]}}, 64) is None
     assert pace_so_far({}, 64) is None
+
+
+def test_the_load_now_is_the_steady_part_not_a_burst(monkeypatch):
+    # a page asking for its estimate is itself a burst of work for the browser and server
+    from flowlib.machine import load
+
+    monkeypatch.setattr(load, "_watcher", object())            # no thread: the samples are ours
+    monkeypatch.setattr(load, "_samples", __import__("collections").deque([0.0] * 30 + [4.0] * 10))
+    assert load.busy_lately() == 0.0
+    monkeypatch.setattr(load, "_samples", __import__("collections").deque([2.0] * 30 + [4.0] * 10))
+    assert load.busy_lately() == 2.0                               # a run training beside stays
