@@ -74,7 +74,7 @@ def predict(store, cfg, tc, wait_s: float = 90.0):
         time.sleep(0.5)
     while estimator.measuring(request) and time.monotonic() < deadline:
         time.sleep(0.2)    # the measuring process is still exiting: not a load beside the run
-    time.sleep(3.0)        # as a person would: the previous run's process has exited by then
+    time.sleep(5.0)        # as a person would: the previous run has left the load watch's 4-s window
     return forecast(store, request, tc, speed, measured_of=measured_of)
 
 

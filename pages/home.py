@@ -54,21 +54,18 @@ def promise_words() -> str:
     minute = tl.value_at("train_bpd", at_minute) if at_minute is not None else None
     full = tl.value_at("test_bpd_full", 10**9)
     minutes = tl.info.get("max_minutes")
-    words = ["In the recorded run below"]
+    words = ["In the recorded run below:"]
     if first:
-        words.append(f" the first point came {first[1]:.0f} s after Start")
         start = tl.value_at("train_bpd", first[0])
-        if start:
-            words.append(f" with bits/dim already at {start[1]:.1f} (8 would be noise: that most pixels "
-                         "are black is learnt at once)")
+        words.append(f" the first point {first[1]:.0f} s after Start"
+                     + (f" (bits/dim {start[1]:.1f}; 8 is noise)" if start else ""))
     if minute:
-        words.append(f"; it was {minute[1]:.2f} after one minute")
+        words.append(f", {minute[1]:.2f} after one minute")
     if full and minutes:
-        words.append(f" and {full[1]:.2f} on the whole test set after {minutes:g} minutes")
+        words.append(f", {full[1]:.2f} on the whole test set after {minutes:g} minutes")
     machine = tl.info.get("machine")
-    words.append(f" (recorded on {machine}, nothing else training)." if machine else ".")
-    words.append(" The Train page estimates this machine's pace, from its own earlier runs and its load, "
-                 "before you start.")
+    words.append(f" ({machine}, nothing else training)." if machine else ".")
+    words.append(" Train estimates this machine's pace before you start.")
     return "".join(words)
 
 

@@ -2,7 +2,7 @@
 
     from flowlib.machine.load import busy_beside, busy_lately, process_age_s
     busy_beside()        # e.g. 1.8: threads of other programs ready to run right now (mean of a few looks)
-    busy_lately()        # the same, steady over the last ~10 s: a page's own render burst does not count
+    busy_lately()        # the same, steady over the last ~4 s: a page's own render burst does not count
     process_age_s()      # seconds since this process started (the worker: since Start was pressed)
 
 Torch-free, and cheap (a few small reads under /proc), so a page may call it on every
@@ -87,7 +87,7 @@ def process_age_s() -> float | None:
 
 
 WATCH_EVERY_S = 0.25
-WATCH_SPAN_S = 10.0
+WATCH_SPAN_S = 4.0
 _watch_lock = threading.Lock()
 _samples: deque = deque(maxlen=int(WATCH_SPAN_S / WATCH_EVERY_S))
 _watcher: threading.Thread | None = None
@@ -101,7 +101,7 @@ def _watch() -> None:
 
 def busy_lately(quantile: float = 0.25) -> float:
     """The load a run would train beside: the ``quantile`` of ``busy_beside`` looks taken every
-    0.25 s over the last 10 s by a daemon thread of this process (started on the first call,
+    0.25 s over the last 4 s by a daemon thread of this process (started on the first call,
     which answers from 0.5 s of looks). A run training beside keeps the low quantile up; the
     browser and server drawing the very page that asks (a burst of a few hundred ms) do not:
     read at once, they made a quiet machine look 3.8 threads busy and the estimate 4× too low."""

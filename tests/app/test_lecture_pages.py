@@ -85,7 +85,7 @@ def test_a_running_runs_cards_name_their_step_and_its_words_use_its_own_pace(run
 def test_home_states_measured_promises_and_plays_the_recorded_run(runs_dir):
     at = _page()
     captions = " ".join(c.value for c in at.caption)
-    assert "In the recorded run below the first point came" in captions and "after one minute" in captions
+    assert "In the recorded run below: the first point" in captions and "after one minute" in captions
     slider = at.select_slider(key="home_tl_step")
     steps = [int(o.split()[-1].replace(",", "")) for o in slider.options]   # "step 1,250"
     assert len(steps) >= 15

@@ -27,7 +27,7 @@ def test_home_replay_then_a_live_run_on_a_minutes_budget(streamlit_server, page,
     page.goto(streamlit_server.url)
     page.get_by_text("A recorded run, to replay").wait_for()
     wait_for_app(page)
-    assert "In the recorded run below the first point came" in page.inner_text("body")
+    assert "In the recorded run below: the first point" in page.inner_text("body")
     for name, size in VIEWPORTS.items():
         page.set_viewport_size(size)
         page.get_by_text("A recorded run, to replay").scroll_into_view_if_needed()
