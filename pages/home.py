@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from pages.common import ui
+from flowlib.env import REPO_ROOT
+from pages.common import timeline_player, ui
 
 ui.require_router()
 
@@ -22,6 +23,51 @@ def show_journey() -> None:
              caption="The shipped MNIST demo flow at work. Top: a test digit run forwards, level "
                      "by level, into noise. Bottom: fresh noise run backwards into a new digit. "
                      f"Backwards, the top row gives its digit back exactly (error {info:.0e}).")
+
+TIMELINE = REPO_ROOT / "checkpoints" / "timeline-mnist"
+
+
+@st.cache_resource(show_spinner=False)
+def shipped_timeline(version: float):
+    """The recorded lecture run shipped in checkpoints/timeline-mnist (None if it is missing)."""
+    from flowlib.train.timeline import load_timeline
+    try:
+        return load_timeline(TIMELINE)
+    except ValueError:
+        return None
+
+
+def timeline_version() -> float:
+    try:
+        return (TIMELINE / "timeline.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def promise_words() -> str:
+    """What a run does in its first minutes, read from the recorded run (measured, not hoped)."""
+    tl = shipped_timeline(timeline_version())
+    if tl is None:
+        return "Bits/dim falls from about 8 (noise) as the shapes of the digits are learnt."
+    first = tl.value_at("first_point_s", 10**9)
+    at_minute = tl.step_at_time(60.0)
+    minute = tl.value_at("train_bpd", at_minute) if at_minute is not None else None
+    full = tl.value_at("test_bpd_full", 10**9)
+    minutes = tl.info.get("max_minutes")
+    words = ["In the recorded run below:"]
+    if first:
+        start = tl.value_at("train_bpd", first[0])
+        words.append(f" the first point {first[1]:.0f} s after Start"
+                     + (f" (bits/dim {start[1]:.1f}; 8 is noise)" if start else ""))
+    if minute:
+        words.append(f", {minute[1]:.2f} after one minute")
+    if full and minutes:
+        words.append(f", {full[1]:.2f} on the whole test set after {minutes:g} minutes")
+    machine = tl.info.get("machine")
+    words.append(f" ({machine}, nothing else training)." if machine else ".")
+    words.append(" Train estimates this machine's pace before you start.")
+    return "".join(words)
+
 
 st.title("Flow Lab")
 st.markdown(
@@ -48,18 +94,25 @@ with right:
     if st.button("Train MNIST now", icon=":material/play_circle:", type="primary",
                  width="stretch", key="home_train"):
         st.switch_page("pages/train.py", query_params={"dataset": "mnist", "preset": "mnist-fast"})
-    st.caption("Opens **Train** with the MNIST digits and the small Glow preset picked. Press "
-               "**Start**: by the first logged step bits/dim is already about 3 (8 would be "
-               "random noise; the easy part, that most pixels are black, is learnt at once), "
-               "then it keeps falling as the shapes of the digits are learnt: this preset "
-               "reaches about 1.13 in 10 minutes on 2 CPU cores, and the shipped demo, twice as "
-               "wide and deep, 1.07 in 54 minutes.")
+    st.caption("Opens **Train** with the MNIST digits and the small Glow preset picked; press "
+               "**Start**. " + promise_words())
     if st.button("Explore a trained model", icon=":material/auto_awesome:", width="stretch",
                  key="home_explore"):
         st.switch_page("pages/sampling.py")
     st.caption("Sample new digits at several temperatures and see what each scale of the "
                "latent holds.")
     st.markdown(f"**Training on:** {ui.device_line()}")
+
+st.divider()
+st.markdown("##### A recorded run, to replay when there is no time to train",
+            help="The curves and sample grids of a real training run of the MNIST preset, kept by the "
+                 "trainer as it went (a grid every ~10 s of training). Drag the slider or press Play.")
+recorded = shipped_timeline(timeline_version())
+if recorded is None:
+    st.caption("(The recorded run needs checkpoints/timeline-mnist.)")
+else:
+    st.caption(recorded.info.get("note", ""))
+    timeline_player.render(recorded, key="home")
 
 st.divider()
 st.markdown("##### What each page shows")

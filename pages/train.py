@@ -25,6 +25,7 @@ from flowlib.config import (
 from flowlib.data import list_datasets, load_images, store_upload
 from flowlib.data.sources.common import DatasetError
 from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest
+from flowlib.jobs.forecast import Forecast, forecast
 from flowlib.machine.device import bf16_is_fast, pick_device
 from flowlib.settings import ConfigError, field_errors, form_fields, settings_of
 from flowlib.size import parameter_count
@@ -86,35 +87,45 @@ def speed_estimate(store, cfg: FlowConfig, tc: TrainConfig) -> dict | None:
     return speed_estimator(str(store.root / "speed-estimates")).estimate(request, store)
 
 
-def estimate_words(speed: dict | None, tc: TrainConfig, n_test: int, busy: bool) -> str:
-    """'≈ 480 images/s here → about 4 min 10 s for 2,000 steps …', or why there is none yet."""
-    if speed is None:
+def run_forecast(store, cfg: FlowConfig, tc: TrainConfig, speed: dict | None) -> Forecast | None:
+    """This run's pace here now (flowlib.jobs.forecast): learned from the earlier runs in this
+    store and the machine's load at this moment; None until something is known."""
+    estimator = speed_estimator(str(store.root / "speed-estimates"))
+
+    def measured_of(run: dict) -> float | None:
+        try:
+            known = estimator.cached(SpeedRequest.for_run(FlowConfig.from_dict(run["config"]),
+                                                          TrainConfig.from_dict(run["train"])))
+        except (ValueError, TypeError, KeyError):
+            return None
+        return (known or {}).get("images_per_s")
+
+    return forecast(store, SpeedRequest.for_run(cfg, tc), tc, speed, measured_of=measured_of)
+
+
+def estimate_words(speed: dict | None, fc: Forecast | None, tc: TrainConfig, n_test: int) -> str:
+    """'about 2,300 steps in 3 minutes …', 'about 4 min 10 s for 2,000 steps …', or why there
+    is no estimate yet."""
+    if fc is None:
+        if speed is not None and "error" in speed:
+            return f"no speed estimate: {speed['error']}."
         return "timing a few training steps in a separate process…"
-    if "error" in speed:
-        return f"no speed estimate: {speed['error']}."
-    ips = speed["images_per_s"]
-    if speed.get("source") == "history":
-        runs = speed.get("runs", 1)
-        how = f" (the median of {runs} earlier run{'s' if runs != 1 else ''} of these settings)"
-    else:
-        how = " (measured while another run trains, so slower than it will be)" if busy else ""
-    steps_s = ips / tc.batch_size
-    if tc.max_steps is not None:
-        evals = tc.max_steps // tc.eval_every + 1
-        eval_s = (evals * min(tc.eval_subset, n_test) + n_test) / (3 * ips)
-        total = tc.max_steps / steps_s + eval_s + 8
-        return (f"≈ **{ips:,.0f} images/s** here → about **{ui.fmt_duration(total)}** for "
-                f"{tc.max_steps:,} steps, tests and start-up included{how}.")
-    return (f"≈ **{ips:,.0f} images/s** here → about **{tc.max_minutes * 60 * steps_s:,.0f} "
-            f"steps** in {tc.max_minutes:g} minutes{how}.")
+    pace = (f"≈ **{fc.images_per_s:,.0f} images/s** of training time here, tests and sample grids "
+            f"included (from {fc.source})")
+    first = f" The first point about **{fc.first_point_s:.0f} s** after Start."
+    if tc.max_steps is not None and (tc.max_minutes is None or fc.seconds_for(tc.max_steps) < tc.max_minutes * 60):
+        total = fc.seconds_for(tc.max_steps, n_test)
+        return f"about **{ui.fmt_duration(total)}** for {tc.max_steps:,} steps, start-up and tests included; {pace}.{first}"
+    return (f"about **{fc.steps_in(tc.max_minutes):,} steps** in {tc.max_minutes:g} minutes; {pace}.{first}")
 
 
-def estimate_line(cfg: FlowConfig, tc: TrainConfig, n_test: int, busy: bool, polling: bool) -> None:
-    """Parameters (arithmetic) and the speed estimate; in a polling fragment until it is known."""
+def estimate_line(cfg: FlowConfig, tc: TrainConfig, n_test: int, polling: bool) -> None:
+    """Parameters (arithmetic) and the estimate; in a polling fragment until it is known."""
     speed = speed_estimate(store, cfg, tc)
-    if polling and speed is not None:
+    fc = run_forecast(store, cfg, tc, speed)
+    if polling and fc is not None:
         st.rerun(scope="app")   # known now: draw it once more without the timer
-    st.markdown(f"**{parameter_count(cfg):,} parameters** · {estimate_words(speed, tc, n_test, busy)}")
+    st.markdown(f"**{parameter_count(cfg):,} parameters** · {estimate_words(speed, fc, tc, n_test)}")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -219,26 +230,17 @@ def start_new_run(store, cfg: FlowConfig, tc: TrainConfig, name: str, preset_nam
                                                   + first_points_words(store, cfg, tc))
 
 
-# Measured here: a worker process needs ~6-10 s on 2 cores (torch import, the data from disk,
-# the model, ActNorm's start) before its first step; longer while the machine is busy.
-STARTUP_S = (6, 15)
-
-
 def first_points_words(store, cfg: FlowConfig, tc: TrainConfig) -> str:
-    """When the first chart point is due, honestly: start-up plus ``log_every`` steps at the
-    estimated speed (a range, since the machine's load moves it)."""
-    speed = speed_estimate(store, cfg, tc)
-    ips = speed.get("images_per_s") if speed else None
-    test = (f"; the first test point at step {tc.first_eval:,}" if tc.first_eval
-            else f"; the first test point at step {tc.eval_every:,}")
-    if not ips:
-        return (f"The first training point comes at step {tc.log_every} once the process has loaded the "
-                f"data and built the model (usually {STARTUP_S[0]}–{STARTUP_S[1]} s here){test}.")
-    step_s = tc.batch_size / ips
-    low = STARTUP_S[0] + tc.log_every * step_s
-    high = STARTUP_S[1] + 2 * tc.log_every * step_s     # a busy machine: twice as slow
-    return (f"The first training point is due at step {tc.log_every}, in about {low:.0f}–{high:.0f} s "
-            f"(start-up, then {step_s * 1000:.0f} ms per step at the estimated speed){test}.")
+    """When the first chart point and the first test point are due, from this device's
+    earlier runs and its load now (flowlib.jobs.forecast)."""
+    fc = run_forecast(store, cfg, tc, speed_estimate(store, cfg, tc))
+    test = tc.first_eval or tc.eval_every
+    if fc is None:
+        return (f"The first training point comes at step {tc.log_every} once the process has loaded "
+                f"the data and built the model; the first test point at step {test:,}.")
+    test_s = fc.startup_s + test / fc.steps_per_s
+    return (f"The first training point is due at step {tc.log_every}, about {fc.first_point_s:.0f} s "
+            f"after Start; the first test point at step {test:,}, about {test_s:.0f} s after Start.")
 
 
 # -- page: setup ---------------------------------------------------------------------------
@@ -424,11 +426,12 @@ with st.expander("**Set up a new run**: data, model, budget",
     with e1:
         if can_start:
             # Arithmetic and a separate process: the page never waits for a measurement.
-            pending = speed_estimate(store, cfg, tc) is None
-            st.fragment(estimate_line, run_every=1.0 if pending else None)(
-                cfg, tc, info["test"], bool(active), pending)
+            pending = run_forecast(store, cfg, tc, speed_estimate(store, cfg, tc)) is None
+            st.fragment(estimate_line, run_every=1.0 if pending else None)(cfg, tc, info["test"], pending)
             st.caption(f"{cfg.summary()} · batch {tc.batch_size}, lr {tc.lr:g} ({tc.lr_schedule}), "
-                       f"warm-up {tc.warmup_steps} steps, test every {tc.eval_every} steps · trains on "
+                       f"warm-up {tc.warmup_steps} steps or 10 % of the budget if shorter, test every "
+                       f"{tc.eval_every} steps{' and every 1/8 of the minutes' if tc.max_minutes else ''}, a sample "
+                       f"grid every ~{tc.grid_every_s:g} s · trains on "
                        f"{ui.device_line()}")
         elif errors:
             st.warning("Fix the settings marked in red; nothing starts until they are valid.",

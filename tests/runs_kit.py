@@ -21,6 +21,7 @@ TINY = preset("faces-fast", levels=2, steps=1, hidden=4, permutation="reverse") 
 TINY_TRAIN = dict(dataset="faces", batch_size=8, max_steps=30, warmup_steps=5, log_every=5,
                   eval_every=20, first_eval=10, eval_subset=40, samples_per_temperature=4,
                   lr_schedule="constant",   # the learning-rate checks read the warm-up alone
+                  grid_every_s=0.0,         # grids at evaluations only: their steps do not depend on the clock
                   threads=1)   # a fixed count: bit-exact runs (None lets the thread governor follow the load)
 
 

@@ -8,7 +8,9 @@ cores (mnist-fast, batch 64): quiet, 2 threads 482 img/s and 1 thread 288; besid
 processes, 2 threads fell to 98 img/s while 1 thread kept 182.
 
 No fixed count is right for both, so :class:`ThreadGovernor` measures: it times a short
-window of training steps at each candidate count, keeps the fastest, re-checks every
+window of training steps at each candidate count (ending a window early once it is 3× slower
+than a count already measured; starting from ``start_threads`` when the caller saw the
+machine busy), keeps the fastest, re-checks every
 ``recheck_s`` seconds (or at once when throughput falls well below what was measured), and
 so follows the load as other programs come and go. A probe costs a few steps at a worse
 count; a wrong fixed count costs half the throughput for the whole run.
@@ -50,7 +52,8 @@ class ThreadGovernor:
     """
 
     def __init__(self, cores: int | None = None, probe_steps: int = 6, recheck_s: float = 30.0,
-                 drop_ratio: float = 0.7, set_threads=None, clock=time.monotonic):
+                 drop_ratio: float = 0.7, set_threads=None, clock=time.monotonic,
+                 start_threads: int | None = None, give_up_ratio: float = 3.0):
         if set_threads is None:
             import torch
             set_threads = torch.set_num_threads
@@ -58,6 +61,11 @@ class ThreadGovernor:
         self.probe_steps, self.recheck_s, self.drop_ratio = probe_steps, recheck_s, drop_ratio
         self._set_threads, self._clock = set_threads, clock
         self.threads = self.candidates[0] if len(self.candidates) == 1 else None
+        self.give_up_ratio = give_up_ratio
+        if start_threads in self.candidates and len(self.candidates) > 1:
+            # a busy machine at the start: probe from this count (the fewest), the others after
+            self._set_threads(start_threads)
+            self.threads = start_threads
         self.history: list[tuple[int, float]] = []   # (threads, images/s) of every finished probe
         self._rates: dict[int, float] = {}
         self._queue: list[int] = []
@@ -68,6 +76,9 @@ class ThreadGovernor:
         self._chosen_at = 0.0
         if self.active:
             self._start_probe()
+            if start_threads is not None:
+                # a busy start measures only this count; the others wait for the first re-check
+                self._queue = self._queue[:1]
 
     @property
     def active(self) -> bool:
@@ -101,9 +112,13 @@ class ThreadGovernor:
         self._window_images += images
         self._window_steps += 1
         if self._queue:                                   # probing
-            if self._window_steps < self.probe_steps:
-                return
             rate = self._window_images / self._window_s
+            # A count already far slower than one measured before ends its probe at once: on a
+            # busy machine one step with every thread can take seconds (OpenMP's threads wait
+            # for a descheduled partner), and six of them held a run's first point for 30 s.
+            hopeless = bool(self._rates) and rate * self.give_up_ratio < max(self._rates.values())
+            if self._window_steps < self.probe_steps and not hopeless:
+                return
             self._rates[self._queue.pop(0)] = rate
             self.history.append((self.threads, rate))
             if self._queue:

@@ -37,8 +37,13 @@ What it logs (metric keys in the store, every ``log_every`` steps, means over th
 ``images_per_s``     training throughput over the window (eval and checkpoint time excluded)
 ``elapsed_s``        training wall time of the run so far, across resumes
 ``epoch``            images seen / epoch size
-``test_bpd``         every eval: bits/dim on a fixed held-out subset (fixed noise, comparable)
+``test_bpd``         every eval: bits/dim on a fixed held-out subset (fixed noise, comparable);
+                     every ``eval_every`` steps and, with a time budget, every 1/8 of it
 ``test_bpd_full``    once, at the end: bits/dim on the whole test split
+``grid_s``           each live sample grid (every ``grid_every_s`` of training): seconds it took
+``startup_s``        each session's start: seconds from the process's start to its first step
+``first_point_s``    each session's first metrics row: seconds from the process's start to it
+``busy_beside``      every row: threads of other programs ready to run (``flowlib.machine.load``)
 ``oom_fitting_batch`` only after running out of memory: the largest batch size whose forward
                      and backward pass fitted
 
@@ -67,6 +72,7 @@ import torch
 
 from flowlib.config import FlowConfig, TrainConfig
 from flowlib.machine.device import describe_device
+from flowlib.machine.load import busy_beside, process_age_s
 from flowlib.store.dbfile import StoreUnavailableError
 from flowlib.store.runs import RunStore
 
@@ -123,6 +129,7 @@ class TrainingSession:
         self.machine = self.data = self.learner = self.evaluation = self.window = None
         self.loss = self.step_loss = None      # the bits/dim loss; what the step calls (DDP around it)
         self._last_stop_poll = 0.0
+        self._first_row_due = True     # the session's first metrics row also records first_point_s
 
     @property
     def step(self) -> int:
@@ -151,7 +158,7 @@ class TrainingSession:
         self.learner = build_learner(cfg, tc, data.train_x, machine.device, self.dist, data.train_y)
         self.checkpoints.class_names = data.class_names
         self.evaluation = Evaluation(self.learner.model, data.eval_x, data.test_x, tc, self.run_dir, self.journal,
-                                     self.dist, self.collaborators.evaluate, self.set_stage)
+                                     self.dist, self.collaborators.evaluate, self.set_stage, self.budget.elapsed)
         self.window = MetricWindow(cfg, tc, self.journal, data.images_per_epoch, self.on_log, self.dist)
         self.budget.start()
         for stale in (self.run_dir.glob(".*.tmp") if self.dist.is_main else ()):  # left by a kill mid-write
@@ -182,6 +189,8 @@ class TrainingSession:
             self.monitor.step = self.step
             dropped = self.journal.truncate_after(self.step)
             note = f"; {dropped} metric rows after it will be re-trained" if dropped else ""
+            if self.budget.schedule_note:   # a new budget: say why the learning rate rises again
+                note += f"; {self.budget.schedule_note}"
             self.event("resume", f"resumed from the checkpoint at step {self.step} on {where}{note}")
             return
         self.checkpoints.refuse_lost(self.store)
@@ -213,6 +222,8 @@ class TrainingSession:
         self.checkpoints.restart_timer()
         self._last_stop_poll = 0.0
         self.window.reset()
+        self._first_row_due = True
+        self.pace_row("startup_s")
         bad_streak = 0
         self.stage = "while training"
         while True:
@@ -243,8 +254,9 @@ class TrainingSession:
                     continue
             if self.step % tc.log_every == 0:
                 self.log_window()
-            if self.step == tc.first_eval or self.step % tc.eval_every == 0:
+            if self.evaluation.due(self.step, self.budget.time_budget_s()):
                 self.evaluation.run(self.step)
+            self.evaluation.live_grid(self.step)
             if bad_streak == 0 and self.checkpoints.due():
                 self.stage = f"while saving the checkpoint at step {self.step}"
                 self.save_checkpoint()
@@ -300,8 +312,20 @@ class TrainingSession:
         return False
 
     def log_window(self) -> None:
+        if self.window.images and self.dist.is_main:
+            self.journal.metrics(self.step, [("busy_beside", busy_beside(looks=1))])
+            if self._first_row_due:
+                self.pace_row("first_point_s")
+            self._first_row_due = False
         self.window.write(self.step, self.budget.lr_at(self.step - 1), self.budget.elapsed(),
                           self.evaluation.last_test)
+
+    def pace_row(self, key: str) -> None:
+        """A ``startup_s`` or ``first_point_s`` row at this step: the process's age now (from
+        the Start press, give or take the process launch), what the estimates learn from."""
+        age = process_age_s()
+        if age is not None and self.dist.is_main:
+            self.journal.metrics(self.step, [(key, age)])
 
     def save_checkpoint(self, announce: bool = True) -> None:
         self.checkpoints.save(self.learner, self.budget, self.evaluation)

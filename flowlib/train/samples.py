@@ -4,8 +4,9 @@
     eps = model.sample_eps(8, torch.Generator().manual_seed(1234))
     write_sample_grid(model, eps, (0.0, 0.5, 0.7, 1.0), "samples.png")
 
-The trainer writes one grid per evaluation with the same latents, so successive grids show
-the same samples improving. A grid is written atomically: a reader (the app) never sees half
+The trainer writes one grid per evaluation and, between them, a live grid every
+``TrainConfig.grid_every_s`` seconds of training (:class:`GridClock` says when), all with the
+same latents, so successive grids show the same samples improving. A grid is written atomically: a reader (the app) never sees half
 a PNG, and a kill mid-write leaves only a hidden ``.*.tmp`` file, which the next session removes
 (``flowlib.fileio.atomic_write``).
 """
@@ -20,7 +21,41 @@ import torch
 from flowlib.core.model import FlowModel
 from flowlib.fileio import atomic_write
 
-__all__ = ["write_sample_grid"]
+__all__ = ["write_sample_grid", "GridClock", "LATER_SHARE", "MAX_COST_SHARE"]
+
+LATER_SHARE = 0.05      # later in a run the gap between live grids grows to this share of the time so far
+MAX_COST_SHARE = 0.02   # live grids never take more than this share of the training time
+
+
+class GridClock:
+    """When the next live sample grid is due, in seconds of training time.
+
+    Every ``every_s`` seconds (0: never), the gap growing later in a run to ``LATER_SHARE`` of
+    the time so far (a 3-minute run gets a grid every 10 s; an hour-long one about 80 in all)
+    and to 1/``MAX_COST_SHARE`` times what the last grid cost (a large model's grid takes a
+    second: then one every 50 s, 2 % of the time).
+
+    >>> clock = GridClock(10.0)
+    >>> clock.drawn(elapsed=0.0, cost_s=0.02)      # any grid, at an evaluation too
+    >>> clock.due(elapsed=9.0), clock.due(elapsed=10.5)
+    (False, True)
+    """
+
+    def __init__(self, every_s: float):
+        self.every_s = float(every_s)
+        self.last_at: float | None = None   # training seconds at the last grid
+        self.cost_s = 0.0                   # what the last grid took to draw and write
+
+    def gap(self, elapsed: float) -> float:
+        return max(self.every_s, LATER_SHARE * elapsed, self.cost_s / MAX_COST_SHARE)
+
+    def due(self, elapsed: float) -> bool:
+        if self.every_s <= 0:
+            return False
+        return self.last_at is None or elapsed - self.last_at >= self.gap(elapsed)
+
+    def drawn(self, elapsed: float, cost_s: float) -> None:
+        self.last_at, self.cost_s = float(elapsed), float(cost_s)
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from flowlib.config import FlowConfig, TrainConfig
 from flowlib.core.model import FlowModel
 from flowlib.data import ImageSet, load_images
 from flowlib.machine.device import bf16_is_fast, configure_threads, pick_device
+from flowlib.machine.load import busy_beside
 from flowlib.machine.memory import tune_for_training
 from flowlib.machine.threads import ThreadGovernor
 
@@ -82,8 +83,12 @@ def choose_machine(tc: TrainConfig, dist: Dist) -> Machine:
     threads = configure_threads(device, tc.threads if shared_cores is None else shared_cores)
     # threads=None on a CPU of its own: the count follows the load (flowlib.machine.threads). A fixed
     # count (a number, or the ranks' share under torchrun) stays put, so runs are bit-exact.
-    governor = (ThreadGovernor(cores=threads) if device.type == "cpu" and tc.threads is None
-                and not dist.active and (os.cpu_count() or 1) > 1 else None)
+    governor = None
+    if device.type == "cpu" and tc.threads is None and not dist.active and (os.cpu_count() or 1) > 1:
+        # Beside other busy programs, start on one thread and probe more after: starting on
+        # every core there made the first steps take seconds each (the first point at 30-43 s).
+        busy = busy_beside(looks=10, gap_s=0.01) >= threads / 2
+        governor = ThreadGovernor(cores=threads, start_threads=1 if busy else None)
     use_bf16 = tc.bf16 and bf16_is_fast(device)
     if device.type == "cpu":
         tune_for_training()

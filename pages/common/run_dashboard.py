@@ -9,6 +9,7 @@ The set-up form is in ``pages/train.py``; this module only reads the run store a
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from flowlib.config import TrainConfig
+from flowlib.jobs.forecast import pace_so_far
 from pages.common import reference, ui
 
 __all__ = ["render_dashboard", "busy_words", "friendly"]
@@ -114,9 +116,10 @@ def simple_figure(c: dict, el, axis: str, y_title: str, name: str, colour: str, 
 
 
 def progress(run: dict, m: dict) -> tuple[float, str]:
-    """(fraction done, words) from the budget, the step and the recent speed."""
+    """(fraction done, words) from the budget, the step and the run's own pace so far."""
     train = run["train"]
-    step = run["step"] or 0
+    newest = [c["step"][-1] for c in m.values() if c.get("step")]
+    step = max([run["step"] or 0, *newest])   # the heartbeat's step can lag the newest row by a second
     elapsed = (m.get("elapsed_s") or {}).get("value", [0.0])[-1] if m.get("elapsed_s") else 0.0
     fracs = []
     if train.get("max_steps"):
@@ -124,17 +127,21 @@ def progress(run: dict, m: dict) -> tuple[float, str]:
     if train.get("max_minutes"):
         fracs.append(elapsed / (train["max_minutes"] * 60))
     frac = min(1.0, max(fracs) if fracs else 0.0)
-    ips = m.get("images_per_s", {}).get("value", [])
     eta = ""
-    if run["status"] in ("running",) and ips:
-        steps_s = float(np.mean(ips[-5:])) / max(1, train.get("batch_size", 64))
+    pace = pace_so_far(m, max(1, train.get("batch_size", 64)))   # evaluations and grids included
+    if run["status"] in ("running",) and pace:
+        steps_s = pace / max(1, train.get("batch_size", 64))
         left = []
         if train.get("max_steps"):
             left.append((train["max_steps"] - step) / max(steps_s, 1e-9))
         if train.get("max_minutes"):
             left.append(train["max_minutes"] * 60 - elapsed)
         if left:
-            eta = f" · about {ui.fmt_duration(max(0.0, min(left)))} left"
+            secs = max(0.0, min(left))
+            eta = f" · about {ui.fmt_duration(secs)} left"
+            if train.get("max_minutes") and (not train.get("max_steps") or
+                                             step + secs * steps_s < train["max_steps"]):
+                eta += f", about {step + secs * steps_s:,.0f} steps by the end at the pace so far"
     of = f" of {train['max_steps']:,}" if train.get("max_steps") else ""
     budget = f" (budget {train['max_minutes']:g} min)" if train.get("max_minutes") else ""
     # The step comes from the heartbeat (every second); the other numbers from the last logged
@@ -305,27 +312,79 @@ def status_note(run: dict) -> None:
         st.info(friendly(run["message"]), icon=":material/info:")
 
 
-def metric_cards(last: dict) -> None:
-    """Five cards: train and test bits/dim, loss, images/s, learning rate (newest values)."""
+def run_images_per_s(m: dict, batch: int) -> float | None:
+    """Steps × batch ÷ training time of the whole run so far (evaluations, grids and
+    checkpoints included), from the newest ``elapsed_s`` row."""
+    el = m.get("elapsed_s") or {}
+    if not el.get("value") or el["value"][-1] <= 0:
+        return None
+    return el["step"][-1] * batch / el["value"][-1]
+
+
+def test_words(run: dict, m: dict) -> str:
+    """One line naming what each test number is: the evaluations on the held-out subset, the
+    best of them with its step, and the final score on the whole test set."""
+    test, full = m.get("test_bpd") or {}, m.get("test_bpd_full") or {}
+    n = run["train"].get("eval_subset", TrainConfig.eval_subset)
+    parts = []
+    if test.get("value"):
+        best = min(test["value"])
+        at = test["step"][test["value"].index(best)]
+        parts.append(f"**Test bits/dim** during training: {len(test['value'])} evaluation"
+                     f"{'s' if len(test['value']) != 1 else ''} on the same {n:,} held-out test images; "
+                     f"best **{best:.4f}** at step {at:,}")
+    if full.get("value"):
+        parts.append(f"final: **{full['value'][-1]:.4f}** on the whole test set at step {full['step'][-1]:,}")
+    return " · ".join(parts)
+
+
+def metric_cards(run: dict, m: dict) -> None:
+    """Five cards, each the newest value of what it names: train and test bits/dim, loss,
+    images/s of the whole run, learning rate; a line below names the test numbers."""
+    last = {k: v["value"][-1] for k, v in m.items() if v["value"]}
     k1, k2, k3, k4, k5 = st.columns(5)
     k1.metric("Train bits/dim", f"{last['train_bpd']:.3f}" if "train_bpd" in last else "–",
               help=ui.BPD_HELP, border=True)
-    k2.metric("Test bits/dim", f"{last['test_bpd']:.3f}" if "test_bpd" in last else "–",
-              help="The same measure on held-out test images the model never trains on. "
-                   + ui.BPD_HELP, border=True)
-    k3.metric("Loss", f"{last['loss_nats']:,.0f} nats" if "loss_nats" in last else "–",
+    # Short labels: at 1280 px five cards are ~145 px wide; which test and which step go under the value.
+    test, full = m.get("test_bpd") or {}, m.get("test_bpd_full") or {}
+    if full.get("value"):
+        k2.metric("Test bits/dim", f"{full['value'][-1]:.4f}", delta="final · whole test set",
+                  delta_color="off", delta_arrow="off", border=True,
+                  help="The finished model on the whole test set. " + ui.BPD_HELP)
+    elif test.get("value"):
+        k2.metric("Test bits/dim", f"{test['value'][-1]:.3f}", delta=f"at step {test['step'][-1]:,}",
+                  delta_color="off", delta_arrow="off", border=True,
+                  help="The same measure on held-out test images the model never trains on, at the "
+                       "newest evaluation. " + ui.BPD_HELP)
+    else:
+        k2.metric("Test bits/dim", "–", border=True, help=ui.BPD_HELP)
+    k3.metric("Loss (nats)", f"{last['loss_nats']:,.0f}" if "loss_nats" in last else "–",
               help=ui.LOSS_HELP, border=True)
+    batch = int(run["train"].get("batch_size", 64))
+    overall = run_images_per_s(m, batch)
+    steps_alone = (f" The training steps alone ran at {last['images_per_s']:,.0f} images/s in the newest "
+                   "window; the rest of the time went to evaluations, sample grids and checkpoints."
+                   if "images_per_s" in last else "")
     # The unit sits in the label: "1,057 img/s" did not fit the card at 1600 px and got cut.
-    k4.metric("Images / second", f"{last['images_per_s']:,.0f}" if "images_per_s" in last else "–",
-              help=ui.IMAGES_PER_S_HELP, border=True)
+    k4.metric("Images/s", f"{overall:,.0f}" if overall else "–", border=True,
+              help=f"Steps × batch ÷ training time of the whole run so far ({m['elapsed_s']['step'][-1]:,} × "
+                   f"{batch} ÷ {m['elapsed_s']['value'][-1]:,.1f} s), everything included.{steps_alone}"
+                   if overall else ui.IMAGES_PER_S_HELP)
     k5.metric("Learning rate", f"{last['lr']:.2g}" if "lr" in last else "–", help=ui.LR_HELP,
-              border=True)
+              delta=f"peak {run['train'].get('lr', 0):.2g}", delta_color="off", delta_arrow="off", border=True)
+    words = test_words(run, m)
+    if words:
+        st.caption(words)
 
 
 def latest_samples(store, run: dict) -> None:
-    """The newest sample grid, enlarged, with its step and temperatures."""
-    st.markdown("**Samples from the model**", help="Decoded from fixed latent noise at each "
-                "evaluation; temperature scales the noise (0 = the most likely image).")
+    """The newest sample grid, enlarged, with its step and how fresh it is."""
+    every = run["train"].get("grid_every_s", TrainConfig.grid_every_s)
+    how = (f"Drawn from the current weights about every {every:g} s of training and at each "
+           "evaluation, from the same latent noise each time" if every else
+           "Drawn from the current weights at each evaluation, from the same latent noise each time")
+    st.markdown("**Samples from the model**", help=how + "; temperature scales the noise (0 = the "
+                "most likely image).")
     latest = store.latest_samples(run["id"])
     if latest and Path(latest["path"]).is_file():
         from PIL import Image
@@ -335,10 +394,12 @@ def latest_samples(store, run: dict) -> None:
             img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
         st.image(img, width="stretch")
         temperatures = run["train"].get("sample_temperatures") or TrainConfig.sample_temperatures
-        st.caption(f"Step {latest['step']:,}. {ui.sample_caption(temperatures)}")
+        fresh = ""
+        if run["status"] in ui.ACTIVE_STATUSES and every:
+            fresh = f" (drawn {ui.fmt_duration(max(0.0, time.time() - latest['wall']))} ago; a new one every ~{every:g} s)"
+        st.caption(f"Step {latest['step']:,}{fresh}. {ui.sample_caption(temperatures)}")
     else:
-        st.caption("The first sample grid appears at the first evaluation "
-                   f"(step {run['train'].get('first_eval') or run['train'].get('eval_every')}).")
+        st.caption("The first sample grid appears as soon as the model is built (step 0: noise).")
 
 
 def metric_chart(m: dict, metric: str, title: str, help_text: str, y_title: str, name: str,
@@ -349,6 +410,59 @@ def metric_chart(m: dict, metric: str, title: str, help_text: str, y_title: str,
         st.plotly_chart(simple_figure(m[metric], m.get("elapsed_s"), axis, y_title, name, colour,
                                       f"{short}-{run_id}-{axis}", fmt),
                         key=f"{short}_chart_{run_id}", config={"displaylogo": False})
+
+
+SPEED_HELP = ("Two lines: the training steps alone (each window of steps), and everything included "
+              "(steps × batch ÷ training time between logged rows, so evaluations, sample grids and "
+              "checkpoints count). The Images / second card is the second for the whole run.")
+LR_SCHEDULE_HELP = (". The warm-up ends by 10 % of the budget at the latest, so a short run reaches its "
+                    "peak; a resume with a larger budget starts a new warm-up and cosine (a dotted line "
+                    "marks each resume).")
+
+
+def wall_pace(m: dict, batch: int) -> dict | None:
+    """Images/s between logged rows, everything included: Δstep × batch ÷ Δ training time."""
+    el = m.get("elapsed_s") or {}
+    steps, secs = el.get("step") or [], el.get("value") or []
+    xs, ys = [], []
+    for i in range(1, len(steps)):
+        dt, ds = secs[i] - secs[i - 1], steps[i] - steps[i - 1]
+        if dt > 0 and ds > 0:
+            xs.append(steps[i])
+            ys.append(ds * batch / dt)
+    return {"step": xs, "value": ys} if xs else None
+
+
+def speed_figure(m: dict, batch: int, axis: str, run_id: int):
+    el = m.get("elapsed_s")
+    fig = go.Figure()
+    c = m["images_per_s"]
+    fig.add_trace(go.Scatter(x=ui.x_values(c, el, axis), y=c["value"], mode=ui.line_mode(c["value"]),
+                             name="training steps alone", line=dict(color=ui.PALETTE[4], width=2, dash="dot"),
+                             hovertemplate="%{y:,.0f} images/s"))
+    wall = wall_pace(m, batch)
+    if wall:
+        fig.add_trace(go.Scatter(x=ui.x_values(wall, el, axis), y=wall["value"], mode=ui.line_mode(wall["value"]),
+                                 name="everything included", line=dict(color=ui.PALETTE[4], width=3),
+                                 hovertemplate="%{y:,.0f} images/s"))
+    ui.base_layout(fig, x_title=ui.X_TITLES[axis], y_title="images/s", uirevision=f"ips-{run_id}-{axis}",
+                   height=300)
+    return fig
+
+
+def add_resume_marks(fig, m: dict, events: list, axis: str) -> None:
+    """A dotted line at each resume, its words on hover (a new budget's schedule says so there)."""
+    resumes = [e for e in events if e["kind"] == "resume" and e.get("step") is not None]
+    if not resumes or not m.get("lr"):
+        return
+    steps = [e["step"] for e in resumes]
+    xs = ui.x_values({"step": steps}, m.get("elapsed_s"), axis)
+    ys = np.interp(steps, m["lr"]["step"], m["lr"]["value"]).tolist()
+    for x in xs:
+        fig.add_vline(x=x, line=dict(color=ui.EVENT_STYLE["resume"][0], dash="dot", width=2))
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="resumed",
+                             marker=dict(size=12, symbol="x", color=ui.EVENT_STYLE["resume"][0]),
+                             text=[e["message"] for e in resumes], hovertemplate="%{text}<extra></extra>"))
 
 
 def charts(store, run: dict, m: dict, events: list) -> None:
@@ -384,12 +498,19 @@ def charts(store, run: dict, m: dict, events: list) -> None:
         metric_chart(m, "loss_nats", "**Training loss**: negative log-likelihood per image",
                      ui.LOSS_HELP, "nats/image", "loss", ui.PALETTE[3], "loss", ",.0f", axis, run_id)
     s1, s2 = st.columns(2, gap="large")
+    batch = int(run["train"].get("batch_size", 64))
     with s1:
-        metric_chart(m, "images_per_s", "**Speed**", ui.IMAGES_PER_S_HELP, "images/s", "images/s",
-                     ui.PALETTE[4], "ips", ",.0f", axis, run_id)
+        if "images_per_s" in m:
+            st.markdown("**Speed**: images per second", help=SPEED_HELP)
+            st.plotly_chart(speed_figure(m, batch, axis, run_id), key=f"ips_chart_{run_id}",
+                            config={"displaylogo": False})
     with s2:
-        metric_chart(m, "lr", "**Learning rate**", ui.LR_HELP, "learning rate", "lr", ui.PALETTE[5],
-                     "lr", ".2g", axis, run_id)
+        if "lr" in m:
+            st.markdown("**Learning rate**", help=ui.LR_HELP + LR_SCHEDULE_HELP)
+            fig = simple_figure(m["lr"], m.get("elapsed_s"), axis, "learning rate", "lr", ui.PALETTE[5],
+                                f"lr-{run_id}-{axis}", ".2g")
+            add_resume_marks(fig, m, events, axis)
+            st.plotly_chart(fig, key=f"lr_chart_{run_id}", config={"displaylogo": False})
 
 
 def render_dashboard(store, run_id: int, was_active: bool) -> None:
@@ -413,7 +534,7 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
     events = store.events(run_id)
     frac, words = progress(run, m)
     st.progress(frac, text=words)
-    metric_cards({k: v["value"][-1] for k, v in m.items() if v["value"]})
+    metric_cards(run, m)
     if not m:
         st.info("Waiting for the first measurements: the training process is loading the data and "
                 f"building the model, then logs its first point at step {run['train'].get('log_every', 10)}.",

@@ -142,9 +142,10 @@ def test_sampling_says_the_truth_about_t0_and_switches_the_main_slider_off():
 def test_home_shows_a_flow_at_work_and_makes_a_true_claim():
     at = page("home")
     imgs = image_protos(at)
-    assert len(imgs) == 1 and "fresh noise" in imgs[0].caption
+    assert "fresh noise" in imgs[0].caption       # the journey first; the recorded run's frame below it
     words = " ".join(texts(at, "caption"))
-    assert "starts near 8" not in words and "about 3" in words
+    # Home's claim is read from the recorded run it plays (checkpoints/timeline-mnist): measured
+    assert "starts near 8" not in words and "In the recorded run below" in words
 
 
 def test_secondary_text_is_legible_at_a_projector():

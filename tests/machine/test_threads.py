@@ -71,3 +71,26 @@ def test_a_single_core_never_switches():
     for _ in range(50):
         governor.step_done(0.1, 64)
     assert not governor.active and governor.threads == 1 and switched == []
+
+
+def test_a_busy_start_stays_on_one_thread_and_later_gives_up_on_two_after_one_step():
+    # Beside a busy process, 2 threads take 6 s a step: six of them held the first point for
+    # half a minute. Started on 1 thread, the first steps stay there; the re-check 30 s later
+    # tries 2 threads and ends that probe after its first (slow) step.
+    machine = FakeMachine()
+    machine.busy = 2
+    governor = make(machine, start_threads=1, recheck_s=30.0)
+    assert governor.threads == 1 and machine.switches[0] == 1
+    run_steps(governor, machine, 20)
+    assert machine.now < 20 * 0.35 + 0.01 and [t for t, _ in governor.history] == [1]
+    run_steps(governor, machine, 120)                  # past the re-check
+    assert governor.threads == 1
+    assert [t for t, _ in governor.history][:3] == [1, 1, 2]
+    assert sum(1 for t in machine.switches if t == 2) == 1
+
+
+def test_a_quiet_machine_found_busy_at_the_start_gets_both_threads_at_the_re_check():
+    machine = FakeMachine()
+    governor = make(machine, start_threads=1, recheck_s=30.0)
+    run_steps(governor, machine, 300)
+    assert governor.threads == 2

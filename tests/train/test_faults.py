@@ -193,7 +193,8 @@ def _oom_when(fails) -> Collaborators:
 def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store):
     # Steps 1-4 train at batch 8; from step 5 on, more than 2 images do not fit.
     oom = _oom_when(lambda call, batch: call >= 5 and batch > 2)
-    run_id = _queued(store, lr_schedule="constant")
+    # no warm-up: it fits each budget (10 % of it), so a 4-step run would warm up faster
+    run_id = _queued(store, lr_schedule="constant", warmup_steps=0)
     result = train_run(store, run_id, collaborators=oom)
     assert result.status == "failed" and result.step == 4
     assert result.message.startswith("Out of memory at step 5 with batch size 8. A step with batch "
@@ -204,7 +205,7 @@ def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store):
     assert ckpt["step"] == 4                                  # nothing trained is lost
     assert store.metrics(run_id, keys=["oom_fitting_batch"])["oom_fitting_batch"]["value"] == [2.0]
     # the probe changed nothing: the saved weights are those of an uninterrupted 4-step run
-    ref = _queued(store, max_steps=4, lr_schedule="constant")
+    ref = _queued(store, max_steps=4, lr_schedule="constant", warmup_steps=0)
     assert train_run(store, ref).status == "finished"
     ref_model = load_checkpoint(store.checkpoint_path(ref))["model"]
     for key, value in ref_model.items():

@@ -1,0 +1,77 @@
+"""The lecture in headless Chromium: Home's recorded run played, then "Train MNIST now" on a
+minutes budget, with the live sample grid changing between evaluations and the finished
+run's cards agreeing with each other. Screenshots at 1600×1000 and 1280×720 in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.browser.test_browser_train import wait_for_app
+
+pytestmark = pytest.mark.browser
+
+VIEWPORTS = {"1600": {"width": 1600, "height": 1000}, "1280": {"width": 1280, "height": 720}}
+GRID_STEP = re.compile(r"Step ([\d,]+) \(drawn")
+
+
+def grid_step(page) -> int | None:
+    m = GRID_STEP.search(page.inner_text("[data-testid='stMain']"))
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def test_home_replay_then_a_live_run_on_a_minutes_budget(streamlit_server, page, artifacts_dir):
+    page.goto(streamlit_server.url)
+    page.get_by_text("A recorded run, to replay").wait_for()
+    wait_for_app(page)
+    assert "In the recorded run below: the first point" in page.inner_text("body")
+    for name, size in VIEWPORTS.items():
+        page.set_viewport_size(size)
+        page.get_by_text("A recorded run, to replay").scroll_into_view_if_needed()
+        time.sleep(1.0)
+        page.screenshot(path=str(artifacts_dir / f"lecture-home-replay-{name}.png"))
+    page.set_viewport_size(VIEWPORTS["1600"])
+    page.get_by_role("button", name="Play").click()
+    time.sleep(4.0)                                   # a few frames at ~0.7 s each
+    shown = page.inner_text("[data-testid='stMain']")
+    assert re.search(r"Step [\d,]+ · \d+ s of training", shown), shown[-600:]
+    page.screenshot(path=str(artifacts_dir / "lecture-home-playing-1600.png"))
+
+    page.get_by_role("button", name="Train MNIST now").click()
+    page.get_by_text("Set up a new run").wait_for()
+    page.get_by_text("60,000").first.wait_for(timeout=60_000)
+    page.get_by_text("minutes", exact=True).click()   # the budget switch
+    wait_for_app(page)
+    box = page.get_by_label("Minutes of training", exact=True)
+    box.fill("0.5")
+    box.press("Enter")
+    wait_for_app(page)
+    page.get_by_text(re.compile(r"about [\d,]+ steps in 0\.5 minutes")).first.wait_for(timeout=90_000)
+    page.screenshot(path=str(artifacts_dir / "lecture-train-estimate-1600.png"))
+
+    t0 = time.monotonic()
+    page.get_by_role("button", name="Start").click()
+    seen = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        step = grid_step(page)
+        if step is not None:
+            seen.add(step)
+        text = page.inner_text("[data-testid='stMain']")
+        if "final · whole test set" in text:
+            break
+        if len(seen) == 2:
+            page.screenshot(path=str(artifacts_dir / "lecture-train-live-1600.png"))
+        time.sleep(1.0)
+    print(f"finished {time.monotonic() - t0:.1f} s after Start; live grids seen at steps {sorted(seen)}")
+    # grids between evaluations (first at 50, then every 250 or 1/8 of the half minute)
+    assert len(seen) >= 2, seen
+    text = page.inner_text("[data-testid='stMain']")
+    assert "final · whole test set" in text and "on the whole test set" in text
+    for name, size in VIEWPORTS.items():
+        page.set_viewport_size(size)
+        time.sleep(2.0)
+        page.screenshot(path=str(artifacts_dir / f"lecture-train-finished-{name}.png"))
