@@ -208,6 +208,46 @@ def test_sixteen_bit_is_scaled_not_clipped_in_grayscale(tmp_path):
     assert both[0].info.shape == (1, 8, 8)
 
 
+def _stored_sideways(upright: Image.Image, fmt: str) -> bytes:
+    """``upright`` as a phone stores it: turned 90° anticlockwise, with EXIF orientation 6."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, format=fmt, exif=exif,
+                                                      **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_folder_and_zip_pictures_are_turned_upright_by_their_exif_orientation(tmp_path, fmt):
+    upright = Image.new("L", (40, 40), 0)
+    upright.paste(255, (0, 0, 40, 20))  # white on top, as the phone showed it
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"IMG_{i}.{fmt.lower()}").write_bytes(_stored_sideways(upright, fmt))
+    with zipfile.ZipFile(tmp_path / "phone.zip", "w") as zf:
+        for i in range(2):
+            zf.writestr(f"IMG_{i}.{fmt.lower()}", _stored_sideways(upright, fmt))
+    for source in (folder, tmp_path / "phone.zip"):
+        both = torch.cat([load_images("folder", s, path=source, channels=1, size=8).images
+                          for s in ("train", "test")]).float()
+        assert both[:, 0, :3].mean() > 245 and both[:, 0, 5:].mean() < 10, source
+
+
+def test_a_sideways_jpeg_decoded_at_a_reduced_scale_is_cropped_where_it_stands_upright():
+    from flowlib.data.sources.images import decode_picture
+
+    # Upright 200 wide × 400 high, white down to row 175: the centre 100-pixel square (rows
+    # 150..249) is white in its top quarter. The JPEG is decoded at 1/4 scale, so the crop
+    # side is scaled by the upright width (200), not the stored one (400).
+    upright = Image.new("L", (200, 400), 0)
+    upright.paste(255, (0, 0, 200, 175))
+    thumb = decode_picture(io.BytesIO(_stored_sideways(upright, "JPEG")), size=8, channels=1, crop=100)
+    rows = thumb[0].astype(float).mean(axis=1)
+    assert rows[0] > 230 and rows[1] > 200 and rows[3:].max() < 30
+
+
 def test_folder_cache_is_reused_and_invalidated(tmp_path, cache_in_tmp, monkeypatch):
     folder = tmp_path / "pics"
     folder.mkdir()

@@ -4,7 +4,9 @@ The single picture decoder of the library lives here, below everything that read
 ``decode_plain`` opens a picture with its safety checks (one pixel cap,
 ``MAX_IMAGE_PIXELS``, read from the header before anything is decoded; Pillow's
 decompression-bomb warnings treated as refusals) and returns its first frame as 8-bit L or
-RGB by the one rule ``to_plain_mode``. The dataset sources use it through
+RGB by the one rule ``to_plain_mode``, turned upright as its EXIF orientation says (a phone
+photo stored sideways with orientation 6 comes out as the phone showed it). The dataset
+sources use it through
 ``decode_picture`` (a small square thumbnail); ``flowlib.viz.uploads`` uses it for a
 picture someone uploads. A refusal is a :class:`Skip` with a tally key and plain words.
 """
@@ -17,7 +19,7 @@ from pathlib import PurePosixPath
 from typing import IO, Callable, NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}
@@ -108,10 +110,11 @@ def plain_mode_note(img: Image.Image) -> str | None:
 
 class Picture(NamedTuple):
     """A decoded picture (see :func:`decode_plain`)."""
-    image: Image.Image          # its first frame, 8-bit "L" or "RGB", loaded into memory
-    header_width: int           # the width its header declares (a JPEG draft may decode fewer)
+    image: Image.Image          # its first frame, 8-bit "L" or "RGB", upright, loaded into memory
+    header_width: int           # the upright width its header declares (a JPEG draft may decode fewer)
     animated: bool              # the file holds more frames (animated GIF/WebP/PNG, multi-page TIFF)
     note: str | None            # what the mode conversion did, in words (plain_mode_note)
+    orientation: int = 1        # its EXIF orientation (1: stored upright; 6: turned 90° clockwise)
 
 
 BOMB_WORDS = "declares an enormous size (a possible decompression bomb); it was refused."
@@ -132,7 +135,8 @@ def decode_plain(
     its reason in words. ``draft_side``: ``(size, crop)`` of a caller that will cut a centre
     square (side ``crop``, or the largest when None) and shrink it to ``size``: a JPEG is then
     decoded at a reduced scale whose square is still at least twice ``size`` (quality
-    unaffected); None decodes at full scale. ``charge(pixels)`` is told how many pixels are
+    unaffected); None decodes at full scale. An EXIF orientation other than 1 is applied
+    (``ImageOps.exif_transpose``), so every reader of pictures sees them upright. ``charge(pixels)`` is told how many pixels are
     about to be decoded, after the header was read and before any decoding, so a caller's
     budget can stop a folder before it costs anything; whatever it raises propagates.
     """
@@ -164,13 +168,25 @@ def decode_plain(
                 animated = bool(getattr(img, "is_animated", False))
                 img.seek(0)  # animated GIF/WebP/TIFF: the first frame
                 img.load()
+                orientation = _orientation(img)
+                if orientation in SIDEWAYS:
+                    width, height = height, width
+                ImageOps.exif_transpose(img, in_place=True)
                 note = plain_mode_note(img)
                 plain = to_plain_mode(img)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 raise Skip("too_large", BOMB_WORDS) from None
             except Exception as exc:  # noqa: BLE001
                 raise Skip("corrupt", _damaged(exc)) from None
-    return Picture(plain, width, animated, note)
+    return Picture(plain, width, animated, note, orientation)
+
+
+SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _orientation(img: Image.Image) -> int:
+    value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _damaged(exc: Exception) -> str:

@@ -29,7 +29,8 @@ from .listing import list_pictures
 
 # Bump when folder preprocessing changes, so stale caches are not reused.
 # 2: squares 6x the size or more get a box reduction before Lanczos (reducing_gap=3).
-PREPROCESS_VERSION = 2
+# 3: pictures are turned upright by their EXIF orientation.
+PREPROCESS_VERSION = 3
 
 MIN_DECODE_PIXELS = 64_000_000  # every folder may decode this much, however small its files
 DECODE_PIXELS_PER_BYTE = 10  # real photos decode to 0.05..3 pixels per stored byte
