@@ -460,6 +460,50 @@ def test_cifar_with_a_malicious_batch_is_refused(cifar_folder, tmp_path):
     assert not marker.exists()
 
 
+def _shared_nested_labels(n: int, width: int) -> list:
+    """n references to one list of ``width`` references to one list of ``width`` zeros: a few
+    bytes per reference in the pickle, n·width² values once expanded."""
+    row = [0] * width
+    return [[row] * width] * n
+
+
+@pytest.mark.parametrize("labels,found", [
+    (_shared_nested_labels(3, 3), "found a list"),
+    ([[0, 1]] * 3, "found a list"),
+    ([0, None, 1], "found a NoneType"),
+    ([0, 1, 10], "found a number outside 0..9"),
+    ([0, True, 1], "found a bool"),
+    (np.zeros((3, 2), np.int64), "found a 2-dimensional int64 array"),
+    ({"a": 1}, "found a dict"),
+])
+def test_cifar_labels_that_are_not_n_small_whole_numbers_are_refused_in_words(tmp_path, labels, found):
+    batch = cifar_batch(3, 0)
+    batch[b"labels"] = labels
+    with pytest.raises(DatasetError, match=rf"has labels that are not 3 whole numbers from 0 to 9 \({found}\)"):
+        data.parse_cifar_batch(io.BytesIO(pickle.dumps(batch, protocol=2)), "test_batch")
+
+
+def test_cifar_labels_of_shared_nested_lists_are_refused_before_they_are_expanded(tmp_path):
+    # A probe: labels of shared nested lists, a few MB of pickle, made np.asarray ask for
+    # 7.45 GiB. Here 10,000 images whose labels would expand to 10,000 × 1,000 × 1,000 values
+    # (80 GB): refused after one look at the first label, in a fraction of a second.
+    import time
+    batch = {b"data": np.zeros((10_000, 3072), np.uint8), b"labels": _shared_nested_labels(10_000, 1_000)}
+    payload = pickle.dumps(batch, protocol=2)
+    assert len(payload) < 32 * 1024**2
+    started = time.process_time()
+    with pytest.raises(DatasetError, match="found a list"):
+        data.parse_cifar_batch(io.BytesIO(payload), "test_batch")
+    assert time.process_time() - started < 2
+
+
+def test_cifar_arrays_of_python_objects_are_refused_by_the_unpickler():
+    batch = cifar_batch(3, 0)
+    batch[b"labels"] = np.array([0, [1], 2], dtype=object)
+    with pytest.raises(DatasetError, match=r"Refused to load test_batch: it holds a numpy array of Python objects"):
+        data.parse_cifar_batch(io.BytesIO(pickle.dumps(batch, protocol=2)), "test_batch")
+
+
 def test_cifar_download_offline_says_so(monkeypatch, cache_in_tmp):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
