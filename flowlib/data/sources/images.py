@@ -55,12 +55,19 @@ def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(values).astype(np.uint8), mode="L")
 
 
-def _float_to_l(img: Image.Image) -> Image.Image:
+def _float_to_l(img: Image.Image, top: float | None = None) -> Image.Image:
+    # Float images are usually 0..1; if not, assume they are already 0..255. ``top``: the
+    # largest value of the whole picture when ``img`` is one band of it.
     values = np.asarray(img, dtype=np.float64)
-    # Float images are usually 0..1; if not, assume they are already 0..255.
-    if np.nanmax(values, initial=0.0) <= 1.0:
+    if top is None:
+        top = _float_top(img)
+    if top <= 1.0:
         values = values * 255.0
     return Image.fromarray(np.rint(np.clip(np.nan_to_num(values), 0, 255)).astype(np.uint8), mode="L")
+
+
+def _float_top(img: Image.Image) -> float:
+    return float(np.nanmax(np.asarray(img, dtype=np.float32), initial=0.0))
 
 
 def _on_white(img: Image.Image) -> Image.Image:
@@ -70,17 +77,47 @@ def _on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+# Pictures larger than this are converted one band of rows at a time: a 49-megapixel 16-bit
+# PNG took 890 MB to convert at once (float64 copies of every pixel), 150 MB in bands.
+BAND_PIXELS = 1 << 20
+
+
 def to_plain_mode(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> "L" or "RGB" with 8 bits per channel.
 
     16-bit and 32-bit integer pictures are scaled from the full 0..65535 range; float pictures
-    from 0..1 (or taken as 0..255 when larger); transparency is composited on white.
+    from 0..1 (or taken as 0..255 when larger); transparency is composited on white. Every rule
+    is per pixel (the float range is decided once for the whole picture), so a large picture
+    is converted in bands of rows: what it costs beyond its own pixels is its 8-bit copy and
+    one band, never several full-size copies.
     """
+    if img.mode in ("L", "RGB"):
+        return img
+    width, height = img.size
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    if rows >= height:
+        return _plain(img, None)
+    top = _band_top(img, rows) if img.mode == "F" else None
+    out = None
+    for y in range(0, height, rows):
+        band = _plain(img.crop((0, y, width, min(y + rows, height))), top)
+        if out is None:
+            out = Image.new(band.mode, (width, height))
+        out.paste(band, (0, y))
+    return out
+
+
+def _band_top(img: Image.Image, rows: int) -> float:
+    width, height = img.size
+    return max(_float_top(img.crop((0, y, width, min(y + rows, height)))) for y in range(0, height, rows))
+
+
+def _plain(img: Image.Image, top: float | None) -> Image.Image:
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         return _sixteen_bit_to_l(img)
     if mode == "F":
-        return _float_to_l(img)
+        return _float_to_l(img, top)
     if mode in ("L", "RGB"):
         return img
     if mode == "1":
