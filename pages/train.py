@@ -316,7 +316,8 @@ with st.expander("**Set up a new run**: data, model, budget",
                                         f"accepts at most {cap} MB.")
                     else:
                         try:
-                            options["path"] = str(store_upload(up.name, up.getvalue()))
+                            in_use = store.dataset_paths_in_use()  # uploads queued runs still read
+                            options["path"] = str(store_upload(up.name, up.getvalue(), in_use=in_use))
                         except DatasetError as exc:
                             option_error = str(exc)
             if not ui.classroom_mode():

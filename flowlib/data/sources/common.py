@@ -153,9 +153,12 @@ def seeded_split_indices(n: int, split: str, seed: int = SPLIT_SEED) -> np.ndarr
     return np.sort(chosen)
 
 
-def as_image_set(images: np.ndarray, labels: np.ndarray | None, info: DatasetInfo) -> ImageSet:
+def as_image_set(images: np.ndarray, labels: np.ndarray | None, info: DatasetInfo,
+                 copy: bool = True) -> ImageSet:
     # Copies: the arrays may be memoised, and callers are free to modify what they get.
-    image_tensor = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
+    # ``copy=False``: ``images`` is the caller's own new array (e.g. ``images[keep]``), used as is.
+    images = np.array(images, dtype=np.uint8, copy=True) if copy else np.ascontiguousarray(images, np.uint8)
+    image_tensor = torch.from_numpy(images)
     label_tensor = None if labels is None else torch.from_numpy(np.array(labels, dtype=np.int64))
     return ImageSet(image_tensor, label_tensor, info)
 
@@ -169,7 +172,7 @@ def user_path(path: Any, what: str) -> Path:
         if shown != str(resolved):
             raise DatasetError(
                 f"{shown} is no longer on this server: uploads share a limited space and the "
-                "oldest are removed first. Upload the file again."
+                "oldest that no waiting or running run reads are removed first. Upload the file again."
             )
         raise DatasetError(f"{shown} does not exist. Check the path, or pick another {what} source.")
     return resolved.resolve()

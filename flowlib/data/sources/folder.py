@@ -64,4 +64,4 @@ def load_folder(
         skipped=sum(skipped.values()),
         split=split,
     )
-    return as_image_set(images[keep], None, info)
+    return as_image_set(images[keep], None, info, copy=False)
