@@ -55,6 +55,7 @@ from .sources.common import (
     ImageSet,
     cache_dir,
     check_split,
+    resize_choices,
     seeded_split_indices,
 )
 from .sources.faces import faces_available, load_faces
@@ -81,6 +82,7 @@ __all__ = [
     "load_images",
     "parse_cifar_batch",
     "read_idx",
+    "resize_choices",
     "restricted_load",
     "seeded_split_indices",
     "store_upload",

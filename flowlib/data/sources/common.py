@@ -178,8 +178,18 @@ def user_path(path: Any, what: str) -> Path:
     return resolved.resolve()
 
 
+SIZES = tuple(range(8, 129, 8))  # the sides a folder's pictures may be resized to (check_size)
+OFFERED_SIZES = (16, 24, 32, 48, 64, 96, 128)  # the ones a form offers
+
+
+def resize_choices(levels: int) -> list[int]:
+    """The sides a form may offer for a model of ``levels`` levels: sizes ``check_size``
+    accepts that can be halved ``levels`` times (a flow halves the image at each level)."""
+    return [side for side in OFFERED_SIZES if side % 2 ** max(int(levels), 0) == 0]
+
+
 def check_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 128 or size % 8:
+    if isinstance(size, bool) or not isinstance(size, int) or size not in SIZES:
         raise DatasetError(
             f"size={size!r} is not usable: pick a multiple of 8 from 8 to 128 (the flow halves "
             "the image size at each level), e.g. 32."
