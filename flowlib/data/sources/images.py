@@ -266,13 +266,16 @@ def _square_thumbnail(plain: Image.Image, header_width: int, size: int, channels
     width, height = plain.size
     side = min(width, height) if crop is None else min(round(crop * shrink), width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    square = plain.crop((left, top, left + side, top + side))
+    # No copy of a picture that is already the square, or already in the wanted mode: each
+    # would be another full-size copy (147 MB for a 7000×7000 RGB picture).
+    square = plain if (side, side) == plain.size else plain.crop((left, top, left + side, top + side))
+    wanted = "L" if channels == 1 else "RGB"
     if channels == 3 and square.mode == "L":
         # Grey to RGB copies one channel three times, which commutes with resizing exactly:
         # resizing first costs a third, and 0.14 s less on a 7000-pixel square.
         small = _resize(square, size).convert("RGB")
     else:
-        small = _resize(square.convert("L" if channels == 1 else "RGB"), size)
+        small = _resize(square if square.mode == wanted else square.convert(wanted), size)
     pixels = np.asarray(small, dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
