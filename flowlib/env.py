@@ -66,8 +66,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "at once (a study counts each run)", classroom_default=12),
     Variable("FLOWLAB_MAX_UPLOAD_MB", "int", "largest picture zip a page accepts, in MB", default=50,
              classroom_default=20),
-    Variable("FLOWLAB_UPLOAD_QUOTA_MB", "float", "total size of kept uploads in MB; the oldest are "
-             "evicted first", default=300.0),
+    Variable("FLOWLAB_UPLOAD_QUOTA_MB", "float", "total size of kept uploads and the pixels decoded "
+             "from them, in MB; the oldest that no waiting or running run reads are evicted first", default=300.0),
     Variable("FLOWLAB_DECODE_BUDGET_MPX", "float", "megapixels one folder or zip may cost to decode "
              "(default: 64, or 10 pixels per stored byte if more)"),
     Variable("FLOWLAB_DECODE_BUDGET_SECONDS", "float", "seconds one folder or zip may spend decoding "

@@ -22,7 +22,7 @@ from flowlib.config import (
     TrainConfig,
     max_levels,
 )
-from flowlib.data import list_datasets, load_images, store_upload
+from flowlib.data import list_datasets, load_images, resize_choices, store_upload
 from flowlib.data.sources.common import DatasetError
 from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest
 from flowlib.jobs.forecast import Forecast, forecast
@@ -152,6 +152,21 @@ def load_preset_into_widgets(name: str, shape) -> None:
     else:
         st.session_state.pop(FORM_KEY + "levels_note", None)
     st.session_state[FORM_KEY + "loaded_preset"] = (name, tuple(shape))
+
+
+def folder_sizes() -> list[int]:
+    """The folder's "Resize to" choices that work for the form's levels (its widget, else the
+    preset's); a kept choice that no longer works is dropped, so the first is shown."""
+    levels = st.session_state.get(FORM_KEY + "levels")
+    if not isinstance(levels, int):
+        levels = PRESETS[st.session_state.get(FORM_KEY + "preset", "mnist-fast")].levels
+    sizes = resize_choices(levels)
+    if not sizes:  # the levels field says what is wrong with L; offer the side nearest to working
+        st.warning(f"No picture side up to 128 can be halved {levels} times: lower Levels L.")
+        sizes = resize_choices(0)[-1:]
+    if st.session_state.get(FORM_KEY + "size") not in sizes:
+        st.session_state.pop(FORM_KEY + "size", None)
+    return sizes
 
 
 def error_slot(field: str | None) -> str:
@@ -318,7 +333,8 @@ with st.expander("**Set up a new run**: data, model, budget",
                                         f"accepts at most {cap} MB.")
                     else:
                         try:
-                            options["path"] = str(store_upload(up.name, up.getvalue()))
+                            in_use = store.dataset_paths_in_use()  # uploads queued runs still read
+                            options["path"] = str(store_upload(up.name, up.getvalue(), in_use=in_use))
                         except DatasetError as exc:
                             option_error = str(exc)
             if not ui.classroom_mode():
@@ -333,8 +349,10 @@ with st.expander("**Set up a new run**: data, model, budget",
                         options["download"] = True
             if dataset == "folder":
                 size_col, colour_col = st.columns(2)
-                options["size"] = size_col.selectbox("Resize to", [32, 28, 64], key=FORM_KEY + "size",
-                                               format_func=lambda s: f"{s}×{s}")
+                sizes = folder_sizes()
+                options["size"] = size_col.selectbox(
+                    "Resize to", sizes, key=FORM_KEY + "size", format_func=lambda s: f"{s}×{s}",
+                    help="Sides the model's levels can halve, each level halving the image.")
                 options["channels"] = colour_col.selectbox("Colour", [1, 3], key=FORM_KEY + "channels",
                                                    format_func=lambda c: "grayscale" if c == 1 else "RGB")
         info = None

@@ -15,11 +15,15 @@ part; :func:`class_names` reads the labels' names back.
 Reading uses ``torch.load(weights_only=True)``, which unpickles only tensors and plain
 containers: a checkpoint downloaded from a forum cannot call ``os.system``.
 
-A checkpoint also costs what it looks before anything is built from it: its zip entries must
-be stored uncompressed, as ``torch.save`` writes them (torch would otherwise inflate a 260 KB
-file into a 256 MB tensor), every weight must be finite, and the model its config describes
-is counted by arithmetic (``flowlib.size.parameter_count``) and checked against a cap and
-against the weights actually in the file before a single layer is allocated.
+A checkpoint also costs what it looks before anything is built from it: it must be the zip
+``torch.save`` writes (the legacy format trusts sizes it has not read), its entries stored
+uncompressed, as ``torch.save`` writes them (torch would otherwise inflate a 260 KB file into a
+256 MB tensor), and its tensors bounded by the bytes actually in the file
+(``flowlib.core.tensor_bounds``: storages as large as their entries, no stride tricks, no value
+counted twice), all checked before ``torch.load`` runs; every weight must be finite, and the
+model its config describes is counted by arithmetic (``flowlib.size.parameter_count``) and
+checked against a cap and against the weights actually in the file before a single layer is
+allocated.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from flowlib.fileio import atomic_write
 from flowlib.size import parameter_count
 
 from .model import FlowModel, align_legacy_optimizer_state
+from .tensor_bounds import TensorBoundsError, check_tensor_bounds
 
 __all__ = ["CheckpointError", "MAX_CHECKPOINT_PARAMETERS", "save_checkpoint", "load_checkpoint",
            "load_model", "model_payload", "class_names"]
@@ -113,23 +118,40 @@ class _WriteErrors:
 
 
 def _check_container(path: Path) -> None:
-    """Refuse a torch zip whose entries are compressed: the load would cost more than the file."""
+    """Refuse, before torch.load reads it, a file that would cost more than it holds: not the zip
+    torch.save writes, a compressed entry, or tensors that claim more than the file stores."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            compressed = [info.filename for info in archive.infolist()
-                          if info.compress_type != zipfile.ZIP_STORED]
+        archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError):
-        return  # not a zip (a legacy or plain pickle, or garbage): torch.load says which
-    if compressed:
-        raise CheckpointError(
-            f"{path}: its entry {compressed[0]!r} is compressed, which torch.save never does; "
-            "such a file can unpack to far more memory than its size, so it was refused")
+        raise CheckpointError(f"{path}: {_not_a_zip(path)}") from None
+    with archive:
+        compressed = [info.filename for info in archive.infolist()
+                      if info.compress_type != zipfile.ZIP_STORED]
+        if compressed:
+            raise CheckpointError(
+                f"{path}: its entry {compressed[0]!r} is compressed, which torch.save never does; "
+                "such a file can unpack to far more memory than its size, so it was refused")
+        try:
+            check_tensor_bounds(archive)
+        except TensorBoundsError as exc:
+            raise CheckpointError(f"{path}: {exc}, so it was refused before anything was allocated") from None
 
 
-def _is_plain_pickle(path: Path) -> bool:
+# What torch.save wrote before PyTorch 1.6: a pickle that starts with this number.
+_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _not_a_zip(path: Path) -> str:
     with open(path, "rb") as f:
-        head = f.read(2)
-    return len(head) == 2 and head[0] == pickle.PROTO[0] and not zipfile.is_zipfile(path)
+        head = f.read(len(_LEGACY_HEAD))
+    if head == _LEGACY_HEAD:
+        return ("it is in the legacy format of torch.save before PyTorch 1.6, whose loader allocates "
+                "the sizes the file declares before reading them, so it was refused; load it where "
+                "you trust it and save it again with a current PyTorch")
+    if len(head) >= 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:
+        return ("it is a plain Python pickle, not a PyTorch checkpoint, and such files "
+                "can run code when loaded, so it was refused")
+    return "it is not a readable PyTorch checkpoint: not the zip that torch.save writes (it may be truncated)"
 
 
 def _first_non_finite(state: dict) -> str | None:
@@ -160,12 +182,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         elif "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
             # torch's own text here is a paragraph advising weights_only=False, the one thing
             # never to do with a file from elsewhere: say it in one sentence instead.
-            if _is_plain_pickle(path):
-                reason = ("it is a plain Python pickle, not a PyTorch checkpoint, and such files "
-                          "can run code when loaded, so it was refused")
-            else:
-                reason = ("it is not a readable PyTorch checkpoint (neither the zip that "
-                          "torch.save writes nor a pickle of tensors)")
+            reason = ("it is not a readable PyTorch checkpoint (neither the zip that "
+                      "torch.save writes nor a pickle of tensors)")
         elif isinstance(exc, EOFError) or "central directory" in text or "truncated" in text.lower():
             reason = "the file is truncated or not a PyTorch checkpoint"
         else:

@@ -29,7 +29,10 @@ Rules the sources keep:
   nothing else; a plain ``pickle.load`` on a data file would run whatever code it names.
 * An input costs what it looks: zip members are inflated in chunks up to their recorded size
   and no further, only regular files are opened, and a folder's decoding has a budget of
-  pixels and seconds.  Uploads share a quota; the oldest go first.
+  pixels and seconds in which every picture costs at least the square it becomes, checked
+  against the listing before anything is decoded.  Uploads and the pixels decoded from them
+  share one quota; the oldest uploads go first, with their pixels, except those that runs
+  waiting or training still read (``store_upload(..., in_use=...)``).
 * Every problem a user can cause raises ``DatasetError`` (a ``ValueError``) whose message
   names the problem and what to do about it; an upload is named as such, not by its path
   on the server.
@@ -40,13 +43,7 @@ No Streamlit here: the pages turn ``DatasetError`` messages into ``st.error``.
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path, PurePosixPath
 from typing import Any
-
-from flowlib import env
-from flowlib.fileio import atomic_write
 
 from .sources.celeba import load_celeba
 from .sources.cifar10 import cifar_download_path, load_cifar10, parse_cifar_batch
@@ -58,15 +55,15 @@ from .sources.common import (
     ImageSet,
     cache_dir,
     check_split,
-    ensure_cache_dir,
+    resize_choices,
     seeded_split_indices,
-    uploads_dir,
 )
 from .sources.faces import faces_available, load_faces
 from .sources.folder import load_folder
 from .sources.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, to_plain_mode
 from .sources.mnist import FASHION_DEBIAN_DIR, load_fashion_mnist, load_mnist, mnist_available, read_idx
 from .sources.unpickle import RestrictedUnpickler, restricted_load
+from .sources.uploads import store_upload, upload_quota_bytes
 
 __all__ = [
     "DATASETS",
@@ -80,81 +77,19 @@ __all__ = [
     "ImageSet",
     "RestrictedUnpickler",
     "cache_dir",
+    "image_shape",
     "list_datasets",
     "load_images",
-    "image_shape",
     "class_names",
     "parse_cifar_batch",
     "read_idx",
+    "resize_choices",
     "restricted_load",
     "seeded_split_indices",
     "store_upload",
     "to_plain_mode",
     "upload_quota_bytes",
 ]
-
-# ----------------------------------------------------------------------------- uploads
-
-
-
-def upload_quota_bytes() -> int:
-    """Total bytes all stored uploads may take ($FLOWLAB_UPLOAD_QUOTA_MB, default 300 MB)."""
-    try:
-        megabytes = env.read("FLOWLAB_UPLOAD_QUOTA_MB")
-    except ValueError as exc:
-        raise DatasetError(str(exc)) from None
-    return int(megabytes * 1024**2)
-
-
-def store_upload(filename: str, data: bytes) -> Path:
-    """Save an uploaded file (e.g. a zip from the app) under the cache and return its path.
-
-    The name is the content hash, so the user's file name cannot point anywhere else.  All
-    uploads together stay within ``upload_quota_bytes()``: storing one removes the least
-    recently stored ones until they fit (uploading the same file again counts as recent).
-    """
-    suffix = PurePosixPath(filename).suffix.lower()
-    if suffix not in IMAGE_SUFFIXES | {".zip"}:
-        raise DatasetError(
-            f"{filename!r} is not a zip or an image. Upload a .zip of .png/.jpg pictures."
-        )
-    quota = upload_quota_bytes()
-    if len(data) > quota:
-        raise DatasetError(
-            f"{filename!r} is {len(data) / 1024**2:,.1f} MB, more than the {round(quota / 1024**2, 2):g} MB "
-            f"this server keeps for all uploads together (FLOWLAB_UPLOAD_QUOTA_MB). Upload a smaller zip."
-        )
-    ensure_cache_dir()
-    directory = uploads_dir()
-    directory.mkdir(exist_ok=True)
-    target = directory / (hashlib.sha256(data).hexdigest()[:24] + suffix)
-    if target.exists():
-        os.utime(target)  # recently used: the last to be evicted
-    else:
-        atomic_write(target, lambda f: f.write(data))
-    _evict_oldest_uploads(directory, quota, keep=target)
-    return target
-
-
-def _evict_oldest_uploads(directory: Path, quota: int, keep: Path) -> None:
-    stored = []
-    for path in directory.iterdir():
-        if path.name.startswith("."):
-            continue  # another process's upload still being written
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        stored.append((st.st_mtime_ns, path.name, st.st_size, path))
-    total = sum(size for _, _, size, _ in stored)
-    for _, _, size, path in sorted(stored):
-        if total <= quota:
-            break
-        if path == keep:
-            continue
-        path.unlink(missing_ok=True)
-        total -= size
-
 
 # ----------------------------------------------------------------------------- registry
 

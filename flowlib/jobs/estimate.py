@@ -334,12 +334,6 @@ def _limit_cpu_memory(device: str, memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text \
-        or "failed to allocate" in text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flowlib.jobs.estimate",
                                      description="Time a few training steps of one config; write JSON.")
@@ -370,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the reason goes to the page, in words
         if alarm_rang:   # the TimeoutError may surface as another error (e.g. mid-import)
             result = {"error": too_slow}
-        elif _is_out_of_memory(exc):
+        elif _allocation_failed(exc):
             result = {"error": f"this model needs more than the {args.memory_mb:,} MB a speed "
                                "measurement may use here"}
         else:
@@ -380,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
     _write_json(out, result)
     return 0 if "error" not in result else 1
+
+
+def _allocation_failed(exc: BaseException) -> bool:
+    from flowlib.train.oom import is_out_of_memory  # the trainer's own test, CPU allocator included
+
+    return is_out_of_memory(exc)
 
 
 if __name__ == "__main__":

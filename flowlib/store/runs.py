@@ -458,6 +458,18 @@ class RunStore(RunRecords, RunFolders):
             rows = self.read(read)
         return [_decode(r) for r in rows]
 
+    def dataset_paths_in_use(self) -> set[str]:
+        """The ``path`` dataset option of every run that has not ended (created, waiting,
+        queued, running, stopping): files those runs will still read, which a quota that
+        evicts old uploads must keep (``flowlib.data.store_upload``'s ``in_use``)."""
+        paths = set()
+        for run in self.list_runs():
+            options = run["train"].get("dataset_options")
+            if run["status"] in ("created", WAITING, *ACTIVE_STATUSES) and isinstance(options, dict) \
+                    and options.get("path"):
+                paths.add(str(options["path"]))
+        return paths
+
     def find_run(self, ref: Any) -> dict | None:
         """A run by id (int or digits) or by exact name (the newest with that name)."""
         text = str(ref).strip()

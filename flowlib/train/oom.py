@@ -16,13 +16,22 @@ from .step import forward_backward
 __all__ = ["is_out_of_memory", "free_cached_memory", "largest_batch_that_fits"]
 
 
+# What an allocation failure says when it is a plain RuntimeError: CUDA and MPS say "out of
+# memory"; torch's CPU allocator says "DefaultCPUAllocator: can't allocate memory: you tried to
+# allocate N bytes. Error code 12 (Cannot allocate memory)"; some backends "failed to allocate".
+OUT_OF_MEMORY_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, a MemoryError, or a RuntimeError that says "out of memory"."""
+    """CUDA's OutOfMemoryError, a MemoryError, or a RuntimeError that says it could not allocate
+    memory (on the CPU as on a GPU)."""
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     if oom is not None and isinstance(exc, oom):
         return True
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        isinstance(exc, MemoryError) or "out of memory" in str(exc).lower())
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(phrase in text for phrase in OUT_OF_MEMORY_PHRASES)
 
 
 def free_cached_memory(device: torch.device) -> None:

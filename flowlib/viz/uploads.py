@@ -26,9 +26,9 @@ def prepare_upload(data: bytes, shape: Sequence[int], name: str = "the upload",
                    ) -> tuple[np.ndarray, list[str]]:
     """Bytes of a picture -> uint8 [C, H, W] for a model, plus notes on what was converted.
 
-    Converted when sensible: colour -> grey (or grey -> colour), transparency composited on
-    white, 16-bit and float depths scaled to 8 bits, first frame of an animation, centre
-    square crop, resized to the model's side. Refused with :class:`UploadError`: not a picture,
+    Converted when sensible: turned upright by its EXIF orientation, colour -> grey (or grey
+    -> colour), transparency composited on white, 16-bit and float depths scaled to 8 bits,
+    first frame of an animation, centre square crop, resized to the model's side. Refused with :class:`UploadError`: not a picture,
     a damaged file, more than ``max_bytes`` or ``max_pixels`` (decompression bombs included).
     The decoding and its refusals are the data sources' own (``decode_plain``).
     """
@@ -46,6 +46,8 @@ def prepare_upload(data: bytes, shape: Sequence[int], name: str = "the upload",
     except Skip as refused:
         raise UploadError(f"{name} {refused.words}") from None
     notes: list[str] = []
+    if picture.orientation != 1:
+        notes.append(f"turned upright as its EXIF orientation ({picture.orientation}) says")
     if picture.animated:
         notes.append("used the first frame of an animation")
     if picture.note:

@@ -312,6 +312,27 @@ def test_rename_and_delete_with_confirmation(runs_dir):
     assert store().get_run(rid) is None
 
 
+def test_folder_resize_offers_only_sides_the_models_levels_can_halve(runs_dir):
+    # A probe: "Resize to" offered 28, which a model of 3 levels then refused.
+    at = train_page()
+    at.selectbox(key="tr_dataset").set_value("folder").run()
+    assert not at.exception, at.exception
+
+    def sides():
+        return [int(option.split("×")[0]) for option in at.selectbox(key="tr_size").options]
+
+    levels = at.number_input(key="tr_levels").value
+    assert sides() and all(side % 2 ** levels == 0 for side in sides()), (levels, sides())
+    at.number_input(key="tr_levels").set_value(3).run()
+    at.run()  # the sizes follow the levels of the last run of the form
+    assert sides() == [16, 24, 32, 48, 64, 96, 128] and 28 not in sides()
+    at.selectbox(key="tr_size").set_value(24).run()
+    at.number_input(key="tr_levels").set_value(4).run()
+    at.run()
+    assert sides() == [16, 32, 48, 64, 96, 128]
+    assert at.selectbox(key="tr_size").value == 16  # 24 no longer works: the first that does
+
+
 # -- classroom mode --------------------------------------------------------------------------
 def test_classroom_mode_caps_and_ownership(runs_dir, monkeypatch):
     monkeypatch.setenv("FLOWLAB_CLASSROOM", "1")

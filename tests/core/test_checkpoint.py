@@ -203,3 +203,111 @@ def test_atomic_write_fsyncs_file_then_folder_and_cleans_up(tmp_path, monkeypatc
         fileio.atomic_write(target, fails_midway)
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+# ----------------------------------------------------------------------------- tensors bounded by the file's bytes
+
+
+def _torch_load_must_not_run(monkeypatch):
+    from flowlib.core import checkpoint
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load ran on a file whose tensors claim more than it holds")
+
+    monkeypatch.setattr(checkpoint.torch, "load", refuse)
+
+
+def test_a_stride_zero_tensor_of_a_billion_elements_is_refused_before_torch_load(tmp_path, monkeypatch):
+    # A probe: a 46 KB file whose weights hold one float viewed a billion times (stride 0)
+    # asked the allocator for 5 GB when its weights were checked for NaN.
+    payload = model_payload(_small_model())
+    payload["model"]["top_mean"] = torch.zeros(1).expand(10**9)
+    path = tmp_path / "stride0.pt"
+    save_checkpoint(path, payload)
+    assert path.stat().st_size < 100_000
+    _torch_load_must_not_run(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"stride0\.pt: a tensor of 1,000,000,000 elements reads the "
+                                              r"same stored values more than once .* refused before anything "
+                                              r"was allocated"):
+        load_model(path)
+
+
+def _forged(path, views, numel, entry_bytes, itemsize=4):
+    """A torch.save-shaped zip written by hand: one float storage of ``numel`` declared elements
+    whose entry holds ``entry_bytes`` bytes, and one tensor per (offset, size, stride) in views."""
+    import collections
+    import io
+    import zipfile
+
+    class Storage:
+        pass
+
+    storage = Storage()
+
+    class View:
+        def __init__(self, offset, size, stride):
+            self.args = (storage, offset, size, stride, False, collections.OrderedDict())
+
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, self.args
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if obj is storage else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({f"t{i}": View(*v) for i, v in enumerate(views)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", buf.getvalue())
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/data/0", bytes(range(256)) * (entry_bytes // 256) + bytes(entry_bytes % 256))
+        zf.writestr("archive/version", "3\n")
+    return path
+
+
+def test_a_hand_written_checkpoint_with_honest_tensors_still_loads(tmp_path):
+    path = _forged(tmp_path / "honest.pt", [(0, (2, 3), (3, 1)), (6, (3, 2), (1, 3))], 12, 48)
+    ckpt = torch.load(path, weights_only=True)  # the forgery is a real torch file: torch reads it
+    assert ckpt["t0"].shape == (2, 3) and ckpt["t1"].shape == (3, 2)
+    import zipfile
+
+    from flowlib.core.tensor_bounds import check_tensor_bounds
+    with zipfile.ZipFile(path) as archive:
+        check_tensor_bounds(archive)  # two views of one storage, no value twice: accepted
+
+
+@pytest.mark.parametrize("views,numel,entry_bytes,message", [
+    ([(0, (10**9,), (1,))], 10**9, 64, (r"its storage '0' declares 4,000,000,000 bytes but the file has an "
+                                        r"entry of 64 bytes for it")),
+    ([(3, (8,), (1,))], 8, 32, r"a tensor of size \(8,\) reaches element 10 of its storage '0', which holds 8"),
+    ([(0, (10**5, 10**5), (1, 1))], 16, 64, r"a tensor of 10,000,000,000 elements reads the same stored values"),
+    ([(0, (4, 4), (4, 1)), (0, (16,), (1,))], 16, 64, (r"its tensors address 128 bytes but its storages hold "
+                                                       r"only 64: stored values are counted more than once")),
+])
+def test_tensors_that_claim_more_than_the_file_holds_are_refused_in_words(tmp_path, monkeypatch, views, numel,
+                                                                          entry_bytes, message):
+    path = _forged(tmp_path / "forged.pt", views, numel, entry_bytes)
+    _torch_load_must_not_run(monkeypatch)
+    with pytest.raises(CheckpointError, match=rf"forged\.pt: {message}.*refused before anything was allocated"):
+        load_checkpoint(path)
+
+
+def test_the_legacy_torch_format_is_refused_in_words(tmp_path, monkeypatch):
+    path = tmp_path / "old.pt"
+    torch.save(model_payload(_small_model()), path, _use_new_zipfile_serialization=False)
+    _torch_load_must_not_run(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"old\.pt: it is in the legacy format of torch.save before "
+                                              r"PyTorch 1.6"):
+        load_checkpoint(path)
+
+
+def test_a_trainers_checkpoint_with_optimizer_and_rng_passes_the_bounds(tmp_path):
+    model = _small_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    model.log_prob(torch.rand(2, 1, 8, 8) - 0.5).mean().backward()
+    optimizer.step()
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, {**model_payload(model), "optimizer": optimizer.state_dict(),
+                           "rng": {"torch": torch.get_rng_state()}, "step": 1})
+    ckpt = load_checkpoint(path)
+    assert set(ckpt["optimizer"]["state"]) and torch.equal(ckpt["rng"]["torch"], torch.get_rng_state())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 
 from flowlib.data import load_images, store_upload
 from flowlib.data.sources.common import DatasetError
-from flowlib.data.sources.images import MAX_IMAGE_PIXELS, Skip, decode_picture, decode_plain
+from flowlib.data.sources.images import MAX_IMAGE_PIXELS, Skip, decode_picture, decode_plain, to_plain_mode
 from flowlib.viz.uploads import UploadError, prepare_upload
 
 MNIST_SHAPE = (1, 28, 28)
@@ -141,6 +142,79 @@ def test_animated_gif_uses_the_first_frame():
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100)
     px, notes = prepare_upload(buf.getvalue(), MNIST_SHAPE)
     assert abs(int(px.mean()) - 40) <= 2 and any("first frame" in n for n in notes)
+
+
+def _every_mode(rng) -> dict[str, Image.Image]:
+    """A 37×23 picture of random values in each mode a file can decode to."""
+    shape = (23, 37)
+    pictures = {
+        "I;16": Image.fromarray(rng.integers(0, 65536, shape).astype(np.uint16)),
+        "I": Image.fromarray(rng.integers(0, 65536, shape).astype(np.int32)),
+        "F small": Image.fromarray(rng.random(shape).astype(np.float32)),
+        "F large": Image.fromarray((rng.random(shape) * 300).astype(np.float32)),
+        "RGBA": Image.fromarray(rng.integers(0, 256, (*shape, 4)).astype(np.uint8), "RGBA"),
+        "LA": Image.fromarray(rng.integers(0, 256, (*shape, 4)).astype(np.uint8), "RGBA").convert("LA"),
+        "CMYK": Image.fromarray(rng.integers(0, 256, (*shape, 4)).astype(np.uint8), "RGBA").convert("CMYK"),
+        "1": Image.fromarray(rng.integers(0, 2, shape).astype(bool)),
+    }
+    palette = Image.fromarray(rng.integers(0, 256, (*shape, 3)).astype(np.uint8), "RGB").quantize(16)
+    palette.info["transparency"] = 3
+    pictures["P"] = palette
+    pictures["F large"].putpixel((5, 20), 299.5)  # the largest value, in a late band
+    return pictures
+
+
+def test_a_large_picture_converted_in_bands_gets_exactly_the_pixels_of_one_conversion(monkeypatch):
+    from flowlib.data.sources import images
+
+    for name, img in _every_mode(np.random.default_rng(0)).items():
+        whole = np.asarray(images.to_plain_mode(img))
+        monkeypatch.setattr(images, "BAND_PIXELS", 80)  # two rows of 37 per band
+        banded = np.asarray(images.to_plain_mode(img))
+        monkeypatch.undo()
+        assert banded.dtype == np.uint8 and np.array_equal(banded, whole), name
+
+
+def test_converting_a_large_16_bit_picture_costs_a_band_not_copies_of_all_of_it():
+    import tracemalloc
+
+    # A probe: one 7000×7000 16-bit PNG in a 4.5 MB zip took the server from 223 to 1,117 MB
+    # (float64 copies of all 49 megapixels). numpy's allocations show in tracemalloc.
+    img = Image.fromarray(np.full((3000, 3000), 40_000, np.uint16))
+    tracemalloc.start()
+    try:
+        plain = to_plain_mode(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert plain.mode == "L" and plain.getextrema() == (156, 156)
+    assert peak < 48 * 1024**2, f"{peak / 1024**2:.0f} MB of numpy arrays to convert 9 megapixels"
+
+
+@pytest.mark.parametrize("mode,channels", [("RGB", 3), ("L", 1), ("RGB", 1), ("L", 3)])
+def test_a_square_picture_in_the_wanted_mode_is_resized_without_a_full_size_copy(monkeypatch, mode, channels):
+    # A probe: one 7000×7000 picture in a 4.5 MB zip cost the server 1.27 GB; a crop and a
+    # convert that changed nothing were two more full-size copies of it.
+    from flowlib.data.sources import images
+
+    side = 300
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3)).astype(np.uint8)).convert(mode)
+    expected = np.asarray(picture.convert("L" if channels == 1 else "RGB").resize((32, 32), Image.Resampling.LANCZOS,
+                                                                                 reducing_gap=3.0))
+    full_size = []
+    for name in ("crop", "convert", "copy"):
+        original = getattr(Image.Image, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            out = _original(self, *args, **kwargs)
+            if out.size == (side, side) and not (_name == "convert" and out.mode != self.mode):
+                full_size.append(_name)
+            return out
+
+        monkeypatch.setattr(Image.Image, name, spy)
+    pixels = images._square_thumbnail(picture, side, 32, channels, None)
+    monkeypatch.undo()
+    assert full_size == [] and np.array_equal(pixels, expected[None] if channels == 1 else expected.transpose(2, 0, 1))
 
 
 def _files_under(root: Path) -> set[Path]:
@@ -329,3 +403,144 @@ def test_upload_info_and_errors_show_no_server_path(cache_in_tmp):
     with pytest.raises(DatasetError) as info:
         load_images("folder", path=store_upload("empty.zip", empty.getvalue()))
     assert "your upload" in str(info.value) and str(cache_in_tmp) not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- decoded pixels bounded, counted, evicted
+
+
+def _tiny_png_zip(count: int, seed: int = 0) -> bytes:
+    """``count`` 1×1 PNGs of random colours: about 150 bytes of zip each."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(count):
+            zf.writestr(f"p{i:05d}.png", _encode(Image.new("RGB", (1, 1), tuple(int(v) for v in rng.integers(0, 256, 3)))))
+    return buf.getvalue()
+
+
+def _decoding_must_not_start(monkeypatch):
+    from flowlib.data.sources import pixel_cache
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a picture was decoded although the listing already showed the cost")
+
+    monkeypatch.setattr(pixel_cache, "decode_picture", refuse)
+
+
+def test_many_tiny_pictures_are_refused_before_decoding_when_their_squares_exceed_the_budget(tmp_path, cache_in_tmp, monkeypatch):
+    # A probe: a 17 MB zip of 110,000 1×1 PNGs read at 64×64 RGB peaked at 5.2 GB and left
+    # 1.3 GB of pixels on disk. Every picture costs at least the square it becomes, and the
+    # listing shows the count before any picture is decoded.
+    path = tmp_path / "dots.zip"
+    path.write_bytes(_tiny_png_zip(4_000))
+    assert path.stat().st_size < 1024**2
+    with monkeypatch.context() as patched:
+        _decoding_must_not_start(patched)
+        with pytest.raises(DatasetError, match=r"dots\.zip holds 4,000 pictures: at 128×128 they make 66 megapixels, "
+                                               r"more than its decode budget of 64 megapixels .*Choose a smaller size"):
+            load_images("folder", path=path, size=128)
+    assert len(load_images("folder", "test", path=path, size=8)) == 400  # 4,000 × 64 pixels: fine
+
+
+def test_pictures_go_straight_into_one_array(tmp_path, cache_in_tmp, monkeypatch):
+    import tracemalloc
+
+    from flowlib.data.sources import pixel_cache
+
+    # the decoding alone: writing the cache copies at most numpy's 16 MB write buffer
+    monkeypatch.setattr(pixel_cache, "_write_cache", lambda *args: None)
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(300):
+        Image.new("RGB", (40, 40), (i % 256, 0, 0)).save(folder / f"{i:03d}.png")
+    tracemalloc.start()
+    try:
+        images, names, _ = pixel_cache.preprocess_pictures(folder, 64, 3, None, None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert images.shape == (300, 3, 64, 64) and len(names) == 300
+    # one array of the result (3.7 MB) and one picture at a time; a list of pictures then
+    # stacked held the pixels twice
+    assert peak < 1.5 * images.nbytes, f"{peak / images.nbytes:.2f} times the pixels"
+
+
+def test_a_long_member_name_does_not_widen_the_cache(tmp_path, cache_in_tmp):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(200):
+            name = ("n" * 50_000 if i == 0 else f"{i}") + ".png"
+            zf.writestr(name, _encode(Image.new("L", (4, 4), i)))
+    path = tmp_path / "names.zip"
+    path.write_bytes(buf.getvalue())
+    assert len(load_images("folder", path=path, size=8, channels=1)) == 180
+    (cache,) = cache_in_tmp.glob("pictures-*.npz")
+    # a fixed-width array of names made every one as wide as the longest: 200 × 200 KB
+    assert cache.stat().st_size < 200 * 64 + 150_000
+
+
+def _in_uploads(cache: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (cache / "uploads").iterdir() if not p.name.startswith(".")}
+
+
+def test_an_uploads_decoded_pixels_count_in_the_quota_and_go_with_it(monkeypatch, cache_in_tmp):
+    # A probe: four 2.3 MB uploads within a 5 MB quota left 710 MB of decoded pixels on disk.
+    quota = 400_000
+    monkeypatch.setenv("FLOWLAB_UPLOAD_QUOTA_MB", str(quota / 1024**2))
+    first = store_upload("first.zip", _tiny_png_zip(300, seed=1))
+    with monkeypatch.context() as patched:
+        _decoding_must_not_start(patched)
+        with pytest.raises(DatasetError, match=r"your upload .*\.zip is too much to decode here: its 300 pictures at "
+                                               r"32×32 RGB take 1\.0 MB decoded, and this server keeps 0\.38 MB"):
+            load_images("folder", path=first, size=32, channels=3)
+    assert len(load_images("folder", path=first, size=16, channels=1)) == 270
+    kept = _in_uploads(cache_in_tmp)
+    decoded = [name for name in kept if name.startswith(first.name + ".decoded-")]
+    assert len(decoded) == 1 and kept[decoded[0]] >= 300 * 256  # beside its upload, counted
+    assert not list(cache_in_tmp.glob("pictures-*.npz"))
+    for seed in range(2, 12):  # more uploads, none read: the oldest go, each with its pixels
+        store_upload(f"u{seed}.zip", _tiny_png_zip(300, seed=seed))
+        mine = sorted(name for name in _in_uploads(cache_in_tmp) if name.startswith(first.name))
+        assert mine in ([], sorted([first.name, decoded[0]])), mine
+        if not mine:
+            break
+    assert not mine and seed > 2
+    for seed in range(12, 17):  # more uploads, each read: everything stays within the quota
+        later = store_upload(f"u{seed}.zip", _tiny_png_zip(300, seed=seed))
+        with warnings.catch_warnings():  # "Not keeping the decoded pictures": no room beside the uploads
+            warnings.simplefilter("ignore", UserWarning)
+            assert len(load_images("folder", path=later, size=16, channels=1)) == 270
+        assert sum(_in_uploads(cache_in_tmp).values()) <= quota
+
+
+def test_uploads_that_runs_still_read_are_kept_and_a_new_one_that_does_not_fit_is_refused(monkeypatch, cache_in_tmp):
+    # A probe: uploads evicted by later uploads while the runs that read them waited in the
+    # queue: 3 of 3 runs failed. The caller passes the uploads that runs still read.
+    monkeypatch.setenv("FLOWLAB_UPLOAD_QUOTA_MB", str(10_000 / 1024**2))
+    queued = [store_upload(f"q{i}.png", bytes([i]) * 3000) for i in range(3)]
+    for age, path in enumerate(queued):
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))  # q0 oldest
+    later = store_upload("later.png", bytes([9]) * 1000, in_use=queued)
+    assert all(p.exists() for p in queued) and later.exists()
+    with pytest.raises(DatasetError, match=r"'big\.png' \(2 KB\) does not fit: uploads that waiting or running "
+                                           r"runs still read take 9 KB of the 0\.01 MB"):
+        store_upload("big.png", bytes([7]) * 2000, in_use=queued)
+    assert all(p.exists() for p in queued) and not any(p.name.startswith(".") for p in (cache_in_tmp / "uploads").iterdir()
+                                                       if p.name != ".lock")
+    # without the runs, the oldest go first as before
+    store_upload("big.png", bytes([7]) * 2000)
+    assert [p.exists() for p in queued] == [False, True, True]
+
+
+def test_keeping_decoded_pixels_removes_other_pixels_never_an_upload(monkeypatch, cache_in_tmp):
+    from flowlib.data.sources.uploads import decoded_path, keep_decoded
+
+    monkeypatch.setenv("FLOWLAB_UPLOAD_QUOTA_MB", str(10_000 / 1024**2))
+    a, b = store_upload("a.png", bytes(3000)), store_upload("b.png", bytes([1]) * 3000)
+    assert keep_decoded(decoded_path(a, "k"), 2000, lambda f: f.write(bytes(2000)))
+    assert keep_decoded(decoded_path(b, "k"), 3000, lambda f: f.write(bytes(3000)))  # a's pixels go
+    assert sorted(_in_uploads(cache_in_tmp)) == sorted([a.name, b.name, decoded_path(b, "k").name])
+    with pytest.warns(UserWarning, match="the uploads fill the quota"):
+        assert not keep_decoded(decoded_path(a, "j"), 5000, lambda f: f.write(bytes(5000)))
+    assert a.exists() and b.exists() and not decoded_path(a, "j").exists()

@@ -208,6 +208,46 @@ def test_sixteen_bit_is_scaled_not_clipped_in_grayscale(tmp_path):
     assert both[0].info.shape == (1, 8, 8)
 
 
+def _stored_sideways(upright: Image.Image, fmt: str) -> bytes:
+    """``upright`` as a phone stores it: turned 90° anticlockwise, with EXIF orientation 6."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, format=fmt, exif=exif,
+                                                      **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_folder_and_zip_pictures_are_turned_upright_by_their_exif_orientation(tmp_path, fmt):
+    upright = Image.new("L", (40, 40), 0)
+    upright.paste(255, (0, 0, 40, 20))  # white on top, as the phone showed it
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"IMG_{i}.{fmt.lower()}").write_bytes(_stored_sideways(upright, fmt))
+    with zipfile.ZipFile(tmp_path / "phone.zip", "w") as zf:
+        for i in range(2):
+            zf.writestr(f"IMG_{i}.{fmt.lower()}", _stored_sideways(upright, fmt))
+    for source in (folder, tmp_path / "phone.zip"):
+        both = torch.cat([load_images("folder", s, path=source, channels=1, size=8).images
+                          for s in ("train", "test")]).float()
+        assert both[:, 0, :3].mean() > 245 and both[:, 0, 5:].mean() < 10, source
+
+
+def test_a_sideways_jpeg_decoded_at_a_reduced_scale_is_cropped_where_it_stands_upright():
+    from flowlib.data.sources.images import decode_picture
+
+    # Upright 200 wide × 400 high, white down to row 175: the centre 100-pixel square (rows
+    # 150..249) is white in its top quarter. The JPEG is decoded at 1/4 scale, so the crop
+    # side is scaled by the upright width (200), not the stored one (400).
+    upright = Image.new("L", (200, 400), 0)
+    upright.paste(255, (0, 0, 200, 175))
+    thumb = decode_picture(io.BytesIO(_stored_sideways(upright, "JPEG")), size=8, channels=1, crop=100)
+    rows = thumb[0].astype(float).mean(axis=1)
+    assert rows[0] > 230 and rows[1] > 200 and rows[3:].max() < 30
+
+
 def test_folder_cache_is_reused_and_invalidated(tmp_path, cache_in_tmp, monkeypatch):
     folder = tmp_path / "pics"
     folder.mkdir()
@@ -418,6 +458,50 @@ def test_cifar_with_a_malicious_batch_is_refused(cifar_folder, tmp_path):
     with pytest.raises(DatasetError, match="Refused to load"):
         load_images("cifar10", "test", path=cifar_folder)
     assert not marker.exists()
+
+
+def _shared_nested_labels(n: int, width: int) -> list:
+    """n references to one list of ``width`` references to one list of ``width`` zeros: a few
+    bytes per reference in the pickle, n·width² values once expanded."""
+    row = [0] * width
+    return [[row] * width] * n
+
+
+@pytest.mark.parametrize("labels,found", [
+    (_shared_nested_labels(3, 3), "found a list"),
+    ([[0, 1]] * 3, "found a list"),
+    ([0, None, 1], "found a NoneType"),
+    ([0, 1, 10], "found a number outside 0..9"),
+    ([0, True, 1], "found a bool"),
+    (np.zeros((3, 2), np.int64), "found a 2-dimensional int64 array"),
+    ({"a": 1}, "found a dict"),
+])
+def test_cifar_labels_that_are_not_n_small_whole_numbers_are_refused_in_words(tmp_path, labels, found):
+    batch = cifar_batch(3, 0)
+    batch[b"labels"] = labels
+    with pytest.raises(DatasetError, match=rf"has labels that are not 3 whole numbers from 0 to 9 \({found}\)"):
+        data.parse_cifar_batch(io.BytesIO(pickle.dumps(batch, protocol=2)), "test_batch")
+
+
+def test_cifar_labels_of_shared_nested_lists_are_refused_before_they_are_expanded(tmp_path):
+    # A probe: labels of shared nested lists, a few MB of pickle, made np.asarray ask for
+    # 7.45 GiB. Here 10,000 images whose labels would expand to 10,000 × 1,000 × 1,000 values
+    # (80 GB): refused after one look at the first label, in a fraction of a second.
+    import time
+    batch = {b"data": np.zeros((10_000, 3072), np.uint8), b"labels": _shared_nested_labels(10_000, 1_000)}
+    payload = pickle.dumps(batch, protocol=2)
+    assert len(payload) < 32 * 1024**2
+    started = time.process_time()
+    with pytest.raises(DatasetError, match="found a list"):
+        data.parse_cifar_batch(io.BytesIO(payload), "test_batch")
+    assert time.process_time() - started < 2
+
+
+def test_cifar_arrays_of_python_objects_are_refused_by_the_unpickler():
+    batch = cifar_batch(3, 0)
+    batch[b"labels"] = np.array([0, [1], 2], dtype=object)
+    with pytest.raises(DatasetError, match=r"Refused to load test_batch: it holds a numpy array of Python objects"):
+        data.parse_cifar_batch(io.BytesIO(pickle.dumps(batch, protocol=2)), "test_batch")
 
 
 def test_cifar_download_offline_says_so(monkeypatch, cache_in_tmp):

@@ -260,3 +260,23 @@ def test_concurrent_queue_drains_never_exceed_the_limit(tmp_path):
     for t in threads:
         t.join()
     assert len(claimed) == 2 and sorted(claimed) == [1, 2]
+
+
+def test_the_dataset_paths_of_runs_that_have_not_ended_are_in_use(tmp_path):
+    # A probe: uploads evicted by later uploads while the runs that read them waited in the
+    # queue: 3 of 3 failed. The Train page passes these paths to store_upload as in use.
+    store = RunStore(tmp_path, Limits(max_concurrent=2))
+
+    def folder_run(name, status):
+        options = {"path": str(tmp_path / f"{name}.zip"), "size": 32}
+        return _new(store, name, status=status, train={"dataset": "folder", "dataset_options": options})
+
+    created, waiting = folder_run("created", "created"), folder_run("waiting", "waiting")
+    training, ended = folder_run("training", "created"), folder_run("ended", "created")
+    _new(store, "faces")  # no path
+    store.request_start(training)
+    store.request_start(ended)
+    store.finish_run(ended, "finished", "done")
+    assert store.dataset_paths_in_use() == {str(tmp_path / f"{n}.zip") for n in ("created", "waiting", "training")}
+    store.finish_run(training, "failed", "gone")
+    assert store.dataset_paths_in_use() == {str(tmp_path / f"{n}.zip") for n in ("created", "waiting")}

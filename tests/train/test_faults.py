@@ -7,6 +7,8 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -177,14 +179,15 @@ def test_trainer_survives_a_database_locked_by_another_program(tmp_path):
 
 
 # -- out of memory --------------------------------------------------------------------------------
-def _oom_when(fails) -> Collaborators:
-    """A session whose forward pass raises CUDA's out-of-memory error when fails(call, batch)."""
+def _oom_when(fails, error=None) -> Collaborators:
+    """A session whose forward pass raises ``error`` (CUDA's out-of-memory error unless told)
+    when fails(call, batch)."""
     calls = {"n": 0}
 
     def maybe_oom(model, x, uniform):
         calls["n"] += 1
         if fails(calls["n"], x.shape[0]):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise error or torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return batch_terms(model, x, uniform)
 
     return Collaborators(terms=maybe_oom)
@@ -216,6 +219,31 @@ def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store):
     run = worker.wait_for_run(store, run_id, timeout=120)
     assert run["status"] == "finished" and run["step"] == 30, run["message"]
     assert "resumed from the checkpoint at step 4" in store.events(run_id, kinds=["resume"])[-1]["message"]
+
+
+def _cpu_allocation_failure() -> str:
+    """What torch's CPU allocator raises when it gets no memory, from a real failure in a child
+    process whose address space is capped 512 MB above what it already uses."""
+    code = ("import resource, torch\n"
+            "vm = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (vm + 512 * 1024**2, resource.RLIM_INFINITY))\n"
+            "try:\n    torch.empty(4 * 1024**3, dtype=torch.uint8)\n"
+            "except RuntimeError as exc:\n    print(type(exc).__name__, '|', exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    kind, _, message = out.stdout.strip().partition(" | ")
+    assert kind == "RuntimeError" and message, out.stdout + out.stderr
+    return message
+
+
+def test_a_cpu_allocation_failure_is_out_of_memory_too(store):
+    # A probe: on the CPU, "DefaultCPUAllocator: can't allocate memory" ended the run with a raw
+    # message, no batch search and no "Resume with batch N".
+    message = _cpu_allocation_failure()
+    oom = _oom_when(lambda call, batch: call >= 5 and batch > 2, RuntimeError(message))
+    result = train_run(store, _queued(store, lr_schedule="constant"), collaborators=oom)
+    assert result.status == "failed" and result.step == 4
+    assert result.message.startswith("Out of memory at step 5 with batch size 8. A step with batch "
+                                     "size 2 fits"), result.message
 
 
 def test_out_of_memory_when_not_even_one_image_fits_says_so(store):

@@ -409,3 +409,22 @@ def test_channel_mixing_is_an_order_for_permutations_and_a_matrix_for_convolutio
         assert torch.allclose(torch.einsum("oc,bchw->bohw", torch.as_tensor(mix), x), y, atol=1e-6)
     trace = trace_masks([4, 2, 2], [{"mix": mix, "mask": "channel", "parity": 0}])
     assert trace[0].mixing == ("permutation" if kind in ("reverse", "shuffle") else "conv")
+
+
+def _sideways(fmt: str) -> bytes:
+    """A phone photo stored sideways: its top half white, the rest black, and EXIF orientation 6
+    (turn 90° clockwise to show it), so upright its right half is white."""
+    img = Image.new("L", (40, 40), 0)
+    img.paste(255, (0, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_upload_with_exif_orientation_is_turned_upright(fmt):
+    px, notes = prepare_upload(_sideways(fmt), (1, 40, 40))
+    assert px[0, :, :18].mean() < 10 and px[0, :, 22:].mean() > 245  # right half white
+    assert "turned upright as its EXIF orientation (6) says" in notes

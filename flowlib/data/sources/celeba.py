@@ -118,4 +118,4 @@ def load_celeba(
         skipped=sum(skipped.values()),
         split=split,
     )
-    return as_image_set(images[keep], None, info)
+    return as_image_set(images[keep], None, info, copy=False)

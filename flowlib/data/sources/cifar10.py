@@ -43,7 +43,10 @@ def parse_cifar_batch(stream: io.BufferedIOBase, what: str) -> tuple[np.ndarray,
     """One CIFAR-10 python batch -> uint8 [N,3,32,32] and int64 labels.
 
     The file is a pickled dict: data = uint8 [N, 3072] with the red 32x32 plane first, then
-    green, then blue, each row-major; labels = list of N ints 0..9.
+    green, then blue, each row-major; labels = list of N ints 0..9. Both are checked for type
+    and length before anything is converted: N comes from the pixel bytes actually read, and a
+    label that is not a whole number 0..9 (a nested list, shared or not) is refused, never
+    expanded.
     """
     batch = restricted_load(stream, what)
     if not isinstance(batch, dict):
@@ -51,15 +54,39 @@ def parse_cifar_batch(stream: io.BufferedIOBase, what: str) -> tuple[np.ndarray,
     # Python 2 pickles read with latin1 give str keys; Python 3 ones give bytes keys.
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     data, labels = batch.get("data"), batch.get("labels")
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or labels is None:
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+            or data.shape[1] != 3072 or labels is None):
         raise DatasetError(
-            f"{what} does not look like a CIFAR-10 batch (want 'data' N×3072 and 'labels'). "
+            f"{what} does not look like a CIFAR-10 batch (want 'data' uint8 N×3072 and 'labels'). "
             "Point 'path' at the cifar-10-batches-py folder from cifar-10-python.tar.gz."
         )
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) != len(data):
-        raise DatasetError(f"{what} has {len(data)} images but {len(labels)} labels. Get a fresh copy.")
-    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
+    return data.reshape(-1, 3, 32, 32), _cifar_labels(labels, len(data), what)
+
+
+def _cifar_labels(labels: object, n: int, what: str) -> np.ndarray:
+    """``labels`` as int64 [n] when it is n whole numbers 0..9 (a list, a tuple or a 1-D integer
+    array); DatasetError otherwise. Costs O(n) whatever ``labels`` holds: nothing is converted
+    before every element is known to be a plain int."""
+    counted = isinstance(labels, (list, tuple)) or (isinstance(labels, np.ndarray) and labels.ndim == 1)
+    if counted and len(labels) != n:
+        raise DatasetError(f"{what} has {n} images but {len(labels)} labels. Get a fresh copy.")
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        odd = None if (len(labels) == 0 or 0 <= labels.min() <= labels.max() <= 9) else "a number outside 0..9"
+    elif isinstance(labels, (list, tuple)):
+        # type(v) is int: no bool, no subclass; never str() a bad one (a shared nested list
+        # would be written out in full)
+        at = next((i for i, v in enumerate(labels) if type(v) is not int or not 0 <= v <= 9), None)
+        kind = None if at is None else type(labels[at])
+        odd = None if kind is None else "a number outside 0..9" if kind is int else f"a {kind.__name__}"
+    else:
+        shape = f"{labels.ndim}-dimensional {labels.dtype} array" if isinstance(labels, np.ndarray) else ""
+        odd = f"a {shape or type(labels).__name__}"
+    if odd is not None:
+        raise DatasetError(
+            f"{what} has labels that are not {n:,} whole numbers from 0 to 9 (found {odd}). Get a "
+            "fresh copy of cifar-10-python.tar.gz."
+        )
+    return np.asarray(labels, dtype=np.int64)
 
 
 def _cifar_from_folder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

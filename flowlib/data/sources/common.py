@@ -154,9 +154,12 @@ def seeded_split_indices(n: int, split: str, seed: int = SPLIT_SEED) -> np.ndarr
     return np.sort(chosen)
 
 
-def as_image_set(images: np.ndarray, labels: np.ndarray | None, info: DatasetInfo) -> ImageSet:
+def as_image_set(images: np.ndarray, labels: np.ndarray | None, info: DatasetInfo,
+                 copy: bool = True) -> ImageSet:
     # Copies: the arrays may be memoised, and callers are free to modify what they get.
-    image_tensor = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
+    # ``copy=False``: ``images`` is the caller's own new array (e.g. ``images[keep]``), used as is.
+    images = np.array(images, dtype=np.uint8, copy=True) if copy else np.ascontiguousarray(images, np.uint8)
+    image_tensor = torch.from_numpy(images)
     label_tensor = None if labels is None else torch.from_numpy(np.array(labels, dtype=np.int64))
     return ImageSet(image_tensor, label_tensor, info)
 
@@ -170,14 +173,24 @@ def user_path(path: Any, what: str) -> Path:
         if shown != str(resolved):
             raise DatasetError(
                 f"{shown} is no longer on this server: uploads share a limited space and the "
-                "oldest are removed first. Upload the file again."
+                "oldest that no waiting or running run reads are removed first. Upload the file again."
             )
         raise DatasetError(f"{shown} does not exist. Check the path, or pick another {what} source.")
     return resolved.resolve()
 
 
+SIZES = tuple(range(8, 129, 8))  # the sides a folder's pictures may be resized to (check_size)
+OFFERED_SIZES = (16, 24, 32, 48, 64, 96, 128)  # the ones a form offers
+
+
+def resize_choices(levels: int) -> list[int]:
+    """The sides a form may offer for a model of ``levels`` levels: sizes ``check_size``
+    accepts that can be halved ``levels`` times (a flow halves the image at each level)."""
+    return [side for side in OFFERED_SIZES if side % 2 ** max(int(levels), 0) == 0]
+
+
 def check_size(size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 128 or size % 8:
+    if isinstance(size, bool) or not isinstance(size, int) or size not in SIZES:
         raise DatasetError(
             f"size={size!r} is not usable: pick a multiple of 8 from 8 to 128 (the flow halves "
             "the image size at each level), e.g. 32."

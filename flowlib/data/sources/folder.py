@@ -95,4 +95,4 @@ def load_folder(
         split=split,
         classes=classes,
     )
-    return as_image_set(images[keep], None if labels is None else labels[keep], info)
+    return as_image_set(images[keep], None if labels is None else labels[keep], info, copy=False)
