@@ -171,7 +171,7 @@ def busy_words(others: list[dict], limit: int) -> str:
 
 def other_runs_bar(store, run: dict) -> None:
     """While this page shows a run that is not training, say which other run is, and offer to
-    show it, or to stop it so that this one can be resumed."""
+    show it and, when every training slot is taken, to stop it so that this one can be resumed."""
     from flowlib.jobs import worker
 
     others = [r for r in store.list_runs()
