@@ -3,7 +3,7 @@
     from flowlib.analysis.reference import reference_curves, published_numbers, curve_of_run
     curves = reference_curves(store, run)          # earlier finished runs like it, else shipped ones
     curves[0].label, curves[0].x("step"), curves[0].test_bpd
-    published_numbers("mnist")                     # [("Glow", 1.05), ("RealNVP", 1.06)]
+    published_numbers("mnist")                     # [("Glow (published)", 1.05), ("RealNVP (published)", 1.06)]
 
 Two sources, best first:
 

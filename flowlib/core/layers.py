@@ -57,13 +57,15 @@ _NET_DTYPE: contextvars.ContextVar = contextvars.ContextVar("flowlib_net_dtype",
 
 @contextlib.contextmanager
 def low_precision_networks(dtype: torch.dtype = torch.bfloat16):
-    """Run only the coupling networks (the convolutions that cost ~95 % of the FLOPs) in ``dtype``.
+    """Run only the networks inside the flow (the couplings' and the learned dequantisation's
+    convolutions, most of the FLOPs) in ``dtype``.
 
     Everything that makes the flow a flow stays float32: the couplings' scales and shifts
     are applied in float32, and every log-determinant and prior log-density is summed in
     float32. The networks never need inverting, so a lower-precision network is still an
     exactly invertible flow; it is simply a (very slightly) different function of x1.
-    On CPUs with AVX-512 BF16 (and on GPUs) this roughly halves the training step.
+    On this project's CPU with AVX-512 BF16 it cut the step of the width-512 demo models by
+    about 45 % (benchmarks/RESULTS.md); on GPUs it is not measured.
     """
     token = _NET_DTYPE.set(dtype)
     try:
@@ -183,8 +185,8 @@ class CouplingNet(nn.Module):
 def run_network(net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Run a coupling (or dequantisation) network: float32 NCHW in, float32 NCHW out.
 
-    Channels-last (NHWC) activations inside: oneDNN's convolutions run 8-15 % faster on them
-    here in float32 and more in bf16 (benchmarks/RESULTS.md). The flow itself stays NCHW.
+    Channels-last (NHWC) activations inside: training throughput rose 5-17 % with them
+    here in float32 and about 7 % in bf16 (benchmarks/RESULTS.md). The flow itself stays NCHW.
     Inside :func:`low_precision_networks` the network runs in that dtype and only its output
     comes back as float32.
     """

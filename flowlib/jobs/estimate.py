@@ -13,7 +13,7 @@ its parameters took 6 GB for width 2048 / K=64, and timing real training steps t
 1. history: the ``images_per_s`` curve of earlier runs of the same config, batch, device and
    precision in the run store (the median, so warm-up and busy moments do not decide it);
 2. a measurement cached on disk, keyed by config, measured batch, device, precision, threads
-   (renewed after a day; a failure is retried after ten minutes);
+   and gradient clip (renewed after a day; a failure is retried after ten minutes);
 3. otherwise a new measurement in its own process, ``python -m flowlib.jobs.estimate``, that sets
    a memory limit on itself (``resource.setrlimit``) and an alarm, times the trainer's own step
    (``flowlib.train.step.train_step`` with ``make_optimizer``'s Adam, bf16 networks where the
@@ -88,7 +88,7 @@ class SpeedRequest:
 
 
 def history_images_per_s(store, request: SpeedRequest) -> dict | None:
-    """The median logged images/s of the newest runs with this config, batch, device and bf16.
+    """The median logged images/s of the newest runs with this config, batch, device, bf16 and threads.
 
     None when fewer than HISTORY_MIN_POINTS points exist. ``store`` is a RunStore.
     """
@@ -171,8 +171,9 @@ class SpeedEstimator:
         return self.cached(request)
 
     def estimate(self, request: SpeedRequest, store=None) -> dict | None:
-        """The estimate if known now; otherwise start measuring (at most MAX_PARALLEL at once)
-        and return None: call again later. Never blocks for more than a file read and a query.
+        """The estimate if known now; an ``{"error"}`` answer at once for a model whose state
+        alone exceeds the measurement's memory; otherwise start measuring (at most MAX_PARALLEL
+        at once) and return None: call again later. Never blocks for more than a file read and a query.
 
         Results: ``{"images_per_s", "source": "history" | "measured", ...}`` or ``{"error": words}``.
         """

@@ -87,8 +87,8 @@ def _matches(run: dict, request) -> bool:
 
 
 def past_runs(store, request, measured_of=None, limit: int = HISTORY_RUNS) -> list[PastRun]:
-    """The newest ``limit`` runs in ``store`` that recorded a pace, newest first, on the
-    request's device setting. ``measured_of(run)``: the speed measurement of a run's settings
+    """Of the newest ``limit`` runs in ``store``, those on the request's device setting that
+    recorded a pace, newest first. ``measured_of(run)``: the speed measurement of a run's settings
     (images/s) or None; without it, none is known."""
     found = []
     for run in store.list_runs()[:limit]:

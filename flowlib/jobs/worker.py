@@ -14,10 +14,12 @@ Streamlit restart cannot take it down, and Ctrl-C in the server's terminal does 
 Not ``multiprocessing``: spawn re-runs the page script, fork after torch's threads hangs.
 
 The worker's stdout and stderr go to ``worker.log`` in the run folder (a file, never a pipe
-that could fill and block it). Each Popen handle is waited on by a tiny daemon thread, so
-no zombie is left in a long-lived server; if the process dies without saying how (``kill -9``,
-a segfault), that thread marks the run ``lost`` at once. If the server itself restarted, the
-stale heartbeat does the same (``RunStore`` reaps on read; window ``FLOWLAB_HEARTBEAT_STALE_S``).
+that could fill and block it). Each Popen handle the server starts is waited on by a tiny
+daemon thread, so no zombie is left in a long-lived server; if the process dies without saying
+how (``kill -9``, a segfault), that thread marks the run ``lost`` at once. (A worker that starts
+the next queued run as it exits leaves that process to init and to the heartbeat window.)
+If the server itself restarted, the stale heartbeat does the same (``RunStore`` reaps on read;
+window ``FLOWLAB_HEARTBEAT_STALE_S``).
 
 A run request is checked when it is admitted (its FlowConfig and TrainConfig checked their
 values when they were made; :meth:`RunStore.create_run` refuses what is over the server's

@@ -19,7 +19,7 @@ import os
 __all__ = ["gpu_status", "default_concurrent_runs", "GIB_PER_RUN", "MAX_DEFAULT_RUNS"]
 
 GIB_PER_RUN = 16        # GPU memory per concurrent run by default: the Glow preset (width 512) at
-                        # batch 64 needs about 5.4 GiB of activations by flowlib.store.limits.activation_mb
+                        # batch 64 needs about 5.4 GiB of activations by flowlib.size.activation_mb
 MAX_DEFAULT_RUNS = 4    # past this, runs of small models mostly wait on each other's kernels
 
 

@@ -101,10 +101,11 @@ def _watch() -> None:
 
 def busy_lately(quantile: float = 0.25) -> float:
     """The load a run would train beside: the ``quantile`` of ``busy_beside`` looks taken every
-    0.25 s over the last 4 s by a daemon thread of this process (started on the first call,
-    which answers from 0.5 s of looks). A run training beside keeps the low quantile up; the
-    browser and server drawing the very page that asks (a burst of a few hundred ms) do not:
-    read at once, they made a quiet machine look 3.8 threads busy and the estimate 4× too low."""
+    0.25 s over the last 4 s by a daemon thread of this process (started on the first call;
+    until it holds 2 s of looks, a call takes 0.5 s of looks of its own). A run training
+    beside keeps the low quantile up; the browser and server drawing the very page that asks
+    (a burst of a few hundred ms) do not: read at once, they made a quiet machine look 3.8
+    threads busy and the estimate 4× too low."""
     global _watcher
     with _watch_lock:
         if _watcher is None:

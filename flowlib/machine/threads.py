@@ -4,8 +4,8 @@ On a machine of its own, a run is fastest with one torch thread per core. On a s
 machine (a class: the Streamlit server, browsers and other runs on the same cores) that is
 no longer true: OpenMP's threads wait for each other at every parallel region, and when one
 of them is descheduled the others spin or sleep until it comes back. Measured here on 2
-cores (mnist-fast, batch 64): quiet, 2 threads 482 img/s and 1 thread 288; beside two busy
-processes, 2 threads fell to 98 img/s while 1 thread kept 182.
+cores (mnist-fast, batch 64, benchmarks/RESULTS.md): quiet, 2 threads 485 img/s and 1 thread
+378; beside two busy processes, 2 threads fell to 9 img/s while 1 thread kept 189.
 
 No fixed count is right for both, so :class:`ThreadGovernor` measures: it times a short
 window of training steps at each candidate count (ending a window early once it is 3× slower
@@ -13,7 +13,8 @@ than a count already measured; starting from ``start_threads`` when the caller s
 machine busy), keeps the fastest, re-checks every
 ``recheck_s`` seconds (or at once when throughput falls well below what was measured), and
 so follows the load as other programs come and go. A probe costs a few steps at a worse
-count; a wrong fixed count costs half the throughput for the whole run.
+count; a wrong fixed count can cost most of the throughput (9 instead of 189 img/s above)
+for the whole run.
 
 OpenMP's wait policy stays at its default (threads spin briefly before sleeping): the
 passive policy rescued some throughput under contention here but cost 19 % on a quiet

@@ -38,7 +38,8 @@ _CANCELLED = "cancelled: its study was stopped before this run began"
 
 
 def study_status(runs: Iterable[dict]) -> str:
-    """One word for a study from its runs' statuses: waiting, running, stopped, finished, failed."""
+    """One word for a study from its runs' statuses: waiting, running, stopped, finished, failed
+    (empty for a study without runs)."""
     statuses = [r["status"] for r in runs]
     if not statuses:
         return "empty"

@@ -4,7 +4,7 @@
     python -m flowlib.study --vary coupling=additive,affine --set hidden=32 --steps 300
     python -m flowlib.study --show 4            # the answer of study 4 (also while it runs)
 
-    from flowlib.study import StudySpec, plan, submit, answer
+    from flowlib.study.spec import StudySpec, plan, submit, answer
     spec = StudySpec.from_preset("permutation", seeds=3, steps=2000)
     study_id = submit(store, spec, image_shape=(1, 28, 28), owner=visitor)
     result = answer(store, study_id)        # arms, means, 95 % intervals, paired differences, verdict

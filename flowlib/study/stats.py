@@ -1,7 +1,7 @@
 """Small-sample statistics for studies: means, Student-t intervals, paired differences.
 
     from flowlib.study.stats import summarize, paired_difference
-    s = summarize([1.61, 1.64, 1.59])            # Summary(n=3, mean=1.613, sd=0.025, low=1.551, high=1.675)
+    s = summarize([1.61, 1.64, 1.59])            # Summary(n=3, mean=1.613, sd=0.025, low=1.551, high=1.676, ...)
     d = paired_difference({0: 1.61, 1: 1.64}, {0: 1.66, 1: 1.70})   # arm minus baseline, seed by seed
 
 Three seeds is a small sample, so the 95 % interval uses Student's t with n - 1 degrees of
@@ -56,7 +56,7 @@ class Summary:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
     def text(self, digits: int = 3) -> str:
-        """``"1.613 ± 0.062"``, ``"1.613 (one seed: no interval)"`` or ``"–"``."""
+        """``"1.613 ± 0.063"``, ``"1.613 (one seed: no interval)"`` or ``"–"``."""
         if self.mean is None:
             return "–"
         if self.half_width is None:

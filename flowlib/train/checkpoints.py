@@ -6,8 +6,9 @@
     checkpoints.restore(ckpt, learner, evaluation)            # the budget loads its own part
 
 One file per run, replaced atomically (``flowlib.core.checkpoint.save_checkpoint``): it holds
-everything a resumed run needs to continue exactly as an uninterrupted one (:meth:`Checkpoints.payload`
-lists the keys), and how to rebuild the model (``config``) for anyone who only wants the model.
+everything a resumed run needs to continue as an uninterrupted one (:meth:`Checkpoints.payload`
+lists the keys; on one process with a fixed thread count the weights match bit for bit, as
+tests/train/test_loop.py checks), and how to rebuild the model (``config``) for anyone who only wants the model.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ evaluation's score on the fixed held-out subset (comparable with each other; the
 them is the run's ``best_test_bpd``, named with its step), ``test_bpd_full`` the final
 score on the whole test split, once, at the end.
 
-Evaluations always run in float32 with fixed dequantisation noise (:func:`evaluate_bpd`), so
-successive test points are comparable and the reported numbers exact. Rank 0 evaluates and
+Evaluations run in float32 (outside the bf16 networks of training) with fixed dequantisation
+noise (:func:`evaluate_bpd`), so successive test points are comparable with each other. Rank 0 evaluates and
 draws; under torchrun the other ranks skip both.
 """
 

@@ -82,7 +82,8 @@ def choose_machine(tc: TrainConfig, dist: Dist) -> Machine:
         shared_cores = max(1, (os.cpu_count() or 1) // dist.world_size)   # ranks share the cores
     threads = configure_threads(device, tc.threads if shared_cores is None else shared_cores)
     # threads=None on a CPU of its own: the count follows the load (flowlib.machine.threads). A fixed
-    # count (a number, or the ranks' share under torchrun) stays put, so runs are bit-exact.
+    # count (a number, or the ranks' share under torchrun) stays put, which a bit-exact resume
+    # needs (tested with one thread in a single process).
     governor = None
     if device.type == "cpu" and tc.threads is None and not dist.active and (os.cpu_count() or 1) > 1:
         # Beside other busy programs, start on one thread and probe more after: starting on

@@ -9,7 +9,7 @@
 
 The trainer (``flowlib.train.loop``), the Train page's speed estimate
 (``flowlib.jobs.estimate.measure_training_speed``) and the benchmarks (``benchmarks/run.py``,
-``side_by_side.py``, ``contention.py``) all call :func:`train_step`, so what they time is the step
+``side_by_side.py``, ``contention.py``, ``peak.py``) all call :func:`train_step`, so what they time is the step
 the trainer takes. The caller draws the noise: the trainer slices each torchrun rank's rows out
 of the global batch's draws, so N processes see exactly the noise one process would.
 

@@ -7,6 +7,7 @@
     uploads        a user's picture made fit for a model; a stroke drawn from sliders
     flows2d        plotly figures of the two-dimensional flows
     study_figures  plotly figures of a study's curves
+    classes        a class-conditional flow: p(y | x) as bars, a row of samples per class
 
 Import from the module that holds a name (``from flowlib.viz.images import png_bytes``), so a
 process that needs only pictures never loads plotly.

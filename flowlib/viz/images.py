@@ -4,8 +4,8 @@ The picture functions take numpy arrays or torch tensors and return a numpy ``ui
 picture (``[H, W]`` grey or ``[H, W, 3]`` RGB; ``latent_grid`` also returns its colour
 limit); small helpers around them size pictures (``fit_factor``), encode them
 (``png_bytes``) and write numbers and words for them (``signed_number``, ``signed_factor``,
-``wrap_text``). No plotly and no Streamlit here, so a process that only writes pictures (the
-trainer's sample grids) can use it cheaply.
+``wrap_text``). No plotly and no Streamlit here, so a process that only makes pictures can use it
+without loading either.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 
 The canvas is ``streamlit-drawable-canvas`` (a Fabric.js component, 0.13.0, Streamlit's
 components v2). Without it the helper says how to install it and offers the slider-drawn
-shapes of ``flowlib.viz.synthetic_stroke`` instead, so a page never breaks.
+shapes of ``flowlib.viz.uploads.synthetic_stroke`` instead, so a page never breaks.
 
 MNIST digits are white strokes on black, about 20×20 pixels inside the 28×28 frame, centred
 on their centre of mass. A hand drawing on a big canvas is rarely like that, so by default it

@@ -55,7 +55,8 @@ def bpd_figure(m: dict, events: list, axis: str, run_id: int):
 
 
 def add_event_marks(fig, m: dict, events: list, axis: str) -> None:
-    """NaN skips, rollbacks, LR drops, errors and resumes: a dotted line where they happened."""
+    """A dotted line where each event of ``ui.EVENT_STYLE`` happened: NaN skips, rollbacks, LR
+    drops, errors, resumes, stops, early stops, lost processes and warnings."""
     marks = [e for e in events if e["kind"] in ui.EVENT_STYLE and e.get("step") is not None]
     if not marks:
         return
@@ -161,7 +162,7 @@ def progress(run: dict, m: dict) -> tuple[float, str]:
 
 
 def busy_words(others: list[dict], limit: int) -> str:
-    """'Run 2 'mnist-b' is training (step 340), and this server trains one run at a time.'"""
+    """'Run 2 'mnist-b' (step 340) is training, and this server trains one run at a time.'"""
     names = ", ".join(f"run {o['id']} '{o['name']}' (step {o['step'] or 0:,})" for o in others[:3])
     names = names[:1].upper() + names[1:]
     verb = "is" if len(others) == 1 else "are"
@@ -171,7 +172,7 @@ def busy_words(others: list[dict], limit: int) -> str:
 
 def other_runs_bar(store, run: dict) -> None:
     """While this page shows a run that is not training, say which other run is, and offer to
-    show it, or to stop it so that this one can be resumed."""
+    show it and, when every training slot is taken, to stop it so that this one can be resumed."""
     from flowlib.jobs import worker
 
     others = [r for r in store.list_runs()

@@ -6,7 +6,7 @@
     table, differing = sf.settings_table(runs)        # the Runs page's side-by-side diff
 
 Each widget's label, tooltip, choices (in words) and step come from the field's
-:class:`flowlib.config.Setting`, so a field declared there with ``form=True`` gets its
+:class:`flowlib.settings.Setting`, so a field declared there with ``form=True`` gets its
 widget here without touching a page.
 """
 

@@ -2,9 +2,9 @@
 
     from pages.common import studies
     studies.launcher(store)                 # the "Start a study" form with its time estimate
-    studies.section(store)                  # the studies table, the selected study's answer and actions
+    studies.section(store, studies_list)    # the studies table, the selected study's answer and actions
 
-The library does the work (``flowlib.study``: plan, submit, answer; ``flowlib.store.studies``:
+The library does the work (``flowlib.study.spec``: plan, submit, answer; ``flowlib.store.studies``:
 the study as one unit); this module only lays it out. A study's runs are queued through the
 worker, so they keep training with no page open.
 """

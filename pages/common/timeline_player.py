@@ -21,7 +21,7 @@ TICK_S = 0.7    # seconds per frame while playing: a 3-minute run's ~25 frames i
 
 
 def frame_words(tl, step: int) -> str:
-    """'Step 420 · 0:31 of training · train 1.42 bits/dim · test 1.47 (step 250)'."""
+    """'Step 420 · 31 s of training · train 1.420 bits/dim · test 1.470 (step 250)'."""
     words = [f"Step {step:,}"]
     elapsed = tl.elapsed_at(step)
     if elapsed is not None:
