@@ -28,13 +28,27 @@ Environment:
                               estimate of :func:`activation_mb` below
 ``FLOWLAB_MAX_WAITING_PER_VISITOR``  most runs one visitor (owner) may have waiting or training
                               at once; unlimited outside classroom mode unless set
-``FLOWLAB_HEARTBEAT_STALE_S`` seconds without a heartbeat before a running run is ``lost`` (30)
+``FLOWLAB_MAX_WAITING``       most runs waiting in the server's queue, all visitors together
+                              (fresh visitor ids cannot queue without bound); unlimited outside
+                              classroom mode unless set
+``FLOWLAB_HEARTBEAT_STALE_S`` seconds without a new heartbeat before a running run is ``lost`` (30)
 ``FLOWLAB_START_TIMEOUT_S``   seconds a queued run may wait for its process to come up (120)
 ``FLOWLAB_DB_TIMEOUT_S``      SQLite busy timeout and the write-retry bound, seconds (5)
+
+The two liveness windows are checked: each must span at least :data:`MIN_BEATS_PER_WINDOW`
+heartbeats (:data:`HEARTBEAT_S` apart), or one late beat would mark a healthy run lost; a
+shorter one is refused with its variable named. They are measured on the reader's monotonic
+clock (:mod:`flowlib.store.liveness`), so a wall clock that steps does not shorten them.
+
+The caps are the server's: the Flow Lab server records its limits in the store when it starts
+(:meth:`flowlib.store.runs.RunStore.publish_limits`), and a queued run is checked against the
+recorded ones when it starts, whichever process starts it (:meth:`Limits.caps`,
+:meth:`Limits.with_caps`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from flowlib import env
@@ -42,7 +56,14 @@ from flowlib.machine.gpu import default_concurrent_runs
 from flowlib.settings import ConfigError
 from flowlib.size import activation_mb, parameter_count
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "HEARTBEAT_S", "MIN_BEATS_PER_WINDOW", "CAP_FIELDS"]
+
+HEARTBEAT_S = env.HEARTBEAT_S                    # a worker's heartbeat period (flowlib.train.heartbeat)
+MIN_BEATS_PER_WINDOW = env.MIN_BEATS_PER_WINDOW  # a liveness window shorter than this many beats is refused
+CAP_FIELDS = ("max_concurrent", "max_steps", "max_batch", "max_minutes", "classroom", "max_params",
+              "max_activation_mb", "max_waiting_per_owner", "max_waiting")
+_WINDOWS = {"stale_after_s": "FLOWLAB_HEARTBEAT_STALE_S", "start_timeout_s": "FLOWLAB_START_TIMEOUT_S"}
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -56,9 +77,20 @@ class Limits:
     max_params: int | None = None     # classroom cap on the model's parameter count
     max_activation_mb: int | None = None  # classroom cap on activation_mb(config, batch)
     max_waiting_per_owner: int | None = None  # runs one visitor may have waiting or active
-    stale_after_s: float = 30.0       # heartbeat age that marks a running run lost
+    max_waiting: int | None = None    # runs waiting in the queue, all visitors together
+    stale_after_s: float = 30.0       # seconds without a new heartbeat that mark a running run lost
     start_timeout_s: float = 120.0    # a queued run whose process never came up is lost after this
     db_timeout_s: float = 5.0         # SQLite busy timeout, and the bound on write retries
+
+    def __post_init__(self):
+        shortest = MIN_BEATS_PER_WINDOW * HEARTBEAT_S
+        for field, variable in _WINDOWS.items():
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not value >= shortest:
+                raise ValueError(
+                    f"{variable} (the {field} window) is {value!r} s, shorter than {MIN_BEATS_PER_WINDOW} "
+                    f"heartbeats ({shortest:g} s; a worker beats every {HEARTBEAT_S:g} s): one late "
+                    f"heartbeat would mark a healthy run lost. Use at least {shortest:g}")
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -78,10 +110,22 @@ class Limits:
             max_params=read("FLOWLAB_MAX_PARAMS"),
             max_activation_mb=read("FLOWLAB_MAX_ACTIVATION_MB"),
             max_waiting_per_owner=read("FLOWLAB_MAX_WAITING_PER_VISITOR"),
+            max_waiting=read("FLOWLAB_MAX_WAITING"),
             stale_after_s=read("FLOWLAB_HEARTBEAT_STALE_S"),
             start_timeout_s=read("FLOWLAB_START_TIMEOUT_S"),
             db_timeout_s=read("FLOWLAB_DB_TIMEOUT_S"),
         )
+
+    def caps(self) -> dict:
+        """The caps as a plain dict (what the server records in the store)."""
+        return {field: getattr(self, field) for field in CAP_FIELDS}
+
+    def with_caps(self, caps: dict | None) -> "Limits":
+        """These limits with the caps of ``caps`` (a :meth:`caps` dict, e.g. the server's as
+        recorded in the store) in place of its own; the timing windows stay this process's."""
+        if not caps:
+            return self
+        return dataclasses.replace(self, **{k: v for k, v in caps.items() if k in CAP_FIELDS})
 
     def check_train(self, train: dict) -> None:
         """Refuse a training config over this server's caps: ConfigError (a ValueError) whose
