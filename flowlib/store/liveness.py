@@ -273,7 +273,14 @@ class RunLiveness:
         return self.transaction(finish, last_words=True)
 
     def mark_exited(self, run_id: int, pid: int, returncode: int) -> bool:
-        """Called when a worker process we launched exits: if its run still looks active, it is lost."""
+        """Called when a worker process we launched exits: if its run still looks active *and is
+        still that process's run*, it is lost.
+
+        The pid must match the row: a stopped run resumed at once is ``queued`` with no pid
+        until its new process is recorded, and the old process's exit arriving in that window
+        must not mark the new attempt lost. A run whose pid was never recorded is left to the
+        heartbeat window instead.
+        """
         if returncode < 0:
             how = f"was killed by signal {-returncode}"
         else:
@@ -283,7 +290,7 @@ class RunLiveness:
 
         def check(conn):
             row = conn.execute("SELECT status, pid, step FROM runs WHERE id=?", (int(run_id),)).fetchone()
-            if row is None or row["status"] not in ACTIVE_STATUSES or row["pid"] not in (None, pid):
+            if row is None or row["status"] not in ACTIVE_STATUSES or row["pid"] != pid:
                 return False
             now = self.clock.wall()
             conn.execute("UPDATE runs SET status='lost', message=?, ended=?, token=NULL, stop_requested=0 "

@@ -145,6 +145,7 @@ def test_every_reap_hands_the_freed_slots_to_the_listeners(timed, clock):
     assert timed.get_run(run_id)["status"] == "lost"        # a page's read reaps ...
     assert calls == [waiting]                               # ... and the slot went on at once
     assert timed.get_run(waiting)["status"] == "queued"
+    timed.set_pid(waiting, 12345)                           # its launcher recorded the process
     assert timed.mark_exited(waiting, 12345, -9) is True    # a death the launcher saw: handed on too
     assert calls == [waiting, None]
 

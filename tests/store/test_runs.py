@@ -112,6 +112,22 @@ def test_stop_is_idempotent_and_begin_run_honours_an_early_stop(tmp_path):
     assert store.heartbeat(run_id, 5) == ("running", False)
 
 
+def test_an_old_process_exiting_after_a_resume_does_not_mark_the_new_attempt_lost(tmp_path):
+    store = RunStore(tmp_path, Limits())
+    run_id = _new(store)
+    store.request_start(run_id)
+    store.begin_run(run_id, 4242)
+    store.request_stop(run_id)
+    store.finish_run(run_id, "stopped", "Stopped at step 3.")
+    store.request_start(run_id)                        # resumed: queued, new pid not yet recorded
+    assert store.mark_exited(run_id, 4242, 0) is False  # the old process's exit arrives late
+    assert store.get_run(run_id)["status"] == "queued"
+    store.set_pid(run_id, 5151)
+    assert store.mark_exited(run_id, 4242, 0) is False
+    assert store.mark_exited(run_id, 5151, 1) is True   # the new process dying is still caught
+    assert store.get_run(run_id)["status"] == "lost"
+
+
 def test_stale_heartbeat_marks_run_lost_on_read_and_frees_the_slot(tmp_path):
     clock = FakeClock()
     store = RunStore(tmp_path, Limits(stale_after_s=3.0, start_timeout_s=6.0), clock=clock.clock())
