@@ -4,6 +4,7 @@
     from flowlib.store.request import RunRequest
     run_id = worker.submit(store, RunRequest("mnist-a", cfg, tc, owner=visitor))
     run_id = worker.submit(store, request, queue=True)      # waits for a slot if none is free
+    run_id = worker.submit(store, request, submit_key=key)  # the same key while that run lives: that run
     pid = worker.start_run(store, run_id, owner=visitor)   # RunLimitError if a slot is taken
     worker.stop_run(store, run_id, owner=visitor)          # True if this call asked; harmless twice
     pid = worker.resume_run(store, run_id, owner=visitor)  # stopped / lost / failed -> training again
@@ -138,7 +139,7 @@ def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
     return _launch_claimed(store, run_id)
 
 
-def submit(store: RunStore, request: RunRequest, *, queue: bool = False) -> int:
+def submit(store: RunStore, request: RunRequest, *, queue: bool = False, submit_key: str | None = None) -> int:
     """Store a run request and start it (or queue it); returns the run id.
 
     ``queue=False`` (the Train page's Start, the CLI): the run is created already holding a
@@ -153,13 +154,20 @@ def submit(store: RunStore, request: RunRequest, *, queue: bool = False) -> int:
     refuses it over a server cap (steps, batch, minutes, and in classroom mode the model's
     parameters and activation memory: a ConfigError, a ValueError naming the field) before
     anything is stored; with ``queue=True``, RunLimitError when the owner already has as many
-    runs waiting or training as ``FLOWLAB_MAX_WAITING_PER_VISITOR`` allows.
+    runs waiting or training as ``FLOWLAB_MAX_WAITING_PER_VISITOR`` allows, or the queue holds
+    ``FLOWLAB_MAX_WAITING``.
+
+    ``submit_key`` (the page's, one per form and settings): while a run submitted with the
+    same key by the same owner is waiting or active, its id is returned and nothing new is
+    stored or launched, so Start pressed twice starts one run.
     """
     if queue:
-        run_id = store.create_run(request, status="waiting")
+        run_id = store.create_run(request, status="waiting", submit_key=submit_key)
         start_waiting(store)
         return run_id
-    run_id = store.create_run(request, status="queued")
+    run_id, new = store.submit_run(request, status="queued", submit_key=submit_key)
+    if not new:
+        return run_id   # the same submission again: that run is already under way
     try:
         _launch_claimed(store, run_id)
     except Exception:

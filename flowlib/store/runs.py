@@ -291,7 +291,12 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
 
     # -- runs ---------------------------------------------------------------------------
     def create_run(self, request: RunRequest, status: str = "created", submit_key: str | None = None) -> int:
-        """Store a run request and make the run's folder; returns the run id.
+        """The id of the run :meth:`submit_run` made (or found, for a ``submit_key`` seen before)."""
+        return self.submit_run(request, status, submit_key)[0]
+
+    def submit_run(self, request: RunRequest, status: str = "created",
+                   submit_key: str | None = None) -> tuple[int, bool]:
+        """Store a run request and make the run's folder; returns (the run id, whether it is new).
 
         This is where a run is admitted: the request's settings were checked when it was made,
         and here the server's caps (``limits.check_run``: steps, batch, minutes, and in
@@ -304,7 +309,7 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
         ``waiting`` run would exceed a queue cap (:meth:`check_queue_room`).
 
         ``submit_key``: what the page's Start sent (one per form and settings). While a run
-        made with the same key and owner is still waiting or active, that run's id is
+        made with the same key and owner is still waiting or active, ``(its id, False)`` is
         returned and nothing new is made: Start pressed twice makes one run.
 
         The run's folder is claimed for it (:meth:`claim_folder`): a folder of that name that
@@ -352,7 +357,7 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
         run_id, made = self.transaction(insert)
         self._slots_freed(freed)
         if not made:
-            return run_id
+            return run_id, False
         try:
             note = self.claim_folder(run_id)
         except OSError:
@@ -361,7 +366,7 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
             raise
         if note:
             self.add_event(run_id, "warning", note, 0)
-        return run_id
+        return run_id, True
 
     def get_run(self, run_id: int) -> dict | None:
         """One run as a dict (config and train decoded), or None. Reaps it if its heartbeat stopped."""

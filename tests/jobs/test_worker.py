@@ -185,6 +185,15 @@ def test_a_run_that_cannot_be_launched_is_taken_back(store, monkeypatch):
     assert store.list_runs() == []
 
 
+def test_start_pressed_twice_with_one_submit_key_makes_and_launches_one_run(store, monkeypatch):
+    launched = []
+    monkeypatch.setattr(worker, "_launch_claimed", lambda store, run_id, watch=True: launched.append(run_id) or 1)
+    first = worker.submit(store, RunRequest("a", TINY, _train(), owner="v"), submit_key="form-1")
+    again = worker.submit(store, RunRequest("a", TINY, _train(), owner="v"), submit_key="form-1")
+    assert again == first and launched == [first]
+    assert [r["id"] for r in store.list_runs()] == [first]
+
+
 def test_cli_refused_by_a_busy_slot_leaves_no_run(tmp_path):
     runs = tmp_path / "runs"
     store = RunStore(runs, Limits())
