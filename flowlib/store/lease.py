@@ -75,10 +75,12 @@ class RunLease:
         """FencedOutError unless this worker still holds the run."""
         self.store.read(lambda conn: self.store.fence(conn, self.run_id, self.token))
 
-    def write_file(self, run_id: int, path: Path, write: Callable[[Path], object]) -> None:
+    def write_file(self, run_id: int, path: Path, write: Callable[[Path], object], step: int | None = None) -> None:
         """``write(tmp)`` beside ``path``, then, if this worker still holds the run, rename it
         to ``path`` inside a transaction that checked so (FencedOutError otherwise; the file
-        written is removed either way it fails)."""
+        written is removed either way it fails). ``step``: the file is the run's state at this
+        step (a checkpoint), recorded as the run's step in the same transaction, so the stored
+        step is never behind the checkpoint a resume continues from."""
         self._own(run_id)
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{self.token[:12]}.tmp")   # removed by the next session if left
@@ -89,6 +91,8 @@ class RunLease:
                 self.store.fence(conn, self.run_id, self.token)
                 if tmp.exists():
                     os.replace(tmp, path)
+                if step is not None:
+                    conn.execute("UPDATE runs SET step=? WHERE id=?", (int(step), self.run_id))
             self.store.transaction(install)
         finally:
             tmp.unlink(missing_ok=True)

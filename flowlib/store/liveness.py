@@ -228,7 +228,8 @@ class RunLiveness:
         return (None, True) if row is None else (row["status"], bool(row["stop_requested"]))
 
     def request_stop(self, run_id: int, owner: str | None = None, by: str | None = None) -> bool:
-        """Ask an active run to stop. Idempotent: True only if this call requested it.
+        """Ask an active run to stop. Idempotent: True only if this call requested it. A ``lost``
+        run whose worker might still answer keeps the request: should it answer, it stops.
 
         ``by``: who asks, in words for the run's owner ("the teacher"); a trusted caller stopping
         a visitor's run without saying is "the terminal". It is recorded, and the run's final
@@ -236,6 +237,10 @@ class RunLiveness:
         def stop(conn):
             row = self._get_row(conn, run_id)
             check_owner(row, owner, "stop")
+            if row["status"] == "lost" and row["token"] is not None and not row["stop_requested"]:
+                # its worker may yet answer (a long pause): it then stops instead of carrying on
+                conn.execute("UPDATE runs SET stop_requested=1, stopped_by=? WHERE id=?", (by, int(run_id)))
+                return True
             if row["status"] not in ("queued", "running") or row["stop_requested"]:
                 return False
             who = by

@@ -103,8 +103,8 @@ class Evaluation:
     def grid(self, step: int, stage: str) -> None:
         """Write the sample grid of ``step`` (one row per temperature, the same latents each time)."""
         self.set_stage(stage)
-        path = write_sample_grid(self.model, self.eps, self.tc.sample_temperatures,
-                                 self.run_dir / f"samples_step{step:07d}.png")
+        path = self.run_dir / f"samples_step{step:07d}.png"
+        self.journal.write_file(path, lambda p: write_sample_grid(self.model, self.eps, self.tc.sample_temperatures, p))
         self.last_grid_step = step
         self.journal.sample_grid(step, path)
 

@@ -123,6 +123,16 @@ def test_a_lost_run_whose_worker_answers_again_comes_back_while_its_slot_is_free
     assert "answered again" in timed.events(run_id, kinds=["warning"])[-1]["message"]
 
 
+def test_a_stop_asked_while_a_run_reads_lost_reaches_its_worker_should_it_answer(timed, clock):
+    run_id, token = _running(timed)
+    timed.list_runs()
+    clock.advance(3.5)
+    assert timed.get_run(run_id)["status"] == "lost"
+    assert timed.request_stop(run_id) is True and timed.request_stop(run_id) is False
+    assert timed.heartbeat(run_id, 4, token) == ("stopping", True)
+    assert timed.get_run(run_id)["status"] == "stopping"
+
+
 def test_a_lost_run_whose_slot_went_to_another_is_told_so_and_can_still_end_itself(timed, clock):
     run_id, token = _running(timed)
     timed.list_runs()

@@ -121,7 +121,8 @@ def test_disk_full_while_saving_a_sample_grid_fails_the_run_and_keeps_the_checkp
     assert result.status == "failed"
     assert "disk is full" in result.message and "while saving the first sample grid" in result.message
     assert load_checkpoint(store.checkpoint_path(run_id))["step"] == 0     # the one after ActNorm init
-    assert sorted(p.name for p in store.run_dir(run_id).iterdir()) == ["checkpoint.pt", "worker.log"]
+    assert sorted(p.name for p in store.run_dir(run_id).iterdir()) == [".flowlab-run.json", "checkpoint.pt",
+                                                                       "worker.log"]
 
 
 # -- a locked database ----------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""Real worker processes paused, killed and woken: a run has one live worker at a time, a live
+worker is never taken for an orphan.
+
+Each test is bounded: every wait has a timeout of a few heartbeat windows."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from flowlib.jobs import worker
+from flowlib.store.lease import RunLease
+from flowlib.store.request import RunRequest
+from flowlib.store.runs import new_token
+from flowlib.train.heartbeat import Monitor
+from tests.jobs.test_worker import TINY, _gone, _train, _wait_step
+
+pytestmark = pytest.mark.store_limits(stale_after_s=3.0, start_timeout_s=60)
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(what)
+
+
+def _resume(pid):
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def test_a_worker_woken_after_its_run_was_resumed_stops_without_writing(store):
+    run_id = store.create_run(RunRequest("w", TINY, _train(max_steps=100000, log_every=1,
+                                                           checkpoint_every_minutes=0.002)))
+    old = worker.start_run(store, run_id)
+    new = None
+    try:
+        _wait_step(store, run_id, 5)
+        os.kill(old, signal.SIGSTOP)
+        lost = worker.wait_for_run(store, run_id, statuses=("lost",), timeout=store.limits.stale_after_s + 10)
+        new = worker.resume_run(store, run_id)
+        _wait_step(store, run_id, lost["step"] + 5, timeout=90)
+        _resume(old)                                        # the old worker wakes up
+        assert _gone(old, timeout=30), "the old worker should end by itself"
+        assert store.get_run(run_id)["status"] == "running" and store.get_run(run_id)["pid"] == new
+        worker.stop_run(store, run_id)
+        run = worker.wait_for_run(store, run_id, timeout=60)
+    finally:
+        _resume(old)
+        for pid in (old, new):
+            if pid is not None and not _gone(pid, timeout=0.1):
+                os.kill(pid, signal.SIGKILL)
+    assert run["status"] == "stopped", run["message"]
+    steps = store.metrics(run_id, keys=["train_bpd"])["train_bpd"]["step"]
+    assert steps == sorted(set(steps)), "a step logged twice, or the curve going backwards"
+    assert "no longer this process's to write" in store.log_path(run_id).read_text()
+
+
+def test_a_live_worker_whose_run_was_marked_lost_is_not_an_orphan(store):
+    """What a page's read does when the wall clock jumps (or the worker was slow for a while):
+    the run reads ``lost``. The worker, still holding its token, carries on."""
+    run_id = store.create_run(RunRequest("w", TINY, _train()), status="queued")
+    token = new_token()
+    assert store.begin_run(run_id, os.getpid(), token) == "queued"
+    monitor = Monitor(RunLease(store, run_id, token), run_id)
+    monitor.start()
+    try:
+        store.transaction(lambda c: c.execute("UPDATE runs SET status='lost' WHERE id=?", (run_id,)))
+        _wait(lambda: store.get_run(run_id)["status"] == "running", 10, "the heartbeat to bring it back")
+        time.sleep(1.5)
+        assert not monitor.stop_event.is_set() and not monitor.orphaned and not monitor.fenced
+    finally:
+        monitor.close()
