@@ -192,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
 def _main_rank(args, parser, dist) -> tuple[int, bool]:
     """The single process, or rank 0: (exit code, whether the run was announced to the other ranks)."""
     from flowlib.data import image_shape  # torch: only once the flags are known to be good
+    from flowlib.jobs.worker import start_waiting
     from flowlib.train import distributed
     from flowlib.train.loop import train_run
 
     err = sys.stderr
     try:
         store = RunStore(args.runs_dir)
+        store.add_slot_listener(lambda: start_waiting(store, watch=False))   # slots of lost runs go on
         overrides = config_overrides(args, TrainConfig, "train")
         flow = config_overrides(args, FlowConfig, "flow")
         if args.resume is not None:
@@ -247,7 +249,6 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
         return 1, True
     finally:
         progress.close()
-        from flowlib.jobs.worker import start_waiting
         try:
             start_waiting(store, watch=False)   # the slot this run held goes to the queue
         except (StoreBusyError, StoreUnavailableError) as exc:

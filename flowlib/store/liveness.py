@@ -150,7 +150,13 @@ class RunLiveness:
         self._slots_freed(lost)
         return lost
 
-    def _maybe_reap(self, rows: list[sqlite3.Row]) -> bool:
+    def _maybe_reap(self, rows: list[sqlite3.Row] | None = None) -> bool:
+        """Reap when a run has been seen unchanged past its window; True if any was. ``rows``:
+        every run's row, when the caller has them; otherwise the active ones are read (a page
+        polling one run's dashboard still notices another run's worker dying)."""
+        if rows is None:
+            rows = self.read(lambda c: c.execute("SELECT id, status, heartbeat, beats, token FROM runs WHERE "
+                                                 "status IN ('queued', 'running', 'stopping')").fetchall())
         if self._stale_ids(rows):
             try:
                 return bool(self.reap_lost())

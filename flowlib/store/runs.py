@@ -369,12 +369,12 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
         return run_id, True
 
     def get_run(self, run_id: int) -> dict | None:
-        """One run as a dict (config and train decoded), or None. Reaps it if its heartbeat stopped."""
+        """One run as a dict (config and train decoded), or None. Reaps any run whose heartbeat stopped."""
         query = "SELECT * FROM runs WHERE id=?"
         row = self.read(lambda c: c.execute(query, (int(run_id),)).fetchone())
         if row is None:
             return None
-        if self._maybe_reap([row]):
+        if self._maybe_reap():
             row = self.read(lambda c: c.execute(query, (int(run_id),)).fetchone())
         return decode(row)
 
@@ -385,7 +385,7 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
                 return c.execute("SELECT * FROM runs ORDER BY id DESC").fetchall()
             return c.execute("SELECT * FROM runs WHERE owner=? ORDER BY id DESC", (owner,)).fetchall()
         rows = self.read(read)
-        if self._maybe_reap(rows):
+        if self._maybe_reap(rows if owner is None else None):
             rows = self.read(read)
         return [decode(r) for r in rows]
 

@@ -1,5 +1,5 @@
 """Real worker processes paused, killed and woken: a run has one live worker at a time, a live
-worker is never taken for an orphan.
+worker is never taken for an orphan, and the queue moves however a slot's holder died.
 
 Each test is bounded: every wait has a timeout of a few heartbeat windows."""
 
@@ -34,6 +34,18 @@ def _resume(pid):
         os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
         pass
+
+
+def _worker_started_run(store):
+    """A short run started from this process, whose worker, when it ends, starts the long run
+    waiting behind it: that one is watched by no reaper thread of this process (as after a
+    server restart, or in a queue that moved with no page open). Returns the long run's id."""
+    first = worker.submit(store, RunRequest("first", TINY, _train(max_steps=3)), queue=True)
+    second = worker.submit(store, RunRequest("second", TINY, _train(max_steps=100000)), queue=True)
+    worker.wait_for_run(store, first, timeout=120)
+    _wait_step(store, second, 3, timeout=120)
+    assert store.get_run(second)["pid"] not in worker.running_processes()
+    return second
 
 
 def test_a_worker_woken_after_its_run_was_resumed_stops_without_writing(store):
@@ -78,3 +90,47 @@ def test_a_live_worker_whose_run_was_marked_lost_is_not_an_orphan(store):
         assert not monitor.stop_event.is_set() and not monitor.orphaned and not monitor.fenced
     finally:
         monitor.close()
+
+
+def test_the_queue_moves_when_a_run_a_worker_started_is_killed(store):
+    worker.keep_queue_moving(store)                        # what the server does with its store
+    killed = _worker_started_run(store)
+    after = worker.submit(store, RunRequest("after", TINY, _train(max_steps=4)), queue=True)
+    pid = store.get_run(killed)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    # this process only reads the store (as a page polls it): the reap starts the next run
+    run = _wait(lambda: store.get_run(after)["status"] != "waiting" and store.get_run(after),
+                store.limits.stale_after_s + 20, "the waiting run to get the freed slot")
+    assert store.get_run(killed)["status"] == "lost"
+    assert worker.wait_for_run(store, after, timeout=120)["status"] == "finished", run["message"]
+
+
+def test_the_queue_moves_past_a_paused_worker_which_stops_itself_when_woken(store):
+    worker.keep_queue_moving(store)
+    paused = _worker_started_run(store)
+    after = worker.submit(store, RunRequest("after", TINY, _train(max_steps=100000)), queue=True)
+    pid = store.get_run(paused)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _wait(lambda: store.get_run(after)["status"] in ("queued", "running"), store.limits.stale_after_s + 20,
+              "the waiting run to get the paused run's slot")
+        assert store.get_run(paused)["status"] == "lost"
+        _wait_step(store, after, 2, timeout=90)
+        _resume(pid)
+        run = worker.wait_for_run(store, paused, statuses=("stopped", "failed"), timeout=60)
+        assert run["status"] == "stopped" and "its training slot went to another run" in run["message"]
+        assert store.get_run(after)["status"] == "running"  # one run at a time, still
+    finally:
+        _resume(pid)
+        _stop(store, after)
+
+
+def _stop(store, run_id):
+    """Stop a run the test started, without hiding the test's own failure behind this one."""
+    worker.stop_run(store, run_id)
+    try:
+        worker.wait_for_run(store, run_id, timeout=60)
+    except TimeoutError:
+        pid = store.get_run(run_id)["pid"]
+        if pid:
+            os.kill(pid, signal.SIGKILL)
