@@ -27,8 +27,10 @@ values when they were made; :meth:`RunStore.create_run` refuses what is over the
 caps before storing it), and again from the store each time it is to train: by
 :func:`start_run` / :func:`resume_run` before any process exists, and in the worker process,
 which reads it back with :meth:`RunStore.stored_request` and checks the caps before loading
-torch or data. A row changed or damaged behind the app's back is refused in a sentence
-naming the run (the worker ends it ``failed``), never trained with default settings.
+torch or data: the caps the server recorded in the store (:meth:`RunStore.server_limits`),
+not the ones of the environment it inherited from whichever process launched it. A row
+changed or damaged behind the app's back is refused in a sentence naming the run (the worker
+ends it ``failed``), never trained with default settings.
 
 Stop is a flag in the store. The worker notices within ~0.5 s, finishes the step, saves a
 checkpoint and marks the run ``stopped``. SIGTERM to the worker does the same.
@@ -273,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         store = RunStore(args.runs_dir)
+        store.limits = store.server_limits()   # the server's caps now, not those it was launched with
     except StoreUnavailableError as exc:   # nowhere to record it: the log and the exit code say it
         print(f"run {args.run_id}: {exc}", flush=True)
         return 1

@@ -194,6 +194,16 @@ def test_start_pressed_twice_with_one_submit_key_makes_and_launches_one_run(stor
     assert [r["id"] for r in store.list_runs()] == [first]
 
 
+def test_the_worker_process_trains_under_the_caps_the_server_recorded(tmp_path, capsys):
+    root = tmp_path / "runs"
+    store = RunStore(root, Limits())
+    run_id = store.create_run(RunRequest("r", TINY, _train(max_steps=10)), status="queued")
+    RunStore(root, Limits(max_steps=5)).publish_limits()     # the server restarted with a cap
+    assert worker.main([str(run_id), "--runs-dir", str(root)]) == 1   # its own environment has none
+    run = store.get_run(run_id)
+    assert run["status"] == "failed" and "FLOWLAB_MAX_STEPS" in run["message"], run["message"]
+
+
 def test_cli_refused_by_a_busy_slot_leaves_no_run(tmp_path):
     runs = tmp_path / "runs"
     store = RunStore(runs, Limits())
