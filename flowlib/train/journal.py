@@ -18,8 +18,8 @@ folder (a checkpoint, a sample grid) the same way.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from flowlib.store.runs import RunStore, StoreBusyError
 

@@ -178,9 +178,9 @@ def test_trainer_survives_a_database_locked_by_another_program(tmp_path):
 
 
 # -- out of memory --------------------------------------------------------------------------------
-CUDA_OOM = lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")  # noqa: E731
+CUDA_OOM = lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 # What torch's CPU allocator raises when malloc fails (its words, verbatim)
-CPU_OOM = lambda: RuntimeError(  # noqa: E731
+CPU_OOM = lambda: RuntimeError(
     "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
     "allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)")
 
