@@ -22,14 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Variable", "VARIABLES", "LIMIT_VARIABLES", "REPO_ROOT", "read", "flag", "snapshot",
-           "runs_root", "cache_root", "is_set"]
+__all__ = ["Variable", "VARIABLES", "LIMIT_VARIABLES", "REPO_ROOT", "HEARTBEAT_S", "MIN_BEATS_PER_WINDOW",
+           "read", "flag", "snapshot", "runs_root", "cache_root", "is_set"]
 
 # The checkout this package lives in: the default home of the run store and the data cache,
 # and the working directory of the processes the server launches.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _TRUE_WORDS = ("1", "true", "yes", "on")
+
+# A training worker's heartbeat period, and the fewest heartbeats a liveness window may span:
+# a window shorter than a few beats would mark a healthy run lost after one late beat.
+HEARTBEAT_S = 1.0
+MIN_BEATS_PER_WINDOW = 3
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Variable:
     default: Any = None          # when unset (None: the caller decides, e.g. from the GPU)
     classroom_default: Any = None   # when unset in classroom mode (None: same as default)
     low: float = 1               # int: smallest allowed; float: must be > 0 (low is unused)
+    minimum: float | None = None  # float: smallest allowed, when more than "> 0"
     secret: bool = False         # never shown on a page
 
 
@@ -64,6 +70,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "may need", classroom_default=2048),
     Variable("FLOWLAB_MAX_WAITING_PER_VISITOR", "int", "runs one visitor may have waiting or training "
              "at once (a study counts each run)", classroom_default=12),
+    Variable("FLOWLAB_MAX_WAITING", "int", "runs waiting in the server's queue, all visitors together",
+             classroom_default=60),
     Variable("FLOWLAB_MAX_UPLOAD_MB", "int", "largest picture zip a page accepts, in MB", default=50,
              classroom_default=20),
     Variable("FLOWLAB_UPLOAD_QUOTA_MB", "float", "total size of kept uploads and the pixels decoded "
@@ -72,12 +80,13 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "(default: 64, or 10 pixels per stored byte if more)"),
     Variable("FLOWLAB_DECODE_BUDGET_SECONDS", "float", "seconds one folder or zip may spend decoding "
              "(default: 60, or 1 s per stored MB if more)"),
-    Variable("FLOWLAB_TEACHER_KEY", "text", "in classroom mode, the key that lets a tab manage every run",
-             secret=True),
-    Variable("FLOWLAB_HEARTBEAT_STALE_S", "float", "seconds without a heartbeat before a running run "
-             "is marked lost", default=30.0),
+    Variable("FLOWLAB_TEACHER_KEY", "text", "the key that lets a browser tab stop, resume, rename and "
+             "delete every run, not only its own", secret=True),
+    Variable("FLOWLAB_HEARTBEAT_STALE_S", "float", "seconds without a new heartbeat before a running run "
+             "is marked lost (at least 3: three heartbeats)", default=30.0,
+             minimum=MIN_BEATS_PER_WINDOW * HEARTBEAT_S),
     Variable("FLOWLAB_START_TIMEOUT_S", "float", "seconds a queued run may wait for its process to "
-             "come up", default=120.0),
+             "come up (at least 3)", default=120.0, minimum=MIN_BEATS_PER_WINDOW * HEARTBEAT_S),
     Variable("FLOWLAB_DB_TIMEOUT_S", "float", "SQLite busy timeout and the write-retry bound, seconds",
              default=5.0),
     Variable("FLOWLAB_ESTIMATE_TIMEOUT_S", "float", "seconds the Train page's speed measurement may take",
@@ -90,7 +99,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
 # The variables that decide a RunStore's limits (a page caches one store per combination).
 LIMIT_VARIABLES = ("FLOWLAB_CLASSROOM", "FLOWLAB_MAX_CONCURRENT", "FLOWLAB_MAX_STEPS",
                    "FLOWLAB_MAX_BATCH", "FLOWLAB_MAX_MINUTES", "FLOWLAB_MAX_PARAMS",
-                   "FLOWLAB_MAX_ACTIVATION_MB", "FLOWLAB_MAX_WAITING_PER_VISITOR",
+                   "FLOWLAB_MAX_ACTIVATION_MB", "FLOWLAB_MAX_WAITING_PER_VISITOR", "FLOWLAB_MAX_WAITING",
                    "FLOWLAB_HEARTBEAT_STALE_S", "FLOWLAB_START_TIMEOUT_S", "FLOWLAB_DB_TIMEOUT_S")
 
 
@@ -118,6 +127,8 @@ def _parse(var: Variable, raw: str):
             value = math.nan
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"environment variable {var.name} must be a positive number, got {raw!r}")
+        if var.minimum is not None and value < var.minimum:
+            raise ValueError(f"environment variable {var.name} must be at least {var.minimum:g}, got {raw!r}")
         return value
     if var.kind == "path":
         return Path(raw).expanduser()

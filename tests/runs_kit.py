@@ -4,6 +4,7 @@ seconds of training on one thread), and stopping every run a test left training.
     from tests.runs_kit import TINY, tiny_train, queued_run, stop_training
     run_id = queued_run(store, "name", max_steps=12)      # created and holding a slot
     stop_training(runs_dir)                               # workers outlive a test by design
+    clock = FakeClock(); store = RunStore(root, limits, clock=clock.clock())   # time the test moves
 """
 
 from __future__ import annotations
@@ -23,6 +24,25 @@ TINY_TRAIN = dict(dataset="faces", batch_size=8, max_steps=30, warmup_steps=5, l
                   lr_schedule="constant",   # the learning-rate checks read the warm-up alone
                   grid_every_s=0.0,         # grids at evaluations only: their steps do not depend on the clock
                   threads=1)   # a fixed count: bit-exact runs (None lets the thread governor follow the load)
+
+
+class FakeClock:
+    """A store's wall and monotonic clocks, moved by the test: ``advance(s)`` moves both,
+    ``step_wall(s)`` the wall clock alone (an NTP step, a suspended laptop's catch-up)."""
+
+    def __init__(self, wall: float = 1_700_000_000.0, monotonic: float = 1000.0):
+        self.wall, self.monotonic = wall, monotonic
+
+    def clock(self):
+        from flowlib.store.liveness import Clock
+        return Clock(wall=lambda: self.wall, monotonic=lambda: self.monotonic)
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.monotonic += seconds
+
+    def step_wall(self, seconds: float) -> None:
+        self.wall += seconds
 
 
 def tiny_train(**changes) -> TrainConfig:

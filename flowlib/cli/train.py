@@ -4,6 +4,10 @@
     python -m flowlib.train --resume mnist-fast-mnist --steps 4000     # continue, larger budget
     python -m flowlib.train --help                                      # every flag
 
+A run started here belongs to the terminal (``TERMINAL_OWNER``): a browser tab can watch it,
+and only the terminal or the teacher's key can stop, resume, rename or delete it. The
+terminal itself is trusted: ``--resume`` continues any run.
+
 The model and training flags are generated from the settings declared in ``flowlib.config``
 (``build_parser``): a field added there gets its flag here, with its help and default.
 """
@@ -19,7 +23,7 @@ from flowlib.config import DATASET_NAMES, PRESETS, FlowConfig, TrainConfig
 from flowlib.settings import Setting, settings_of
 from flowlib.store.dbfile import StoreUnavailableError
 from flowlib.store.request import RunRequest
-from flowlib.store.runs import RunStore, StoreBusyError
+from flowlib.store.runs import TERMINAL_OWNER, RunStore, StoreBusyError
 
 __all__ = ["build_parser", "config_overrides", "main"]
 
@@ -192,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
 def _main_rank(args, parser, dist) -> tuple[int, bool]:
     """The single process, or rank 0: (exit code, whether the run was announced to the other ranks)."""
     from flowlib.data import image_shape  # torch: only once the flags are known to be good
+    from flowlib.jobs.worker import start_waiting
     from flowlib.train import distributed
     from flowlib.train.loop import train_run
 
     err = sys.stderr
     try:
         store = RunStore(args.runs_dir)
+        store.add_slot_listener(lambda: start_waiting(store, watch=False))   # slots of lost runs go on
         overrides = config_overrides(args, TrainConfig, "train")
         flow = config_overrides(args, FlowConfig, "flow")
         if args.resume is not None:
@@ -206,7 +212,8 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
                 parser.error(f"--resume: no run with id or name {args.resume!r} in {store.root}")
             given = [s.flag for n, s in settings_of(FlowConfig) if n in flow]
             if given or args.dataset or args.data_path:
-                parser.error(f"--resume keeps the run's model and data; drop {', '.join(given) or '--dataset/--data-path'}")
+                drop = ", ".join(given) or "--dataset/--data-path"
+                parser.error(f"--resume keeps the run's model and data; drop {drop}")
             if overrides:
                 train = store.stored_request(run["id"]).train.replace(**overrides)
                 store.update_train(run["id"], train)
@@ -233,14 +240,21 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
             config = PRESETS[args.preset].replace(image_shape=shape, **flow)
             name = args.name or f"{args.preset}-{dataset}"
             # Created already holding a slot (one transaction): a refusal leaves no run behind.
-            run_id = store.create_run(RunRequest(name, config, train, preset=args.preset), status="queued")
+            run_id = store.create_run(RunRequest(name, config, train, owner=TERMINAL_OWNER, preset=args.preset),
+                                      status="queued")
         run = store.request_start(run_id) if args.resume is not None else store.get_run(run_id)
+        if store.run_dir(run_id).is_dir():   # before the other ranks look into it
+            note = store.claim_folder(run_id)
+            if note:
+                store.add_event(run_id, "warning", note, 0)
     except (ValueError, KeyError, PermissionError, StoreBusyError, StoreUnavailableError) as exc:
         # StoreUnavailableError: a damaged or foreign runs.sqlite, a read-only folder, a full disk
         print(f"error: {exc}", file=err)
         return 2, False
     print(f"run {run_id} '{run['name']}' -> {store.run_dir(run_id)}  (store {store.db_path})"
           + (f"  on {dist.world_size} processes" if dist.active else ""), file=err)
+    for warning in store.events(run_id, kinds=["warning"]):
+        print(f"warning: {warning['message']}", file=err)   # e.g. a stranger's folder set aside
     distributed.broadcast_object(run, dist)
     progress = Progress(err, args.quiet)
     try:
@@ -250,7 +264,6 @@ def _main_rank(args, parser, dist) -> tuple[int, bool]:
         return 1, True
     finally:
         progress.close()
-        from flowlib.jobs.worker import start_waiting
         try:
             start_waiting(store, watch=False)   # the slot this run held goes to the queue
         except (StoreBusyError, StoreUnavailableError) as exc:

@@ -4,9 +4,11 @@
     from flowlib.store.request import RunRequest
     run_id = worker.submit(store, RunRequest("mnist-a", cfg, tc, owner=visitor))
     run_id = worker.submit(store, request, queue=True)      # waits for a slot if none is free
+    run_id = worker.submit(store, request, submit_key=key)  # the same key while that run lives: that run
     pid = worker.start_run(store, run_id, owner=visitor)   # RunLimitError if a slot is taken
     worker.stop_run(store, run_id, owner=visitor)          # True if this call asked; harmless twice
     pid = worker.resume_run(store, run_id, owner=visitor)  # stopped / lost / failed -> training again
+    worker.keep_queue_moving(store, poll_s=5.0)            # the server: freed slots go to the queue
 
 A run trains in its own OS process, ``python -m flowlib.jobs.worker RUN_ID --runs-dir DIR``, started
 with ``subprocess.Popen(..., start_new_session=True)``: a browser refresh, a second tab or a
@@ -14,29 +16,37 @@ Streamlit restart cannot take it down, and Ctrl-C in the server's terminal does 
 Not ``multiprocessing``: spawn re-runs the page script, fork after torch's threads hangs.
 
 The worker's stdout and stderr go to ``worker.log`` in the run folder (a file, never a pipe
-that could fill and block it). Each Popen handle the server starts is waited on by a tiny
-daemon thread, so no zombie is left in a long-lived server; if the process dies without saying
-how (``kill -9``, a segfault), that thread marks the run ``lost`` at once. (A worker that starts
-the next queued run as it exits leaves that process to init and to the heartbeat window.)
-If the server itself restarted, the stale heartbeat does the same (``RunStore`` reaps on read;
-window ``FLOWLAB_HEARTBEAT_STALE_S``).
+that could fill and block it). Each Popen handle is waited on by a tiny daemon thread, so
+no zombie is left in a long-lived server; if the process dies without saying how (``kill -9``,
+a segfault), that thread marks the run ``lost`` at once. If the server itself restarted, the
+heartbeat does the same (``RunStore`` reaps on read what has not beaten for
+``FLOWLAB_HEARTBEAT_STALE_S``).
 
 A run request is checked when it is admitted (its FlowConfig and TrainConfig checked their
 values when they were made; :meth:`RunStore.create_run` refuses what is over the server's
 caps before storing it), and again from the store each time it is to train: by
 :func:`start_run` / :func:`resume_run` before any process exists, and in the worker process,
 which reads it back with :meth:`RunStore.stored_request` and checks the caps before loading
-torch or data. A row changed or damaged behind the app's back is refused in a sentence
-naming the run (the worker ends it ``failed``), never trained with default settings.
+torch or data: the caps the server recorded in the store (:meth:`RunStore.server_limits`),
+not the ones of the environment it inherited from whichever process launched it. A row
+changed or damaged behind the app's back is refused in a sentence naming the run (the worker
+ends it ``failed``), never trained with default settings.
 
 Stop is a flag in the store. The worker notices within ~0.5 s, finishes the step, saves a
 checkpoint and marks the run ``stopped``. SIGTERM to the worker does the same.
 
-The queue: ``submit(..., queue=True)`` stores the run as ``waiting``. Whenever a run ends, the
-worker process that trained it (and, as a back-up for a worker that died without a word, the
-reaper thread of the process that launched it) calls :func:`start_waiting`, which hands free
-slots to the oldest waiting runs. So a study keeps going with no page open; the slot claim
-is one ``BEGIN IMMEDIATE`` transaction, so two of them racing never exceed the limit.
+The queue: ``submit(..., queue=True)`` stores the run as ``waiting``. :func:`start_waiting`
+hands free slots to the oldest waiting runs, and it is called wherever a slot may have freed:
+by the worker process of a run that ends, by the reaper thread of the process that launched a
+worker that died without a word, and by every store that reaps a lost run (a ``kill -9`` of a
+worker no reaper thread watches, a SIGSTOP past the window): :func:`keep_queue_moving`
+registers it with the store, and the server also polls (``poll_s``), so the queue moves with
+no page open and however a slot's holder died. The slot claim is one ``BEGIN IMMEDIATE``
+transaction, so any number of these racing never exceed the limit.
+
+One live worker per run: a worker process trains through a fenced lease of the run
+(:class:`flowlib.store.lease.RunLease`); if it is presumed lost and the run is resumed in a
+new process, the old one, should it wake, ends without writing (``flowlib.train.loop``).
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ from flowlib.store.runs import RunLimitError, RunStateError, RunStore
 
 from .launch import start_module
 
-__all__ = ["submit", "start_run", "start_waiting", "stop_run", "resume_run", "wait_for_run",
+__all__ = ["submit", "start_run", "start_waiting", "keep_queue_moving", "stop_run", "resume_run", "wait_for_run",
            "running_processes", "main", "RunLimitError", "RunStateError"]
 
 
@@ -140,7 +150,7 @@ def start_run(store: RunStore, run_id: int, owner: str | None = None) -> int:
     return _launch_claimed(store, run_id)
 
 
-def submit(store: RunStore, request: RunRequest, *, queue: bool = False) -> int:
+def submit(store: RunStore, request: RunRequest, *, queue: bool = False, submit_key: str | None = None) -> int:
     """Store a run request and start it (or queue it); returns the run id.
 
     ``queue=False`` (the Train page's Start, the CLI): the run is created already holding a
@@ -155,13 +165,20 @@ def submit(store: RunStore, request: RunRequest, *, queue: bool = False) -> int:
     refuses it over a server cap (steps, batch, minutes, and in classroom mode the model's
     parameters and activation memory: a ConfigError, a ValueError naming the field) before
     anything is stored; with ``queue=True``, RunLimitError when the owner already has as many
-    runs waiting or training as ``FLOWLAB_MAX_WAITING_PER_VISITOR`` allows.
+    runs waiting or training as ``FLOWLAB_MAX_WAITING_PER_VISITOR`` allows, or the queue holds
+    ``FLOWLAB_MAX_WAITING``.
+
+    ``submit_key`` (the page's, one per form and settings): while a run submitted with the
+    same key by the same owner is waiting or active, its id is returned and nothing new is
+    stored or launched, so Start pressed twice starts one run.
     """
     if queue:
-        run_id = store.create_run(request, status="waiting")
+        run_id = store.create_run(request, status="waiting", submit_key=submit_key)
         start_waiting(store)
         return run_id
-    run_id = store.create_run(request, status="queued")
+    run_id, new = store.submit_run(request, status="queued", submit_key=submit_key)
+    if not new:
+        return run_id   # the same submission again: that run is already under way
     try:
         _launch_claimed(store, run_id)
     except Exception:
@@ -189,10 +206,37 @@ def start_waiting(store: RunStore, watch: bool = True) -> list[int]:
         started.append(run_id)
 
 
-def stop_run(store: RunStore, run_id: int, owner: str | None = None) -> bool:
+def keep_queue_moving(store: RunStore, poll_s: float | None = None) -> None:
+    """Have ``store`` hand the slots it frees by reaping lost runs to :func:`start_waiting`
+    (the store cannot launch processes itself). ``poll_s``: also reap and start every so many
+    seconds from a daemon thread of this process (the server: no page need be open). Once per
+    store object; later calls change nothing."""
+    if getattr(store, "_flowlab_keeps_queue", False):
+        return
+    store._flowlab_keeps_queue = True   # type: ignore[attr-defined]
+    store.add_slot_listener(lambda: start_waiting(store, watch=True))
+    if poll_s:
+        threading.Thread(target=_poll_queue, args=(store, float(poll_s)), daemon=True,
+                         name="flowlab-queue-keeper").start()
+
+
+def _poll_queue(store: RunStore, poll_s: float) -> None:
+    while True:
+        time.sleep(poll_s)
+        if not store.db_path.exists():
+            return   # the runs folder went away (a test's temporary store): nothing to keep
+        try:
+            store.reap_lost()
+            start_waiting(store)
+        except Exception as exc:  # noqa: BLE001 - a daemon thread has nobody to raise to
+            print(f"flowlab: could not move the queue: {exc}", file=sys.stderr)
+
+
+def stop_run(store: RunStore, run_id: int, owner: str | None = None, by: str | None = None) -> bool:
     """Ask a run to stop (checkpoint, then ``stopped``). True if this call requested it; a
-    second press, or a run that is not active, returns False and changes nothing."""
-    return store.request_stop(run_id, owner)
+    second press, or a run that is not active, returns False and changes nothing. ``by``:
+    who asks, in words, when it is not the run's owner ("the teacher"); the run says so."""
+    return store.request_stop(run_id, owner, by=by)
 
 
 def resume_run(store: RunStore, run_id: int, owner: str | None = None,
@@ -231,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         store = RunStore(args.runs_dir)
+        store.limits = store.server_limits()   # the server's caps now, not those it was launched with
     except StoreUnavailableError as exc:   # nowhere to record it: the log and the exit code say it
         print(f"run {args.run_id}: {exc}", flush=True)
         return 1
+    store.add_slot_listener(lambda: start_waiting(store, watch=False))
     print(f"worker pid {os.getpid()} for run {args.run_id} (store {store.root})", flush=True)
     try:
         return _train_one(store, args.run_id)

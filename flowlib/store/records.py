@@ -4,16 +4,20 @@
     store.metrics(run_id, keys=["train_bpd", "test_bpd"])   # {key: {"step": [...], "wall": [...], "value": [...]}}
     store.events(run_id)                     # start / resume / nan_skip / rollback / eval / checkpoint / ...
     store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
+    delta, cursor = store.metrics_since(run_id, cursor)     # only the rows written since (a page's poll)
 
 Kept apart from :mod:`flowlib.store.runs` (runs, their status and the concurrency slots) because
 these are append-mostly rows that only the trainer writes and the pages read. Sample grid
 paths are stored relative to the run folder, so a copied runs folder shows its own grids.
+
+A worker writes these with its fencing token (``token=``, passed by
+:class:`flowlib.store.lease.RunLease`): a write whose token is no longer the run's raises
+FencedOutError and writes nothing (:mod:`flowlib.store.liveness`).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Iterable
 
@@ -24,16 +28,21 @@ EVENT_KINDS = ("start", "resume", "nan_skip", "rollback", "lr_drop", "eval", "ch
 
 
 class RunRecords:
-    """Metrics, events and samples, through RunStore's ``transaction``, ``read`` and ``run_dir``."""
+    """Metrics, events and samples, through RunStore's ``transaction``, ``read``, ``run_dir``,
+    ``clock`` and ``fence``."""
 
     # -- metrics ------------------------------------------------------------------------
-    def append_metrics(self, run_id: int, rows: Iterable[tuple[int, float, str, float]]) -> int:
+    def append_metrics(self, run_id: int, rows: Iterable[tuple[int, float, str, float]],
+                       token: str | None = None) -> int:
         """Insert (step, wall, key, value) rows in one transaction; returns how many."""
         rows = [(int(run_id), int(s), float(w), str(k), None if v is None else float(v))
                 for s, w, k, v in rows]
+
+        def insert(conn):
+            self.fence(conn, run_id, token)
+            conn.executemany("INSERT INTO metrics (run_id, step, wall, key, value) VALUES (?, ?, ?, ?, ?)", rows)
         if rows:
-            self.transaction(lambda c: c.executemany(
-                "INSERT INTO metrics (run_id, step, wall, key, value) VALUES (?, ?, ?, ?, ?)", rows))
+            self.transaction(insert)
         return len(rows)
 
     def metrics(self, run_id: int, keys: Iterable[str] | None = None,
@@ -64,6 +73,39 @@ class RunRecords:
             curve["value"].append(value)
         return out
 
+    def metrics_since(self, run_id: int, cursor: tuple | None = None) -> tuple[dict | None, tuple]:
+        """The metric rows written since ``cursor`` (None: all of them), and the cursor to pass
+        next time: ``(curves, cursor)``, curves shaped like :meth:`metrics` and meant to be
+        appended to the ones read before. ``curves`` is None when rows were dropped since
+        (a resume or a rollback re-trains from a checkpoint): read everything again with
+        ``metrics_since(run_id)``. A cursor is ``(curve revision, last row id)``."""
+        def read(conn):
+            row = conn.execute("SELECT curve_rev FROM runs WHERE id=?", (int(run_id),)).fetchone()
+            rev = row[0] if row is not None else 0
+            if cursor is not None and cursor[0] != rev:
+                return None, cursor
+            if cursor is None:
+                after = 0
+                rows = conn.execute("SELECT rowid, key, step, wall, value FROM metrics WHERE run_id=? "
+                                    "ORDER BY key, step, rowid", (int(run_id),)).fetchall()
+            else:   # the rows after the cursor, found by row id: the cost does not grow with the run
+                after = cursor[1]
+                rows = conn.execute("SELECT rowid, key, step, wall, value FROM metrics NOT INDEXED "
+                                    "WHERE rowid>? AND run_id=? ORDER BY key, step, rowid",
+                                    (after, int(run_id))).fetchall()
+            last = max((r[0] for r in rows), default=after)
+            return rows, (rev, last)
+        rows, new_cursor = self.read(read)
+        if rows is None:
+            return None, new_cursor
+        out: dict[str, dict[str, list]] = {}
+        for _rowid, key, step, wall, value in rows:
+            curve = out.setdefault(key, {"step": [], "wall": [], "value": []})
+            curve["step"].append(step)
+            curve["wall"].append(wall)
+            curve["value"].append(value)
+        return out, new_cursor
+
     def latest_metrics(self, run_id: int) -> dict[str, tuple[int, float]]:
         """The newest value of each key: ``{key: (step, value)}`` (one indexed query)."""
         rows = self.read(lambda c: c.execute(
@@ -71,9 +113,12 @@ class RunRecords:
             (int(run_id),)).fetchall())
         return {r["key"]: (r["step"], r["value"]) for r in rows}
 
-    def truncate_after(self, run_id: int, step: int) -> int:
-        """Forget metrics and sample grids after ``step`` (before re-training from a checkpoint there)."""
+    def truncate_after(self, run_id: int, step: int, token: str | None = None) -> int:
+        """Forget metrics and sample grids after ``step`` (before re-training from a checkpoint
+        there); the run's curve revision goes up, so a page reading increments reads afresh."""
         def trunc(conn):
+            self.fence(conn, run_id, token)
+            conn.execute("UPDATE runs SET curve_rev=curve_rev+1 WHERE id=?", (int(run_id),))
             paths = [r[0] for r in conn.execute("SELECT path FROM samples WHERE run_id=? AND step>?",
                                                 (int(run_id), int(step)))]
             n = conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (int(run_id), int(step))).rowcount
@@ -87,13 +132,16 @@ class RunRecords:
         return n
 
     # -- events and samples ---------------------------------------------------------------
-    def add_event(self, run_id: int, kind: str, message: str, step: int | None = None) -> None:
+    def add_event(self, run_id: int, kind: str, message: str, step: int | None = None,
+                  token: str | None = None) -> None:
         if kind not in EVENT_KINDS:
             raise ValueError(f"event kind must be one of {', '.join(EVENT_KINDS)}; got {kind!r}")
-        self.transaction(lambda c: c.execute(
-            "INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, ?, ?)",
-            (int(run_id), step, time.time(), kind, str(message))),
-            last_words=kind in ("error", "stop", "finish", "lost"))
+
+        def insert(conn):
+            self.fence(conn, run_id, token)
+            conn.execute("INSERT INTO events (run_id, step, wall, kind, message) VALUES (?, ?, ?, ?, ?)",
+                         (int(run_id), step, self.clock.wall(), kind, str(message)))
+        self.transaction(insert, last_words=kind in ("error", "stop", "finish", "lost"))
 
     def events(self, run_id: int, kinds: Iterable[str] | None = None, after_id: int | None = None) -> list[dict]:
         """Events in order: dicts with id, step, wall, kind, message."""
@@ -109,11 +157,16 @@ class RunRecords:
         sql += " ORDER BY id"
         return [dict(r) for r in self.read(lambda c: c.execute(sql, params).fetchall())]
 
-    def add_samples(self, run_id: int, step: int, path: str | os.PathLike) -> None:
+    def add_samples(self, run_id: int, step: int, path: str | os.PathLike, token: str | None = None) -> None:
         """Record a sample grid. A file in the run's folder is stored by its name relative to
         the folder, so a copied or moved runs folder shows its own grids."""
-        self.transaction(lambda c: c.execute("INSERT INTO samples (run_id, step, wall, path) VALUES (?, ?, ?, ?)",
-                                     (int(run_id), int(step), time.time(), self._stored_path(run_id, path))))
+        stored = self._stored_path(run_id, path)
+
+        def insert(conn):
+            self.fence(conn, run_id, token)
+            conn.execute("INSERT INTO samples (run_id, step, wall, path) VALUES (?, ?, ?, ?)",
+                         (int(run_id), int(step), self.clock.wall(), stored))
+        self.transaction(insert)
 
     def _stored_path(self, run_id: int, path: str | os.PathLike) -> str:
         folder, p = self.run_dir(run_id), Path(path)

@@ -18,7 +18,11 @@ Versions (``PRAGMA user_version`` in the database header):
        of :data:`TABLES`; ``studies`` and ``study_runs`` only if a study was ever made there
        (they were made on first use); its ``application_id`` may still be 0, and its sample
        paths may be absolute (the reader takes both, see ``flowlib.store.records``).
-``1``  :data:`TABLES` and their indexes, all six tables, and Flow Lab's ``application_id``.
+``1``  the six tables ``runs``, ``metrics``, ``events``, ``samples``, ``studies`` and
+       ``study_runs`` with their indexes, and Flow Lab's ``application_id``.
+``2``  :data:`TABLES`: also ``meta`` (the store's identity, a random ``store_id`` that each run
+       folder's mark repeats, see ``flowlib.store.folders``; the caps the server recorded) and
+       the runs' ``token``, ``beats``, ``submit_key``, ``stopped_by`` and ``curve_rev`` columns.
 
 To change the layout: edit :data:`TABLES` (what a new store gets) and append a
 :class:`Migration` that takes a store of the previous version to it (``ALTER TABLE ... ADD
@@ -29,6 +33,7 @@ A migration runs inside the opening transaction and must not commit.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -56,8 +61,14 @@ CREATE TABLE IF NOT EXISTS runs (
     stop_requested INTEGER NOT NULL DEFAULT 0,
     started REAL,
     ended REAL,
-    best_test_bpd REAL
+    best_test_bpd REAL,
+    token TEXT,                      -- the fencing token of the one worker allowed to write the run
+    beats INTEGER NOT NULL DEFAULT 0, -- heartbeats so far: a change is a sign of life, whatever the clocks say
+    submit_key TEXT,                 -- the submission key a page started it with (Start pressed twice: one run)
+    stopped_by TEXT,                 -- who asked a run to stop when it was not its owner, in words
+    curve_rev INTEGER NOT NULL DEFAULT 0  -- raised whenever stored metric rows are dropped (resume, rollback)
 );
+CREATE INDEX IF NOT EXISTS runs_submit_key ON runs (submit_key);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL,
     step INTEGER NOT NULL,
@@ -97,6 +108,10 @@ CREATE TABLE IF NOT EXISTS study_runs (
     seed INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS study_runs_study ON study_runs (study_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,            -- store_id (this store's identity), server_limits (the server's caps)
+    value TEXT NOT NULL
+);
 """
 
 
@@ -154,9 +169,18 @@ def _to_first_version(conn: sqlite3.Connection) -> None:
         conn.execute(create)
 
 
+def _to_second_version(conn: sqlite3.Connection) -> None:
+    """The meta table, the new runs columns (both from TABLES, as for the first version), and an
+    identity for the store."""
+    _to_first_version(conn)
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "record a version: create the tables, columns and indexes an unversioned store lacks",
               _to_first_version),
+    Migration(2, "fencing tokens, heartbeat counts, submission keys, who stopped a run, curve revisions; "
+                 "the store's identity and the server's caps", _to_second_version),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -40,7 +40,7 @@ from flowlib.store.limits import Limits
 from flowlib.store.runs import RunFolders
 
 __all__ = ["Dist", "SINGLE", "from_env", "shard_slice", "all_reduce_mean", "broadcast_values",
-           "broadcast_object", "FollowerStore"]
+           "broadcast_object", "FollowerStore", "is_peer_lost"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,22 @@ def shard_slice(global_batch: int, d: Dist) -> slice:
                          f"use a multiple of {d.world_size}")
     per = global_batch // d.world_size
     return slice(d.rank * per, (d.rank + 1) * per)
+
+
+# How a collective reads when another rank is gone: NCCL raises DistBackendError, a broken
+# rendezvous DistNetworkError; gloo raises a plain RuntimeError naming its TCP transport
+# ("[.../gloo/transport/tcp/pair.cc:537] Read error ...: Connection reset by peer").
+_PEER_LOST_WORDS = ("gloo/transport", "connection reset by peer", "connection closed by peer", "broken pipe")
+
+
+def is_peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc``, raised in a torchrun process, says that another rank is gone (killed,
+    crashed, or its connection broke) rather than that this rank's own work failed."""
+    errors = tuple(e for e in (getattr(dist, "DistBackendError", None), getattr(dist, "DistNetworkError", None))
+                   if e is not None)
+    if errors and isinstance(exc, errors):
+        return True
+    return isinstance(exc, RuntimeError) and any(words in str(exc).lower() for words in _PEER_LOST_WORDS)
 
 
 def all_reduce_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -142,8 +142,8 @@ class Evaluation:
         time); returns the seconds it took, which the live grids' clock keeps in view."""
         self.set_stage(stage)
         t0 = time.perf_counter()
-        path = write_sample_grid(self.model, self.eps, self.tc.sample_temperatures,
-                                 self.run_dir / f"samples_step{step:07d}.png")
+        path = self.run_dir / f"samples_step{step:07d}.png"
+        self.journal.write_file(path, lambda p: write_sample_grid(self.model, self.eps, self.tc.sample_temperatures, p))
         cost = time.perf_counter() - t0
         self.last_grid_step = step
         self.grid_clock.drawn(self.elapsed(), cost)

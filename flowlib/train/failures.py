@@ -18,7 +18,7 @@ from flowlib.store.runs import StoreBusyError
 
 from .oom import is_out_of_memory
 
-__all__ = ["TrainingDiverged", "OutOfMemoryAtBatch", "describe_failure", "describe_end"]
+__all__ = ["TrainingDiverged", "OutOfMemoryAtBatch", "PeerLost", "describe_failure", "describe_end"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -40,6 +40,19 @@ class OutOfMemoryAtBatch(RuntimeError):
             advice = (f"A step with batch size {fits} fits on {where} (tried just after the failure): "
                       f"resume with batch size {fits}, or start a new run with it.")
         super().__init__(f"Out of memory at step {step + 1:,} with batch size {batch}. {advice}")
+
+
+class PeerLost(RuntimeError):
+    """Under torchrun, a collective failed because another rank is gone (see
+    :func:`flowlib.train.distributed.is_peer_lost`); rank 0 records it in these words."""
+
+    def __init__(self, world_size: int, step: int, cause: BaseException):
+        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        detail = first_line.split("] ", 1)[-1][:200]   # gloo prefixes its source file and line
+        super().__init__(
+            f"Another process of this torchrun job ({world_size} processes) ended or lost its connection "
+            f"after step {step:,}: rank 0's collective step with it failed ({detail}). The other processes "
+            "end too.")
 
 
 def _os_error_behind(exc: BaseException) -> OSError | None:
@@ -74,7 +87,7 @@ def describe_failure(exc: BaseException, during: str = "", batch_size: int | Non
         else:   # torch.save's writer lost bytes: nearly always a full disk
             return (f"Writing a file failed{where} (the disk may be full: {str(exc).strip()[:200]})."
                     f"{kept} Free some space, then resume.")
-    if isinstance(exc, OutOfMemoryAtBatch):
+    if isinstance(exc, (OutOfMemoryAtBatch, PeerLost)):
         return f"{exc}{kept}"
     if is_out_of_memory(exc):
         smaller = f" (e.g. {max(1, batch_size // 2)} instead of {batch_size})" if batch_size else ""

@@ -1,10 +1,23 @@
 """What surrounds a training session without being training: heartbeat, stop requests, signals.
 
-    monitor = Monitor(store, run_id)     # a thread: heartbeat ~1/s, polls the store's stop flag
+    monitor = Monitor(lease, run_id)     # a thread: heartbeat ~1/s, polls the store's stop flag
     monitor.start()
     with stop_signals(monitor.stop_event, enabled=True):   # Ctrl-C / SIGTERM: a clean stop
-        ...                              # the loop only reads monitor.stop_event.is_set()
+        with monitor.waiting_for_ranks():                  # torchrun: a collective that must not hang
+            ...                          # the loop reads monitor.stop_event.is_set() and monitor.fenced
     monitor.close()
+
+The monitor beats through the worker's :class:`~flowlib.store.lease.RunLease`, so every
+heartbeat is fenced: once another worker holds the run, ``fenced`` turns True and the monitor
+stops beating (the session then ends without writing). A run marked ``lost`` while this worker
+still holds its token is not an orphan: the heartbeat brings it back, or, when its slot went
+to another run meanwhile, ``overtaken`` turns True and the session stops with a checkpoint,
+saying why. Its pace is the monotonic clock; the wall clock plays no part.
+
+Under torchrun, rank 0 marks the collectives it waits in (:meth:`Monitor.waiting_for_ranks`).
+Another rank that stops answering (SIGSTOP, a hang) leaves rank 0 blocked in one; after the
+heartbeat window ``on_hung`` is called (``flowlib.train.loop`` records the failure in words
+and ends the process): a heartbeat thread must not keep a run looking alive that makes no step.
 
 ``persist`` retries the store calls a run cannot do without (begin, finish) while the
 database is locked; ``append_log`` adds to a run's worker.log and never raises.
@@ -19,47 +32,77 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from flowlib.store.runs import RunStore, StoreBusyError
+from flowlib.store.limits import HEARTBEAT_S
+from flowlib.store.runs import FencedOutError, StoreBusyError
 
 __all__ = ["Monitor", "stop_signals", "persist", "append_log", "HEARTBEAT_S", "STOP_POLL_S"]
 
-HEARTBEAT_S = 1.0
 STOP_POLL_S = 0.5
 
 
 class Monitor(threading.Thread):
     """Heartbeat (every ~1 s, carrying the step) and stop-flag polling, off the training thread.
 
-    ``step`` starts as None, so heartbeats during setup leave the run's stored step alone
-    (a resume that fails while loading its checkpoint must not read step 0).
+    ``store`` is the worker's lease (a plain RunStore beats unfenced). ``step`` starts as None,
+    so heartbeats during setup leave the run's stored step alone (a resume that fails while
+    loading its checkpoint must not read step 0).
 
-    The training loop only reads ``stop_event.is_set()``. A database that stays locked costs
-    a skipped heartbeat, nothing more.
+    The training loop reads ``stop_event.is_set()`` and ``fenced``. A database that stays
+    locked costs a skipped heartbeat, nothing more. ``hung_after_s`` (the heartbeat window):
+    how long rank 0 may wait in a collective before ``on_hung(seconds)`` is called.
     """
 
-    def __init__(self, store: RunStore, run_id: int):
+    def __init__(self, store, run_id: int, hung_after_s: float | None = None,
+                 on_hung: Callable[[float], None] | None = None, clock: Callable[[], float] = time.monotonic):
         super().__init__(daemon=True, name=f"flowlab-monitor-{run_id}")
         self.store, self.run_id = store, run_id
         self.step: int | None = None   # None until the trainer knows it: the stored step stands
-        self.stop_event = threading.Event()   # stop requested (store flag, signal, or orphaned)
-        self.orphaned = False                 # the store no longer thinks we are running
+        self.stop_event = threading.Event()   # stop requested (store flag, signal, orphaned, fenced)
+        self.orphaned = False                 # the run is gone, or ended by someone else
+        self.overtaken = False                # marked lost, and its slot went to another run meanwhile
+        self.fenced = False                   # another worker holds the run: write nothing more
+        self.hung_after_s, self.on_hung, self.clock = hung_after_s, on_hung, clock
+        self._collective_since: float | None = None
         self._done = threading.Event()
+
+    @contextlib.contextmanager
+    def waiting_for_ranks(self):
+        """Around rank 0's collectives in the training loop: how long it has been waiting."""
+        self._collective_since = self.clock()
+        try:
+            yield
+        finally:
+            self._collective_since = None
 
     def run(self) -> None:
         last_beat = float("-inf")
         while not self._done.wait(STOP_POLL_S):
-            now = time.monotonic()
+            now = self.clock()
+            since = self._collective_since
+            if self.on_hung is not None and since is not None and now - since > self.hung_after_s:
+                self.on_hung(now - since)
+                return
             try:
                 if now - last_beat >= HEARTBEAT_S - 0.05:
                     status, stop = self.store.heartbeat(self.run_id, self.step)
                     last_beat = now
                 else:
                     status, stop = self.store.poll_stop(self.run_id)
+                    if status == "lost":         # only a heartbeat may say what that means for us
+                        last_beat = float("-inf")
+                        continue
+            except FencedOutError:
+                self.fenced = True
+                self.stop_event.set()
+                return
             except Exception:  # locked, disk trouble: skip this beat, the next one may work
                 continue
             if stop:
                 self.stop_event.set()
-            if status not in ("running", "stopping"):
+            if status == "lost":
+                self.overtaken = True
+                self.stop_event.set()
+            elif status not in ("running", "stopping"):
                 self.orphaned = True
                 self.stop_event.set()
 

@@ -8,11 +8,17 @@
 Only rank 0 writes (under torchrun the other ranks keep the same bookkeeping and write
 nothing). An event, a best score or a grid's row that a locked database refuses is skipped,
 and metric rows stay buffered for the next flush: none of these ends a run.
+
+The store a session is given is its worker's lease (:class:`flowlib.store.lease.RunLease`):
+every write here is fenced, and FencedOutError (another process holds the run) is never
+swallowed: it ends the session. :meth:`Journal.write_file` installs a file in the run's
+folder (a checkpoint, a sample grid) the same way.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flowlib.store.runs import RunStore, StoreBusyError
@@ -68,6 +74,16 @@ class Journal:
             self.store.set_best_test_bpd(self.run_id, bpd)
         except StoreBusyError:
             pass
+
+    def write_file(self, path: Path, write: Callable[[Path], object], step: int | None = None) -> None:
+        """``write(p)`` a file that ends up at ``path``: through the lease's fenced install when
+        the store is a lease (FencedOutError once another process holds the run; ``step``, a
+        checkpoint's, becomes the run's stored step with it), else at once."""
+        install = getattr(self.store, "write_file", None)
+        if install is None:
+            write(path)
+        else:
+            install(self.run_id, path, write, step)
 
     def sample_grid(self, step: int, path: Path) -> None:
         try:

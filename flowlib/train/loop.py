@@ -59,6 +59,7 @@ fails with a message saying so: it never trains on NaNs silently and never dies 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -74,14 +75,16 @@ from flowlib.config import FlowConfig, TrainConfig
 from flowlib.machine.device import describe_device
 from flowlib.machine.load import busy_beside, process_age_s
 from flowlib.store.dbfile import StoreUnavailableError
-from flowlib.store.runs import RunStore
+from flowlib.store.lease import RunLease
+from flowlib.store.liveness import OVERTAKEN_MESSAGE
+from flowlib.store.runs import FencedOutError, RunStore, new_token
 
 from .budget import Budget
 from .checkpoints import Checkpoints
 from .collaborators import Collaborators
-from .distributed import SINGLE, Dist, FollowerStore, all_reduce_mean, broadcast_values
+from .distributed import SINGLE, Dist, FollowerStore, all_reduce_mean, broadcast_values, is_peer_lost
 from .evaluation import Evaluation
-from .failures import OutOfMemoryAtBatch, TrainingDiverged, describe_end
+from .failures import OutOfMemoryAtBatch, PeerLost, TrainingDiverged, describe_end
 from .heartbeat import STOP_POLL_S, Monitor, append_log, persist, stop_signals
 from .journal import Journal
 from .metrics import MetricWindow
@@ -96,7 +99,7 @@ MAX_ROLLBACKS = 8           # lr is then lr_drop**8 of the original (1/256 at 0.
 
 @dataclass(frozen=True)
 class RunResult:
-    status: str     # stopped | finished | failed
+    status: str     # stopped | finished | failed | fenced (another process holds the run; nothing written)
     message: str    # in words, for the app
     step: int
 
@@ -123,8 +126,11 @@ class TrainingSession:
         self.set_up = False
         self.journal = Journal(store, self.run_id, dist)
         self.budget = Budget(self.tc, store.limits.max_minutes, collaborators.clock)
+        write = collaborators.write_checkpoint
         self.checkpoints = Checkpoints(store.checkpoint_path(self.run_id), self.run_id, self.tc, self.cfg, dist,
-                                       collaborators.write_checkpoint, collaborators.clock)
+                                       lambda path, payload: self.journal.write_file(
+                                           path, lambda p: write(p, payload), payload.get("step")),
+                                       collaborators.clock)
         # built by setup(): the device, the images, what trains, its evaluations, the curve's window
         self.machine = self.data = self.learner = self.evaluation = self.window = None
         self.loss = self.step_loss = None      # the bits/dim loss; what the step calls (DDP around it)
@@ -272,9 +278,10 @@ class TrainingSession:
         oom = None
         try:
             x, uniform, labels = learner.batches.next(self.step)
-            result = train_step(self.step_loss, learner.optimizer, learner.params, x, uniform, clip,
-                                bf16=self.machine.use_bf16, reduce=functools.partial(all_reduce_mean, d=self.dist),
-                                labels=labels)
+            with self.monitor.waiting_for_ranks():   # DDP's all-reduce waits for every rank
+                result = train_step(self.step_loss, learner.optimizer, learner.params, x, uniform, clip,
+                                    bf16=self.machine.use_bf16, reduce=functools.partial(all_reduce_mean, d=self.dist),
+                                    labels=labels)
         except Exception as exc:   # noqa: BLE001 - only out-of-memory is handled here
             if not is_out_of_memory(exc) or self.dist.active:
                 raise
@@ -291,12 +298,16 @@ class TrainingSession:
     def decide(self) -> tuple[bool, bool, float]:
         """(budget spent, stop wanted, this step's learning rate). Under torchrun rank 0 decides
         (it alone sees the store, the signals and its clock) and every rank gets its answer."""
+        if self.monitor.fenced:
+            raise FencedOutError(f"run {self.run_id} is now trained by another process; this one stops "
+                                 "without writing anything more")
         if self.dist.is_main:
             spent = self.evaluation.early_stopped or self.budget.spent(self.step)
             values = [float(spent), float(self.stop_wanted(self.collaborators.clock())), self.budget.lr_at(self.step)]
         else:
             values = [0.0, 0.0, 0.0]
-        budget, stop, lr = broadcast_values(values, self.dist, self.machine.device)
+        with self.monitor.waiting_for_ranks():
+            budget, stop, lr = broadcast_values(values, self.dist, self.machine.device)
         return budget > 0.5, stop > 0.5, lr
 
     def stop_wanted(self, now: float) -> bool:
@@ -397,6 +408,8 @@ class TrainingSession:
         self.save_checkpoint(announce=False)
         self.journal.flush()
         message = f"Stopped at step {self.step:,}; checkpoint saved. Resume to continue."
+        if self.monitor.overtaken:
+            message = OVERTAKEN_MESSAGE.format(step=self.step)
         self.event("stop", message)
         return RunResult("stopped", message, self.step)
 
@@ -417,11 +430,18 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     rank 0 of a torchrun group (the other ranks run :func:`follow_run`); see
     flowlib.train.distributed. ``collaborators``: what the session calls out to (see
     :class:`Collaborators`; the defaults are the real ones).
+
+    The session writes through a :class:`~flowlib.store.lease.RunLease` with the fencing
+    token this process got when the run became ``running``: should another process be given
+    the run meanwhile (this one was presumed lost and the run resumed), the session ends at
+    once with status ``"fenced"`` and writes nothing more, not even its end. A run folder this
+    store did not make for the run is set aside first (:meth:`RunStore.claim_folder`).
     """
     run = persist(lambda: store.get_run(run_id))
     if run is None:
         raise KeyError(f"no run with id {run_id}")
-    found = persist(lambda: store.begin_run(run_id, os.getpid()))
+    token = new_token()
+    found = persist(lambda: store.begin_run(run_id, os.getpid(), token))
     if found != "queued":
         if found == "stopping":
             message = "Stopped before training began."
@@ -429,35 +449,81 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
             return RunResult("stopped", message, run["step"])
         message = f"run {run_id} is {found}, not queued: claim it with request_start first"
         return RunResult(found, message, run["step"])
-    monitor = Monitor(store, run_id)
+    lease = RunLease(store, run_id, token)
+    monitor = Monitor(lease, run_id, store.limits.stale_after_s,
+                      on_hung=functools.partial(_ranks_hung, lease, run_id, dist) if dist.active else None)
     monitor.start()
     session = None
     try:
         with stop_signals(monitor.stop_event, handle_signals):
-            session = TrainingSession(store, run, monitor, should_stop=should_stop, on_log=on_log, dist=dist,
+            _claim_folder(lease, store, run_id)
+            session = TrainingSession(lease, run, monitor, should_stop=should_stop, on_log=on_log, dist=dist,
                                       collaborators=collaborators)
             session.setup()
             result = session.run()
     except BaseException as exc:  # noqa: BLE001 — every failure becomes a status and a message
-        result = _failed(store, run, session, exc)
+        if isinstance(exc, FencedOutError) or monitor.fenced:
+            result = RunResult("fenced", str(exc) if isinstance(exc, FencedOutError) else
+                               f"run {run_id} is now trained by another process", run["step"])
+        else:
+            result = _failed(lease, run, session, exc)
     finally:
         monitor.close()
-        if session is not None:
-            session.release()
     try:
-        persist(lambda: store.finish_run(run_id, result.status, result.message, result.step))
+        if result.status != "fenced":
+            persist(lambda: lease.finish_run(run_id, result.status, result.message, result.step))
+    except FencedOutError as exc:
+        result = RunResult("fenced", str(exc), result.step)
     except StoreUnavailableError as exc:
         # Even the reserve could not record it: say so here; the store will read "lost".
         append_log(store.log_path(run_id), f"could not record the run's end in the store: {exc}\n")
         result = RunResult(result.status, f"{result.message} (Not recorded in the run store: {exc})",
                            result.step)
+    finally:
+        if session is not None:   # after the end is recorded: a torn process group can hang here
+            session.release()
+    if result.status == "fenced":
+        print(f"run {run_id}: {result.message}", flush=True)
     return result
+
+
+def _claim_folder(lease: RunLease, store: RunStore, run_id: int) -> None:
+    """Set a folder aside that this store did not make for the run (a missing folder is the
+    session's to report: it was deleted)."""
+    if store.run_dir(run_id).is_dir():
+        note = store.claim_folder(run_id)
+        if note:
+            lease.add_event(run_id, "warning", note, 0)
+
+
+def _ranks_hung(lease: RunLease, run_id: int, dist: Dist, waited: float) -> None:
+    """Rank 0 has waited ``waited`` seconds in a collective for the other ranks: record the run
+    as failed, in words, and end this process (its main thread is blocked in the collective;
+    torchrun then ends the other ranks)."""
+    others = dist.world_size - 1
+    run = lease.get_run(run_id) or {}
+    stopping = run.get("status") == "stopping"
+    message = (("Stop was asked, but training could not reach a step to stop at: " if stopping else "")
+               + f"{'another process' if others == 1 else 'one of the other processes'} of this torchrun job "
+               f"({dist.world_size} processes) stopped answering: rank 0 waited {waited:.0f} s in a collective "
+               "step for it (a process that was stopped, stuck, or lost its connection). The last checkpoint "
+               "is kept: resume to continue from it.")
+    message = message[0].upper() + message[1:]
+    try:
+        lease.add_event(run_id, "error", message, run.get("step"))
+        lease.finish_run(run_id, "failed", message, run.get("step"))
+    except Exception as exc:  # noqa: BLE001 - fenced, or the store is gone: the process ends anyway
+        print(f"run {run_id}: could not record that a rank stopped answering: {exc}", flush=True)
+    print(f"run {run_id} failed: {message}", flush=True)
+    os._exit(1)
 
 
 def _failed(store: RunStore, run: dict, session: TrainingSession | None, exc: BaseException) -> RunResult:
     """The result of a session that raised ``exc``, recorded in the run's worker.log (with the
     traceback), its metrics (what was buffered) and an event."""
     run_id = run["id"]
+    if session is not None and session.dist.active and is_peer_lost(exc):
+        exc = PeerLost(session.dist.world_size, session.step, exc)   # not this rank's own failure
     if session is None:
         status, message = describe_end(exc, "while starting", run["train"].get("batch_size"), None, None)
     else:
@@ -499,8 +565,14 @@ def follow_run(run: dict, runs_dir, dist: Dist) -> RunResult:
 
 
 class _LocalMonitor:
-    """The Monitor's two fields, without a heartbeat thread (only rank 0 beats)."""
+    """What the session reads of a Monitor, without a heartbeat thread (only rank 0 beats)."""
+
+    fenced = overtaken = False
 
     def __init__(self):
         self.step = None
         self.stop_event = threading.Event()
+
+    @contextlib.contextmanager
+    def waiting_for_ranks(self):
+        yield

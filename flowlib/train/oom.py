@@ -13,25 +13,26 @@ import torch
 
 from .step import forward_backward
 
-__all__ = ["is_out_of_memory", "free_cached_memory", "largest_batch_that_fits"]
+__all__ = ["is_out_of_memory", "free_cached_memory", "largest_batch_that_fits", "OOM_WORDS"]
 
 
-# What an allocation failure says when it is a plain RuntimeError: CUDA and MPS say "out of
-# memory"; torch's CPU allocator says "DefaultCPUAllocator: can't allocate memory: you tried to
-# allocate N bytes. Error code 12 (Cannot allocate memory)"; some backends "failed to allocate".
-OUT_OF_MEMORY_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
+# How an allocation failure reads: CUDA and MPS say "out of memory"; torch's CPU allocator says
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12
+# (Cannot allocate memory)"; C++'s "std::bad_alloc" can come through a RuntimeError too; some
+# backends say "failed to allocate".
+OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "failed to allocate")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, a MemoryError, or a RuntimeError that says it could not allocate
-    memory (on the CPU as on a GPU)."""
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
+    """CUDA's OutOfMemoryError, a MemoryError, or a RuntimeError in words of :data:`OOM_WORDS`
+    (a GPU's "out of memory", the CPU allocator's "can't allocate memory")."""
+    for oom in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)):
+        if oom is not None and isinstance(exc, oom):
+            return True
     if isinstance(exc, MemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(phrase in text for phrase in OUT_OF_MEMORY_PHRASES)
+    return isinstance(exc, RuntimeError) and any(words in text for words in OOM_WORDS)
 
 
 def free_cached_memory(device: torch.device) -> None:

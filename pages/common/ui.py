@@ -362,8 +362,17 @@ def _sidebar_runs(was_busy: bool) -> None:
 # -- the run store -------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def _store(root: str, env_key: tuple):
-    from flowlib.store.runs import RunStore
-    return RunStore(root)
+    from flowlib.jobs.worker import keep_queue_moving
+    from flowlib.store.runs import RunStore, StoreBusyError
+    store = RunStore(root)
+    try:
+        store.publish_limits()   # runs queued before a restart start under this server's caps
+    except StoreBusyError:
+        pass                     # locked for now: workers keep the caps they were launched with
+    # A slot freed by a worker nobody here watches (kill -9 after a restart, a long SIGSTOP) goes
+    # to the queue when a page's read reaps it, and every few seconds with no page open.
+    keep_queue_moving(store, poll_s=5.0)
+    return store
 
 
 def get_store():

@@ -185,6 +185,25 @@ def test_a_run_that_cannot_be_launched_is_taken_back(store, monkeypatch):
     assert store.list_runs() == []
 
 
+def test_start_pressed_twice_with_one_submit_key_makes_and_launches_one_run(store, monkeypatch):
+    launched = []
+    monkeypatch.setattr(worker, "_launch_claimed", lambda store, run_id, watch=True: launched.append(run_id) or 1)
+    first = worker.submit(store, RunRequest("a", TINY, _train(), owner="v"), submit_key="form-1")
+    again = worker.submit(store, RunRequest("a", TINY, _train(), owner="v"), submit_key="form-1")
+    assert again == first and launched == [first]
+    assert [r["id"] for r in store.list_runs()] == [first]
+
+
+def test_the_worker_process_trains_under_the_caps_the_server_recorded(tmp_path, capsys):
+    root = tmp_path / "runs"
+    store = RunStore(root, Limits())
+    run_id = store.create_run(RunRequest("r", TINY, _train(max_steps=10)), status="queued")
+    RunStore(root, Limits(max_steps=5)).publish_limits()     # the server restarted with a cap
+    assert worker.main([str(run_id), "--runs-dir", str(root)]) == 1   # its own environment has none
+    run = store.get_run(run_id)
+    assert run["status"] == "failed" and "FLOWLAB_MAX_STEPS" in run["message"], run["message"]
+
+
 def test_cli_refused_by_a_busy_slot_leaves_no_run(tmp_path):
     runs = tmp_path / "runs"
     store = RunStore(runs, Limits())

@@ -2,7 +2,6 @@
 
 import sqlite3
 import threading
-import time
 
 import pytest
 
@@ -10,6 +9,7 @@ from flowlib.config import FlowConfig
 from flowlib.store.limits import Limits
 from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore, sanitize_name
+from tests.runs_kit import FakeClock
 
 
 def _train(**kw):
@@ -129,18 +129,20 @@ def test_an_old_process_exiting_after_a_resume_does_not_mark_the_new_attempt_los
 
 
 def test_stale_heartbeat_marks_run_lost_on_read_and_frees_the_slot(tmp_path):
-    store = RunStore(tmp_path, Limits(stale_after_s=0.3, start_timeout_s=0.6))
+    clock = FakeClock()
+    store = RunStore(tmp_path, Limits(stale_after_s=3.0, start_timeout_s=6.0), clock=clock.clock())
     a, b = _new(store, "a"), _new(store, "b")
     store.request_start(a)
     store.begin_run(a, 99999)
     store.heartbeat(a, 7)
     assert store.get_run(a)["status"] == "running"
-    time.sleep(0.45)
+    clock.advance(4.5)                                   # no heartbeat for 1.5 windows
     run = store.list_runs()[-1]
     assert run["id"] == a and run["status"] == "lost" and "step 7" in run["message"]
     assert [e["kind"] for e in store.events(a)] == ["lost"]
     store.request_start(b)                               # the slot is free again
-    time.sleep(0.7)                                      # queued, but no process ever came up
+    assert store.get_run(b)["status"] == "queued"
+    clock.advance(7.0)                                   # queued, but no process ever came up
     assert store.get_run(b)["status"] == "lost" and "never started" in store.get_run(b)["message"]
 
 

@@ -329,6 +329,7 @@ def test_resume_of_a_run_whose_folder_was_deleted_is_refused_not_restarted(store
     assert rc == 2 and "Traceback" not in err and "start a new run instead" in err
     # a trainer handed such a run anyway (the checkpoint vanished after the claim) refuses too
     store.run_dir(run_id).mkdir()
+    store.write_mark(run_id)                                    # the store's own folder again
     (store.run_dir(run_id) / "checkpoint.pt").write_bytes(b"x")
     store.request_start(run_id)
     (store.run_dir(run_id) / "checkpoint.pt").unlink()

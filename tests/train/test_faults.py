@@ -123,7 +123,8 @@ def test_disk_full_while_saving_a_sample_grid_fails_the_run_and_keeps_the_checkp
     assert result.status == "failed"
     assert "disk is full" in result.message and "while saving the first sample grid" in result.message
     assert load_checkpoint(store.checkpoint_path(run_id))["step"] == 0     # the one after ActNorm init
-    assert sorted(p.name for p in store.run_dir(run_id).iterdir()) == ["checkpoint.pt", "worker.log"]
+    assert sorted(p.name for p in store.run_dir(run_id).iterdir()) == [".flowlab-run.json", "checkpoint.pt",
+                                                                       "worker.log"]
 
 
 # -- a locked database ----------------------------------------------------------------------------
@@ -179,18 +180,43 @@ def test_trainer_survives_a_database_locked_by_another_program(tmp_path):
 
 
 # -- out of memory --------------------------------------------------------------------------------
-def _oom_when(fails, error=None) -> Collaborators:
-    """A session whose forward pass raises ``error`` (CUDA's out-of-memory error unless told)
-    when fails(call, batch)."""
+CUDA_OOM = lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+# What torch's CPU allocator raises when malloc fails (its words, verbatim)
+CPU_OOM = lambda: RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+    "allocate 2147483648 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def _oom_when(fails, error=CUDA_OOM) -> Collaborators:
+    """A session whose forward pass raises an out-of-memory error (CUDA's unless ``error`` makes
+    another) when fails(call, batch)."""
     calls = {"n": 0}
 
     def maybe_oom(model, x, uniform):
         calls["n"] += 1
         if fails(calls["n"], x.shape[0]):
-            raise error or torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise error()
         return batch_terms(model, x, uniform)
 
     return Collaborators(terms=maybe_oom)
+
+
+@pytest.mark.parametrize("error", [CUDA_OOM, CPU_OOM, lambda: MemoryError(), lambda: RuntimeError("std::bad_alloc")])
+def test_every_allocation_failure_reads_as_out_of_memory_and_nothing_else_does(error):
+    from flowlib.train.oom import is_out_of_memory
+    assert is_out_of_memory(error())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("can't allocate memory"))    # only the allocator's errors
+
+
+def test_a_cpu_allocation_failure_searches_a_batch_and_offers_to_resume_with_it(store):
+    run_id = _queued(store, lr_schedule="constant")
+    result = train_run(store, run_id, collaborators=_oom_when(lambda call, batch: call >= 3 and batch > 4, CPU_OOM))
+    assert result.status == "failed" and result.step == 2
+    assert result.message.startswith("Out of memory at step 3 with batch size 8. A step with batch size 4 fits "
+                                     "on this cpu"), result.message
+    assert "can't allocate memory" not in result.message                 # words, not the raw message
+    assert store.metrics(run_id, keys=["oom_fitting_batch"])["oom_fitting_batch"]["value"] == [4.0]
 
 
 def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store):
@@ -239,7 +265,7 @@ def test_a_cpu_allocation_failure_is_out_of_memory_too(store):
     # A probe: on the CPU, "DefaultCPUAllocator: can't allocate memory" ended the run with a raw
     # message, no batch search and no "Resume with batch N".
     message = _cpu_allocation_failure()
-    oom = _oom_when(lambda call, batch: call >= 5 and batch > 2, RuntimeError(message))
+    oom = _oom_when(lambda call, batch: call >= 5 and batch > 2, lambda: RuntimeError(message))
     result = train_run(store, _queued(store, lr_schedule="constant"), collaborators=oom)
     assert result.status == "failed" and result.step == 4
     assert result.message.startswith("Out of memory at step 5 with batch size 8. A step with batch "

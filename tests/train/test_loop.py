@@ -16,7 +16,7 @@ from flowlib.data import load_images
 from flowlib.machine.device import describe_device, pick_device
 from flowlib.store.limits import Limits
 from flowlib.store.request import RunRequest
-from flowlib.store.runs import RunStore
+from flowlib.store.runs import TERMINAL_OWNER, RunStore
 from flowlib.train.clip import GradientClip
 from flowlib.train.collaborators import Collaborators
 from flowlib.train.evaluation import evaluate_bpd
@@ -248,6 +248,7 @@ def test_cli_trains_registers_the_run_and_resumes_it(tmp_path, capsys):
     (run,) = store.list_runs()
     assert (run["name"], run["status"], run["step"], run["preset"]) == ("cli-run", "finished", 12, "faces-fast")
     assert run["config"]["hidden"] == 4 and run["config"]["steps"] == 1 and run["train"]["max_steps"] == 12
+    assert run["owner"] == TERMINAL_OWNER          # a browser tab may watch it, not stop or resume it
     assert cli_mod.main(["--runs-dir", runs, "--resume", "cli-run", "--steps", "20", "--quiet"]) == 0
     run = store.get_run(run["id"])
     assert run["status"] == "finished" and run["step"] == 20
