@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-__all__ = ["INK", "legible", "text_sizes", "png_config"]
+__all__ = ["INK", "TOOL_STRIP_PX", "legible", "tool_strip", "text_sizes", "png_config"]
 
 INK = "#212529"          # tick labels and titles: contrast about 15:1 on white
 TITLE_STEP = 2           # titles are this much larger than the smallest text
+TOOL_STRIP_PX = 30       # the strip at the top of a chart that holds plotly's tool bar
+PLOTLY_TOP_PX = 100      # plotly's top margin when a figure names none
+STREAMLIT_HEIGHT_PX = 450  # the height Streamlit gives a plotly chart that names none
 
 
 def _font(current, size: float, colour: str | None = INK) -> dict:
@@ -60,6 +63,20 @@ def legible(fig: go.Figure, min_px: float = 16) -> go.Figure:
         menu.update(font=_font(menu.font, min_px))
     for slider in fig.layout.sliders or ():
         slider.update(font=_font(slider.font, min_px))
+    return fig
+
+
+def tool_strip(fig: go.Figure, px: int = TOOL_STRIP_PX) -> go.Figure:
+    """Make ``px`` of room at the top of ``fig`` for plotly's tool bar, so that it never covers
+    the title: the figure grows by ``px``, its top margin too (the plot keeps its size), and a
+    title is pinned just under the strip. In place; returns ``fig``. (The room is the figure's
+    own: Streamlit gives a chart exactly the figure's height, so room made outside it, e.g. by
+    padding, cuts the figure's bottom off.)"""
+    height = fig.layout.height or STREAMLIT_HEIGHT_PX
+    top = fig.layout.margin.t if fig.layout.margin.t is not None else PLOTLY_TOP_PX
+    fig.update_layout(height=height + px, margin_t=top + px)
+    if fig.layout.title is not None and fig.layout.title.text:
+        fig.update_layout(title_yref="container", title_yanchor="top", title_y=1 - (px + 4) / (height + px))
     return fig
 
 

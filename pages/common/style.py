@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from flowlib.viz.chart_style import legible, png_config
+from flowlib.viz.chart_style import TOOL_STRIP_PX, legible, png_config, tool_strip
 from flowlib.viz.images import png_bytes
 from pages.common import links
 
@@ -52,8 +52,9 @@ def chart(fig, *, key: str, filename: str, tools: tuple[str, ...] = ("resetScale
     """``st.plotly_chart`` of a legible ``fig`` whose tool bar offers a PNG download
     (``filename``.png, twice the screen's resolution). ``kwargs`` go to st.plotly_chart."""
     legible(fig, chart_min_px())
-    if projector() and (fig.layout.height or 0) > PROJECTOR_CHART_HEIGHT:
-        fig.update_layout(height=PROJECTOR_CHART_HEIGHT)
+    if projector() and (fig.layout.height or 0) > PROJECTOR_CHART_HEIGHT - TOOL_STRIP_PX:
+        fig.update_layout(height=PROJECTOR_CHART_HEIGHT - TOOL_STRIP_PX)
+    tool_strip(fig)  # the tool bar's own room at the top, never over the title
     kwargs.setdefault("width", "stretch")
     return st.plotly_chart(fig, key=key, config=png_config(filename, tools=tools), **kwargs)
 
@@ -77,14 +78,15 @@ BASE_CSS = """
 /* Metrics and widget labels wrap instead of ending in "…" when a column is narrow (1280×720). */
 [data-testid="stMetricValue"] > div, [data-testid="stMetricLabel"] p,
 [data-testid="stMetricLabel"] > div, [data-testid="stWidgetLabel"] p,
-.stCheckbox label p, [data-testid="stCheckbox"] label p {
+.stCheckbox label p, [data-testid="stCheckbox"] label p,
+[data-testid="stMain"] [data-testid="stPageLink-NavLink"] > span:last-child,
+[data-testid="stMain"] [data-testid="stPageLink-NavLink"] p {
     white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
     overflow-wrap: anywhere;
 }
 [data-testid="stMetricValue"] { font-size: 1.9rem; }
-/* Plotly's tool bar sits in a strip above the chart, never over its title. */
-[data-testid="stPlotlyChart"] { padding-top: 30px; }
-[data-testid="stPlotlyChart"] .modebar-container { top: -30px !important; }
+/* Plotly's tool bar sits in a strip at the top of the chart (chart_style.tool_strip), never over
+   its title. */
 [data-testid="stPlotlyChart"] .modebar { background: transparent !important; }
 [data-testid="stPlotlyChart"] .modebar-btn path { fill: #495057 !important; }
 /* A rerun that takes more than a second says so at the top of the screen. */
