@@ -16,7 +16,7 @@ if __name__ == "__main__" and not runtime.exists():   # `python app.py`, not a p
     from pages.common.serve import serve
     sys.exit(serve(__file__, sys.argv[1:]))
 
-from pages.common import ui
+from pages.common import links, style, ui
 
 st.set_page_config(page_title="Flow Lab", page_icon="🌊", layout="wide")
 
@@ -40,7 +40,16 @@ PAGES = {
 
 navigation = st.navigation(PAGES)
 ui.keep_media_files_a_while()  # a picture asked for by a rerun that was cut short still loads (no 404)
+links.begin_run()
+links.bind([style.PROJECTOR])  # ?projector=1 in a link
 ui.page_style()
+style.page_style()
 ui.visitor_id()
+with st.sidebar:
+    style.projector_switch()
 ui.render_sidebar_status()
-ui.run_page(navigation)
+try:
+    ui.run_page(navigation)
+finally:  # also after st.stop(): the URL holds the page's state, ?hide= hides its controls
+    links.publish()
+    style.hide_style()

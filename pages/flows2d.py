@@ -19,7 +19,7 @@ import torch
 from flowlib.core import flows2d as f2d
 from flowlib.core.layers import ActNorm
 from flowlib.viz import flows2d as figs
-from pages.common import ui
+from pages.common import links, style, ui
 
 ui.require_router()  # a bookmarked /flows2d on a fresh server must still go through app.py
 
@@ -30,6 +30,12 @@ CHUNK_S = 0.6        # seconds of training per fragment run; Stop waits at most 
 TICK_S = 0.3         # shorter than a chunk plus drawing, so chunks follow back to back
 FIRST_BATCH = 256    # ActNorm's data-dependent start uses this many points (the first batch)
 USER_POINTS = "points"
+# The first target: 8 tight clusters, where an additive flow (which cannot shrink areas
+# locally) stays visibly behind an affine one. Measured, 600 steps of the default flow each
+# (section 4's default): additive − affine = 0.155 nats per point here, 0.172 on the rings,
+# 0.053 on the checkerboard, 0.044 on the spiral and 0.018 on the two moons.
+DEFAULT_TARGET = "eight_gaussians"
+PROBE = (0.8, 0.4)
 DEFAULT_POINTS = ([[-1.0, 1.2], [1.0, 1.2]]
                   + [[round(2.0 * np.cos(a), 2), round(2.0 * np.sin(a) - 0.2, 2)]
                      for a in np.linspace(np.pi * 1.15, np.pi * 1.85, 9)])
@@ -109,23 +115,43 @@ def live_section(job_keys: list[str], draw, stop_key: str) -> None:
 GRID = f2d.grid_points(LO, HI, HEAT_N)
 
 
-@torch.no_grad()
+def weights_key(model: f2d.Flow2D) -> tuple[float, float]:
+    """A fingerprint of the model's weights and buffers (two sums: microseconds for a 2-D flow)."""
+    with torch.no_grad():
+        flat = torch.cat([t.detach().double().flatten() for t in list(model.parameters()) + list(model.buffers())])
+        return float(flat.sum()), float((flat * torch.arange(len(flat), dtype=torch.float64)).sum())
+
+
+def memo(model: f2d.Flow2D, name, make):
+    """``make()`` once per state of ``model``'s weights (:func:`weights_key`): a rerun that
+    did not train (a slider moved elsewhere on the page) reuses every grid the model drew."""
+    version = weights_key(model)
+    store = model.__dict__.setdefault("_page_memo", {})
+    if store.get("_version") != version:
+        store.clear()
+        store["_version"] = version
+    if name not in store:
+        with torch.no_grad():
+            store[name] = make()
+    return store[name]
+
+
 def model_density(model: f2d.Flow2D) -> np.ndarray:
-    return model.log_prob(GRID).exp().reshape(HEAT_N, HEAT_N).numpy()
+    return memo(model, "density", lambda: model.log_prob(GRID).exp().reshape(HEAT_N, HEAT_N).numpy())
 
 
-@torch.no_grad()
+def grid_logdets(model: f2d.Flow2D) -> list[np.ndarray]:
+    """Every layer's log|det J| at every grid point of data space."""
+    return memo(model, "logdets", lambda: [ld.reshape(HEAT_N, HEAT_N).numpy() for ld in model.trace(GRID).logdets])
+
+
 def step_logdets(model: f2d.Flow2D, only: str | None = None) -> list[np.ndarray]:
     """Per step, Σ of its layers' log|det J| (or only the layers whose name has ``only``),
     at every grid point of data space."""
-    trace = model.trace(GRID)
+    lds = grid_logdets(model)
     per = model.layers_per_step
-    out = []
-    for k in range(model.config.steps):
-        lds = [trace.logdets[i] for i in range(k * per, (k + 1) * per)
-               if only is None or only in trace.names[i]]
-        out.append(sum(lds).reshape(HEAT_N, HEAT_N).numpy())
-    return out
+    return [sum(lds[i] for i in range(k * per, (k + 1) * per) if only is None or only in model.names[i])
+            for k in range(model.config.steps)]
 
 
 @st.cache_data(show_spinner=False)
@@ -133,8 +159,54 @@ def target_points(name: str, n: int, seed: int) -> np.ndarray:
     return f2d.sample_target(name, n, seed).numpy()
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def target_density(name: str) -> np.ndarray:
+    """A built-in target's picture: a histogram of 20,000 of its points (the same for every visit)."""
+    return figs.histogram_density(target_points(name, 20_000, 1), LO, HI, 48)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def untrained(config: f2d.Flow2DConfig, data: np.ndarray, cloud: np.ndarray, grid: np.ndarray):
+    """An untrained flow of ``config`` started on ``data``'s first batch: where it puts the
+    cloud and grid (the latent), how far its couplings move any point, and its loss on ``data``.
+    Deterministic (the flow's weights come from its seed), so cached for every visit."""
+    with torch.no_grad(), f2d.one_thread():
+        model = f2d.Flow2D(config)
+        data_t = torch.from_numpy(data)
+        model.initialize(data_t[:FIRST_BATCH])
+        walk0 = model.trace(torch.from_numpy(np.concatenate([cloud, grid])))
+        moved = max(float((walk0.points[i + 1] - walk0.points[i]).abs().max())
+                    for i, n in enumerate(model.names) if "coupling" in n)
+        start_loss = float(-model.log_prob(data_t).mean())
+    return walk0.points[-1].numpy(), moved, start_loss
+
+
 def fmt(v: float) -> str:
     return f"{v:+.3f}".replace("+", "") if v >= 0 else f"{v:.3f}"
+
+
+def clamp_probe(v: float) -> float:
+    return round(float(min(max(v, LO), HI)), 2)
+
+
+def url_params() -> list:
+    """The page's controls in its URL (?target=rings&K=4&px=0.8&py=0.4 …)."""
+    targets = list(f2d.TARGETS) + [USER_POINTS]
+    return [
+        links.choice("target", "f2d_target", DEFAULT_TARGET, targets),
+        links.integer("K", "f2d_steps", 6, 1, 10),
+        links.choice("coupling", "f2d_coupling", "affine", list(f2d.COUPLINGS)),
+        links.choice("mixing", "f2d_mixing", "lu", list(f2d.MIXINGS)),
+        links.flag("actnorm", "f2d_actnorm", True),
+        links.choice("init", "f2d_zero_init", True, {"zero": True, "random": False}),
+        links.integer("train", "f2d_max_steps", 400, 20, 10_000),
+        links.choice("dir", "f2d_direction", "data → latent",
+                     {"forward": "data → latent", "sampling": "latent → data (sampling)"}),
+        links.number("px", "f2d_probe_x", PROBE[0], LO, HI),
+        links.number("py", "f2d_probe_y", PROBE[1], LO, HI),
+        links.integer("pair", "f2d_pair_steps", 600, 20, 5000),
+        links.flag("animate", "f2d_animate", False),
+    ]
 
 
 # ==============================================================================================
@@ -148,19 +220,23 @@ with f2d.one_thread():
     st.latex(r"\log p(x) \;=\; \log \mathcal{N}\big(f(x);\,0,\,I\big) \;+\; \sum_{k} \log\big|\det J_k(x)\big|")
 
     # -- 1 · build and train -----------------------------------------------------------------------
+    links.bind(url_params())
     st.header("1 · Pick a target, build a flow, train it")
-    row = st.columns([1.3, 1, 1.2, 1.4, 1, 1.2])
+    # Two rows of three: six controls in one row cut their labels short at 1280×720 ("Ac…").
+    row = st.columns([1.3, 1.2, 1.2])
     target = row[0].selectbox("Target", list(f2d.TARGETS) + [USER_POINTS], key="f2d_target",
+                              index=list(f2d.TARGETS).index(DEFAULT_TARGET),
                               format_func=lambda t: f2d.TARGETS.get(t, "Your points"))
     steps = row[1].slider("Steps K", 1, 10, 6, key="f2d_steps",
                           help="How many [ActNorm] → mixing → coupling steps the flow has.")
-    coupling = row[2].radio("Coupling", list(f2d.COUPLINGS), key="f2d_coupling",
+    coupling = row[2].radio("Coupling", list(f2d.COUPLINGS), key="f2d_coupling", horizontal=True,
                             help="Affine scales and shifts; additive only shifts, so it cannot change area.")
-    mixing = row[3].radio("Between couplings", list(f2d.MIXINGS), index=2, key="f2d_mixing",
+    row = st.columns([1.3, 1.2, 1.2])
+    mixing = row[0].radio("Between couplings", list(f2d.MIXINGS), index=2, key="f2d_mixing",
                           format_func=f2d.MIXINGS.get)
-    actnorm = row[4].toggle("ActNorm", value=True, key="f2d_actnorm",
+    actnorm = row[1].toggle("ActNorm", value=True, key="f2d_actnorm",
                             help="Start each step with a per-coordinate scale and shift, set from the first batch.")
-    zero_init = row[5].radio("Couplings start", [True, False], key="f2d_zero_init",
+    zero_init = row[2].radio("Couplings start", [True, False], key="f2d_zero_init",
                              format_func={True: "as the identity (zero init)", False: "from random weights"}.get)
     config = f2d.Flow2DConfig(steps=steps, coupling=coupling, mixing=mixing, actnorm=actnorm, zero_init=zero_init)
 
@@ -176,8 +252,9 @@ with f2d.one_thread():
             points.extend(picked)
             st.session_state["f2d_last_pick"] = picked
         with left:
-            st.plotly_chart(figs.point_canvas(points, -3.0, 3.0), key="f2d_canvas", on_select="rerun",
-                            selection_mode=("points", "box", "lasso"), config={"displayModeBar": True})
+            style.chart(figs.point_canvas(points, -3.0, 3.0), key="f2d_canvas", on_select="rerun",
+                        selection_mode=("points", "box", "lasso"), filename="your-points",
+                        tools=("lasso2d", "select2d", "resetScale2d"))
         with right:
             md("**Place points**: click a grey dot to add it. To add many at once, pick the box or "
                "lasso tool at the chart's top right and drag around the dots: the lasso draws a "
@@ -200,8 +277,8 @@ with f2d.one_thread():
         data = torch.from_numpy(target_points(target, N_DATA, 0))
         data_key = (target,)
     # The target's picture is a histogram: it needs more points than training does.
-    view_points = (f2d.points_dataset(points, 20_000, spread=spread, seed=1) if target == USER_POINTS
-                   else target_points(target, 20_000, 1))
+    target_picture = (figs.histogram_density(f2d.points_dataset(points, 20_000, spread=spread, seed=1), LO, HI, 48)
+                      if target == USER_POINTS else target_density(target))
 
     c1, c2, c3, c4 = st.columns([1.2, 1, 1, 3])
     max_steps = c1.number_input("Training steps", 20, 10_000, 400, 100, key="f2d_max_steps",
@@ -224,19 +301,19 @@ with f2d.one_thread():
         md(status)
         a, c = st.columns([1.1, 1])
         with a:
-            st.plotly_chart(figs.loss_curve({"loss": j.losses}, height=360), key="f2d_loss_chart")
+            style.chart(figs.loss_curve({"loss": j.losses}, height=360), key="f2d_loss_chart", filename="loss")
         with c:
-            st.plotly_chart(figs.heatmap(model_density(j.model), LO, HI, title="Model density p(x)",
-                                         height=360), key="f2d_model_heat")
+            style.chart(figs.heatmap(model_density(j.model), LO, HI, title="Model density p(x)",
+                                         height=360), key="f2d_model_heat", filename="model-density")
 
 
     # The target does not change while training, so it stays outside the fragment that redraws.
     target_col, live_col = st.columns([1, 2.1])
     with target_col:
         md("&nbsp;")
-        st.plotly_chart(figs.heatmap(figs.histogram_density(view_points, LO, HI, 48), LO, HI,
+        style.chart(figs.heatmap(target_picture, LO, HI,
                                      title="Target (histogram of its points)", height=360),
-                        key="f2d_target_heat")
+                        key="f2d_target_heat", filename="target-density")
     with live_col:
         live_section(["f2d_job"], draw_main, "f2d_stop")
     explain("Left: the target, as a histogram of its points. Middle: the loss, the average of −log p(x) "
@@ -258,41 +335,40 @@ with f2d.one_thread():
     direction = st.radio("Direction", ["data → latent", "latent → data (sampling)"], horizontal=True,
                          key="f2d_direction")
     labels = ["data x"] + model.names
+    links.bind([links.integer("layer", "f2d_layer", n_layers, 0, n_layers)])
     position = st.select_slider("After layer", options=list(range(n_layers + 1)), value=n_layers,
                                 format_func=lambda i: f"{i}: {labels[i]}", key="f2d_layer")
     # The grid covers where the targets live: further out there is no data, and a trained flow
     # flings that empty space anywhere, which buries the picture under stray lines.
     grid_lines = figs.grid_line_points(-2.5, 2.5, lines=11, per_line=figs.PER_LINE)
     cloud = data[:600]
-    with torch.no_grad():
-        if direction == "data → latent":
-            walk = model.trace(torch.cat([cloud, grid_lines])).points
-        else:
-            noise = torch.randn(600, 2, generator=torch.Generator().manual_seed(1))
-            walk = model.trace_inverse(torch.cat([noise, grid_lines]))
+    if direction == "data → latent":
+        walk = memo(model, ("walk", data_key), lambda: model.trace(torch.cat([cloud, grid_lines])).points)
+    else:
+        noise = torch.randn(600, 2, generator=torch.Generator().manual_seed(1))
+        walk = memo(model, "walk back", lambda: model.trace_inverse(torch.cat([noise, grid_lines])))
     clouds = [w[:len(cloud)] for w in walk]
     grids = [w[len(cloud):] for w in walk]
     view = figs.view_of(clouds)
     left, right = st.columns([1.15, 1])
     with left:
-        st.plotly_chart(figs.cloud_and_grid(clouds[position], grids[position], view=view,
-                                            title=f"{labels[position]}"), key="f2d_push")
+        style.chart(figs.cloud_and_grid(clouds[position], grids[position], view=view,
+                                            title=f"{labels[position]}"), key="f2d_push", filename="push-forward")
     with right:
         if position == 0:
             md("Position 0 is the data itself, before any layer: nothing has stretched it yet.")
             shown = np.zeros((HEAT_N, HEAT_N))
             title = "log|det J| of no layer"
         else:
-            with torch.no_grad():
-                shown = model.trace(GRID).logdets[position - 1].reshape(HEAT_N, HEAT_N).numpy()
+            shown = grid_logdets(model)[position - 1]
             title = f"log|det J| of {model.names[position - 1]}"
-        st.plotly_chart(figs.heatmap(shown, LO, HI, title=title, colorscale="RdBu_r", zmid=0,
-                                     colorbar_title="log|det J|", height=440), key="f2d_layer_logdet")
+        style.chart(figs.heatmap(shown, LO, HI, title=title, colorscale="RdBu_r", zmid=0,
+                                     colorbar_title="log|det J|", height=440), key="f2d_layer_logdet", filename="layer-logdet")
         md("Where a layer **stretches** space (red, log|det J| > 0), a small patch of x becomes a big "
            "patch further on, so the patch must have held more probability: p(x) is *multiplied* by "
            "the stretch. Where it **squeezes** (blue), p(x) is divided. Drawn over data space x.")
     if st.toggle("Animate all layers", key="f2d_animate"):
-        st.plotly_chart(figs.animated_cloud_and_grid(clouds, grids, labels), key="f2d_animation")
+        style.chart(figs.animated_cloud_and_grid(clouds, grids, labels), key="f2d_animation", filename="push-forward-animation")
     explain("Orange lines: a square grid drawn in the space where the flow starts (data space for "
             "data → latent, latent space for sampling), carried along by the layers. Blue dots: "
             "training points (or Gaussian noise when sampling). The slider picks how many layers have "
@@ -301,8 +377,8 @@ with f2d.one_thread():
 
     md("**Every step's log|det J|**, the sum over its layers, at every point of data space:")
     panels = step_logdets(model)
-    st.plotly_chart(figs.logdet_panels(panels, [f"step {k + 1}" for k in range(len(panels))], LO, HI),
-                    key="f2d_step_logdets")
+    style.chart(figs.logdet_panels(panels, [f"step {k + 1}" for k in range(len(panels))], LO, HI),
+                    key="f2d_step_logdets", filename="step-logdets")
     st.latex(r"\log|\det J_{\text{step}}| = \underbrace{\textstyle\sum_i \log s_i}_{\text{ActNorm}} "
              r"+ \underbrace{\log|\det W|}_{\text{mixing}} + \underbrace{s(x_1)}_{\text{affine coupling}}")
     explain("One panel per step, all on one colour scale centred on 0. ActNorm and the mixing layer "
@@ -314,9 +390,20 @@ with f2d.one_thread():
     md("Pick a point. It travels through every layer to its latent z; its log-density is the "
        "Gaussian's log-density at z plus one log|det J| per layer. Here is that sum with this "
        "point's own numbers.")
+    # A click (or the end of a drag) on the chart below moves the probe: the chart's selection
+    # from the last run is read here, before the two number boxes are drawn.
+    picked = figs.point_from_selection(st.session_state.get("f2d_probe_path"))
+    if picked is None:   # nothing picked (a second click on a dot unselects it): the next pick counts
+        st.session_state.pop("f2d_probe_last_pick", None)
+    elif picked != st.session_state.get("f2d_probe_last_pick"):   # new, not the one already applied
+        st.session_state["f2d_probe_last_pick"] = picked
+        st.session_state["f2d_probe_x"], st.session_state["f2d_probe_y"] = map(clamp_probe, picked)
     pc = st.columns([1, 1, 3])
-    px = pc[0].number_input("Probe x₁", -4.0, 4.0, 0.8, 0.1, key="f2d_probe_x")
-    py = pc[1].number_input("Probe x₂", -4.0, 4.0, 0.4, 0.1, key="f2d_probe_y")
+    px = pc[0].number_input("Probe x₁", LO, HI, PROBE[0], 0.1, key="f2d_probe_x")
+    py = pc[1].number_input("Probe x₂", LO, HI, PROBE[1], 0.1, key="f2d_probe_y")
+    pc[2].markdown("**Click** anywhere on the chart to move the probe there. To **drag** it, pick "
+                   "the lasso at the chart's top right: the probe lands where you let go. The boxes "
+                   "take exact values.")
     exact = model.double_copy()
     with torch.no_grad():
         probe = exact.trace(torch.tensor([[px, py]], dtype=torch.float64))
@@ -326,7 +413,9 @@ with f2d.one_thread():
     path = torch.cat(probe.points).numpy()
     left, right = st.columns([1, 1.15])
     with left:
-        st.plotly_chart(figs.probe_path(path, model.names, model_density(model), LO, HI), key="f2d_probe_path")
+        style.chart(figs.probe_path(path, model.names, model_density(model), LO, HI), key="f2d_probe_path",
+                    filename="probe-path", on_select="rerun", selection_mode=("points", "lasso", "box"),
+                    tools=("pan2d", "lasso2d", "resetScale2d"))
     with right:
         lines = [r"\log p(x) &= \log\mathcal{N}(z;0,I) + \textstyle\sum_k \log|\det J_k| \\",
                  rf"&= \underbrace{{{fmt(log_nz)}}}_{{\log\mathcal{{N}}(z;\,0,\,I)}} \\"]
@@ -337,7 +426,7 @@ with f2d.one_thread():
         lines.append(rf"&= {fmt(total)} \text{{ nats}}")
         st.latex(r"\begin{aligned}" + "\n".join(lines) + r"\end{aligned}")
         z = probe.z[0].tolist()
-        md(f"z = ({z[0]:.3f}, {z[1]:.3f}), so p(x) = e^({fmt(total)}) = **{np.exp(total):.4f}**. "
+        md(f"z = ({z[0]:.3f}, {z[1]:.3f}), so p(x) = e^({fmt(total)}) = **{figs.sci(np.exp(total))}**. "
            f"Each step's bracket holds {'ActNorm, ' if actnorm else ''}the mixing layer, then the "
            "coupling.")
     explain("The path joins the probe's position after every layer (hover for the layer). The first "
@@ -348,6 +437,7 @@ with f2d.one_thread():
     md("**One layer's Jacobian at the probe**: a coupling's is triangular, so its determinant is "
        "the product of its diagonal.")
     couplings = [i for i, n in enumerate(model.names) if "coupling" in n]
+    links.bind([links.integer("jac", "f2d_jac_layer", couplings[0], 0, n_layers - 1)])
     which = st.selectbox("Layer", list(range(n_layers)), index=couplings[0], key="f2d_jac_layer",
                          format_func=lambda i: model.names[i])
     jac, at_u = exact.jacobian([px, py], which)
@@ -386,7 +476,7 @@ with f2d.one_thread():
     md("An additive coupling only shifts, y₂ = x₂ + t(x₁): its Jacobian's diagonal is all ones, so "
        "log|det J| = 0 everywhere and it keeps every area. On its own it can move probability "
        "around but never pile it up in one place; the affine coupling can. Train both on the same target and compare.")
-    steps_col, button_col, _ = st.columns([1.2, 1.2, 3])
+    steps_col, button_col, _ = st.columns([1.2, 1.8, 2.4])   # the button's words fit at 1280×720
     pair_steps = steps_col.number_input("Steps for each", 20, 5000, 600, 100, key="f2d_pair_steps")
     pair = {kind: f"f2d_cmp_{kind}" for kind in f2d.COUPLINGS}
     for kind, key in pair.items():
@@ -408,14 +498,14 @@ with f2d.one_thread():
                 loss = j.recent_loss()
                 md(f"**{j.config.coupling}** · step {len(j.losses):,} · loss "
                    f"{'–' if loss is None else f'{loss:.3f}'} nats")
-                st.plotly_chart(figs.heatmap(model_density(j.model), LO, HI, title="density p(x)", height=300),
-                                key=f"f2d_cmp_density_{j.config.coupling}")
-                st.plotly_chart(figs.heatmap(lds[j.config.coupling], LO, HI, title="Σ couplings' log|det J|",
+                style.chart(figs.heatmap(model_density(j.model), LO, HI, title="density p(x)", height=300),
+                                key=f"f2d_cmp_density_{j.config.coupling}", filename=f"density-{j.config.coupling}")
+                style.chart(figs.heatmap(lds[j.config.coupling], LO, HI, title="Σ couplings' log|det J|",
                                              colorscale="RdBu_r", zmid=0, zmax=bound, height=300),
-                                key=f"f2d_cmp_logdet_{j.config.coupling}")
+                                key=f"f2d_cmp_logdet_{j.config.coupling}", filename=f"coupling-logdet-{j.config.coupling}")
         with cols[2]:
-            st.plotly_chart(figs.loss_curve({j.config.coupling: j.losses for j in jobs}, height=300),
-                            key="f2d_cmp_loss")
+            style.chart(figs.loss_curve({j.config.coupling: j.losses for j in jobs}, height=300),
+                            key="f2d_cmp_loss", filename="additive-vs-affine-loss")
             losses = {j.config.coupling: j.recent_loss() for j in jobs}
             if None not in losses.values():
                 md(f"Keeping volume costs **{losses['additive'] - losses['affine']:+.3f} nats per point** "
@@ -430,9 +520,11 @@ with f2d.one_thread():
 
     # -- 5 · ActNorm -------------------------------------------------------------------------------
     st.header("5 · ActNorm's start: set from the first batch")
-    md("ActNorm scales and shifts each coordinate, y = (x + b)·e^{log s}. Its first batch decides "
-       "where it starts: b = −mean and log s = −log std, so that batch comes out with zero mean and "
-       "unit variance. After that, b and s are ordinary parameters.")
+    md("ActNorm scales and shifts each coordinate: y = (x + b)·s, with the scale stored as log s so "
+       "that s = exp(log s) stays positive. Its first batch decides where it starts: b = −mean and "
+       "log s = −log std, so that batch comes out with zero mean and unit variance. After that, b "
+       "and log s are ordinary parameters.")
+    st.latex(r"y = (x + b)\odot e^{\log s},\qquad \log|\det J| = \log s_1 + \log s_2")
     first = data[:FIRST_BATCH]
     fresh = f2d.PointwiseLayer(ActNorm(2))
     with torch.no_grad():
@@ -441,15 +533,16 @@ with f2d.one_thread():
     log_s = fresh.image_layer.log_scale.flatten().tolist()
     left, right = st.columns([1.6, 1])
     with left:
-        st.plotly_chart(figs.scatter_pair(first, normalised, ("first batch, before", "after ActNorm's start")),
-                        key="f2d_actnorm_pair")
+        style.chart(figs.scatter_pair(first, normalised, ("first batch, before", "after ActNorm's start")),
+                        key="f2d_actnorm_pair", filename="actnorm-start")
     with right:
-        st.latex(rf"b = ({bias[0]:.3f},\ {bias[1]:.3f}),\quad \log s = ({log_s[0]:.3f},\ {log_s[1]:.3f})")
+        # Short lines, not one wide formula: the column is about 300 px wide at 1280×720.
         m0, s0 = first.mean(0).tolist(), first.std(0, unbiased=False).tolist()
         m1, s1 = normalised.mean(0).tolist(), normalised.std(0, unbiased=False).tolist()
+        md(f"**b** = ({bias[0]:.3f}, {bias[1]:.3f})  \n**log s** = ({log_s[0]:.3f}, {log_s[1]:.3f})  \n"
+           f"**log|det J|** = log s₁ + log s₂ = **{fmt(float(an_logdet[0]))}**")
         md(f"Before: mean ({m0[0]:.2f}, {m0[1]:.2f}), std ({s0[0]:.2f}, {s0[1]:.2f}).  \n"
            f"After: mean ({m1[0]:.2f}, {m1[1]:.2f}), std ({s1[0]:.2f}, {s1[1]:.2f}).")
-        st.latex(rf"\log|\det J| = \log s_1 + \log s_2 = {fmt(float(an_logdet[0]))}")
         md("Each later step's ActNorm starts the same way, from what the steps before it make of the "
            "first batch." if actnorm else "ActNorm is switched off in the flow above; this is what it "
            "would do to the first batch.")
@@ -470,19 +563,13 @@ with f2d.one_thread():
     cols = st.columns(2)
     for col, (flag, key) in zip(cols, inits.items()):
         j = st.session_state[key]
-        with torch.no_grad():
-            fresh_model = f2d.Flow2D(j.config)
-            fresh_model.initialize(data[:FIRST_BATCH])
-            walk0 = fresh_model.trace(torch.cat([cloud, grid_lines]))
-            moved = max(float((walk0.points[i + 1] - walk0.points[i]).abs().max())
-                        for i, n in enumerate(fresh_model.names) if "coupling" in n)
-            start_loss = float(-fresh_model.log_prob(data).mean())
+        latent0, moved, start_loss = untrained(j.config, data.numpy(), cloud.numpy(), grid_lines.numpy())
         with col:
             md(f"**{'zero init' if flag else 'random init'}** · before training: loss {start_loss:.3f} nats; "
                f"the couplings move points by at most {moved:.3g}")
-            st.plotly_chart(figs.cloud_and_grid(walk0.points[-1][:len(cloud)], walk0.points[-1][len(cloud):],
+            style.chart(figs.cloud_and_grid(latent0[:len(cloud)], latent0[len(cloud):],
                                                 title="the untrained flow's latent z", height=400),
-                            key=f"f2d_init_grid_{int(flag)}")
+                            key=f"f2d_init_grid_{int(flag)}", filename="untrained-latent-" + ("zero-init" if flag else "random-init"))
     if st.button("Train both side by side", key="f2d_init_train", icon=":material/play_arrow:",
                  disabled=any(st.session_state[k].running for k in inits.values())):
         for key in inits.values():
@@ -492,8 +579,8 @@ with f2d.one_thread():
 
     def draw_inits(jobs: list[Job]) -> None:
         names = {True: "zero init", False: "random init"}
-        st.plotly_chart(figs.loss_curve({names[j.config.zero_init]: j.losses for j in jobs}, height=300),
-                        key="f2d_init_loss")
+        style.chart(figs.loss_curve({names[j.config.zero_init]: j.losses for j in jobs}, height=300),
+                        key="f2d_init_loss", filename="zero-vs-random-init-loss")
         if all(j.losses for j in jobs):
             md(" · ".join(f"{names[j.config.zero_init]}: {j.recent_loss():.3f} nats after {len(j.losses):,} steps"
                           for j in jobs))

@@ -116,23 +116,33 @@ else:
 
 st.divider()
 st.markdown("##### What each page shows")
-PAGES = [
-    (":material/model_training:", "Train",
+PAGES = [  # (file, icon, name, what it shows): every page of app.py's navigation, in its order
+    ("pages/train.py", ":material/model_training:", "Train",
      "Pick a dataset and a preset, change any knob, press Start. Loss, bits/dim, its split "
      "into each level's prior and the log-determinant, and a grid of samples update live."),
-    (":material/stacked_line_chart:", "Runs",
+    ("pages/runs.py", ":material/stacked_line_chart:", "Runs",
      "Every run in one table. Tick several to lay their curves over each other and see which "
      "settings differ; one click starts the Glow paper's permutation study."),
-    (":material/grid_on:", "Masks & squeeze",
+    ("pages/flows2d.py", ":material/scatter_plot:", "Flows in 2-D",
+     "Every idea on points you can see: train a flow on a 2-D target, follow a grid through "
+     "each layer, probe one point through the formula."),
+    ("pages/masks.py", ":material/grid_on:", "Masks & squeeze",
      "How a flow splits an image: squeeze, checkerboard and channel masks, permutations."),
-    (":material/layers:", "Latents",
-     "One image's latent at each scale, and where its bits go."),
-    (":material/auto_awesome:", "Sampling",
+    ("pages/latents.py", ":material/layers:", "Latents",
+     "One image's latent at each scale, the learned prior's μ and σ, and where its bits go."),
+    ("pages/sampling.py", ":material/auto_awesome:", "Sampling",
      "The same samples at temperatures 0 … 1, per-level temperatures, interpolations."),
+    ("pages/step_by_step.py", ":material/timeline:", "One image, step by step",
+     "One image through every operation and back, with each operation's log-determinant."),
+    ("pages/likelihood.py", ":material/query_stats:", "What the likelihood knows",
+     "Whole data sets scored by one model: why high likelihood is not 'looks like my data', "
+     "and what dequantisation adds."),
 ]
-cols = st.columns(len(PAGES))
-for col, (icon, name, text) in zip(cols, PAGES):
-    with col:
-        with st.container(border=True, height="stretch"):
-            st.markdown(f"**{icon} {name}**")
-            st.markdown(text)
+PER_ROW = 4   # two rows of four: every card's words fit at 1280×720
+for start in range(0, len(PAGES), PER_ROW):
+    cols = st.columns(PER_ROW)
+    for col, (file, icon, name, text) in zip(cols, PAGES[start:start + PER_ROW]):
+        with col:
+            with st.container(border=True, height="stretch"):
+                st.page_link(file, label=f"**{name}**", icon=icon)
+                st.markdown(text)

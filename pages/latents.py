@@ -6,10 +6,11 @@ import numpy as np
 import streamlit as st
 import torch
 
-from flowlib.viz.figures import bpd_budget_figure
-from flowlib.viz.images import fit_factor, image_grid, labelled_grid, latent_grid, png_bytes, to_rgb, upscale
+from flowlib.analysis.priors import prior_view
+from flowlib.viz.figures import bpd_budget_figure, prior_bits_figure
+from flowlib.viz.images import fit_factor, hstack_images, image_grid, labelled_grid, latent_grid, to_rgb, upscale
 from pages.common import explore as ec
-from pages.common import ui
+from pages.common import links, style, ui
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
@@ -90,8 +91,10 @@ for k in range(L):
                                                          else f"left after level {k + 1}")
     st.subheader(f"z{k + 1}  [{c}, {h}, {w}]  — {role}")
     left, right = st.columns(2)
-    left.image(raw_img, caption=f"raw z{k + 1} (colour scale ±{lim:.2f}); std {z.std():.2f}", output_format="PNG")
-    right.image(std_img, caption=f"ẑ{k + 1} = (z − μ)/σ (±3); std {e.std():.2f}", output_format="PNG")
+    style.picture(raw_img, caption=f"raw z{k + 1} (colour scale ±{lim:.2f}); std {z.std():.2f}",
+                  filename=f"latent-z{k + 1}-raw", key=f"latents_raw_{k}", container=left)
+    style.picture(std_img, caption=f"ẑ{k + 1} = (z − μ)/σ (±3); std {e.std():.2f}",
+                  filename=f"latent-z{k + 1}-standardised", key=f"latents_std_{k}", container=right)
 
 # ------------------------------------------------------------------------------ bits budget
 st.header("2 · The likelihood budget")
@@ -104,7 +107,7 @@ left, right = st.columns([3, 2])
 with left:
     fig = bpd_budget_figure(enc["prior"], enc["logdet"], enc["quant"], enc["total"],
                                 dequant=enc["dequant"])
-    st.plotly_chart(fig, width="stretch", key="latents_budget")
+    style.chart(fig, key="latents_budget", filename="bits-per-dim-budget")
 with right:
     st.markdown(
         f"D = {C}·{H}·{W} = {C * H * W} values.\n\n"
@@ -123,10 +126,102 @@ with right:
            "(noise at its median here).\n\n" if enc["dequant"] is not None else "")
         + "**Black bar:** the sum — this image's bits/dim.")
 
+# ------------------------------------------------------------------------------ 3 · the learned prior, drawn
+st.header("3 · The learned prior: μ and σ for this image")
+st.markdown(
+    "The half that leaves at a split is not charged as plain noise. A small convolution reads "
+    "the half that **stays** and predicts, for every value that leaves, a mean **μ** and a "
+    "scale **σ**. Below: this image's latent z at one level, the μ and σ the model predicts "
+    "for it, and what is left once the prediction is taken out. Slide the prior from "
+    "**N(0, I)** to **learned** and watch the bits.")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def priors_of(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
+    model, _, _ = ec.cached_model(path, mtime)
+    pix = np.frombuffer(pixels_bytes, np.uint8).reshape(shape)
+    with ec.compute():
+        x, log_q = model.dequantize(torch.as_tensor(pix.copy())[None], noise=False)
+        dequant = 0.0 if log_q is None else float(log_q[0]) / (int(np.prod(shape)) * np.log(2))
+        return prior_view(model, x, dequant_bits=dequant)
+
+
+view = priors_of(str(loaded.path), ec.file_version(loaded.path), pixels.tobytes(), pixels.shape)
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def strength_words(s: float) -> str:
+    return "standard N(0, I)" if s == 0 else ("learned μ, σ" if s == 1 else f"{s:.0%} of the way to learned")
+
+
+links.bind([links.choice("level", "latents_prior_level", 0, list(range(L))),
+            links.choice("prior", "latents_prior", 1.0, {"standard": 0.0, "0.25": 0.25, "0.5": 0.5,
+                                                         "0.75": 0.75, "learned": 1.0})])
+cols = st.columns([1, 2])
+level = cols[0].radio("Level", list(range(L)), horizontal=True, key="latents_prior_level",
+                      format_func=lambda k: f"z{k + 1}")
+strength = cols[1].select_slider(
+    "Prior (move by hand)", options=list(STRENGTHS), value=1.0, key="latents_prior",
+    format_func=strength_words,
+    help="μ_s = s·μ and log σ_s = s·log σ: at s = 0 every latent is scored by N(0, 1), at s = 1 "
+         "by the Gaussian the model learned. Only the prior terms change; the flow's "
+         "log-determinant stays the same.")
+lp = view.levels[level]
+ncol = min(lp.z.shape[0], 4)
+target = 110 if lp.z.shape[0] > 2 else 160
+z_lim = float(np.abs(lp.z).max()) or 1.0
+panels = [latent_grid(lp.z, limit=z_lim, ncol=ncol, target=target)[0],
+          latent_grid(strength * lp.mean, limit=z_lim, ncol=ncol, target=target)[0],
+          latent_grid(strength * lp.log_scale, limit=max(1e-3, float(np.abs(lp.log_scale).max())),
+                      ncol=ncol, target=target)[0],
+          latent_grid(lp.standardised(strength), limit=3.0, ncol=ncol, target=target)[0]]
+captions = [f"z{level + 1}: the latent", f"μ (±{z_lim:.2g}, z's scale)",
+            "log σ: blue narrow, red wide", "(z − μ)/σ: what is left (±3)"]
+prior_img = hstack_images(panels, gap=16, captions=captions, font_size=18)
+style.picture(prior_img, filename=f"learned-prior-z{level + 1}-{strength:g}", key="latents_prior_img",
+              caption=f"Level {level + 1}, prior: {strength_words(strength)}. "
+                      + ("Where σ is blue the model is sure of z's value there and charges little for "
+                         "it; μ already looks like z because the kept half tells the model what to "
+                         "expect." if lp.learned else
+                         "This level's prior is N(0, I) in the model itself: μ = 0, σ = 1 whatever "
+                         "the slider says."))
+learned_bits, standard_bits = view.bits(1.0), view.bits(0.0)
+series = {"standard N(0, I)": (view.prior_bits(0.0), standard_bits),
+          "learned": (view.prior_bits(1.0), learned_bits)}
+if strength not in (0.0, 1.0):
+    series[f"yours ({strength:.0%})"] = (view.prior_bits(strength), view.bits(strength))
+left, right = st.columns([3, 2])
+with left:
+    style.chart(prior_bits_figure(series), key="latents_prior_bits", filename="learned-vs-standard-prior")
+with right:
+    st.metric(f"This image's bits/dim, prior: {strength_words(strength)}", f"{view.bits(strength):.3f}",
+              delta=f"{view.bits(strength) - learned_bits:+.3f} against the learned prior",
+              delta_color="inverse")
+    saved = standard_bits - learned_bits
+    st.markdown(
+        f"With N(0, I) at every level this image would cost **{standard_bits:.3f}** bits/dim; the "
+        f"learned prior brings it to **{learned_bits:.3f}**, a saving of **{saved:.3f}** bits per "
+        f"value, **{saved * view.dims:,.0f} bits** for the whole image. The flow itself is the "
+        "same in both: the saving is what the kept half knows about the half that leaves.")
+with ec.explain():
+    st.markdown(
+        "For each level the model computes μ and log σ from the kept half h with a zero-initialised "
+        "convolution, so training starts from N(0, I) and learns how far to move from it. The "
+        "cost of a latent is its Gaussian negative log-density,")
+    st.latex(r"-\log p(z\mid h) = \sum_j \Big[\tfrac12\Big(\frac{z_j-\mu_j(h)}{\sigma_j(h)}\Big)^2"
+             r" + \log\sigma_j(h) + \tfrac12\log 2\pi\Big]")
+    st.markdown(
+        "so a value costs little when the prediction is close (small (z − μ)/σ) **and** the "
+        "model dared to be sure (small σ). With μ = 0 and σ = 1 the same z is charged its full "
+        "squared size. The slider scales μ and log σ together; its ends are the two priors.")
+
 # ------------------------------------------------------------------------------ what each scale stores
-st.header("3 · What each scale stores")
+st.header("4 · What each scale stores")
 st.markdown("Keep some latents of this image and draw the others afresh from the prior at "
             "temperature T. Whatever survives the redraw was stored in the latents you kept.")
+links.bind([links.number("T", "latents_temp", 0.7, 0.0, 1.0, step=0.05),
+            links.integer("draws", "latents_draws", 6, 3, 10),
+            links.integer("seed", "latents_seed", 0, 0, 1_000_000)])
 cols = st.columns([2, 2, 1])
 temp = cols[0].slider("Temperature T of the redrawn latents", 0.0, 1.0, 0.7, 0.05, key="latents_temp")
 n_draw = cols[1].slider("Redraws per row", 3, 10, 6, key="latents_draws")
@@ -174,11 +269,11 @@ rows, labels, diffs = scale_rows(str(loaded.path), ec.file_version(loaded.path),
 s = fit_factor(H, 84)
 grid = labelled_grid([image_grid(r, ncol=len(r), pad=3, scale=s) for r in rows], labels,
                          label_width=270, font_size=18)
-st.image(grid, caption=f"First column: the input. Other columns: redraws at T = {temp:.2f}, the same "
-                       "noise in every row. Keeping the coarse latents keeps the shape; only strokes "
-                       "and texture change. Keeping only the fine latents barely constrains the "
-                       "picture: the shape is redrawn.",
-         output_format="PNG")
+style.picture(grid, caption=f"First column: the input. Other columns: redraws at T = {temp:.2f}, the "
+                            "same noise in every row. Keeping the coarse latents keeps the shape; only "
+                            "strokes and texture change. Keeping only the fine latents barely constrains "
+                            "the picture: the shape is redrawn.",
+              filename=f"what-each-scale-stores-T{temp:g}-seed{seed}", key="latents_dl")
 fine_label = next((label for label in diffs if label.startswith("keep z1,")), None)
 coarse_label = next(iter(diffs), None)
 if fine_label is not None and diffs[fine_label] < 8:  # under ~3 % of the pixel range: the eye cannot tell the rows apart
@@ -192,8 +287,6 @@ if fine_label is not None and diffs[fine_label] < 8:  # under ~3 % of the pixel 
                "(measured on the first test images)." if loaded.path in ec.DEMOS.values()
                and loaded.dataset == "mnist" else ""),
             icon=":material/info:")
-st.download_button("Download this grid (PNG)", png_bytes(grid), file_name="what-each-scale-stores.png",
-                   mime="image/png", key="latents_dl")
 
 with ec.explain():
     st.markdown(

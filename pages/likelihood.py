@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from flowlib.analysis.ood import (
-    OTHER_DATASET,
     Scores,
     comparison_sets,
     gaussian_shell,
@@ -16,8 +16,9 @@ from flowlib.analysis.ood import (
     typicality_flags,
 )
 from flowlib.data import DATASETS
+from flowlib.viz.dequant import bin_of, bins_figure, dequant_pictures
 from flowlib.viz.images import fit_factor, image_grid, labelled_grid, to_rgb, upscale
-from pages.common import canvas, ui
+from pages.common import canvas, links, style, ui
 from pages.common import explore as ec
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
@@ -26,8 +27,9 @@ st.title("What the likelihood knows")
 st.markdown(
     "A flow gives every image an exact likelihood, so it is tempting to use it as a detector: "
     "*low bits/dim = looks like my training data*. Here the model scores whole data sets — its "
-    "own test set, a different data set, pure noise, blank images and your drawings — and the "
-    "histograms show where that reasoning holds and where it breaks.")
+    "own test set, the same images blurred, the other data set that ships with the app, pure "
+    "noise, blank images and your drawings — and the histograms show where that reasoning "
+    "holds and where it breaks.")
 
 loaded = ec.model_picker("lik_model")
 if loaded is None:
@@ -36,11 +38,16 @@ model = loaded.model
 C, H, W = loaded.config.image_shape
 SHAPE = (C, H, W)
 PATH, MTIME = str(loaded.path), ec.file_version(loaded.path)
+links.bind([links.choice("n", "lik_n", 1000, [250, 500, 1000, 2000])])
 n_per_set = st.select_slider("Images per data set (a seeded random subset)", [250, 500, 1000, 2000], value=1000,
                              key="lik_n", help="More images: smoother histograms, slower first answer "
                                                "(about 1.5 s per 1,000 MNIST images on one CPU core).")
-COLOURS = {"test": "#2b8a3e", "other": "#e8590c", "noise": "#868e96", "constant": "#3b5bdb",
-           "drawings": "#c2255c"}
+COLOURS = {"test": "#2b8a3e", "blurred": "#0c8599", "other:mnist": "#e8590c", "other:faces": "#e8590c",
+           "other:fashion-mnist": "#ae3ec9", "noise": "#868e96", "constant": "#3b5bdb", "drawings": "#c2255c"}
+
+
+def short_label(label: str) -> str:
+    return label.split(" (")[0]
 
 
 @st.cache_data(show_spinner="Loading the data sets…", max_entries=8)
@@ -78,12 +85,6 @@ st.markdown(
     "Each histogram is one data set scored by the same model: **left = likely** (few bits per "
     "pixel value), **right = unlikely**. Uniform noise is the worst case; the interesting "
     "question is what lands *left* of the model's own test set.")
-for key, label, why in missing:
-    other = OTHER_DATASET.get(loaded.dataset or "", "")
-    st.warning(f"**{label}** is not on this server, so it is left out. {why}", icon=":material/database_off:")
-    if other == "fashion-mnist":
-        st.markdown("To add Fashion-MNIST (Debian/Ubuntu), run on the server, then reload this page:")
-        st.code("sudo apt-get install dataset-fashion-mnist", language="bash")
 fig = go.Figure()
 all_values = np.concatenate([r[1].total for r in results.values()]) if results else np.zeros(1)
 # Noise can cost thousands of bits/dim under a small model: pile everything above a cap into
@@ -100,9 +101,9 @@ for key, (label, sc, _) in results.items():
         continue
     over = float((sc.total > hi).mean())
     if over > 0:
-        piled.append(f"{label.split(' (')[0]} {100 * over:.0f} %")
+        piled.append(f"{short_label(label)} {100 * over:.0f} %")
     fig.add_histogram(x=np.minimum(sc.total, hi), name=f"{label} (n = {len(sc):,})", histnorm="percent",
-                      opacity=0.6, marker_color=COLOURS[key], xbins=dict(start=lo, end=hi + size, size=size),
+                      opacity=0.6, marker_color=COLOURS.get(key, "#e8590c"), xbins=dict(start=lo, end=hi + size, size=size),
                       hovertemplate="%{x:.2f} bits/dim: %{y:.1f} %<extra>" + label + "</extra>")
 if "drawings" in results:
     for v in results["drawings"][1].total[:20]:
@@ -114,7 +115,7 @@ fig.update_layout(barmode="overlay")
 ui.base_layout(fig, x_title="bits per dimension (lower = more likely under the model)",
                y_title="% of the data set", uirevision=f"lik-{PATH}", height=440)
 fig.update_layout(hovermode="closest")
-st.plotly_chart(fig, width="stretch", key="lik_hist")
+style.chart(fig, key="lik_hist", filename="bits-per-dim-of-data-sets")
 if piled:
     st.caption(f"Piled into the last bin at {hi:g} bits/dim (they cost even more): " + ", ".join(piled)
                + ". The table has their real values.")
@@ -129,6 +130,13 @@ for key, (label, sc, _) in results.items():
         row["flagged: outside the typical range"] = f"{100 * typicality_flags(ref.total, sc.total).mean():.0f} %"
     table.append(row)
 st.dataframe(table, hide_index=True, width="stretch")
+if missing:
+    with st.expander("Data sets not on this server: " + ", ".join(short_label(m[1]) for m in missing)):
+        for key, label, why in missing:
+            st.markdown(f"**{label}** is left out: {why}")
+        if any(key == "other:fashion-mnist" for key, _, _ in missing):
+            st.markdown("To add Fashion-MNIST on Debian or Ubuntu, run on the server, then reload this page:")
+            st.code("sudo apt-get install dataset-fashion-mnist", language="bash")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -144,11 +152,11 @@ picks = []
 for key, (label, sc, images) in results.items():
     order = np.argsort(sc.total)
     idx = order[np.linspace(0, len(order) - 1, min(8, len(order))).round().astype(int)]
-    picks.append((images[idx].tobytes(), f"{label.split(' (')[0]}\n{sc.total[idx[0]]:.2f} to {sc.total[idx[-1]]:.2f}"))
+    picks.append((images[idx].tobytes(), f"{short_label(label)}\n{sc.total[idx[0]]:.2f} to {sc.total[idx[-1]]:.2f}"))
 ex = examples(tuple(p[0] for p in picks), tuple(p[1] for p in picks), SHAPE, fit_factor(H, 56))
-st.image(ex, width=ex.shape[1], output_format="PNG",
-         caption="Examples from each set, from its most likely (left) to its least likely (right), "
-                 "with their bits/dim.")
+style.picture(ex, width=ex.shape[1], filename="examples-by-bits-per-dim", key="lik_examples",
+              caption="Examples from each set, from its most likely (left) to its least likely (right), "
+                      "with their bits/dim.")
 with ec.explain():
     st.markdown(
         "**Bits/dim** is −log₂ p(x) divided by the number of pixel values D: how many bits the "
@@ -204,13 +212,18 @@ st.markdown(
     "image is (how predictable each pixel is from its neighbours), not whether it is *like the "
     "training data*.")
 if ref is not None:
-    lines = [f"**Here:** the model's own test images have a median of **{np.median(ref.total):.2f}** bits/dim."]
-    if "other" in results:
-        other_label, other_sc, _ = results["other"]
-        share = 100 * float((other_sc.total < np.median(ref.total)).mean())
-        word = "better (lower)" if np.median(other_sc.total) < np.median(ref.total) else "worse (higher)"
-        lines.append(f"{other_label.split(' (')[0]} scores **{np.median(other_sc.total):.2f}** — {word} than "
-                     f"its own data; {share:.0f} % of them beat the median test image.")
+    own_median = float(np.median(ref.total))
+    lines = [f"**Here:** the model's own test images have a median of **{own_median:.2f}** bits/dim."]
+    winners = []
+    for key, (label, sc, _) in results.items():
+        if key not in ("blurred",) and not key.startswith("other:"):
+            continue
+        median = float(np.median(sc.total))
+        share = 100 * float((sc.total < own_median).mean())
+        better = median < own_median
+        winners += [short_label(label)] if better else []
+        lines.append(f"{short_label(label)} scores **{median:.2f}**: **{'better (lower)' if better else 'worse (higher)'}** "
+                     f"than the model's own data; {share:.0f} % of them beat the median test image.")
     if "constant" in results:
         const_label, const_sc, const_images = results["constant"]
         k = int(np.argmin(const_sc.total))
@@ -218,7 +231,18 @@ if ref is not None:
         lines.append(f"The blank image of grey level **{int(const_images[k].flat[0])}** scores "
                      f"**{const_sc.total[k]:.2f}** bits/dim: more likely than **{beaten:.0f} %** of the "
                      "real test images, although nothing in the training set looked like it.")
-    st.markdown(" ".join(lines))
+    st.markdown("\n\n".join(lines))
+    if winners:
+        st.success(f"The surprise, on the data that ships with the app: **{', '.join(winners)}** "
+                   "— never seen in training — get higher likelihood than the model's own test images.",
+                   icon=":material/lightbulb:")
+    elif loaded.dataset == "mnist" and ec.DEMOS[ec.FACES_DEMO].is_file():
+        st.info("On MNIST every other picture costs more bits than a digit, except a blank one: "
+                "digits are already about the simplest pictures there are. The faces demo shows the "
+                "surprise with whole data sets: its **blurred** faces, and not its real ones, are what "
+                "it finds most likely.", icon=":material/lightbulb:")
+        st.button("Show this page with the faces demo", key="lik_to_faces", icon=":material/face:",
+                  on_click=lambda: st.session_state.update(lik_model=ec.FACES_DEMO))
 with ec.explain():
     st.markdown(
         "Why simple images win: a flow's log-likelihood is mostly earned by predicting each pixel "
@@ -269,13 +293,14 @@ if results:
     bfig = go.Figure()
     for key, (label, sc, _) in results.items():
         b = sc.budget()
-        bfig.add_bar(x=terms, y=[b.get(t, 0.0) for t in terms], name=label.split(" (")[0],
-                     marker_color=COLOURS[key], hovertemplate="%{x}: %{y:.2f} bits/dim<extra>" + label + "</extra>")
+        bfig.add_bar(x=terms, y=[b.get(t, 0.0) for t in terms], name=short_label(label),
+                     marker_color=COLOURS.get(key, "#e8590c"),
+                     hovertemplate="%{x}: %{y:.2f} bits/dim<extra>" + label + "</extra>")
     bfig.update_layout(barmode="group")
     ui.base_layout(bfig, x_title="term of the bits/dim budget (mean over the set)", y_title="bits/dim",
                    uirevision=f"lik-budget-{PATH}", height=420)
     bfig.update_layout(hovermode="closest")
-    st.plotly_chart(bfig, width="stretch", key="lik_budget")
+    style.chart(bfig, key="lik_budget", filename="bits-per-dim-budget-per-set")
     if ref is not None and len(results) > 1:
         rb = ref.budget()
         gaps = []
@@ -284,7 +309,7 @@ if results:
                 continue
             b = sc.budget()
             t = max((t for t in terms if t != "quantisation"), key=lambda t: abs(b.get(t, 0) - rb.get(t, 0)))
-            gaps.append(f"{label.split(' (')[0]}: **{t}** ({b[t] - rb[t]:+.2f} bits/dim)")
+            gaps.append(f"{short_label(label)}: **{t}** ({b[t] - rb[t]:+.2f} bits/dim)")
         st.markdown("Largest difference from the model's own test set — " + "; ".join(gaps) + ".")
 with ec.explain():
     st.markdown(
@@ -294,3 +319,72 @@ with ec.explain():
         "and Kirichenko et al. (2020) found the finest level and the local stretching dominate a "
         "flow's likelihood and are shared across data sets, while the coarse levels carry more "
         "of what an image *is*: comparing sets by the coarser terms alone is a better detector.")
+
+# ------------------------------------------------------------------------------ 6 · dequantisation
+st.header("6 · Pixels are whole numbers: bins and dequantisation")
+st.markdown(
+    "A flow has a **density** over continuous values, but a pixel is one of 256 whole numbers, "
+    "and a density could pile up without limit on exactly those numbers. **Dequantisation** "
+    "spreads each value over its **bin**, x̃ = (x + u)/256 with noise u ~ U[0, 1), so the model "
+    "must spread its density over the whole bin. The probability of the pixel value is then the "
+    "density times the bin's width, 1/256: that is the **+8 bits** every bits/dim adds back. "
+    "Glow trained its CelebA-HQ model at **5 bits** (32 bins, each 8 values wide): fewer, wider "
+    "bins leave less fine detail to model, and the bits/dim adds back 5 instead of 8.")
+links.bind([links.integer("value", "lik_dq_value", 77, 0, 255),
+            links.choice("bits", "lik_dq_bits", 8, [8, 7, 6, 5, 4, 3, 2, 1]),
+            links.integer("draws", "lik_dq_draws", 12, 1, 64),
+            links.integer("noise", "lik_dq_seed", 0, 0, 1_000_000)])
+cols = st.columns([2, 2, 2, 1])
+value = cols[0].slider("Pixel value x", 0, 255, 77, key="lik_dq_value")
+n_bits = cols[1].select_slider("Bits per value", options=[8, 7, 6, 5, 4, 3, 2, 1], value=8, key="lik_dq_bits",
+                               help="8: every value its own bin (256 bins). 5: Glow's trick for CelebA-HQ, "
+                                    "32 bins of 8 values.")
+draws = cols[2].slider("Noise draws u", 1, 64, 12, key="lik_dq_draws")
+if cols[3].button("New noise", key="lik_dq_reseed", icon=":material/casino:"):
+    st.session_state["lik_dq_seed"] = int(st.session_state.get("lik_dq_seed", 0)) + 1
+noise_seed = int(st.session_state.get("lik_dq_seed", 0))
+rng = np.random.default_rng(noise_seed)
+u_draws = rng.random(draws)
+k_bin, width = bin_of(value, n_bits)
+style.chart(bins_figure(value, n_bits, u_draws), key="lik_dq_bins", filename=f"bins-{n_bits}bit-x{value}")
+st.markdown(
+    f"x = **{value}** falls in bin **{k_bin}** of {2 ** n_bits}, the values {k_bin * width}–{(k_bin + 1) * width - 1}. "
+    f"Each orange dot is one draw of x̃: anywhere in the bin, never outside it, so "
+    f"x̃ = (bin + u) / {2 ** n_bits} − 0.5 ∈ [{k_bin / 2 ** n_bits - 0.5:.4f}, {(k_bin + 1) / 2 ** n_bits - 0.5:.4f}) in the "
+    "model's units. Two different pixel values never share a point, so the model's density over "
+    "x̃ is a fair density over the pixels.")
+images = ec.test_images(loaded.dataset) if loaded.dataset else None
+if images is not None and not isinstance(images, str):
+    picture = images[0].numpy()
+    u_image = np.random.default_rng(noise_seed + 1).random(picture.shape)
+    strip = dequant_pictures(picture, n_bits, u_image, scale=fit_factor(H, 150))
+    style.picture(strip, filename=f"dequantisation-{n_bits}bit", key="lik_dq_strip", width=strip.shape[1],
+                  caption=f"A test image, the same image kept at {n_bits} bits, one draw of the noise u "
+                          "for every pixel value, and the dequantised image the flow actually sees. At 8 "
+                          "bits the noise moves a value by less than one grey level; at 3 bits or fewer "
+                          "you can see it fill each band.")
+    with ec.compute():
+        pix_t = torch.as_tensor(picture.copy())[None]
+        terms = model.bits_per_dim_terms(pix_t, noise=True, generator=torch.Generator().manual_seed(noise_seed))
+    density_bits = float(terms.total[0]) - float(terms.quantisation)
+    c1, c2 = st.columns(2)
+    c1.metric("−log₂ p(x̃) per value (the density's part)", f"{density_bits:.3f} bits",
+              help="Negative: the density is higher than 1 on this small range, which it can be.")
+    c2.metric(f"+ {model.config.n_bits} bits for the bin's width = bits/dim", f"{float(terms.total[0]):.3f}",
+              help=ui.BPD_HELP)
+    st.caption(f"This model keeps {model.config.n_bits} bits per value, so its bits/dim adds "
+               f"{model.config.n_bits}. Bits/dim measured at different bit depths cannot be compared: "
+               "a 5-bit model has less to encode.")
+with ec.explain():
+    st.markdown(
+        "Why the +n_bits: the probability of a pixel value x is the density integrated over its "
+        "bin, which for a narrow bin is about the density at x̃ times the bin's width,")
+    st.latex(r"P(x) \;=\; \int_{\text{bin}(x)} p(\tilde x)\,d\tilde x \;\approx\; p(\tilde x)\cdot 2^{-n_\text{bits}}"
+             r"\quad\Longrightarrow\quad -\log_2 P(x) \approx -\log_2 p(\tilde x) + n_\text{bits}")
+    st.markdown(
+        "per value; averaged over the D values of an image that is bits/dim. With uniform noise "
+        "the dequantised log-likelihood is a lower bound on the log-probability of the whole "
+        "numbers (Theis et al. 2016), and drawing fresh noise u at every step means the model "
+        "cannot win by putting a spike on the integers. Flow++ learns the noise instead of drawing it "
+        "uniformly (variational dequantisation), which the Latents page shows as a green bar for a "
+        "model trained that way.")

@@ -27,7 +27,7 @@ from flowlib.viz.masks import (
     trace_masks,
 )
 from pages.common import explore as ec
-from pages.common import ui
+from pages.common import links, style, ui
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
@@ -58,6 +58,13 @@ legend = " ".join(
     for k, (name, col) in enumerate(zip(BLOCK_NAMES, BLOCK_COLOURS)))
 st.markdown(legend, unsafe_allow_html=True)
 
+links.bind([links.integer("level", "masks_level", 1, 1, L), links.choice("parity", "masks_parity", 0, [0, 1]),
+            links.choice("show", "masks_trace_mode", "Try a mask and a permutation",
+                         {"try": "Try a mask and a permutation", "model": "The chosen model"}),
+            links.choice("mask", "masks_try_mask", "channel", ["channel", "checkerboard"]),
+            links.choice("perm", "masks_try_perm", "reverse", ["none", "reverse", "shuffle", "conv1x1"]),
+            links.integer("K", "masks_try_k", 4, 1, 6),
+            links.integer("step", "masks_param_step", 0, 0, len(model.flow_steps()) - 1)])
 level = st.slider("Level: how many squeezes (the flow squeezes once per level, then sends half the channels out)",
                   1, L, 1, key="masks_level")
 walk = squeeze_walk(pixels, L)
@@ -67,23 +74,26 @@ c_in, h_in, w_in = before.shape
 col_a, col_b = st.columns([1, 2.4])
 with col_a:
     if level == 1:
-        st.image(squeeze_overlay(pixels, scale=fit_factor(H, 280)),
-                 caption=f"{where}: shape [{C}, {H}, {W}]; each pixel tinted by its place in its 2×2 block", output_format="PNG")
+        style.picture(squeeze_overlay(pixels, scale=fit_factor(H, 280)), filename="squeeze-input",
+                      key="masks_squeeze_in",
+                      caption=f"{where}: shape [{C}, {H}, {W}]; each pixel tinted by its place in its 2×2 block")
     else:
         tiles = [squeeze_overlay(before[k], scale=fit_factor(h_in, 150)) for k in range(c_in)]
-        st.image(hstack_images(tiles, captions=[f"ch {k}" for k in range(c_in)]) if c_in <= 2
-                 else channel_tiles_image(tiles, ncol=2),
-                 caption=f"what goes on into level {level}: shape [{c_in}, {h_in}, {w_in}]", output_format="PNG")
+        style.picture(hstack_images(tiles, captions=[f"ch {k}" for k in range(c_in)]) if c_in <= 2
+                      else channel_tiles_image(tiles, ncol=2), filename=f"squeeze-input-level{level}",
+                      key="masks_squeeze_in",
+                      caption=f"what goes on into level {level}: shape [{c_in}, {h_in}, {w_in}]")
 with col_b:
     sq_tiles = squeezed_channel_tiles(before, scale=fit_factor(h_in // 2, 130 if c_in > 1 else 170))
     labels = [t[0] for t in sq_tiles]
     ncol = 4
-    rows = [hstack_images([t[1] for t in sq_tiles[r:r + ncol]], captions=labels[r:r + ncol], font_size=15)
+    rows = [hstack_images([t[1] for t in sq_tiles[r:r + ncol]], captions=labels[r:r + ncol], font_size=16)
             for r in range(0, len(sq_tiles), ncol)]
-    st.image(np.concatenate([np.pad(r, ((0, 6), (0, max(x.shape[1] for x in rows) - r.shape[1]), (0, 0)),
-                                    constant_values=255) for r in rows]),
-             caption=f"after squeeze: shape {after['shape']}. Channel 4c+2di+dj at (i, j) holds pixel "
-                     f"(2i+di, 2j+dj) of channel c.", output_format="PNG")
+    style.picture(np.concatenate([np.pad(r, ((0, 6), (0, max(x.shape[1] for x in rows) - r.shape[1]), (0, 0)),
+                                         constant_values=255) for r in rows]),
+                  filename=f"squeeze-output-level{level}", key="masks_squeeze_out",
+                  caption=f"after squeeze: shape {after['shape']}. Channel 4c+2di+dj at (i, j) holds pixel "
+                          f"(2i+di, 2j+dj) of channel c.")
 x_t = torch.as_tensor(before, dtype=torch.float32)[None]
 err = (unsqueeze2d(squeeze2d(x_t)) - x_t).abs().max().item()
 st.caption(f"Round trip: unsqueeze(squeeze(x)) differs from x by {err:g}: the squeeze only "
@@ -103,16 +113,19 @@ col_a, col_b = st.columns([1, 2.4])
 with col_a:
     parity = st.radio("Checkerboard parity", [0, 1], horizontal=True, key="masks_parity")
     cb = coupling_x1_mask("checkerboard", 1, H, W, parity)[0]
-    st.image(mask_overlay(pixels, cb, scale=fit_factor(H, 280)),
-             caption="Checkerboard (RealNVP): x1 = blue pixels, x2 = orange. Every x2 pixel has "
-                     "x1 neighbours on all four sides to predict it from.", output_format="PNG")
+    style.picture(mask_overlay(pixels, cb, scale=fit_factor(H, 280)), filename=f"checkerboard-mask-parity{parity}",
+                  key="masks_checkerboard",
+                  caption="Checkerboard (RealNVP): x1 = blue pixels, x2 = orange. Every x2 pixel has "
+                          "x1 neighbours on all four sides to predict it from.")
 with col_b:
     ch = coupling_x1_mask("channel", c1, h1, w1)
-    st.image(mask_tiles_image(ch, sq1, scale=fit_factor(h1, 130),
-                                  labels=[f"ch {k}: {'x1' if ch[k, 0, 0] else 'x2'}" for k in range(c1)]),
-             caption=f"Channel mask (Glow) on the squeezed tensor [{c1}, {h1}, {w1}]: the first "
-                     f"{c1 // 2} channels are x1, the other {c1 - c1 // 2} are x2. After a squeeze each "
-                     "channel is a quarter of the pixels, so x1 still sees every neighbourhood.", output_format="PNG")
+    style.picture(mask_tiles_image(ch, sq1, scale=fit_factor(h1, 130),
+                                   labels=[f"ch {k}: {'x1' if ch[k, 0, 0] else 'x2'}" for k in range(c1)],
+                                   font_size=17),
+                  filename="channel-mask", key="masks_channel",
+                  caption=f"Channel mask (Glow) on the squeezed tensor [{c1}, {h1}, {w1}]: the first "
+                          f"{c1 // 2} channels are x1, the other {c1 - c1 // 2} are x2. After a squeeze each "
+                          "channel is a quarter of the pixels, so x1 still sees every neighbourhood.")
 
 # ------------------------------------------------------------------------------ masks through steps
 # A fragment: moving this section's controls (mask, permutation, steps K) reruns only this
@@ -181,15 +194,17 @@ def masks_through_steps() -> None:
         with left:
             mixing = {"none": "no permutation", "permutation": "after the permutation",
                       "conv": "after the 1×1 conv (every position is a mix of channels)"}[t.mixing]
-            st.image(mask_tiles_image(t.x1, shown, scale=scale, labels=labels, font_size=14),
-                     caption=f"Step {t.step} ({mixing}): {t.mask_type} mask"
-                             + (f", parity {t.parity}" if t.mask_type == "checkerboard" else "")
-                             + ". Blue = x1 (kept), orange = x2 (transformed).", output_format="PNG")
+            style.picture(mask_tiles_image(t.x1, shown, scale=scale, labels=labels, font_size=16),
+                          filename=f"mask-step{t.step}", key=f"masks_trace_{t.step}",
+                          caption=f"Step {t.step} ({mixing}): {t.mask_type} mask"
+                                  + (f", parity {t.parity}" if t.mask_type == "checkerboard" else "")
+                                  + ". Blue = x1 (kept), orange = x2 (transformed).")
         with right:
-            st.image(coverage_image(t.covered, scale=max(2, scale // 2),
-                                        labels=[f"ch {o}" for o in range(cs)], font_size=13),
-                     caption=f"Original values transformed so far: {t.covered_count:,} of {total:,} "
-                             f"({100 * t.covered_fraction:.0f} %)", output_format="PNG")
+            style.picture(coverage_image(t.covered, scale=max(3, scale // 2),
+                                         labels=[f"ch {o}" for o in range(cs)], font_size=16),
+                          filename=f"mask-coverage-step{t.step}", key=f"masks_cover_{t.step}",
+                          caption=f"Original values transformed so far: {t.covered_count:,} of {total:,} "
+                                  f"({100 * t.covered_fraction:.0f} %)")
     final = trace[-1].covered_fraction
     if final < 1:
         st.warning(f"After {len(trace)} steps only {100 * final:.0f} % of the values have ever been "
@@ -198,6 +213,7 @@ def masks_through_steps() -> None:
     else:
         first_full = next(t.step for t in trace if t.covered_fraction == 1)
         st.success(f"Every value has been transformed after {first_full} step(s).")
+    links.publish()  # a rerun of this section alone: the URL follows its controls too
 
 
 masks_through_steps()
@@ -226,30 +242,31 @@ with ec.compute():
                     f"**{signed_number(sp_h * sp_w * logdet, 2)} nats** "
                     f"to every image's log-det.")
         if "L" in factors:
-            cols = st.columns(4)
+            cols = st.columns(2) + st.columns(2)   # 2 × 2: a title fits its chart at 1280×720
             figs = [matrix_heatmap(w_mat, "W = P·L·(U + diag(s))", height=300),
                     matrix_heatmap(factors["P"], "P (fixed permutation)", height=300),
                     matrix_heatmap(factors["L"], "L (unit lower triangle)", height=300),
                     matrix_heatmap(factors["U"], "U + diag(s): s on the diagonal", height=300)]
             for col, fig in zip(cols, figs):
-                col.plotly_chart(fig, width="stretch", key=f"masks_fig_{fig.layout.title.text}")
+                with col:
+                    style.chart(fig, key=f"masks_fig_{fig.layout.title.text}",
+                                filename="lu-" + fig.layout.title.text.split(" ")[0])
             st.latex(r"W = P\,L\,(U + \mathrm{diag}(s)),\qquad \log|\det W| = \sum_i \log|s_i|")
             st.caption("The LU form makes the determinant the product of U's diagonal: a sum of "
                        "C numbers instead of an O(C³) determinant.")
         else:
-            st.plotly_chart(matrix_heatmap(w_mat, "W"), width="stretch", key="masks_fig_w")
+            style.chart(matrix_heatmap(w_mat, "W"), key="masks_fig_w", filename="conv1x1-W")
     else:
         order = channel_mixing(perm).tolist()
         st.markdown(f"**Permutation: {perm.label}**. Output channel i takes input channel "
                     f"{order}[i]. A permutation only moves values, so its log|det| is 0.")
-        st.plotly_chart(matrix_heatmap(w_mat.numpy(), "permutation matrix", zmid=None,
-                                           colorscale="Greys", height=300),
-                        width="content", key="masks_fig_perm")
+        style.chart(matrix_heatmap(w_mat.numpy(), "permutation matrix", zmid=None, colorscale="Greys",
+                                   height=300), width="content", key="masks_fig_perm", filename="permutation")
     scales = actnorm_scales(model)
     if any(s.size for s in scales):
         if scales[lv].size:
-            st.plotly_chart(actnorm_figure(scales[lv], lv), width="stretch",
-                            key="masks_fig_actnorm")
+            style.chart(actnorm_figure(scales[lv], lv), key="masks_fig_actnorm",
+                        filename=f"actnorm-scales-level{lv + 1}")
             st.caption("ActNorm multiplies each channel by one learned number. It starts as 1/std of "
                        "that channel on the first batch, so training begins with unit-variance "
                        "activations; blue = shrinks, red = stretches.")

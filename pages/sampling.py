@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from flowlib.viz.images import fit_factor, image_grid, labelled_grid, png_bytes
+from flowlib.viz.images import fit_factor, image_grid, labelled_grid
 from pages.common import conditional
 from pages.common import explore as ec
-from pages.common import ui
+from pages.common import links, style, ui
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
@@ -32,6 +32,12 @@ C, H, W = loaded.config.image_shape
 L = loaded.config.levels
 path, mtime = str(loaded.path), ec.file_version(loaded.path)
 
+links.bind([links.number("T", "sampling_temp", 0.7, 0.0, 1.2, step=0.05),
+            links.integer("seed", "sampling_seed", 0, 0, 1_000_000),
+            links.flag("perlevel", "sampling_per_level", False)])
+if st.session_state.get("sampling_per_level"):  # ?T1=0&T2=1: one temperature per level
+    links.bind([links.number(f"T{k + 1}", f"sampling_temp_{k}", st.session_state.get("sampling_temp", 0.7),
+                             0.0, 1.2, step=0.05) for k in range(L)])
 if "sampling_seed" not in st.session_state:
     st.session_state["sampling_seed"] = 0
 
@@ -56,7 +62,7 @@ if cols[1].button("New seed", key="sampling_new_seed", icon=":material/casino:")
 seed = int(st.session_state["sampling_seed"])
 cols[2].metric("Seed", seed)
 
-with st.expander("Temperature per level (finest first)"):
+with st.expander("Temperature per level (finest first)", expanded=per_level_on):
     per_level = st.checkbox("Set each level's temperature separately", key="sampling_per_level")
     level_temps = []
     for k, shape in enumerate(model.latent_shapes):
@@ -72,10 +78,8 @@ scale = fit_factor(H, 84)
 big = image_grid(grid64, ncol=8, pad=3, scale=scale)
 st.session_state["sampling_last_grid"] = (temps, seed, grid64.sum().item())
 label = ", ".join(f"{t:.2f}" for t in temps) if per_level else f"{temp:.2f}"
-st.image(big, caption=f"64 samples at T = {label} (seed {seed})", output_format="PNG")
-st.download_button("Download this grid (PNG)", png_bytes(big),
-                   file_name=f"samples-T{label.replace(', ', '_')}-seed{seed}.png", mime="image/png",
-                   key="sampling_dl64")
+style.picture(big, caption=f"64 samples at T = {label} (seed {seed})",
+              filename=f"samples-T{label.replace(', ', '_')}-seed{seed}", key="sampling_dl64")
 
 # ------------------------------------------------------------------------------ Glow's temperature set
 st.header("2 · The same 8 samples at Glow's temperatures")
@@ -85,13 +89,12 @@ s2 = fit_factor(H, 72)
 table = labelled_grid([image_grid(r, ncol=n_cols, pad=3, scale=s2) for r in rows],
                           [f"T = {t:g}" for t in GLOW_TEMPERATURES], label_width=100, font_size=20)
 t0_same = GLOW_TEMPERATURES[0] == 0 and bool((rows[0] == rows[0][:1]).all())
-st.image(table, caption="Each column uses the same noise ε; only T changes. "
-                        + ("At T = 0 the noise is multiplied by 0, so every column decodes the "
-                           "same point, the prior's mean: the top row is one image repeated, "
-                           "the most 'typical' image this model knows." if t0_same else
-                           "T = 0 decodes the prior's mean."), output_format="PNG")
-st.download_button("Download this grid (PNG)", png_bytes(table), file_name=f"temperatures-seed{seed}.png",
-                   mime="image/png", key="sampling_dl_table")
+style.picture(table, caption="Each column uses the same noise ε; only T changes. "
+                             + ("At T = 0 the noise is multiplied by 0, so every column decodes the "
+                                "same point, the prior's mean: the top row is one image repeated, "
+                                "the most 'typical' image this model knows." if t0_same else
+                                "T = 0 decodes the prior's mean."),
+              filename=f"temperatures-seed{seed}", key="sampling_dl_table")
 
 # ------------------------------------------------------------------------------ interpolation
 st.header("3 · Walking between two real images")
@@ -100,6 +103,9 @@ if isinstance(images, str):
     st.info(f"Interpolation needs test images: {images}")
 else:
     n = int(images.shape[0])
+    links.bind([links.integer("a", "sampling_ia", 0, 0, n - 1),
+                links.integer("b", "sampling_ib", min(1, n - 1), 0, n - 1),
+                links.choice("frames", "sampling_frames", 9, ec.INTERPOLATION_FRAMES)])
     cols = st.columns(3)
     ia = cols[0].number_input("First test image", 0, n - 1, 0, key="sampling_ia")
     ib = cols[1].number_input("Second test image", 0, n - 1, min(1, n - 1), key="sampling_ib")
@@ -109,11 +115,10 @@ else:
     s3 = fit_factor(H, 84)
     strip = labelled_grid([image_grid(strips[m], ncol=frames, pad=3, scale=s3) for m in ("linear", "spherical")],
                               ["linear", "spherical"], label_width=120, font_size=20)
-    st.image(strip, caption=f"Left: test image #{ia}; right: #{ib}. Every frame decodes a point on the "
-                            "path between their latents (all levels together). The ends are exact "
-                            "reconstructions; the middle frames are images the model finds plausible.", output_format="PNG")
-    st.download_button("Download the strips (PNG)", png_bytes(strip),
-                       file_name=f"interpolation-{ia}-{ib}.png", mime="image/png", key="sampling_dl_interp")
+    style.picture(strip, caption=f"Left: test image #{ia}; right: #{ib}. Every frame decodes a point on "
+                                 "the path between their latents (all levels together). The ends are exact "
+                                 "reconstructions; the middle frames are images the model finds plausible.",
+                  filename=f"interpolation-{ia}-{ib}", key="sampling_dl_interp")
 
 with ec.explain():
     st.markdown("**Temperature.** Every latent is drawn from its Gaussian prior with the spread "

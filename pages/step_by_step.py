@@ -11,7 +11,7 @@ from flowlib.analysis.walk import coupling_parts, fresh_model, walk_backward, wa
 from flowlib.viz.figures import matrix_heatmap
 from flowlib.viz.images import fit_factor, hstack_images, labelled_grid, latent_grid, signed_factor, to_rgb, upscale
 from flowlib.viz.masks import squeezed_channel_tiles
-from pages.common import canvas, ui
+from pages.common import canvas, links, style, ui
 from pages.common import explore as ec
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
@@ -44,9 +44,10 @@ KIND_WORDS = {"input": "input", "logit": "logit", "squeeze": "squeeze", "actnorm
 def pick_image() -> tuple[np.ndarray, str] | None:
     images = ec.test_images(loaded.dataset) if loaded.dataset else "this model's dataset is not built in"
     options = ["Test image", "Draw by hand"] if not isinstance(images, str) else ["Draw by hand"]
+    n = 1 if isinstance(images, str) else int(images.shape[0])
+    links.bind(ec.image_params("walk", n, 7, ("test", "draw") if n > 1 else ("draw",)))
     source = st.radio("Image", options, horizontal=True, key="walk_source")
     if source == "Test image":
-        n = int(images.shape[0])
         idx = st.slider("Test image number", 0, n - 1, min(7, n - 1), key="walk_index")
         return images[idx].numpy(), f"{loaded.dataset} test image #{idx}"
     pixels = canvas.draw_image("walk", (C, H, W), invert=loaded.dataset == "faces",
@@ -104,25 +105,63 @@ col_d.metric("Σ log p(z) of the latents", f"{float(walk.log_pz[0]):+,.1f} nats"
              help="The latents' log-density under their (learned) Gaussian priors.")
 
 
-def short(op) -> str:
-    """A two-line caption for a small frame."""
+def head(op) -> str:
+    """A frame's first caption line: where in the flow and what (one short line)."""
     if op.level < 0:
-        head = KIND_WORDS[op.kind]
-    elif op.kind in ("split", "top", "merge"):
-        head = f"L{op.level + 1} {KIND_WORDS[op.kind]} z{op.level + 1}"
-    elif op.step is None:
-        head = f"L{op.level + 1} {KIND_WORDS[op.kind]}"
-    else:
-        head = f"L{op.level + 1}.{op.step + 1}{'c' if op.stage == 'pre' else ''} {KIND_WORDS[op.kind]}"
+        return KIND_WORDS[op.kind]
+    if op.kind in ("split", "top", "merge"):
+        return f"z{op.level + 1} " + ("joins" if op.kind == "merge" else "leaves")
+    if op.step is None:
+        return f"L{op.level + 1} {KIND_WORDS[op.kind]}"
+    return f"L{op.level + 1}.{op.step + 1}{'c' if op.stage == 'pre' else ''} {KIND_WORDS[op.kind]}"
+
+
+def short(op) -> str:
+    """A two-line caption for a small frame: the operation, then its log-det in nats."""
     ld = float(op.logdet[0])
-    return f"{head}\n{ld:+.1f}" if abs(ld) > 0 else f"{head}\n0"
+    return f"{head(op)}\n{ld:+.1f}" if abs(ld) > 0 else f"{head(op)}\n0"
 
 
-def filmstrip(frames, captions, ncol: int, scale: int) -> np.ndarray:
+STEP_KINDS = ("actnorm", "permutation", "coupling")
+
+
+def op_keys(ops) -> list[tuple]:
+    """What :func:`by_step` needs of each op (plain values, so a cached walk can return them)."""
+    return [(op.kind, op.level, op.stage, op.step, float(op.logdet[0]), short(op)) for op in ops]
+
+
+def by_step(frames, keys) -> tuple[list, list[str]]:
+    """One frame per flow step (ActNorm, 1×1 conv and coupling together, the frame after the
+    last of them, its log-dets summed) and one per other operation: a third of the frames.
+    ``keys``: :func:`op_keys` of the walk's ops."""
+    out_frames, captions, k = [], [], 0
+    while k < len(keys):
+        kind, level, stage, step, ld, caption = keys[k]
+        if kind in STEP_KINDS and step is not None:
+            j, total = k, 0.0
+            while j < len(keys) and keys[j][0] in STEP_KINDS and keys[j][1:4] == (level, stage, step):
+                total += keys[j][4]
+                j += 1
+            out_frames.append(frames[j - 1])
+            captions.append(f"L{level + 1}.{step + 1}{'c' if stage == 'pre' else ''} step\n{total:+.1f}")
+            k = j
+        else:
+            out_frames.append(frames[k])
+            captions.append(caption)
+            k += 1
+    return out_frames, captions
+
+
+FRAME_PX = 112        # a frame's side on screen: 4× a 28-pixel digit
+STRIP_PX = 780        # the widest strip that is not shrunk in the page's column at 1280×720
+
+
+def filmstrip(frames, captions, scale: int) -> np.ndarray:
+    ncol = max(4, min(10, STRIP_PX // (frames[0].shape[-1] * scale + 8)))
     rows = []
     for r in range(0, len(frames), ncol):
         pics = [upscale(to_rgb(f), scale) for f in frames[r:r + ncol]]
-        rows.append(hstack_images(pics, gap=8, captions=captions[r:r + ncol], font_size=17))
+        rows.append(hstack_images(pics, gap=8, captions=captions[r:r + ncol], font_size=18))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 10), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     return np.concatenate(rows)
@@ -145,21 +184,40 @@ st.markdown(
     "exact: the log-dets add up to the total above.")
 st.latex(r"\log p(x) \;=\; \underbrace{\sum_{\ell=1}^{L}\log p(z_\ell \mid z_{>\ell})}_{\text{latents leave at each split}}"
          r"\;+\;\underbrace{\sum_{k}\log\left|\det \frac{\partial h_k}{\partial h_{k-1}}\right|}_{\text{one term per operation}}")
+links.bind([links.choice("frames", "walk_frames", "step", {"step": "one per flow step",
+                                                            "op": "one per operation"}),
+            links.integer("op", "walk_op", next((k for k, op in enumerate(ops) if op.kind == "coupling"), 1),
+                          1, len(ops) - 1),
+            links.choice("coupling", "walk_fresh_pick", next(k for k, o in enumerate(ops) if o.kind == "coupling"),
+                         [k for k, o in enumerate(ops) if o.kind == "coupling"]),
+            links.choice("back", "walk_back_mode", "this image's latents",
+                         {"latents": "this image's latents", "noise": "fresh noise"}),
+            links.number("T", "walk_temp", 0.7, 0.0, 1.0, step=0.05),
+            links.integer("seed", "walk_seed", 0, 0, 1_000_000)])
 frames = state_frames(PATH, MTIME, pixels.tobytes(), pixels.shape, "walk")
-scale = fit_factor(H, 84)
-strip = filmstrip(frames, [short(op) for op in ops], ncol=10, scale=scale)
-st.image(strip, width=strip.shape[1],
-         caption="Forward: image → latents. L1.2 = level 1, step 2. Grey = each frame standardised on "
-                 "its own (median grey, ±3 robust spreads to black/white)"
-                 + ("; L1.2c = a checkerboard step before the squeeze." if loaded.config.mask == "realnvp" else "."),
-         output_format="PNG")
+scale = fit_factor(H, FRAME_PX)
+per = st.radio("Frames", ["one per flow step", "one per operation"], horizontal=True, key="walk_frames",
+               help="A flow step is ActNorm → 1×1 conv → coupling; one frame per step shows the state "
+                    "after its coupling, with the three log-dets added up.")
+shown, captions = (by_step(frames, op_keys(ops)) if per == "one per flow step"
+                   else (frames, [short(op) for op in ops]))
+strip = filmstrip(shown, captions, scale=scale)
+style.picture(strip, width=strip.shape[1], filename=f"walk-forward-{'steps' if per == 'one per flow step' else 'ops'}",
+              key="walk_strip",
+              caption="Forward: image → latents. L1.2 = level 1, step 2; under it the log-det in nats. "
+                      "Grey = each frame standardised on its own (median grey, ±3 robust spreads to "
+                      "black/white)"
+                      + ("; L1.2c = a checkerboard step before the squeeze." if loaded.config.mask == "realnvp"
+                         else "."))
 
 lds = [float(op.logdet[0]) for op in ops]
 totals = [float(op.total[0]) for op in ops]
 fig = go.Figure()
-fig.add_bar(x=list(range(len(ops))), y=lds, name="log-det of the operation (left axis)",
-            marker_color=[KIND_COLOURS[op.kind] for op in ops],
-            hovertext=[op.name for op in ops], hovertemplate="%{hovertext}<br>%{y:+.2f} nats<extra></extra>")
+for kind in dict.fromkeys(op.kind for op in ops):   # one bar trace per kind: the legend names the colours
+    idx = [k for k, op in enumerate(ops) if op.kind == kind]
+    fig.add_bar(x=idx, y=[lds[k] for k in idx], name=KIND_WORDS[kind], marker_color=KIND_COLOURS[kind],
+                hovertext=[ops[k].name for k in idx], legendgroup="kinds",
+                hovertemplate="%{hovertext}<br>%{y:+.2f} nats<extra></extra>")
 fig.add_scatter(x=list(range(len(ops))), y=totals, name="running total (right axis)", mode="lines+markers",
                 line=dict(color="#212529", width=3, shape="hv"), hovertext=[op.name for op in ops],
                 hovertemplate="%{hovertext}<br>total %{y:+.1f} nats<extra></extra>", yaxis="y2")
@@ -168,8 +226,10 @@ for op_index, op in enumerate(ops):
         fig.add_vline(x=op_index, line=dict(color="#3b5bdb", dash="dot", width=2))
         fig.add_annotation(x=op_index, y=1.0, yref="paper", text=f"z{op.level + 1} leaves",
                            showarrow=False, font=dict(size=16, color="#3b5bdb"), yanchor="bottom")
-ui.base_layout(fig, x_title="operation number (bar colour = kind of operation)", y_title="log-det (nats)",
-               uirevision="walk", height=400)
+ui.base_layout(fig, x_title="operation number (bar colour = kind of operation, see the legend)",
+               y_title="log-det (nats)", uirevision="walk", height=430)
+fig.update_layout(barmode="overlay", hovermode="closest", margin=dict(t=70),
+                  legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0, title=dict(text="bars: ")))
 fig.update_layout(yaxis2=dict(overlaying="y", side="right", title=dict(text="running total (nats)", font=dict(size=17)),
                               tickfont=dict(size=15), showgrid=False))
 rest = [v for op, v in zip(ops, lds) if op.kind != "logit"]
@@ -181,7 +241,7 @@ if len(rest) < len(lds) and rest:
     k = next(i for i, op in enumerate(ops) if op.kind == "logit")
     fig.add_annotation(x=k, y=hi + pad, text=f"logit {lds[k]:+,.0f} ↑", showarrow=False,
                        yanchor="top", xanchor="left", font=dict(size=15, color="#495057"))
-st.plotly_chart(fig, width="stretch", key="walk_logdet_chart")
+style.chart(fig, key="walk_logdet_chart", filename="logdet-per-operation")
 
 rows = []
 for k, op in enumerate(ops):
@@ -251,9 +311,10 @@ tabs = st.tabs([f"Level {k + 1}" for k in range(L)])
 for k, tab in enumerate(tabs):
     with tab:
         grid = level_tiles(PATH, MTIME, pixels.tobytes(), pixels.shape, "walk", k)
-        st.image(grid, caption="Colour: blue negative, white 0, red positive; each row scaled to its own "
-                               "±limit (99th percentile of |value|). A split row shows the latent that leaves.",
-                 output_format="PNG", width=grid.shape[1])
+        style.picture(grid, caption="Colour: blue negative, white 0, red positive; each row scaled to its "
+                                    "own ±limit (99th percentile of |value|). A split row shows the latent "
+                                    "that leaves.", width=grid.shape[1], filename=f"walk-tiles-level{k + 1}",
+                      key=f"walk_tiles_{k}")
 with ec.explain():
     st.markdown(
         "A row is one operation's output, one tile per channel. **Squeeze** turns [C, H, W] into "
@@ -277,13 +338,14 @@ left, right = st.columns(2)
 lim = None
 if op.before is not None and op.kind not in ("logit",):
     before_img, lim = tiles_of(op.before, target)
-    left.image(before_img, caption=f"in: {list(op.before.shape[1:])} (±{lim:.2g})", output_format="PNG",
-               width=before_img.shape[1])
+    style.picture(before_img, caption=f"in: {list(op.before.shape[1:])} (±{lim:.2g})", width=before_img.shape[1],
+                  filename=f"op{choice}-in", key="walk_op_in", container=left)
 shown = op.latent if op.kind in ("split", "top") else op.after
 after_img, lim_after = tiles_of(shown, target, lim if op.kind in ("permutation", "coupling", "actnorm") else None)
-right.image(after_img, caption=(f"the latent z{op.level + 1} that leaves: {list(shown.shape[1:])}"
-                                if op.kind in ("split", "top") else f"out: {list(shown.shape[1:])}")
-            + f" (±{lim_after:.2g})", output_format="PNG", width=after_img.shape[1])
+style.picture(after_img, caption=(f"the latent z{op.level + 1} that leaves: {list(shown.shape[1:])}"
+                                  if op.kind in ("split", "top") else f"out: {list(shown.shape[1:])}")
+              + f" (±{lim_after:.2g})", width=after_img.shape[1], filename=f"op{choice}-out", key="walk_op_out",
+              container=right)
 ld = float(op.logdet[0])
 h_, w_ = op.after.shape[-2:]
 layer = op.layer
@@ -301,8 +363,7 @@ elif op.kind == "permutation":
              rf" = {h_}\cdot{w_}\cdot{signed_factor(log_det_w)} = {ld:+.2f}\ \text{{nats}}")
     w_fig = matrix_heatmap(layer.as_matrix().detach(), f"W ({layer.label}), {layer.channels}×{layer.channels}",
                                height=320)
-    w_fig.update_layout(font=dict(size=16))
-    st.plotly_chart(w_fig, key="walk_op_w")
+    style.chart(w_fig, key="walk_op_w", filename=f"op{choice}-W")
 elif op.kind == "coupling":
     parts = coupling_parts(layer, op.before)
     st.latex(r"y_1 = x_1,\qquad y_2 = x_2\odot e^{s(x_1)} + t(x_1),\qquad \log|\det J| = \sum s"
@@ -310,9 +371,10 @@ elif op.kind == "coupling":
     s_img, s_lim = tiles_of(parts["s"], target)
     t_img, t_lim = tiles_of(parts["t"], target)
     c1, c2 = st.columns(2)
-    c1.image(s_img, caption=f"s(x1), the log-scales (±{s_lim:.2g}): red stretches, blue shrinks",
-             output_format="PNG", width=s_img.shape[1])
-    c2.image(t_img, caption=f"t(x1), the shifts (±{t_lim:.2g})", output_format="PNG", width=t_img.shape[1])
+    style.picture(s_img, caption=f"s(x1), the log-scales (±{s_lim:.2g}): red stretches, blue shrinks",
+                  width=s_img.shape[1], filename=f"op{choice}-s", key="walk_op_s", container=c1)
+    style.picture(t_img, caption=f"t(x1), the shifts (±{t_lim:.2g})", width=t_img.shape[1],
+                  filename=f"op{choice}-t", key="walk_op_t", container=c2)
 elif op.kind == "logit":
     st.latex(r"y = \operatorname{logit}\big(\alpha + (1-2\alpha)(x + \tfrac12)\big),\qquad"
              r"\log|\det J| = \sum_j \log\frac{1-2\alpha}{p_j(1-p_j)}" + rf" = {ld:+.1f}\ \text{{nats}}")
@@ -340,14 +402,14 @@ tiles = squeezed_channel_tiles(pixels, scale=fit_factor(H // 2, 120))
 first_mix = next(op for op in ops if op.kind == "permutation" and op.stage != "pre")
 c1, c2 = st.columns([1.4, 1])
 sq_img = hstack_images([t[1] for t in tiles[:8]], captions=[t[0] for t in tiles[:8]], font_size=16)
-c1.image(sq_img, width=sq_img.shape[1],
-         caption=f"The image after the first squeeze: {list(ops[next(k for k, o in enumerate(ops) if o.kind == 'squeeze')].shape)}, "
-                 "each channel tinted by its corner of the 2×2 block.", output_format="PNG")
+style.picture(sq_img, width=sq_img.shape[1], filename="first-squeeze", key="walk_squeeze", container=c1,
+              caption=f"The image after the first squeeze: "
+                      f"{list(ops[next(k for k, o in enumerate(ops) if o.kind == 'squeeze')].shape)}, "
+                      "each channel tinted by its corner of the 2×2 block.")
 with c2:
     w_fig = matrix_heatmap(first_mix.layer.as_matrix().detach(),
                                f"W of {first_mix.name.split(' · ', 1)[1]}", height=320)
-    w_fig.update_layout(font=dict(size=16))
-    st.plotly_chart(w_fig, key="walk_first_w")
+    style.chart(w_fig, key="walk_first_w", filename="first-1x1-conv-W")
 st.latex(r"y_{c,i,j} = \sum_{c'} W_{c c'}\, x_{c',i,j}"
          r"\quad\Longrightarrow\quad\text{after a squeeze: mixes pixels } (2i{+}d_i,\,2j{+}d_j),\ d_i,d_j\in\{0,1\}")
 with ec.explain():
@@ -391,9 +453,10 @@ for label, t, lim_ in (("input x", cop.before, x_lim),
     rows_lab.append(label)
 c1, c2 = st.columns([2, 1])
 fresh_grid = labelled_grid(rows_img, rows_lab, label_width=230, font_size=20)
-c1.image(fresh_grid, width=fresh_grid.shape[1],
-         caption=f"{cop.name}: {list(cop.shape)}. x and y share one colour scale (±{x_lim:.2g}); "
-                 f"both difference rows share another (±{d_lim:.2g}).", output_format="PNG")
+style.picture(fresh_grid, width=fresh_grid.shape[1], filename="trained-vs-fresh-coupling", key="walk_fresh",
+              container=c1,
+              caption=f"{cop.name}: {list(cop.shape)}. x and y share one colour scale (±{x_lim:.2g}); "
+                      f"both difference rows share another (±{d_lim:.2g}).")
 c2.metric("Trained coupling: max |y − x|", f"{float(trained_diff.abs().max()):.3g}")
 c2.metric("Trained coupling: log-det", f"{float(cop.logdet[0]):+.2f} nats")
 c2.metric("Fresh coupling: max |y − x|", f"{float(fresh_diff.abs().max()):.3g}")
@@ -437,21 +500,24 @@ def noise_walk(path: str, mtime: float, temp: float, seed: int):
         w = walk_backward(model, [None] * len(model.levels), temperature=temp, eps=eps)
         frames = ec.walk_frames(model, w, w.zs)
         total = float(w.logdet[0])
-    return frames, [short(op) for op in w.ops], total
+    return frames, op_keys(w.ops), total
 
 
 if mode == "fresh noise":
-    b_frames, b_caps, b_total = noise_walk(PATH, MTIME, float(temp), seed)
+    b_frames, b_keys, b_total = noise_walk(PATH, MTIME, float(temp), seed)
     caption = (f"Backward from fresh noise at T = {temp:.2f}: each level's latent is drawn from its "
                "prior given the coarser ones, then the operations are undone in reverse order.")
 else:
     b_frames = state_frames(PATH, MTIME, pixels.tobytes(), pixels.shape, "back")
-    b_caps = [short(op) for op in back.ops]
+    b_keys = op_keys(back.ops)
     b_total = float(back.logdet[0])
     caption = (f"Backward from this image's latents: the last frame is the image again "
                f"(max error {res['err']:.1e}). Each operation's inverse has minus its log-det.")
-strip = filmstrip(b_frames, b_caps, ncol=10, scale=scale)
-st.image(strip, caption=caption, output_format="PNG", width=strip.shape[1])
+b_frames, b_caps = (by_step(b_frames, b_keys) if per == "one per flow step"
+                    else (b_frames, [k[-1] for k in b_keys]))
+strip = filmstrip(b_frames, b_caps, scale=scale)
+style.picture(strip, caption=caption, width=strip.shape[1], key="walk_back_strip",
+              filename="walk-backward-" + ("noise" if mode == "fresh noise" else "latents"))
 st.metric("Σ log-det of the inverse operations", f"{b_total:+,.1f} nats",
           help="For this image's latents it is exactly minus the forward total.")
 if mode != "fresh noise":
@@ -460,7 +526,8 @@ if mode != "fresh noise":
         for tab, k in zip(b_tabs, reversed(range(L))):
             with tab:
                 grid = level_tiles(PATH, MTIME, pixels.tobytes(), pixels.shape, "back", k)
-                st.image(grid, output_format="PNG", width=grid.shape[1])
+                style.picture(grid, width=grid.shape[1], filename=f"walk-back-tiles-level{k + 1}",
+                              key=f"walk_back_tiles_{k}")
 with ec.explain():
     st.markdown(
         "Read each frame as the forward filmstrip played backwards. A **merge** is where a latent "

@@ -8,7 +8,10 @@ The sets a page compares (Nalisnick et al. 2019, "Do deep generative models know
 don't know?"):
 
     own test set     the held-out split of the data the model was trained on
-    another set      MNIST <-> Fashion-MNIST; for a faces model, MNIST digits padded to 32×32
+    blurred          the same test images, Gaussian-blurred: simpler, smoother pictures
+    other sets       every other built-in set that is installed: for an MNIST model
+                     Fashion-MNIST (when installed) and the ORL faces, which ship with the
+                     app; for a faces model MNIST digits padded to 32×32 (and Fashion-MNIST)
     uniform noise    every pixel independent and uniform on 0..255
     constant images  one grey level everywhere (0, 1, ..., 255)
 
@@ -25,18 +28,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ScoreSet", "Scores", "OTHER_DATASET", "score_images", "uniform_noise",
-           "constant_images", "fit_to_shape", "comparison_sets", "typicality_flags",
+__all__ = ["ScoreSet", "Scores", "OTHER_DATASET", "OTHER_DATASETS", "score_images", "uniform_noise",
+           "constant_images", "fit_to_shape", "blurred", "comparison_sets", "typicality_flags",
            "likelihood_flags", "subset", "gaussian_shell"]
 
-# The contrast set for a model trained on each built-in dataset.
-OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist", "faces": "mnist"}
+# The contrast sets for a model trained on each built-in dataset, in order; each one that is
+# installed is scored. MNIST and the ORL faces ship with the app; Fashion-MNIST is a Debian
+# package (dataset-fashion-mnist).
+OTHER_DATASETS = {"mnist": ("fashion-mnist", "faces"), "fashion-mnist": ("mnist", "faces"),
+                  "faces": ("mnist", "fashion-mnist")}
+OTHER_DATASET = {name: others[0] for name, others in OTHER_DATASETS.items()}   # the first choice
+BLUR_RADIUS = 1.0   # pixels: enough to smooth strokes and skin, not to hide what the picture is
 NAMES = {"mnist": "MNIST digits", "fashion-mnist": "Fashion-MNIST clothes", "faces": "ORL faces"}
 
 
 @dataclass
 class ScoreSet:
-    key: str                       # "test", "other", "noise", "constant", "drawings"
+    key: str                       # "test", "blurred", "other:<dataset>", "noise", "constant", "drawings"
     label: str                     # words for a legend
     images: np.ndarray | None      # uint8 [N, C, H, W]
     missing: str | None = None     # why images is None (e.g. how to install the data set)
@@ -119,6 +127,17 @@ def fit_to_shape(images, shape) -> np.ndarray:
     return out
 
 
+def blurred(images, radius: float = BLUR_RADIUS) -> np.ndarray:
+    """uint8 [N, C, H, W] Gaussian-blurred channel by channel (PIL), same shape and type."""
+    from PIL import Image, ImageFilter
+    images = np.asarray(images, dtype=np.uint8)
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        for c, plane in enumerate(img):
+            out[i, c] = np.asarray(Image.fromarray(plane).filter(ImageFilter.GaussianBlur(radius)))
+    return out
+
+
 def _dataset(name: str, n: int, seed: int):
     """(uint8 images, None) for a built-in dataset's test split, or (None, why it is missing)."""
     from flowlib.data import load_images
@@ -131,23 +150,27 @@ def _dataset(name: str, n: int, seed: int):
 
 
 def comparison_sets(model_dataset: str | None, shape, n: int = 1000, seed: int = 0) -> list[ScoreSet]:
-    """The model's own test set, another data set, uniform noise and constant images."""
+    """The model's own test set and a blurred copy of it, every other built-in data set (one
+    that is not installed comes back with ``images=None`` and the reason), uniform noise and
+    constant images."""
     shape = tuple(int(v) for v in shape)
     sets = []
     if model_dataset is not None:
         images, why = _dataset(model_dataset, n, seed)
-        label = f"{NAMES.get(model_dataset, model_dataset)} (its own test set)"
+        name = NAMES.get(model_dataset, model_dataset)
         if images is not None:
             images = fit_to_shape(images, shape)
-        sets.append(ScoreSet("test", label, images, why))
-        other = OTHER_DATASET.get(model_dataset)
-        if other is not None:
+        sets.append(ScoreSet("test", f"{name} (its own test set)", images, why))
+        if images is not None:
+            sets.append(ScoreSet("blurred", f"{name}, blurred (its own test set, smoothed)", blurred(images)))
+        for other in OTHER_DATASETS.get(model_dataset, ()):
             images, why = _dataset(other, n, seed)
-            label = NAMES.get(other, other) + (" (padded to fit)" if images is not None and
-                                               tuple(images.shape[1:]) != shape else "")
+            fits = images is None or tuple(images.shape[1:]) == shape
+            label = NAMES.get(other, other) + ("" if fits else (" (padded to fit)" if images.shape[-1] <= shape[-1]
+                                                                 else " (cropped to fit)"))
             if images is not None:
                 images = fit_to_shape(images, shape)
-            sets.append(ScoreSet("other", label, images, why))
+            sets.append(ScoreSet(f"other:{other}", label, images, why))
     sets.append(ScoreSet("noise", "uniform noise", uniform_noise(shape, n, seed)))
     sets.append(ScoreSet("constant", "constant images (one grey level each)", constant_images(shape)))
     return sets

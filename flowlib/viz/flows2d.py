@@ -26,8 +26,12 @@ def _layout(fig: go.Figure, *, height: int, title: str | None = None, square: bo
                       margin=dict(l=10, r=10, t=44 if title else 10, b=10),
                       title=dict(text=title, font=dict(size=18)) if title else None,
                       plot_bgcolor="white")
-    fig.update_xaxes(tickfont=TICKS, showgrid=False, zeroline=False, range=list(view) if view else None)
-    fig.update_yaxes(tickfont=TICKS, showgrid=False, zeroline=False, range=list(view) if view else None)
+    # automargin: the margins above are a floor; plotly widens them to fit the tick labels and
+    # axis titles (without it the x labels of a square chart fall below its 10 px margin).
+    fig.update_xaxes(tickfont=TICKS, showgrid=False, zeroline=False, range=list(view) if view else None,
+                     automargin=True)
+    fig.update_yaxes(tickfont=TICKS, showgrid=False, zeroline=False, range=list(view) if view else None,
+                     automargin=True)
     if square:
         fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return fig
@@ -115,8 +119,8 @@ def logdet_panels(panels: list[np.ndarray], titles: list[str], lo: float, hi: fl
                                                thickness=14)), 1, i + 1)
     fig.update_annotations(font=dict(size=16, color="#212529"))
     fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white")
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, range=[lo, hi])
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, range=[lo, hi])
+    fig.update_xaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, range=[lo, hi])
+    fig.update_yaxes(showticklabels=False, ticks="", showgrid=False, zeroline=False, range=[lo, hi])
     for i in range(1, len(panels) + 1):
         fig.update_yaxes(scaleanchor=f"x{'' if i == 1 else i}", scaleratio=1, row=1, col=i)
     return fig
@@ -163,20 +167,74 @@ def animated_cloud_and_grid(clouds: list, grids: list, names: list[str], *, heig
     return first
 
 
-def probe_path(path, names: list[str], background, lo: float, hi: float, height: int = 460) -> go.Figure:
-    """The probe point's position after every layer, joined in order, over the model density."""
+def probe_path(path, names: list[str], background, lo: float, hi: float, height: int = 460,
+               spacing: float = 0.1) -> go.Figure:
+    """The probe point's position after every layer, joined in order, over the model density.
+
+    The axes hold the whole path (every layer's point, the latent ★ included) and at least
+    [lo, hi]². Under the path lies a field of nearly invisible dots every ``spacing``: plotly
+    reports clicks on markers only, so the dots make every place on the chart clickable
+    (:func:`point_from_selection` reads where). Dragging pans by default: Streamlit reports
+    clicks only while the drag mode is not the lasso or the box, so a drag that moves the
+    probe is the lasso tool's (the page offers it), and it ends where the probe should go."""
     p = _np(path)
     fig = heatmap(background, lo, hi, title="The probe's path, data (●) to latent (★)", height=height,
                   colorscale="Greys", colorbar_title="p(x)")
     fig.update_traces(showscale=False, selector=dict(type="heatmap"))
+    axis = np.arange(lo, hi + 1e-9, spacing)
+    gx, gy = np.meshgrid(axis, axis)
+    # A click selects a dot; plotly would then dim every other point: nothing dims here.
+    keep = dict(selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=1)))
+    fig.add_trace(go.Scatter(x=gx.ravel().round(2), y=gy.ravel().round(2), mode="markers", name="click",
+                             marker=dict(size=9, color="rgba(255,255,255,0.02)"), **keep,
+                             hovertemplate="move the probe to (%{x:.2f}, %{y:.2f})<extra></extra>"))
     labels = ["x (data)"] + names
     fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="lines+markers", line=dict(color=PATH, width=2),
-                             marker=dict(size=8, color=PATH), text=labels, hovertemplate="%{text}<br>(%{x:.2f}, %{y:.2f})"))
-    fig.add_trace(go.Scatter(x=[p[0, 0]], y=[p[0, 1]], mode="markers", hoverinfo="skip",
+                             marker=dict(size=8, color=PATH), text=labels, name="path", **keep,
+                             hovertemplate="%{text}<br>(%{x:.2f}, %{y:.2f})<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[p[0, 0]], y=[p[0, 1]], mode="markers", hoverinfo="skip", name="x", **keep,
                              marker=dict(size=16, color=CLOUD, line=dict(color="white", width=2))))
-    fig.add_trace(go.Scatter(x=[p[-1, 0]], y=[p[-1, 1]], mode="markers", hoverinfo="skip",
+    fig.add_trace(go.Scatter(x=[p[-1, 0]], y=[p[-1, 1]], mode="markers", hoverinfo="skip", name="z", **keep,
                              marker=dict(size=20, symbol="star", color="#f08c00", line=dict(color="black", width=1))))
-    return _layout(fig, height=height, title="The probe's path, data (●) to latent (★)", view=view_of([p], floor=hi))
+    finite = p[np.isfinite(p).all(1)]
+    reach = float(np.abs(finite).max()) + 0.4 if len(finite) else 0.0   # the star's 20 px included
+    extent = max(abs(lo), abs(hi), reach)
+    fig = _layout(fig, height=height, title="The probe's path, data (●) to latent (★)", view=(-extent, extent))
+    fig.update_layout(dragmode="pan", clickmode="event+select")
+    return fig
+
+
+def point_from_selection(state) -> tuple[float, float] | None:
+    """Where a click or a drag on a chart puts a point: the end of a lasso drag, the centre
+    of a box, or the clicked point; None when the chart reports nothing. ``state`` is what
+    ``st.plotly_chart(..., on_select="rerun")`` keeps: ``{"selection": {"points", "box",
+    "lasso"}}``."""
+    sel = (state or {}).get("selection") or {}
+    for lasso in sel.get("lasso") or []:
+        if lasso.get("x") and lasso.get("y"):
+            return float(lasso["x"][-1]), float(lasso["y"][-1])
+    for box in sel.get("box") or []:
+        if box.get("x") and box.get("y"):
+            return float(np.mean(box["x"])), float(np.mean(box["y"]))
+    for point in sel.get("points") or []:
+        if "x" in point and "y" in point:
+            return float(point["x"]), float(point["y"])
+    return None
+
+
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def sci(v: float, digits: int = 3) -> str:
+    """A density as a reader can read it: 2.31 × 10⁻⁵ (``digits`` significant digits), and
+    plain for 0.01 ≤ |v| < 1000 (0.254, 12.5): never "0.0000" for a small one."""
+    v = float(v)
+    if v == 0 or not np.isfinite(v):
+        return f"{v:g}"
+    if 0.01 <= abs(v) < 1000:
+        return f"{v:.{digits}g}"
+    mantissa, exp = f"{v:.{digits - 1}e}".split("e")   # the rounding may carry: 9.999e-5 → 1.00e-04
+    return f"{mantissa} × 10{str(int(exp)).translate(SUPERSCRIPT)}"
 
 
 def loss_curve(series: dict[str, list[float]], height: int = 300, title: str | None = None) -> go.Figure:
@@ -194,8 +252,8 @@ def loss_curve(series: dict[str, list[float]], height: int = 300, title: str | N
                       title=dict(text=title, font=dict(size=18)) if title else None,
                       showlegend=len(series) > 1, legend=dict(orientation="h", y=1.02, x=0, yanchor="bottom",
                                                                font=dict(size=15)))
-    fig.update_xaxes(title=dict(text="training step", font=dict(size=16)), tickfont=TICKS)
-    fig.update_yaxes(title=dict(text="loss: −log p(x), nats", font=dict(size=16)), tickfont=TICKS)
+    fig.update_xaxes(title=dict(text="training step", font=dict(size=16)), tickfont=TICKS, automargin=True)
+    fig.update_yaxes(title=dict(text="loss: −log p(x), nats", font=dict(size=16)), tickfont=TICKS, automargin=True)
     return fig
 
 
@@ -229,8 +287,10 @@ def scatter_pair(before, after, titles: tuple[str, str], height: int = 380) -> g
     fig.update_annotations(font=dict(size=16, color="#212529"))
     fig.update_layout(height=height, font=FONT, showlegend=False, margin=dict(l=10, r=10, t=40, b=10),
                       plot_bgcolor="white")
-    fig.update_xaxes(range=list(view), tickfont=TICKS, zeroline=True, zerolinecolor="#ced4da", showgrid=False)
-    fig.update_yaxes(range=list(view), tickfont=TICKS, zeroline=True, zerolinecolor="#ced4da", showgrid=False)
+    fig.update_xaxes(range=list(view), tickfont=TICKS, zeroline=True, zerolinecolor="#ced4da", showgrid=False,
+                     automargin=True)
+    fig.update_yaxes(range=list(view), tickfont=TICKS, zeroline=True, zerolinecolor="#ced4da", showgrid=False,
+                     automargin=True)
     fig.update_yaxes(scaleanchor="x", scaleratio=1, row=1, col=1)
     fig.update_yaxes(scaleanchor="x2", scaleratio=1, row=1, col=2)
     return fig

@@ -27,6 +27,7 @@ from flowlib.core.checkpoint import CheckpointError, load_model
 from flowlib.viz.images import fit_factor
 from flowlib.viz.latents import flow_journey, interpolate_latents, journey_strip, standardised_grey
 from flowlib.viz.uploads import UploadError, prepare_upload
+from pages.common import links
 from pages.common.ui import EXPLORE_KEY
 
 ROOT = Path(__file__).resolve().parents[2]   # the repository (this file is pages/common/explore.py)
@@ -156,12 +157,43 @@ def load(path: Path):
     return cached_model(str(path), file_version(path))
 
 
+SHARED_MODEL = "look_model"   # the model last chosen on any look-inside page (its label)
+MODEL_PARAM = "model"         # ?model=mnist-demo, faces-demo, run-12 or a path under the runs folder
+DEMO_IDS = {MNIST_DEMO: "mnist-demo", FACES_DEMO: "faces-demo"}
+
+
+def model_id(label: str, path: Path) -> str:
+    """A model's short name in a link: the demos by name, a stored run by its number
+    (``run-12``), any other file by its path under the runs folder."""
+    if label in DEMO_IDS:
+        return DEMO_IDS[label]
+    if label.startswith("Run ") and ":" in label and label[4:label.index(":")].isdigit():
+        return f"run-{label[4:label.index(':')]}"
+    try:
+        return str(Path(path).resolve().relative_to(env.runs_root().resolve()))
+    except ValueError:
+        return Path(path).name
+
+
+def model_param(key: str, choices: list[tuple[str, Path]]):
+    """The URL parameter of a page's model picker (widget ``key``): ?model=<model_id>."""
+    ids = {model_id(label, path): label for label, path in choices}
+    return links.choice(MODEL_PARAM, key, choices[0][0] if choices else None, ids)
+
+
 def model_picker(key: str) -> Loaded | None:
     """A select box of checkpoints; returns the loaded choice (or another checkpoint that loads,
-    demos first, if it fails; None when none does). A path left at ``EXPLORE_KEY`` by the
-    Runs page or a run's dashboard is selected once."""
+    demos first, if it fails; None when none does).
+
+    The choice is shared by the look-inside pages (the last model chosen on one is selected on
+    the next) and lives in the URL as ``?model=``. A path left at ``EXPLORE_KEY`` by the Runs
+    page or a run's dashboard is selected once and wins over both."""
     choices = checkpoint_choices()
     labels = [c[0] for c in choices]
+    shared = st.session_state.get(SHARED_MODEL)
+    if key not in st.session_state and shared in labels:
+        st.session_state[key] = shared       # chosen on another page: before this page's memory
+    links.bind([model_param(key, choices)])  # a link's ?model= wins over both
     wanted = st.session_state.pop(EXPLORE_KEY, None)
     if wanted:
         for label, path in choices:
@@ -170,7 +202,9 @@ def model_picker(key: str) -> Loaded | None:
     if st.session_state.get(key) not in labels:
         st.session_state.pop(key, None)
     label = st.selectbox("Model", labels, key=key,
-                         help="The demos ship with the app; your own training runs appear below them.")
+                         help="The demos ship with the app; your own training runs appear below them. "
+                              "The choice carries over to the other look-inside pages.")
+    st.session_state[SHARED_MODEL] = label
     path = dict(choices)[label]
     model, ckpt, error = load(path)
     if error is not None:
@@ -203,21 +237,33 @@ def test_images(name: str):
         return str(exc)
 
 
+SOURCES = {"test": "Test image", "upload": "Upload a picture", "draw": "Draw by hand"}
+
+
+def image_params(key: str, n_images: int, default_index: int, sources=tuple(SOURCES)):
+    """The URL parameters of an image picker: ?src=test|upload|draw and ?image=<test image number>."""
+    words = {w: SOURCES[w] for w in sources}
+    return [links.choice("src", f"{key}_source", words[sources[0]], words),
+            links.integer("image", f"{key}_index", min(default_index, max(n_images - 1, 0)), 0,
+                          max(n_images - 1, 0))]
 
 
 def image_source(loaded: Loaded, key: str, default_index: int = 0) -> tuple[np.ndarray, str] | None:
     """Let the user pick an image for the model: a test image, an upload or a drawn shape.
 
-    Returns (uint8 [C, H, W], description) or None with a message on screen.
+    Returns (uint8 [C, H, W], description) or None with a message on screen. The source and
+    the test image's number are in the URL (?src=, ?image=).
     """
     shape = tuple(loaded.config.image_shape)
     images = test_images(loaded.dataset) if loaded.dataset else "this model's dataset is not built in"
     sources = ["Test image", "Upload a picture", "Draw by hand"]
     if isinstance(images, str):
         sources = sources[1:]
+    words = tuple(w for w, label in SOURCES.items() if label in sources)
+    n = 1 if isinstance(images, str) else int(images.shape[0])
+    links.bind(image_params(key, n, default_index, words))
     source = st.radio("Image", sources, horizontal=True, key=f"{key}_source")
     if source == "Test image":
-        n = int(images.shape[0])
         idx = st.slider("Test image number", 0, n - 1, min(default_index, n - 1), key=f"{key}_index")
         return images[idx].numpy(), f"{loaded.dataset} test image #{idx}"
     if source == "Upload a picture":

@@ -17,6 +17,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from flowlib.viz import flows2d as figs
 from tests.app.kit import ROOT, assert_ok, widget
 
 PAGE = str(ROOT / "pages" / "flows2d.py")
@@ -162,3 +163,26 @@ def test_layer_slider_directions_and_user_points():
     widget(at.button, "f2d_clear").click()
     at.run()
     assert any("at least one point" in w.value for w in at.warning)
+
+
+def test_a_link_opens_the_default_target_and_a_probe_whose_density_reads_in_powers_of_ten():
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.query_params["px"], at.query_params["py"] = "3.9", "-3.9"   # far out: a tiny density
+    at = small_flow(assert_ok(at.run()))
+    # 8 clusters: an additive flow stays visibly behind an affine one there, not on two moons
+    assert widget(at.selectbox, "f2d_target").value == "eight_gaussians"
+    assert (widget(at.number_input, "f2d_probe_x").value, widget(at.number_input, "f2d_probe_y").value) == (3.9, -3.9)
+    model = at.session_state["f2d_job"].model.double_copy()
+    with torch.no_grad():
+        p = float(model.log_prob(torch.tensor([[3.9, -3.9]], dtype=torch.float64)).exp())
+    assert p < 0.01
+    words = text(at)
+    assert "p(x) = e^(" in words and f"= **{figs.sci(p)}**" in words and "× 10⁻" in words
+    # the probe's path, latent ★ included, lies inside the chart's axes
+    spec = chart(at, "f2d_probe_path")
+    path = next(t for t in spec["data"] if t.get("name") == "path")
+    xs, ys = values(path["x"]), values(path["y"])
+    for axis, v in (("xaxis", xs), ("yaxis", ys)):
+        lo, hi = spec["layout"][axis]["range"]
+        assert lo < v.min() and v.max() < hi
+    assert spec["layout"]["dragmode"] == "pan"   # clicks count; the lasso tool is for a drag

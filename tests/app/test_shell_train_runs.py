@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -387,3 +388,14 @@ def test_the_server_does_not_watch_the_source_tree():
     import tomllib
     config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
     assert config["server"]["fileWatcherType"] == "none"
+
+
+def test_home_lists_and_links_every_page_of_the_navigation(runs_dir):
+    at = app()
+    at.run()
+    assert not at.exception
+    router = Path(APP).read_text()
+    pages = [p for p in re.findall(r'st\.Page\("pages/(\w+)\.py"', router) if p != "home"]
+    assert len(pages) >= 8
+    linked = [el.proto.page.strip("/") for el in at.get("page_link")]  # each page's URL path
+    assert linked == pages  # every page, in the sidebar's order
