@@ -7,10 +7,12 @@ import streamlit as st
 import torch
 
 from flowlib.analysis.priors import prior_view
+from flowlib.core.checkpoint import class_names
 from flowlib.viz.figures import bpd_budget_figure, prior_bits_figure
 from flowlib.viz.images import fit_factor, hstack_images, image_grid, labelled_grid, latent_grid, to_rgb, upscale
 from pages.common import explore as ec
 from pages.common import links, style, ui
+from pages.common.conditional import class_word
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 
@@ -147,6 +149,10 @@ def priors_of(path: str, mtime: float, pixels_bytes: bytes, shape: tuple):
 
 
 view = priors_of(str(loaded.path), ec.file_version(loaded.path), pixels.tobytes(), pixels.shape)
+if view.label is not None:
+    names = class_names(loaded.model, loaded.ckpt)
+    st.caption(f"This model is class-conditional: its priors below are given the {class_word(loaded)} it "
+               f"finds most likely for this image, **{names[view.label] if view.label < len(names) else view.label}**.")
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 

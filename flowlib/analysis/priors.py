@@ -1,6 +1,7 @@
 """The learned split prior of one image, level by level, and what it saves over N(0, I).
 
     view = prior_view(model, x)              # x [1, C, H, W] in model space
+    view.label                               # a conditional model's class the priors were given
     view.levels[k].z, .mean, .log_scale      # [c, h, w] numpy: the latent and its predicted Gaussian
     view.bits(strength=1.0)                  # bits/dim of the image with the prior at this strength
 
@@ -55,6 +56,7 @@ class PriorView:
     dims: int                  # D = C·H·W
     n_bits: int
     dequant: float = 0.0       # bits/dim of a learned dequantiser (0 for uniform noise)
+    label: int | None = None   # the class a conditional model's priors were given (None: unconditional)
 
     def prior_bits(self, strength: float = 1.0) -> list[float]:
         """Each level's −log p(z) / (D ln 2): its share of the bits/dim."""
@@ -69,20 +71,32 @@ class PriorView:
 
 
 @torch.no_grad()
-def prior_view(model, x: torch.Tensor, dequant_bits: float = 0.0) -> PriorView:
+def prior_view(model, x: torch.Tensor, dequant_bits: float = 0.0, label: int | None = None) -> PriorView:
     """Every level's latent and predicted Gaussian for one image ``x`` [1, C, H, W] (model
-    space, e.g. ``model.dequantize(pixels, noise=False)[0]``)."""
+    space, e.g. ``model.dequantize(pixels, noise=False)[0]``).
+
+    A class-conditional model's priors need a label: ``label``, or else the class the model
+    itself finds most likely for ``x`` (its generative classifier); ``view.label`` says which.
+    Unconditional models ignore ``label``.
+    """
     if x.shape[0] != 1:
         raise ValueError(f"prior_view takes one image [1, C, H, W], got {list(x.shape)}")
+    labels = None
+    if model.n_classes:
+        label = int(model.classify(x).argmax(1)[0]) if label is None else int(label)
+        labels = torch.tensor([label], device=x.device)
+    else:
+        label = None
     h, logdet = model.transform_input(x)
     levels = []
     for k, level in enumerate(model.levels):
-        out = level(h)
-        mean, log_scale = level.prior(out.h_next, 1, out.z)
-        learned = level.prior_net is not None or level.prior_mean is not None
+        out = level(h, labels)
+        mean, log_scale = level.prior(out.h_next, 1, out.z, labels)
+        learned = (level.prior_net is not None or level.prior_mean is not None
+                   or level.class_table is not None)
         levels.append(LevelPrior(k, learned, out.z[0].double().numpy(), mean[0].double().numpy(),
                                  log_scale[0].double().numpy()))
         logdet = logdet + out.logdet
         h = out.h_next
     return PriorView(levels, float(logdet[0]), int(np.prod(x.shape[1:])), int(model.config.n_bits),
-                     dequant_bits)
+                     dequant_bits, label)
