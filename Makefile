@@ -24,11 +24,13 @@ run: $(APP_STAMP)
 	$(PY) app.py
 
 test: $(DEV_STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
-# Everything except the browser tests (no Chromium needed).
+# The quick loop while editing (under 3 minutes on 2 cores): everything except the browser
+# tests and the tests marked slow (worker and torchrun processes, whole-page renders, the
+# demo checkpoints' walks, the larger brute-force shapes). `make test` runs them all.
 test-fast: $(DEV_STAMP)
-	$(PY) -m pytest -m "not browser"
+	$(PY) -m pytest -m "not browser and not slow"
 
 bench: $(APP_STAMP)
 	$(PY) -m benchmarks.run

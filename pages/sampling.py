@@ -5,9 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from flowlib.viz.images import fit_factor, image_grid, labelled_grid
-from pages.common import conditional
+from pages.common import conditional, links, style, ui
 from pages.common import explore as ec
-from pages.common import links, style, ui
 
 ui.require_router()  # a bookmarked /page on a fresh server must still go through app.py
 

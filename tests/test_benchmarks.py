@@ -41,6 +41,7 @@ def test_side_by_side_says_what_is_missing(tmp_path):
         side_by_side.main(["--reference", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_stability_benchmark_runs_seeds_and_reports_the_spread(capsys):
     from benchmarks import stability
     assert stability.main(["--steps", "8", "--seeds", "2", "--settings", "after", "--eval-every", "2",
@@ -51,6 +52,7 @@ def test_stability_benchmark_runs_seeds_and_reports_the_spread(capsys):
         stability.main(["--settings", "sometimes"])
 
 
+@pytest.mark.slow
 def test_the_share_of_peak_benchmark_counts_flops_and_times_the_trainers_step():
     from benchmarks import peak
     row = peak.measure("mnist-fast", bf16=False, device_name="cpu", warmup=0, repeats=1)

@@ -44,6 +44,7 @@ def _trained_looking(cfg: dict) -> tuple[FlowModel, torch.Tensor]:
     return model.eval(), x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_forward_walk_adds_up_to_encode(name):
     model, x = _trained_looking(CONFIGS[name])
@@ -79,6 +80,7 @@ def test_forward_walk_adds_up_to_encode(name):
         assert float(op.logdet.abs().max()) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_backward_walk_reproduces_the_image(name):
     model, x = _trained_looking(CONFIGS[name])
@@ -97,6 +99,7 @@ def test_backward_walk_reproduces_the_image(name):
         torch.testing.assert_close(b.logdet, -f.logdet, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_state_folds_back_to_the_image_shape(name):
     model, x = _trained_looking(CONFIGS[name])
@@ -143,6 +146,7 @@ def _spy_on_levels(monkeypatch) -> dict:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_the_walk_runs_the_levels_own_split_prior_and_merge(name, monkeypatch):
     model, x = _trained_looking(CONFIGS[name])
@@ -158,6 +162,7 @@ def test_the_walk_runs_the_levels_own_split_prior_and_merge(name, monkeypatch):
     assert calls == {"flat_layers": L, "split": 0, "latent_density": L, "draw_latent": L - 1, "merge": L}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_fresh_coupling_is_the_identity(name):
     model, x = _trained_looking(CONFIGS[name])
@@ -189,6 +194,7 @@ def test_coupling_parts_rebuild_the_output():
     torch.testing.assert_close(parts["s"].flatten(1).sum(1), op.logdet)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not all(p.is_file() for p in DEMOS), reason="demo checkpoints missing")
 @pytest.mark.parametrize("path", DEMOS, ids=lambda p: p.stem)
 def test_demo_checkpoints_walk(path):

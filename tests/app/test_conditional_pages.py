@@ -38,6 +38,7 @@ def _open_with(path) -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_pick_a_class_draws_a_row_per_class_with_the_same_noise(runs_dir):
     at = _open_with(_tiny_conditional(runs_dir))
     assert any(h.value == "Pick a digit" for h in at.header)
@@ -53,6 +54,7 @@ def test_pick_a_class_draws_a_row_per_class_with_the_same_noise(runs_dir):
     assert image_urls(at)[0] != one_row
 
 
+@pytest.mark.slow
 def test_which_class_shows_bars_of_p_y_given_x_and_the_accuracy(runs_dir):
     at = _open_with(_tiny_conditional(runs_dir))
     assert any("Classify by likelihood" in h.value for h in at.header)
@@ -67,6 +69,7 @@ def test_which_class_shows_bars_of_p_y_given_x_and_the_accuracy(runs_dir):
     assert_ok(at)
 
 
+@pytest.mark.slow
 def test_latent_arithmetic_moves_an_image_and_its_slider_redraws_it(runs_dir):
     at = _open_with(_tiny_conditional(runs_dir))
     assert any("Latent arithmetic" in h.value for h in at.header)
@@ -81,6 +84,7 @@ def test_latent_arithmetic_moves_an_image_and_its_slider_redraws_it(runs_dir):
     assert any("at least one test image" in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_an_unconditional_model_keeps_its_sections_and_gets_latent_arithmetic_by_class():
     at = AppTest.from_file(SAMPLING, default_timeout=180).run()
     assert_ok(at)
@@ -90,6 +94,7 @@ def test_an_unconditional_model_keeps_its_sections_and_gets_latent_arithmetic_by
     assert widget(at.selectbox, "cond_arith_to").value == "1"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "checkpoints" / "mnist-cond.pt").is_file(), reason="no conditional demo")
 def test_the_conditional_demo_is_one_click_away_and_draws_the_digit_asked_for():
     at = AppTest.from_file(SAMPLING, default_timeout=180).run()
@@ -100,6 +105,7 @@ def test_the_conditional_demo_is_one_click_away_and_draws_the_digit_asked_for():
     assert widget(at.multiselect, "cond_classes").value == [str(k) for k in range(10)]
 
 
+@pytest.mark.slow
 def test_the_train_form_takes_the_number_of_classes_from_the_dataset():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.switch_page("pages/train.py").run()
@@ -112,6 +118,7 @@ def test_the_train_form_takes_the_number_of_classes_from_the_dataset():
     assert any("conditioned on 40 classes (top)" in c.value for c in at.caption)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "checkpoints" / "mnist-cond.pt").is_file(), reason="no conditional demo")
 @pytest.mark.parametrize("page", ["masks", "latents", "step_by_step", "likelihood"])
 def test_every_look_inside_page_opens_the_conditional_demo(page):

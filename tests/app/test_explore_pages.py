@@ -47,6 +47,7 @@ def test_masks_page_draw_by_hand_source_asks_for_a_drawing():
     assert any("Draw something in the black square" in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_draw_by_hand_without_the_canvas_package_falls_back_to_slider_shapes(monkeypatch):
     from pages.common import canvas
     monkeypatch.setattr(canvas, "st_canvas", None)

@@ -57,6 +57,7 @@ def small_flow(at: AppTest, steps: int = 2, train_steps: int = 40) -> AppTest:
     return assert_ok(at.run())
 
 
+@pytest.mark.slow
 def test_the_page_is_in_the_navigation_and_every_section_explains_itself():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.switch_page("pages/flows2d.py")
@@ -70,6 +71,7 @@ def test_the_page_is_in_the_navigation_and_every_section_explains_itself():
     assert len(at.get("plotly_chart")) >= 12
 
 
+@pytest.mark.slow
 def test_train_in_chunks_until_done_then_stop_a_second_run():
     at = small_flow(assert_ok(AppTest.from_file(PAGE, default_timeout=120).run()))
     assert "Not trained yet" in text(at)
@@ -103,6 +105,7 @@ def test_train_in_chunks_until_done_then_stop_a_second_run():
     assert not widget(at.button, "f2d_train").disabled
 
 
+@pytest.mark.slow
 def test_probe_sum_and_jacobian_are_the_models_numbers():
     at = small_flow(assert_ok(AppTest.from_file(PAGE, default_timeout=120).run()))
     widget(at.radio, "f2d_zero_init").set_value(False)  # random couplings: non-trivial numbers
@@ -121,6 +124,7 @@ def test_probe_sum_and_jacobian_are_the_models_numbers():
     assert "Σ log|sᵢ|" in text(at)
 
 
+@pytest.mark.slow
 def test_additive_is_flat_and_zero_init_is_the_identity():
     at = small_flow(assert_ok(AppTest.from_file(PAGE, default_timeout=120).run()), train_steps=20)
     widget(at.button, "f2d_cmp_train").click()
@@ -142,6 +146,7 @@ def test_additive_is_flat_and_zero_init_is_the_identity():
     assert "std (1.00, 1.00)" in words
 
 
+@pytest.mark.slow
 def test_layer_slider_directions_and_user_points():
     at = small_flow(assert_ok(AppTest.from_file(PAGE, default_timeout=120).run()))
     widget(at.select_slider, "f2d_layer").set_value(0)

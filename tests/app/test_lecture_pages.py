@@ -60,6 +60,7 @@ def _cards(at) -> dict:
     return {m.label: (m.value, m.proto.delta) for m in at.metric}
 
 
+@pytest.mark.slow
 def test_finished_run_cards_show_the_final_test_and_the_whole_runs_images_per_second(runs_dir):
     rid = _lecture_run()
     at = _page("pages/train.py", run=str(rid))

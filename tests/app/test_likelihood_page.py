@@ -41,6 +41,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+@pytest.mark.slow
 def test_likelihood_page_scores_every_set_and_says_how_to_get_fashion_mnist(monkeypatch, tmp_path):
     """Without Fashion-MNIST the page works with what ships: the faces stand in as the other
     data set, and how to add Fashion-MNIST is a line in a closed box under the table, not a
@@ -67,6 +68,7 @@ def test_likelihood_page_scores_every_set_and_says_how_to_get_fashion_mnist(monk
     assert len(at.header) == 6 and len(at.expander) >= 6
 
 
+@pytest.mark.slow
 def test_likelihood_page_uses_fashion_mnist_when_installed(monkeypatch, tmp_path):
     from flowlib.data.sources import mnist as mnist_source
     folder = tmp_path / "fashion"
@@ -85,6 +87,7 @@ def test_likelihood_page_uses_fashion_mnist_when_installed(monkeypatch, tmp_path
     assert any("Fashion-MNIST" in n for n in _histogram_names(at))
 
 
+@pytest.mark.slow
 def test_likelihood_page_adds_kept_drawings_and_faces_model():
     from pages.common.canvas import DRAWINGS_KEY
     drawing = np.zeros((1, 28, 28), np.uint8)

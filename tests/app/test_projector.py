@@ -123,6 +123,7 @@ def test_long_select_choices_get_wider_cells():
 
 
 # -- 10 · Sampling ----------------------------------------------------------------------------
+@pytest.mark.slow
 @needs_demos
 def test_sampling_says_the_truth_about_t0_and_switches_the_main_slider_off():
     at = page("sampling")
@@ -155,6 +156,7 @@ def test_secondary_text_is_legible_at_a_projector():
     assert "stCaptionContainer" in css and "font-size: 1rem" in css and "opacity: 1" in css
 
 
+@pytest.mark.slow
 @needs_demos
 def test_flow_journey_round_trip_and_shapes():
     import torch

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from flowlib.env import REPO_ROOT
 from pages.common import explore as ec
 from pages.common import serve
@@ -47,6 +49,7 @@ def test_a_failing_warm_up_never_stops_the_server(monkeypatch, caplog):
     assert "warm-up stopped early: OSError: disk gone" in caplog.text
 
 
+@pytest.mark.slow
 def test_python_app_py_serves_the_app_and_says_when_it_is_ready(tmp_path):
     import socket
     import urllib.request

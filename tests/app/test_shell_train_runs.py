@@ -106,6 +106,7 @@ def train_page(**query) -> AppTest:
 
 
 # -- Train -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_page_shows_data_parameters_and_estimate(runs_dir):
     at = train_page(dataset="mnist", preset="mnist-fast")
     text = " ".join(m.value for m in at.markdown)
@@ -132,6 +133,7 @@ def test_train_page_shows_data_parameters_and_estimate(runs_dir):
     assert at.selectbox(key="tr_dequantization").value == "uniform"
 
 
+@pytest.mark.slow
 def test_the_form_comes_back_as_it_was_left_after_visiting_another_page(runs_dir):
     at = train_page(dataset="mnist", preset="mnist-fast")
     at.number_input(key="tr_hidden").set_value(96).run()
@@ -148,6 +150,7 @@ def test_the_form_comes_back_as_it_was_left_after_visiting_another_page(runs_dir
     assert not at.error and not at.button(key="tr_start").disabled
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_next_to_the_field(runs_dir):
     at = train_page()
     at.number_input(key="tr_batch_size").set_value(0)
@@ -165,6 +168,7 @@ def test_bad_input_is_refused_next_to_the_field(runs_dir):
     assert store().list_runs() == []
 
 
+@pytest.mark.slow
 def test_start_tiny_run_reaches_finished_with_points_in_the_chart(runs_dir):
     at = train_page(dataset="mnist", preset="mnist-fast")
     tiny_settings(at, steps=20, eval_every=10)
@@ -190,6 +194,7 @@ def test_start_tiny_run_reaches_finished_with_points_in_the_chart(runs_dir):
     assert float(table["best test bits/dim"].iloc[0]) < 8.5
 
 
+@pytest.mark.slow
 def test_stop_and_resume(runs_dir):
     at = train_page()
     tiny_settings(at, steps=100000, eval_every=1000)
@@ -211,6 +216,7 @@ def test_stop_and_resume(runs_dir):
     wait_status(run_id, ("stopped",), timeout=120)
 
 
+@pytest.mark.slow
 def test_picking_faces_proposes_augmentation_and_mnist_takes_it_back(runs_dir):
     at = train_page(dataset="mnist", preset="mnist-fast")
     augment = lambda: next(w for w in at.get("selectbox") + at.get("radio") if w.key == "tr_augment")  # noqa: E731
@@ -223,6 +229,7 @@ def test_picking_faces_proposes_augmentation_and_mnist_takes_it_back(runs_dir):
     assert train_page(dataset="faces", preset="faces-fast").session_state["tr_augment"] == "flip-shift"
 
 
+@pytest.mark.slow
 def test_a_failed_run_says_why_on_its_dashboard(runs_dir, tmp_path):
     from flowlib import preset
     from flowlib.config import TrainConfig
@@ -240,6 +247,7 @@ def test_a_failed_run_says_why_on_its_dashboard(runs_dir, tmp_path):
     assert "Traceback" not in shown
 
 
+@pytest.mark.slow
 def test_a_run_that_ran_out_of_memory_offers_to_resume_with_the_batch_that_fits(runs_dir):
     import os
 
@@ -275,6 +283,7 @@ def _finished_run(name: str, owner: str | None = None, permutation: str = "conv1
     return rid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learned_noise", [False, True])
 def test_bits_split_chart_keeps_the_quantisation_line_and_adds_log_q_only_for_learned_noise(runs_dir, learned_noise):
     rid = _finished_run("split")
@@ -335,6 +344,7 @@ def test_folder_resize_offers_only_sides_the_models_levels_can_halve(runs_dir):
 
 
 # -- classroom mode --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_classroom_mode_caps_and_ownership(runs_dir, monkeypatch):
     monkeypatch.setenv("FLOWLAB_CLASSROOM", "1")
     monkeypatch.setenv("FLOWLAB_MAX_BATCH", "32")
@@ -361,6 +371,7 @@ def test_classroom_mode_caps_and_ownership(runs_dir, monkeypatch):
     assert not at2.button(key=f"delete_{mine}").disabled   # the same visitor (URL) owns it
 
 
+@pytest.mark.slow
 def test_classroom_teacher_key_unlocks_every_run_and_a_wrong_key_does_not(runs_dir, monkeypatch):
     monkeypatch.setenv("FLOWLAB_CLASSROOM", "1")
     monkeypatch.setenv("FLOWLAB_TEACHER_KEY", "chalk-and-talk")

@@ -30,6 +30,7 @@ def _bin_centres(n_bits: int) -> set[int]:
     return {k * step + step // 2 for k in range(2 ** n_bits)}
 
 
+@pytest.mark.slow
 def test_walk_frames_show_a_sub_8_bit_models_images_at_its_bin_centres():
     import numpy as np
     import torch
@@ -53,6 +54,7 @@ def test_walk_frames_show_a_sub_8_bit_models_images_at_its_bin_centres():
     assert len(np.unique(drawn)) > 2                       # a real picture, not one flat grey
 
 
+@pytest.mark.slow
 def test_walk_page_draws_a_5_bit_models_frames_at_its_bin_centres(runs_dir, monkeypatch):
     import numpy as np
 
@@ -84,6 +86,7 @@ def _metric(at: AppTest, start: str) -> str:
     return next(m.value for m in at.metric if m.label.startswith(start))
 
 
+@pytest.mark.slow
 def test_walk_page_renders_every_section():
     at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert_ok(at)
@@ -103,6 +106,7 @@ def test_walk_page_renders_every_section():
     assert table["latent leaving"].str.startswith("z").sum() == 2  # mnist-fast: 2 levels
 
 
+@pytest.mark.slow
 def test_walk_page_image_op_and_backward_controls():
     at = AppTest.from_file(PAGE, default_timeout=180).run()
     assert_ok(at)
@@ -136,6 +140,7 @@ def test_walk_page_image_op_and_backward_controls():
     assert image_urls(at) != grid
 
 
+@pytest.mark.slow
 def test_walk_page_faces_demo_and_a_later_coupling():
     at = AppTest.from_file(PAGE, default_timeout=180).run()
     faces = next(label for label in at.selectbox[0].options if "Faces" in label)

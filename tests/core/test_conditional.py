@@ -70,6 +70,7 @@ def brute_log_p_given(model, x, labels):
     return log_pz + logdet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("condition,prior,coupling,permutation,mask,classes,transform", CONDITIONAL, ids=IDS)
 def test_log_p_given_a_label_is_the_gaussian_priors_plus_the_jacobian(condition, prior, coupling, permutation,
                                                                      mask, classes, transform):

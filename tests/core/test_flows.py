@@ -19,7 +19,8 @@ from flowlib.env import REPO_ROOT
 # Every choice the config declares: a new coupling, permutation, mask or prior is covered here
 # the moment it is declared in flowlib/config.py.
 COUPLINGS, PERMUTATIONS, MASKS, PRIORS = config.COUPLINGS, config.PERMUTATIONS, config.MASKS, config.PRIORS
-SHAPES = [(1, 4, 4), (2, 8, 8)]
+# 2×8×8 (two channels, two levels) is the slow half: `make test-fast` checks every combination at 1×4×4
+SHAPES = [(1, 4, 4), pytest.param((2, 8, 8), marks=pytest.mark.slow)]
 COMBOS = list(itertools.product(COUPLINGS, PERMUTATIONS, MASKS, PRIORS))
 
 
@@ -446,6 +447,7 @@ def test_low_precision_networks_keep_the_flow_exactly_invertible():
     assert torch.allclose(reference.logdet, out.logdet, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.slow
 def test_bf16_networks_change_a_trained_models_bits_per_dim_by_under_0_01():
 
     from flowlib.core.checkpoint import load_model
@@ -541,6 +543,7 @@ def test_latent_density_is_the_gaussian_log_density_and_draw_latent_its_inverse(
         model.levels[-1].draw_latent(None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", ["channel", "realnvp"])
 def test_a_level_is_its_flat_layers_then_split_and_latent_density(mask):
     model = make_model((2, 8, 8), mask=mask)

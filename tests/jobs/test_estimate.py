@@ -83,6 +83,7 @@ def test_history_is_the_median_of_earlier_runs_with_the_same_settings(tmp_path):
     assert SpeedEstimator(tmp_path / "cache").estimate(_request(), store) == known
 
 
+@pytest.mark.slow
 def test_a_measurement_runs_in_its_own_process_and_is_cached(tmp_path):
     estimator = SpeedEstimator(tmp_path / "cache", timeout_s=120)
     request = _request()
@@ -102,6 +103,7 @@ def test_a_measurement_runs_in_its_own_process_and_is_cached(tmp_path):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_model_too_large_for_the_memory_limit_says_so_and_leaves_the_caller_alone(tmp_path):
     out = tmp_path / "big.json"
     request = _request(config=preset("faces-fast", levels=3, steps=16, hidden=1024).to_dict(), batch=64)

@@ -55,6 +55,7 @@ def _gone(pid, timeout=10):
     return False
 
 
+@pytest.mark.slow
 def test_worker_process_trains_to_the_end_and_is_reaped(store):
     run_id = store.create_run(RunRequest("w", TINY, _train()))
     pid = worker.start_run(store, run_id)
@@ -65,6 +66,7 @@ def test_worker_process_trains_to_the_end_and_is_reaped(store):
     assert _gone(pid)
 
 
+@pytest.mark.slow
 def test_stop_then_resume_through_worker_processes(store):
     run_id = store.create_run(RunRequest("w", TINY, _train(max_steps=100000)))
     worker.start_run(store, run_id)
@@ -86,6 +88,7 @@ def test_stop_then_resume_through_worker_processes(store):
     assert [e["kind"] for e in store.events(run_id)].count("resume") == 1
 
 
+@pytest.mark.slow
 def test_kill_9_marks_the_run_lost_and_it_resumes_from_the_checkpoint(store):
     run_id = store.create_run(RunRequest("w", TINY, _train(max_steps=100000, checkpoint_every_minutes=0.005)))
     pid = worker.start_run(store, run_id)
@@ -101,6 +104,7 @@ def test_kill_9_marks_the_run_lost_and_it_resumes_from_the_checkpoint(store):
     assert run["status"] == "finished" and run["step"] == ckpt["step"] + 4, run["message"]
 
 
+@pytest.mark.slow
 def test_a_restarted_server_finds_a_killed_worker_lost_by_heartbeat(store):
     """No Popen handle in this process (as after a server restart): only the heartbeat can tell."""
     run_id = store.create_run(RunRequest("w", TINY, _train(max_steps=100000)))
@@ -122,6 +126,7 @@ def test_a_restarted_server_finds_a_killed_worker_lost_by_heartbeat(store):
             proc.wait()
 
 
+@pytest.mark.slow
 def test_cli_ctrl_c_stops_cleanly_with_a_checkpoint(tmp_path):
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "flowlib.train", "--preset", "faces-fast", "--dataset", "faces",
@@ -151,6 +156,7 @@ def test_cli_ctrl_c_stops_cleanly_with_a_checkpoint(tmp_path):
     assert "stopped" in err
 
 
+@pytest.mark.slow
 def test_three_queued_runs_with_one_slot_all_finish_with_no_app(store):
     """A study's queue moves on its own: each worker hands its slot to the next waiting run."""
     ids = [worker.submit(store, RunRequest(f"q{i}", TINY, _train(max_steps=6)), queue=True)
@@ -204,6 +210,7 @@ def test_the_worker_process_trains_under_the_caps_the_server_recorded(tmp_path, 
     assert run["status"] == "failed" and "FLOWLAB_MAX_STEPS" in run["message"], run["message"]
 
 
+@pytest.mark.slow
 def test_cli_refused_by_a_busy_slot_leaves_no_run(tmp_path):
     runs = tmp_path / "runs"
     store = RunStore(runs, Limits())

@@ -273,7 +273,7 @@ def test_the_dataset_paths_of_runs_that_have_not_ended_are_in_use(tmp_path):
         options = {"path": str(tmp_path / f"{name}.zip"), "size": 32}
         return _new(store, name, status=status, train={"dataset": "folder", "dataset_options": options})
 
-    created, waiting = folder_run("created", "created"), folder_run("waiting", "waiting")
+    folder_run("created", "created"), folder_run("waiting", "waiting")
     training, ended = folder_run("training", "created"), folder_run("ended", "created")
     _new(store, "faces")  # no path
     store.request_start(training)

@@ -292,6 +292,7 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_real_disk_filling_under_a_worker_process_reads_failed_disk_full(tiny_disk):
     store = RunStore(tiny_disk / "runs", Limits(stale_after_s=5.0, start_timeout_s=60))
     assert store.reserve_path.is_file()
@@ -376,6 +377,7 @@ def test_a_failed_resume_from_a_bad_checkpoint_keeps_the_stored_step(store):
 
 
 # -- the server's minutes cap ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_server_minutes_cap_ends_a_run_whatever_its_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWLAB_MAX_MINUTES", "0.04")           # 2.4 s
     store = RunStore(tmp_path / "runs")

@@ -222,6 +222,7 @@ def test_a_failed_run_is_shown_and_the_answer_says_fewer_seeds(store):
 
 
 # -- the command line, end to end ----------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_runs_a_tiny_study_and_writes_json_for_every_arm_and_seed(tmp_path):
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "flowlib.study", "--vary", "permutation=reverse,shuffle", "--seeds", "2",
@@ -252,6 +253,7 @@ def test_cli_runs_a_tiny_study_and_writes_json_for_every_arm_and_seed(tmp_path):
     assert again.returncode == 0 and "Verdict:" in again.stdout
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_input_with_the_field_and_stores_nothing(tmp_path):
     cmd = [sys.executable, "-m", "flowlib.study", "--vary", "coupling=additive,bogus", "--steps", "3",
            "--runs-dir", str(tmp_path / "runs")]

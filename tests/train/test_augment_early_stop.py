@@ -79,6 +79,7 @@ def test_the_settings_are_checked_and_reach_the_cli():
     assert config_overrides(args, TrainConfig, "train") == {"early_stop_evals": None}
 
 
+@pytest.mark.slow
 def test_an_augmented_run_trains_and_resumes_bit_exactly(store):  # noqa: F811
     straight = _queued_run(store, "straight", augment="flip-shift", max_steps=12, eval_every=100, first_eval=0)
     assert train_run(store, straight).status == "finished"

@@ -37,6 +37,7 @@ def _max_difference(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one_on_the_same_global_batches(tmp_path):
     one = _train(tmp_path / "one", "--steps", "6")
     two = _train(tmp_path / "two", "--steps", "6", procs=2)
@@ -56,6 +57,7 @@ def test_two_processes_train_the_same_model_as_one_on_the_same_global_batches(tm
     assert got == pytest.approx(ref, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_stop_and_resume_under_torchrun_continue_the_same_training(tmp_path):
     straight = _train(tmp_path / "one", "--steps", "8")
     first = _train(tmp_path / "two", "--steps", "4", procs=2)
@@ -65,6 +67,7 @@ def test_stop_and_resume_under_torchrun_continue_the_same_training(tmp_path):
     assert _max_difference(_weights(tmp_path / "one"), _weights(tmp_path / "two")) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_in_words(tmp_path):
     proc = _train(tmp_path / "runs", "--steps", "4", "--batch-size", "7", procs=2)
     assert proc.returncode != 0

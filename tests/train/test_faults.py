@@ -46,6 +46,7 @@ def _wait(predicate, timeout=60.0, what="condition"):
 
 
 # -- kill -9 at random moments, including mid-checkpoint-write ---------------------------------
+@pytest.mark.slow
 def test_kill_9_at_random_moments_including_mid_checkpoint_write(store):
     rng = random.Random(8)
     run_id = store.create_run(RunRequest.from_dicts(
@@ -148,6 +149,7 @@ def test_store_writes_retry_while_locked_then_give_up_with_a_bound(tmp_path):
     assert [e["message"] for e in store.events(run_id)] == ["written after the lock went away"]
 
 
+@pytest.mark.slow
 def test_trainer_survives_a_database_locked_by_another_program(tmp_path):
     store = RunStore(tmp_path / "runs", Limits(db_timeout_s=0.2))
     run_id = _queued(store, max_steps=60, first_eval=0)
@@ -219,6 +221,7 @@ def test_a_cpu_allocation_failure_searches_a_batch_and_offers_to_resume_with_it(
     assert store.metrics(run_id, keys=["oom_fitting_batch"])["oom_fitting_batch"]["value"] == [4.0]
 
 
+@pytest.mark.slow
 def test_out_of_memory_names_the_batch_that_fits_and_keeps_every_step(store):
     # Steps 1-4 train at batch 8; from step 5 on, more than 2 images do not fit.
     oom = _oom_when(lambda call, batch: call >= 5 and batch > 2)
@@ -279,6 +282,7 @@ def test_out_of_memory_when_not_even_one_image_fits_says_so(store):
 
 
 # -- double clicks --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_starts_in_the_same_second_start_one_run_and_stop_twice_is_harmless(store):
     a = store.create_run(RunRequest.from_dicts("a", TINY.to_dict(), _tc(max_steps=100000)))
     b = store.create_run(RunRequest.from_dicts("b", TINY.to_dict(), _tc(max_steps=100000)))
@@ -324,6 +328,7 @@ def _zombie_children():
     return out
 
 
+@pytest.mark.slow
 def test_soak_many_runs_started_and_stopped_leave_no_zombies_fds_or_damage(tmp_path):
     n = int(os.environ.get("FLOWLAB_SOAK_RUNS", "50"))
     store = RunStore(tmp_path / "runs", Limits(max_concurrent=2, start_timeout_s=120))

@@ -112,6 +112,7 @@ def test_live_grids_come_every_ten_seconds_of_training_between_the_evaluations(s
     assert grid_s["step"] == [5, 15, 25, 30] and all(0 < v < 5 for v in grid_s["value"])
 
 
+@pytest.mark.slow
 def test_a_time_budget_spreads_evaluations_over_it_whatever_eval_every_says(store):
     # 1 s per step, a 1-minute budget: about 60 steps, and eval_every far beyond them
     session = _session_on_a_fake_clock(store, 1.0, max_steps=None, max_minutes=1.0, eval_every=10**6,
