@@ -21,7 +21,7 @@ from pages.common.settings_form import settings_table
 ui.require_router()
 
 CURVES = {
-    "test_bpd": ("test bits/dim (held-out images)", "bits/dim (lower is better)"),
+    "test_bpd": ("held-out bits/dim (validation images; test images in older runs)", "bits/dim (lower is better)"),
     "train_bpd": ("train bits/dim (training batches)", "bits/dim (lower is better)"),
     "loss_nats": ("training loss", "nats/image"),
     "images_per_s": ("speed", "images/s"),
@@ -223,7 +223,12 @@ def runs_body(poll: bool) -> None:
             "name": st.column_config.TextColumn("name", width="medium"),
             "settings": st.column_config.TextColumn("key settings", width="medium"),
             "dataset": st.column_config.TextColumn("data", width="small"),
-            "best test bits/dim": st.column_config.NumberColumn(format="%.3f", help=ui.BPD_HELP),
+            "best test bits/dim": st.column_config.NumberColumn(
+                "best held-out bits/dim", format="%.3f",
+                help="The best periodic evaluation: on validation images held out from the training "
+                     "split (runs with validation images, the default), on test images for older runs. "
+                     "The test split's own number is the run's last evaluation, on the full test set. "
+                     + ui.BPD_HELP),
             "images/s": st.column_config.NumberColumn(format="%.0f", help=ui.IMAGES_PER_S_HELP),
             "yours": st.column_config.CheckboxColumn("yours"),
         },

@@ -1,8 +1,13 @@
 """Held-out bits/dim during training, the sample grids, the best score and early stopping.
 
     evaluation = Evaluation(model, eval_x, test_x, tc, run_dir, journal, dist)
-    bpd = evaluation.run(step)               # the fixed eval subset: a test_bpd row, an event, a grid
+    bpd = evaluation.run(step)               # the evaluation images: a test_bpd row, an event, a grid
     bpd = evaluation.run(step, full=True)    # the whole test split: test_bpd_full
+
+What a periodic evaluation scores (``eval_x``): the validation images held out from the
+training split when ``tc.validation_images`` > 0 (:func:`flowlib.train.setup.place_data`), else
+a fixed subset of the test split. The metric key stays ``test_bpd`` for both (the pages' curve
+of held-out bits/dim); the event says which. The test split itself is read once, at the end.
 
 Evaluations always run in float32 with fixed dequantisation noise (:func:`evaluate_bpd`), so
 successive test points are comparable and the reported numbers exact. Rank 0 evaluates and
@@ -88,11 +93,19 @@ class Evaluation:
         self.journal.metrics(step, [("test_bpd_full" if full else "test_bpd", bpd)])
         self.journal.flush()
         self.last_test = bpd
-        if math.isfinite(bpd) and (self.best is None or bpd < self.best):
+        validation = self.tc.validation_images > 0
+        # With validation images, "best" is theirs alone: the test split is the reported number,
+        # never a thing to choose by (and never mixed into the same column).
+        if math.isfinite(bpd) and (self.best is None or bpd < self.best) and not (full and validation):
             self.best = bpd
             self.journal.best_score(bpd)
-        what = f"the full test set ({images.shape[0]:,} images)" if full else f"{images.shape[0]:,} held-out images"
-        self.journal.event("eval", f"step {step}: test {bpd:.4f} bits/dim on {what}", step)
+        if full:
+            what = f"test {bpd:.4f} bits/dim on the full test set ({images.shape[0]:,} images)"
+        elif validation:
+            what = f"validation {bpd:.4f} bits/dim on {images.shape[0]:,} held-out training images"
+        else:
+            what = f"test {bpd:.4f} bits/dim on {images.shape[0]:,} held-out images"
+        self.journal.event("eval", f"step {step}: {what}", step)
         if self.tc.early_stop_evals and not full:
             self._track_early_stop(step, bpd)
         if self.last_grid_step != step:
