@@ -76,7 +76,7 @@ def run_flags(rec: dict) -> tuple[list[str], bool]:
 def _run_row(rec: dict, with_curves: bool) -> dict:
     flags, counted = run_flags(rec)
     row = {"seed": rec["seed"], "run_id": rec.get("run_id"), "trial": rec.get("trial"),
-           "machine": rec.get("machine"), "status": rec["state"],
+           "machine": rec.get("machine"), "worker": rec.get("worker"), "status": rec["state"],
            "final_test_bpd": rec["test_bpd"] if counted else None,
            "test_bpd_not_counted": rec["test_bpd"] if (rec.get("test_bpd") is not None and not counted) else None,
            "valid_bpd": rec.get("valid_bpd"), "steps_trained": rec.get("steps_trained"),
@@ -359,7 +359,7 @@ def _settings_words(settings: dict) -> str:
 def json_result(result: dict) -> dict:
     """The answer without curves and run messages: the ``--json`` file's content."""
     def run(r):
-        return {k: r[k] for k in ("seed", "run_id", "trial", "machine", "status", "final_test_bpd",
+        return {k: r[k] for k in ("seed", "run_id", "trial", "machine", "worker", "status", "final_test_bpd",
                                   "test_bpd_not_counted", "valid_bpd", "steps_trained", "budget_steps",
                                   "rollbacks", "lr_cuts", "flags", "counted") if k in r}
     arms = [{**{k: a.get(k) for k in ("name", "settings", "config", "train", "n", "mean", "ci95", "sd",

@@ -269,7 +269,8 @@ def trials_table(result: dict) -> pd.DataFrame:
     for a in result["arms"]:
         for r in a["runs"]:
             rows.append({"trial": r.get("trial"), "arm": a["name"], "seed": r["seed"], "state": r["status"],
-                         "machine": r.get("machine") or "this one", "run": r.get("run_id"),
+                         "machine": r.get("machine") or "this one", "worker": r.get("worker") or "–",
+                         "run": r.get("run_id"),
                          "steps": f"{r.get('steps_trained') or 0:,} / {r.get('budget_steps') or '–'}",
                          "validation bits/dim": fmt_bpd(r.get("valid_bpd")),
                          "test bits/dim": fmt_bpd(r.get("final_test_bpd"))})
