@@ -69,7 +69,7 @@ def storage_key(url: str) -> str:
         return "journal:" + str(Path(_journal_path(url)).expanduser().resolve())
     if url.startswith("sqlite:///"):
         return "sqlite:///" + str(Path(url[len("sqlite:///"):]).expanduser().resolve())
-    return redact(url)
+    return redact(with_driver(url))
 
 
 def is_journal(url: str) -> bool:
@@ -80,11 +80,21 @@ def _journal_path(url: str) -> str:
     return url[len("journal:"):].removeprefix("//") if url.startswith("journal:") else url
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` with the driver installed here: SQLAlchemy 2.1 reads a bare
+    ``postgresql://`` as psycopg 3, and requirements.txt installs psycopg2."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def dashboard_command(url: str) -> str:
     """The command that opens the same study database in optuna-dashboard (password redacted)."""
     if is_journal(url):
         return f"optuna-dashboard {Path(_journal_path(url)).expanduser().resolve()}"
-    return f"optuna-dashboard {redact(url)}"
+    return f"optuna-dashboard {redact(with_driver(url))}"
 
 
 def grace_s() -> float:
@@ -199,7 +209,7 @@ def open_storage(url: str | None, runs_root: str | os.PathLike | None = None):
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
     if url is None or not str(url).strip():
         url = default_url(runs_root if runs_root is not None else env.runs_root())
-    url = str(url).strip()
+    url = with_driver(str(url).strip())
     if is_journal(url):
         path = Path(_journal_path(url)).expanduser().resolve()
         problem = _journal_problem(path)

@@ -40,13 +40,14 @@ import threading
 import time
 from typing import Callable
 
+from flowlib import env
 from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStore, StoreBusyError
 from flowlib.store.studies import StudyStore
 
 from . import engine
 from .records import run_summary
-from .storage import grace_s, heartbeat_interval_s, is_journal, open_storage, storage_key
+from .storage import grace_s, heartbeat_interval_s, is_journal, open_storage, redact, storage_key
 
 __all__ = ["work", "run_trial", "reap_stale", "environment", "machine_name"]
 
@@ -295,11 +296,15 @@ def work(storage_url: str | None, runs_dir=None, study_names: list[str] | None =
          log: Callable[[str], None] = print, poll_s: float = 2.0, max_trials: int | None = None) -> int:
     """Take trials until every study served is done (or stopped); 0 when all finished.
 
-    ``study_names``: only these studies (default: every Flow Lab study in the storage that has
+    ``storage_url``: None is ``$FLOWLAB_STUDY_STORAGE``, else the embedded default of ``runs_dir``
+    (the variable is how ``--gpus all`` hands the URL to its per-GPU workers, never on a command
+    line). ``study_names``: only these studies (default: every Flow Lab study in the storage that has
     trials left). ``max_trials``: leave after training this many (tests, benchmarks).
     """
     store = RunStore(runs_dir)
+    storage_url = storage_url or env.read("FLOWLAB_STUDY_STORAGE") or None
     storage = open_storage(storage_url, store.root)
+    log(f"worker {worker_name()} on {redact(_url_of(storage, None))}, run store {store.root}")
     leaving = threading.Event()
     previous = {}
 

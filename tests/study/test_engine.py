@@ -239,11 +239,29 @@ def test_two_studies_at_once_cannot_both_slip_under_the_visitors_cap(tmp_path, f
     assert names == {admitted[0].name}
 
 
-def test_a_journal_file_on_a_shared_disk_works_the_same(store, fake, tmp_path):
+def test_a_journal_file_on_a_shared_disk_works_the_same(store, fake, tmp_path, monkeypatch):
     url = str(tmp_path / "shared" / "flowlab.journal")
     (tmp_path / "shared").mkdir()
     api.start(store, comparison(seeds=1), MNIST, storage_url=url, launch=False)
-    assert work.work(url, store.root, log=lambda line: None, poll_s=0.05) == 0
+    # a worker told the storage only by $FLOWLAB_STUDY_STORAGE, as the CLI's own workers and
+    # `work --gpus all`'s per-GPU workers are, serves that storage, not the embedded default
+    monkeypatch.setenv("FLOWLAB_STUDY_STORAGE", url)
+    assert work.work(None, store.root, log=lambda line: None, poll_s=0.05) == 0
+    monkeypatch.delenv("FLOWLAB_STUDY_STORAGE")
     result = api.answer(store, "cmp", url)
     assert result["study"]["status"] == "finished" and result["study"]["dashboard"].startswith("optuna-dashboard /")
     assert optuna.load_study(study_name="cmp", storage=open_storage(url)).trials[0].state == TrialState.COMPLETE
+
+
+def test_a_postgresql_url_opens_with_the_installed_driver_and_never_shows_its_password():
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; requirements.txt installs psycopg2
+    from sqlalchemy.engine import make_url
+
+    from flowlib.study.storage import dashboard_command, storage_key, with_driver
+
+    url = "postgresql://flowlab:SECRET@db-host/flowlab"
+    make_url(with_driver(url)).get_dialect().import_dbapi()          # the driver it names is here
+    assert with_driver("sqlite:///x.sqlite") == "sqlite:///x.sqlite"
+    for shown in (storage_key(url), dashboard_command(url)):
+        assert "SECRET" not in shown and "flowlab:***@db-host/flowlab" in shown
+    assert storage_key(url) == storage_key(with_driver(url))         # one study database, one key
