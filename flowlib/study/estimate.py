@@ -14,7 +14,6 @@ from its start to its end); the rest of the study is re-estimated from those (th
 median of the arm's finished runs, else the first estimate scaled by how far the finished
 runs were off), so the estimate converges as runs finish. Searches use the base
 configuration's speed for every configuration (a drawn width changes it; said in words).
-benchmarks/study_estimate.py measures how far off these are.
 """
 
 from __future__ import annotations
@@ -77,7 +76,8 @@ def study_seconds(p, images_per_s: dict, workers: int = 1, test_images: int = 10
 
 def remaining_seconds(p, records: list[dict], first_estimate: dict, workers: int = 1) -> float | None:
     """Seconds left, corrected by the trials that ended: ``first_estimate`` maps each arm to its
-    predicted seconds per run; ``records`` are the study's trials so far."""
+    predicted seconds per run; ``records`` are the study's trials so far (a running one counts
+    as half a run left)."""
     ended = [r for r in records if r["state"] in ("finished", "pruned", "failed", "diverged")
              and r.get("started") and r.get("ended")]
     took: dict[str, list[float]] = {}
@@ -95,8 +95,7 @@ def remaining_seconds(p, records: list[dict], first_estimate: dict, workers: int
         if not per_run:
             return None
         left += count * per_run
-    running = [r for r in records if r["state"] == "running" and r.get("started")]
-    return max(0.0, left / max(1, workers) - sum(0.0 for _ in running))
+    return left / max(1, workers)
 
 
 def _planned_left(p, records: list[dict]) -> dict[str, float]:
