@@ -265,3 +265,18 @@ def test_a_postgresql_url_opens_with_the_installed_driver_and_never_shows_its_pa
     for shown in (storage_key(url), dashboard_command(url)):
         assert "SECRET" not in shown and "flowlab:***@db-host/flowlab" in shown
     assert storage_key(url) == storage_key(with_driver(url))         # one study database, one key
+
+
+def test_the_cli_exit_code_says_whether_the_study_finished(store, fake, capsys):
+    from flowlib.cli.study import main
+
+    api.start(store, comparison(seeds=1), MNIST, launch=False)
+    here = ["--runs-dir", str(store.root)]
+    assert main(["--show", "cmp", *here]) == 3                 # queued: still to train
+    assert main(["--stop", "cmp", *here]) == 0
+    assert main(["--show", "cmp", *here]) == 1                 # stopped unfinished
+    assert "stopped" in capsys.readouterr().out
+    assert api.resume(store, "cmp", launch=False) == 0         # nothing was interrupted
+    assert run_all(store) == 0
+    assert main(["--show", "cmp", *here]) == 0                 # finished
+    assert main(["--show", "no-such-study", *here]) == 2       # refused
