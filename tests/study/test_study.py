@@ -283,6 +283,35 @@ def test_cli_runs_a_tiny_study_and_writes_json_for_every_arm_and_seed(tmp_path):
     assert again.returncode == 0 and "Verdict:" in again.stdout
 
 
+def test_cli_ctrl_c_detaches_and_the_study_goes_on_to_finish(tmp_path):
+    import signal
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "flowlib.study", "--vary", "permutation=reverse,shuffle", "--seeds", "1",
+           "--steps", "40", "--dataset", "faces", "--model-preset", "faces-fast", "--name", "detach",
+           "--set", "hidden=4", "--set", "steps=1", "--set", "levels=2", "--set", "batch_size=8",
+           "--set", "threads=1", "--runs-dir", str(runs), "--workers", "1", "--no-estimate"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "queued in" in line:
+            break
+    proc.send_signal(signal.SIGINT)                # while it watches: the workers have barely started
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3, "".join(seen) + rest
+    assert "Detached: the study goes on" in rest and "Traceback" not in rest
+    show = [sys.executable, "-m", "flowlib.study", "--show", "detach", "--runs-dir", str(runs)]
+    deadline = time.monotonic() + 300
+    while True:                                    # nothing cancelled it: it finishes with no terminal
+        done = subprocess.run(show, cwd=REPO, capture_output=True, text=True, timeout=120)
+        if done.returncode != 3 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(r["status"] for r in RunStore(runs).list_runs()) == ["finished", "finished"]
+
+
 def test_cli_refuses_bad_input_with_the_field_and_stores_nothing(tmp_path):
     cmd = [sys.executable, "-m", "flowlib.study", "--vary", "coupling=additive,bogus", "--steps", "3",
            "--runs-dir", str(tmp_path / "runs")]
