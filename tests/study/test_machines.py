@@ -7,10 +7,13 @@ same study run by one worker, and the app's Runs page shows trials from both wor
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
@@ -26,11 +29,12 @@ pytestmark = pytest.mark.slow
 
 FACES = (1, 32, 32)
 GRACE_S = "5"
+STEPS = 600          # a few seconds a trial: long enough to be killed in the middle of one
 
 
 def spec(name: str) -> StudySpec:
     return StudySpec(vary=(("permutation", ("reverse", "shuffle")),), name=name, dataset="faces",
-                     model_preset="faces-fast", seeds=2, steps=40, threads=1,
+                     model_preset="faces-fast", seeds=2, steps=STEPS, threads=1,
                      overrides={"hidden": "4", "steps": "1", "levels": "2", "batch_size": "8"})
 
 
@@ -47,13 +51,17 @@ def trials_of(url: str, name: str):
     return engine.load(open_storage(url), name).get_trials()
 
 
-def kill_mid_trial(url: str, name: str, victim: subprocess.Popen, timeout: float = 240) -> int:
-    """SIGKILL ``victim`` while it trains its second trial (after it finished one); that trial's number."""
+def kill_mid_trial(url: str, name: str, victim: subprocess.Popen, runs, timeout: float = 240) -> int:
+    """SIGKILL ``victim`` while it trains its second trial (after it finished one), its run between
+    two evaluations in its run store; that trial's number."""
     deadline = time.monotonic() + timeout
+    store = RunStore(runs)
     while time.monotonic() < deadline:
         mine = [t for t in trials_of(url, name) if (t.user_attrs.get("worker") or "").endswith(f":{victim.pid}")]
-        running = [t for t in mine if t.state == TrialState.RUNNING and t.user_attrs.get("curve", {}).get("step")]
-        if running and any(t.state == TrialState.COMPLETE for t in mine):
+        running = [t for t in mine if t.state == TrialState.RUNNING and "run_id" in t.user_attrs]
+        run = store.get_run(running[0].user_attrs["run_id"]) if running else None
+        if run and run["status"] == "running" and 0 < run["step"] < STEPS * 3 // 4 and any(
+                t.state == TrialState.COMPLETE for t in mine):
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait()
             return running[0].number
@@ -78,13 +86,24 @@ def one_worker_reference(tmp_path) -> dict:
     return api.answer(store, "ref", ref.storage_url)
 
 
-@pytest.mark.parametrize("where", ["postgresql", "embedded"])
-def test_two_workers_train_every_trial_once_survive_a_kill_and_answer_like_one(tmp_path, where, monkeypatch):
-    reason = postgres_kit.available()
-    if where == "postgresql" and reason:
-        pytest.skip(reason)
+@pytest.fixture
+def server_folder():
+    """A folder the ``postgres`` user can reach (pytest's tmp_path sits under a root-only folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="flowlab-pg-"))
+    os.chmod(folder, 0o755)
+    yield folder / "pg"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# skipped only where the server cannot exist; any other failure to start it fails the test
+@pytest.mark.parametrize("where", [
+    pytest.param("postgresql", marks=pytest.mark.skipif(postgres_kit.not_installed() is not None,
+                                                        reason=postgres_kit.not_installed() or "")),
+    "embedded"])
+def test_two_workers_train_every_trial_once_survive_a_kill_and_answer_like_one(tmp_path, where, monkeypatch,
+                                                                               server_folder):
     monkeypatch.delenv("FLOWLAB_STUDY_STORAGE", raising=False)
-    with (postgres_kit.postgres_server(tmp_path / "pg") if where == "postgresql" else _nothing()) as pg_url:
+    with (postgres_kit.postgres_server(server_folder) if where == "postgresql" else _nothing()) as pg_url:
         if where == "postgresql":
             url, runs_a, runs_b, concurrent = pg_url, tmp_path / "machine-a", tmp_path / "machine-b", 1
         else:
@@ -96,7 +115,7 @@ def test_two_workers_train_every_trial_once_survive_a_kill_and_answer_like_one(t
         with open(tmp_path / "a.log", "wb") as log_a, open(tmp_path / "b.log", "wb") as log_b:
             a = worker(url, runs_a, log_a, concurrent)
             b = worker(url, runs_b, log_b, concurrent)
-            killed = kill_mid_trial(url, "two", b)
+            killed = kill_mid_trial(url, "two", b, runs_b)
             assert a.wait(timeout=600) == 0, (tmp_path / "a.log").read_text()
         trials = trials_of(url, "two")
         by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
