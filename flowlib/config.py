@@ -288,7 +288,8 @@ class TrainConfig(CheckedConfig):
         help="end the run when the held-out bits/dim has not improved for this many evaluations "
              "and keep the weights of the best one (0 = never stop early, the default); a copy of "
              "the best weights is kept in memory and in the checkpoint, which doubles its size. "
-             "The evaluations use test images, so the final test score is then slightly optimistic")
+             "It judges the validation images (with validation_images=0 the test images, and the "
+             "final test score is then slightly optimistic)")
     seed: int = setting(
         0, kind="int", bounds=(0, 2**31 - 1), label="Training seed", flag="--seed",
         help="seed of batch order, dequantisation noise and torch's RNG")
@@ -298,14 +299,26 @@ class TrainConfig(CheckedConfig):
     eval_every: int = setting(
         250, kind="int", bounds=(1, 10**8), label="Evaluate every (steps)", short="evaluate every",
         flag="--eval-every", unit="steps", form=True, form_step=50,
-        help="steps between evaluations on held-out test images, each with a new grid of samples")
+        help="steps between evaluations on the held-out (validation) images, each with a new grid of samples")
     first_eval: int = setting(
         50, kind="int", bounds=(0, 10**8), label="First evaluation (step)", flag="--first-eval",
         unit="steps", compare=False,
         help="step of an early extra eval, so a chart shows a test point within a minute (0: none)")
     eval_subset: int = setting(
         512, kind="int", bounds=(1, 10**7), label="Test images per evaluation", flag="--eval-subset",
-        unit="images", help="fixed held-out images per eval (the full test set is used at the end)")
+        unit="images", help="with validation off: fixed test images per eval (the full test set is used at the end)")
+    # Selection (early stopping, a study's pruning and its "best") must not look at the test
+    # split, or the reported test number is optimistic: it reads validation images instead.
+    validation_images: int = setting(
+        500, kind="int", bounds=(0, 10**6), label="Validation images", flag="--validation-images",
+        unit="images",
+        help="training images held out from training (a fixed seeded draw, at most a tenth of the "
+             "training split) and scored at every evaluation, by early stopping and by a study's "
+             "pruning and 'best'; the test split is read once, at the end (0: evaluate on test images)",
+        explain="Images taken out of the training split before training (the same fixed draw for "
+                "every run of a dataset, at most a tenth of it) and scored at every evaluation: "
+                "the curve, early stopping and a study's choices read them, so the test split is "
+                "read once, at the end, for the number reported. 0 evaluates on test images.")
     epoch_size: int | None = setting(
         None, kind="int", bounds=(1, 10**9), optional=True, none_words="the dataset size",
         label="Images per epoch", flag="--epoch-size", unit="images", compare=False,

@@ -94,6 +94,11 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("FLOWLAB_ESTIMATE_MEMORY_MB", "int", "memory the speed-measuring process may use, in MB",
              default=3072),
     Variable("FLOWLAB_VIEW_THREADS", "int", "torch threads the exploration pages compute with", default=1),
+    Variable("FLOWLAB_STUDY_STORAGE", "text", "the study database the Runs page lists and starts studies in: "
+             "sqlite:///PATH, postgresql://USER@HOST/DB or a journal file (default: studies.sqlite in the "
+             "runs folder)", secret=True),
+    Variable("FLOWLAB_STUDY_GRACE_S", "float", "seconds without a heartbeat before a study trial is marked "
+             "failed and queued again for another worker", default=60.0),
 )}
 
 # The variables that decide a RunStore's limits (a page caches one store per combination).

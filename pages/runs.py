@@ -1,9 +1,10 @@
 """Runs: every run in one table; overlay the curves of several; compare their settings.
 
-Also studies (``flowlib.study``): the same model under two or more settings, several paired
-seeds each, answered with 95 % intervals and a verdict in words. A study's runs wait for a
-free training slot (``waiting``); the worker starts them, oldest first, whenever a run ends,
-with or without this page open. A study is listed, renamed, stopped and deleted as one unit.
+Also studies (``flowlib.study``, on Optuna): the same model under two or more settings, or a
+search over ranges, several paired seeds each, answered with 95 % intervals and a verdict in
+words. The studies listed are those of the study storage this server is pointed at
+(``FLOWLAB_STUDY_STORAGE``), trials trained on other machines included, then the older
+studies of the run store. Their trials train in worker processes, with or without this page.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from flowlib.store.studies import StudyStore
 from pages.common import reference, studies, ui
 from pages.common.settings_form import settings_table
 
 ui.require_router()
 
 CURVES = {
-    "test_bpd": ("test bits/dim (held-out images)", "bits/dim (lower is better)"),
+    "test_bpd": ("held-out bits/dim (validation images; test images in older runs)", "bits/dim (lower is better)"),
     "train_bpd": ("train bits/dim (training batches)", "bits/dim (lower is better)"),
     "loss_nats": ("training loss", "nats/image"),
     "images_per_s": ("speed", "images/s"),
@@ -163,22 +163,25 @@ flash = st.session_state.pop("runs_flash", None)
 if flash:
     getattr(st, flash[0])(flash[1])
 
-study_list = StudyStore(store).list()
-with st.expander("**Start a study**: the same model under two or more settings, several seeds each, "
-                 "answered with intervals", icon=":material/science:", expanded=not study_list):
+study_list, study_problem = studies.study_rows(store)
+with st.expander("**Start a study**: the same model under two or more settings, or a search over ranges, "
+                 "several seeds each, answered with intervals", icon=":material/science:", expanded=not study_list):
     st.markdown(
         "One click reproduces a paper's comparison (the Glow paper's reverse vs shuffle vs 1×1 "
-        "convolution, additive vs affine coupling, ...), or choose what to vary. Every arm trains the "
-        "same model with the same budget; seed *s* of every arm starts from the same weights and sees "
-        "the same batches, so differences are measured seed by seed. The answer: each arm's final "
-        "test bits/dim on the full test set with a 95 % interval, the paired difference to a baseline, "
-        "and a verdict in words — including \"no difference this study can resolve\".")
+        "convolution, additive vs affine coupling, ...), choose what to vary, or search ranges of settings "
+        "(Optuna's TPE sampler, losing configurations pruned). Every arm trains the same model with the "
+        "same budget; seed *s* of every arm starts from the same weights and sees the same batches, so "
+        "differences are measured seed by seed. The answer: each arm's final test bits/dim on the full "
+        "test set with a 95 % interval, every pair of arms compared (Holm-corrected), and a verdict in "
+        "words — including \"no difference this study can resolve\".")
     with ui.guard("planning the study"):
         studies.launcher(store)
+if study_problem:
+    st.warning(f"The study storage cannot be read: {study_problem}", icon=":material/warning:")
 
 
 def studies_body() -> None:
-    current = StudyStore(store).list()
+    current, _problem = studies.study_rows(store)
     if current:
         st.subheader("Studies", anchor=False)
         studies.section(store, current)
@@ -223,7 +226,12 @@ def runs_body(poll: bool) -> None:
             "name": st.column_config.TextColumn("name", width="medium"),
             "settings": st.column_config.TextColumn("key settings", width="medium"),
             "dataset": st.column_config.TextColumn("data", width="small"),
-            "best test bits/dim": st.column_config.NumberColumn(format="%.3f", help=ui.BPD_HELP),
+            "best test bits/dim": st.column_config.NumberColumn(
+                "best held-out bits/dim", format="%.3f",
+                help="The best periodic evaluation: on validation images held out from the training "
+                     "split (runs with validation images, the default), on test images for older runs. "
+                     "The test split's own number is the run's last evaluation, on the full test set. "
+                     + ui.BPD_HELP),
             "images/s": st.column_config.NumberColumn(format="%.0f", help=ui.IMAGES_PER_S_HELP),
             "yours": st.column_config.CheckboxColumn("yours"),
         },
@@ -251,7 +259,7 @@ def runs_body(poll: bool) -> None:
     if not fig.data:
         first = min((r["train"].get("first_eval") or r["train"].get("eval_every") or 0) for r in chosen)
         st.info(f"No {CURVES[key][0]} points yet for the ticked runs"
-                + (f": the first test evaluation is at step {first:,}." if key == "test_bpd" and first else ".")
+                + (f": the first evaluation is at step {first:,}." if key == "test_bpd" and first else ".")
                 + " The chart fills in as they train.", icon=":material/hourglass_top:")
     else:
         st.plotly_chart(fig, key="overlay_chart", config={"displaylogo": False})

@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["available", "postgres_server"]
+__all__ = ["available", "not_installed", "postgres_server"]
 
 
 def _bin_dir() -> Path | None:
@@ -32,10 +32,17 @@ def _bin_dir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def available() -> str | None:
-    """None when a server can be started here, else the reason in words."""
+def not_installed() -> str | None:
+    """The reason in words when Debian's PostgreSQL server binaries are missing, else None."""
     if _bin_dir() is None:
         return "PostgreSQL is not installed (apt-get install postgresql; .ci/run does it)"
+    return None
+
+
+def available() -> str | None:
+    """None when a server can be started here, else the reason in words."""
+    if not_installed():
+        return not_installed()
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser, and initdb refuses root"
     try:

@@ -40,6 +40,7 @@ pass through the flow, and ``classify`` gives p(y | x); see ``flowlib.core.condi
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import NamedTuple, Sequence
 
@@ -124,26 +125,29 @@ class Level(nn.Module):
     ``flat_layers()`` lists the same layers with the flow steps opened up.
     """
 
-    def __init__(self, cfg: FlowConfig, in_shape: tuple[int, int, int], index: int,
-                 generator: torch.Generator):
+    def __init__(self, cfg: FlowConfig, in_shape: tuple[int, int, int], index: int):
         super().__init__()
         c, h, w = in_shape
         self.index = index
         last = index == cfg.levels - 1
         common = dict(hidden=cfg.hidden, coupling=cfg.coupling, permutation=cfg.permutation,
-                      actnorm=cfg.actnorm, net_actnorm=cfg.coupling_actnorm,
-                      clamp=cfg.affine_clamp, generator=generator)
+                      actnorm=cfg.actnorm, net_actnorm=cfg.coupling_actnorm, clamp=cfg.affine_clamp)
+
+        def mixing_draws(stage: str, k: int) -> torch.Generator:
+            # each step's permutation draws from its own stream: (seed, its place), see position_seed
+            return torch.Generator().manual_seed(position_seed(cfg.seed, f"levels.{index}.{stage}.{k}.permutation"))
         # RealNVP's pattern: alternating checkerboards at full resolution before the squeeze.
         pre = []
         if cfg.mask == "realnvp":
-            pre = [FlowStep(c, h, w, mask="checkerboard", parity=k % 2, **common)
-                   for k in range(cfg.steps)]
+            pre = [FlowStep(c, h, w, mask="checkerboard", parity=k % 2, generator=mixing_draws("pre_steps", k),
+                            **common) for k in range(cfg.steps)]
         self.pre_steps = nn.ModuleList(pre)
         self.squeeze = Squeeze()
         c, h, w = 4 * c, h // 2, w // 2
         step_mask = "checkerboard" if cfg.mask == "checkerboard" else "channel"
         self.steps = nn.ModuleList(
-            FlowStep(c, h, w, mask=step_mask, parity=k % 2, **common) for k in range(cfg.steps))
+            FlowStep(c, h, w, mask=step_mask, parity=k % 2, generator=mixing_draws("steps", k), **common)
+            for k in range(cfg.steps))
         self.last = last
         if last:
             self.keep_channels, self.latent_shape = c, (c, h, w)
@@ -326,6 +330,31 @@ def align_legacy_optimizer_state(ckpt: dict) -> None:
     opt["state"] = {j: state[(j + 2) % n] for j in range(n) if (j + 2) % n in state}
 
 
+def position_seed(seed: int, place: str) -> int:
+    """The seed of one layer's initial draws: a hash of the model seed and the layer's place
+    (its name in the state dict, e.g. ``levels.1.steps.0.coupling.net.conv_in``)."""
+    digest = hashlib.sha256(f"{int(seed)}:{place}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _place_seeded_init(model: nn.Module, seed: int) -> None:
+    """Draw every randomly initialised convolution's weight and bias again, each from
+    :func:`position_seed` of its own name, with torch's default init (Kaiming-uniform weight;
+    bias uniform in ±1/√fan_in, so a bias is the same draw scaled by its layer's fan-in).
+    Zero-initialised ones (``ZeroConv2d``) stay zero. The checkpoint format is unchanged."""
+    zeroed = {id(m.conv) for m in model.modules() if isinstance(m, ZeroConv2d)}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, nn.Conv2d) or id(module) in zeroed:
+                continue
+            torch.manual_seed(position_seed(seed, f"{name}.weight"))
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                torch.manual_seed(position_seed(seed, f"{name}.bias"))
+                module.bias.uniform_(-1.0, 1.0).mul_(1.0 / math.sqrt(fan_in))
+
+
 class FlowModel(nn.Module):
     """A multi-scale normalizing flow (Glow / RealNVP / NICE, by config).
 
@@ -343,13 +372,14 @@ class FlowModel(nn.Module):
             raise ValueError(f"FlowModel needs a FlowConfig or a dict, got {type(config).__name__}")
         self.config = config
         cfg = config
-        # Same seed, same model: weights and shuffles come from a private RNG stream.
-        generator = torch.Generator().manual_seed(cfg.seed)
+        # Same seed, same model, and the same layer wherever two configs agree: every layer's
+        # random start comes from (seed, its place in the model), never from one shared stream,
+        # so a config that adds, drops or resizes one layer leaves every other layer as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             levels, shape = [], cfg.image_shape
             for i in range(cfg.levels):
-                level = Level(cfg, shape, i, generator=generator)
+                level = Level(cfg, shape, i)
                 levels.append(level)
                 shape = level.out_shape
             self.dequantizer = None
@@ -361,6 +391,7 @@ class FlowModel(nn.Module):
         self.classifier = None
         if cfg.conditional and cfg.class_loss_weight > 0:
             self.classifier = ClassifierHead(cfg.n_classes, self.levels[-1].latent_shape)
+        _place_seeded_init(self, cfg.seed)
         self.register_load_state_dict_pre_hook(_rename_top_prior_keys)
 
     # -- shapes and bookkeeping -----------------------------------------------------------

@@ -65,6 +65,7 @@ from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore
 
 from .launch import start_module
+from .placement import place_run
 
 __all__ = ["submit", "start_run", "start_waiting", "keep_queue_moving", "stop_run", "resume_run", "wait_for_run",
            "running_processes", "main", "RunLimitError", "RunStateError"]
@@ -102,8 +103,9 @@ def _launch(store: RunStore, run_id: int) -> subprocess.Popen:
     with open(store.log_path(run_id), "ab") as log:   # the child keeps its own copy of the fd
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting run {run_id}\n".encode())
         log.flush()
+        # one GPU per run, by free memory (flowlib.jobs.placement); {} on a machine without one
         return start_module("flowlib.jobs.worker", [str(int(run_id)), "--runs-dir", str(store.root)], log,
-                            FLOWLAB_RUNS_DIR=str(store.root))
+                            FLOWLAB_RUNS_DIR=str(store.root), **place_run(store, run_id))
 
 
 def _launch_claimed(store: RunStore, run_id: int, watch: bool = True) -> int:

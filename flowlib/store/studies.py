@@ -17,6 +17,19 @@ one); a study only remembers which arm and seed each one is, and its owner owns 
 Creating a study is all or nothing: every run is first stored as ``created`` (which the
 queue never starts), linked to the study, and only then are they all moved to ``waiting``
 in one transaction. If anything fails on the way, what was made is deleted again.
+
+Studies are Optuna studies now (``flowlib.study.engine``: the study, its trials and their
+results live in the study storage, which many machines can share). This run store keeps a
+*local record* of each such study that trained or was started here: a ``studies`` row whose
+spec is ``{"engine": "optuna", "storage": KEY, "study": NAME, "planned_runs": N, ...}``, and a
+``study_runs`` row for each trial trained on this machine, so the Runs table marks those runs
+and a study's runs are deleted as a unit. Rows made before that (no ``engine`` key) are the
+older studies, whose runs are all here; they still open and answer.
+
+Admission (:meth:`StudyStore.admit`): a visitor's new study is counted against the caps in the
+same ``BEGIN IMMEDIATE`` transaction that records it, with everything the visitor already has
+pending (waiting and training runs, and the runs their open studies have yet to train), so two
+studies submitted at once, or a button pressed twice, cannot both slip under the cap.
 """
 
 from __future__ import annotations
@@ -27,9 +40,11 @@ import time
 from typing import Any, Iterable
 
 from .request import RunRequest
-from .runs import ACTIVE_STATUSES, WAITING, RunStateError, RunStore, sanitize_name
+from .runs import ACTIVE_STATUSES, MAX_OWNER, WAITING, RunLimitError, RunStateError, RunStore, sanitize_name
 
-__all__ = ["StudyStore", "PlannedRun", "study_status"]
+__all__ = ["StudyStore", "PlannedRun", "study_status", "ENGINE"]
+
+ENGINE = "optuna"
 
 # (arm name, seed, the run's request)
 PlannedRun = tuple[str, int, RunRequest]
@@ -108,6 +123,93 @@ class StudyStore:
         self.store.transaction(lambda c: (c.execute("DELETE FROM study_runs WHERE study_id=?", (study_id,)),
                                           c.execute("DELETE FROM studies WHERE id=?", (study_id,))))
 
+    # -- studies kept in a study storage: this machine's record of them ------------------------
+    def _pending(self, conn, owner: str) -> int:
+        """Runs ``owner`` has waiting or training outside studies, plus the runs their open
+        studies have yet to train (planned minus the ones that ended here)."""
+        loose = conn.execute(
+            "SELECT COUNT(*) FROM runs WHERE owner=? AND status IN ('waiting', 'queued', 'running', 'stopping') "
+            "AND id NOT IN (SELECT run_id FROM study_runs)", (owner,)).fetchone()[0]
+        total = loose
+        for row in conn.execute("SELECT id, spec FROM studies WHERE owner=?", (owner,)).fetchall():
+            try:
+                spec = json.loads(row["spec"])
+            except (TypeError, ValueError):
+                continue
+            if spec.get("closed"):
+                continue
+            counts = conn.execute(
+                "SELECT COUNT(*), SUM(CASE WHEN r.status IN ('finished', 'failed', 'stopped', 'lost') THEN 1 ELSE 0 END) "
+                "FROM study_runs s JOIN runs r ON r.id = s.run_id WHERE s.study_id=?", (row["id"],)).fetchone()
+            linked, ended = counts[0] or 0, counts[1] or 0
+            planned = spec.get("planned_runs", linked) if spec.get("engine") == ENGINE else linked
+            total += max(0, int(planned) - int(ended))
+        return total
+
+    def admit(self, name: Any, storage_key: str, study_name: str, planned_runs: int, owner: str | None,
+              extra: dict | None = None) -> int:
+        """Record a new study of ``owner`` that will train ``planned_runs`` runs here, checked
+        against the visitor's cap (FLOWLAB_MAX_WAITING_PER_VISITOR) in the same transaction;
+        its local id. RunLimitError, naming the numbers, when it does not fit; nothing stored."""
+        cap = self.store.limits.max_waiting_per_owner
+        owner_text = None if owner is None else str(owner)[:MAX_OWNER]
+        spec = {"engine": ENGINE, "storage": storage_key, "study": study_name, "planned_runs": int(planned_runs),
+                **(extra or {})}
+
+        def admit(conn):
+            if owner_text is not None and cap is not None:
+                have = self._pending(conn, owner_text)
+                if have + int(planned_runs) > cap:
+                    raise RunLimitError(
+                        f"this study has {int(planned_runs)} runs and you already have {have} waiting or to "
+                        f"come; the limit is {cap} per visitor (FLOWLAB_MAX_WAITING_PER_VISITOR). Wait for "
+                        "some to finish, or stop some first")
+            return conn.execute("INSERT INTO studies (name, created, owner, spec) VALUES (?, ?, ?, ?)",
+                                (sanitize_name(name, fallback="study"), time.time(), owner_text,
+                                 json.dumps(spec))).lastrowid
+        return self.store.transaction(admit)
+
+    def local_of(self, storage_key: str, study_name: str) -> dict | None:
+        """This run store's record of the study ``study_name`` in the storage ``storage_key``."""
+        for row in self.store.read(lambda c: c.execute("SELECT * FROM studies ORDER BY id").fetchall()):
+            try:
+                spec = json.loads(row["spec"])
+            except (TypeError, ValueError):
+                continue
+            if spec.get("engine") == ENGINE and spec.get("storage") == storage_key and spec.get("study") == study_name:
+                return {**dict(row), "spec": spec}
+        return None
+
+    def record(self, storage_key: str, study_name: str, owner: str | None = None, planned_runs: int = 0) -> int:
+        """The local id of a study kept in a storage, made now if this machine has none (a
+        worker training its first trial of a study started elsewhere; no cap applies)."""
+        found = self.local_of(storage_key, study_name)
+        if found is not None:
+            return found["id"]
+        return self.admit(study_name, storage_key, study_name, planned_runs, None,
+                          {"closed": True} if not planned_runs else None)
+
+    def link(self, study_id: int, run_id: int, arm: str, seed: int) -> None:
+        self.store.transaction(lambda c: c.execute(
+            "INSERT OR IGNORE INTO study_runs (study_id, run_id, arm, seed) VALUES (?, ?, ?, ?)",
+            (int(study_id), int(run_id), str(arm), int(seed))))
+
+    def close(self, study_id: int) -> None:
+        """The study has nothing more to train here: its planned runs stop counting as pending."""
+        def close(conn):
+            row = conn.execute("SELECT spec FROM studies WHERE id=?", (int(study_id),)).fetchone()
+            if row is None:
+                return
+            spec = json.loads(row["spec"])
+            spec["closed"] = True
+            conn.execute("UPDATE studies SET spec=? WHERE id=?", (json.dumps(spec), int(study_id)))
+        self.store.transaction(close)
+
+    def forget(self, study_id: int) -> None:
+        """Remove a local record and its links (its runs stay); used when creating the study failed."""
+        self.store.transaction(lambda c: (c.execute("DELETE FROM study_runs WHERE study_id=?", (int(study_id),)),
+                                          c.execute("DELETE FROM studies WHERE id=?", (int(study_id),))))
+
     # -- reading --------------------------------------------------------------------------
     def _decode(self, row, links: list, runs_by_id: dict[int, dict] | None = None) -> dict:
         """``runs_by_id``: every run already read (list); else each linked run is read here."""
@@ -137,8 +239,9 @@ class StudyStore:
             (int(study_id),)).fetchall())
         return self._decode(row, links)
 
-    def list(self, owner: str | None = None) -> list[dict]:
-        """Every study (or one owner's), newest first, each with its runs."""
+    def list(self, owner: str | None = None, legacy_only: bool = False) -> list[dict]:
+        """Every study (or one owner's), newest first, each with its runs; ``legacy_only``:
+        only those made before studies lived in a study storage."""
         def read(c):
             if owner is None:
                 return c.execute("SELECT * FROM studies ORDER BY id DESC").fetchall()
@@ -153,7 +256,8 @@ class StudyStore:
         for link in self.store.read(lambda c: c.execute(
                 "SELECT study_id, run_id, arm, seed FROM study_runs ORDER BY run_id").fetchall()):
             links.setdefault(link["study_id"], []).append(link)
-        return [self._decode(row, links.get(row["id"], []), runs_by_id) for row in rows]
+        out = [self._decode(row, links.get(row["id"], []), runs_by_id) for row in rows]
+        return [s for s in out if s["spec"].get("engine") != ENGINE] if legacy_only else out
 
     def run_ids(self) -> dict[int, int]:
         """{run id: study id} for every run that belongs to a study."""

@@ -2,51 +2,68 @@
 
     python -m flowlib.study --preset permutation --seeds 3 --steps 2000 --json results.json
     python -m flowlib.study --vary coupling=additive,affine --set hidden=32 --steps 300
-    python -m flowlib.study --show 4            # the answer of study 4 (also while it runs)
+    python -m flowlib.study --search lr=1e-4:1e-2:log --search hidden=32,64,128 --trials 12 --steps 500
 
-    from flowlib.study.spec import StudySpec, plan, submit, answer
+    from flowlib.study.spec import StudySpec, plan
     spec = StudySpec.from_preset("permutation", seeds=3, steps=2000)
-    study_id = submit(store, spec, image_shape=(1, 28, 28), owner=visitor)
-    result = answer(store, study_id)        # arms, means, 95 % intervals, paired differences, verdict
+    p = plan(spec, image_shape=(1, 28, 28))     # a StudyPlan (a comparison) or a SearchPlan; ConfigError naming the field
+
+Two kinds of study, both paired over seeds:
+
+comparison  one or two settings to vary with their values (the arms, their product), or
+            explicit arms (``arms``: a re-run of a search's best against its baseline); every
+            arm × seed is one run. No pruning: a verdict needs every run.
+search      ranges to sample from (``search``: ``lr=1e-4:1e-2:log``, ``hidden=32,64,128``),
+            ``trials`` configurations drawn by Optuna's TPE sampler, each trained with every
+            seed; losing configurations are pruned (``flowlib.study.engine`` says which pruner
+            and why).
 
 A study = a base configuration (a model preset and the Train page's training defaults for
-it, changed by ``overrides``), one or two settings to vary with their values (the arms), a
-number of seeds, and one budget for every run. Runs are *paired*: seed s of every arm uses
-model seed s (same initial noise wherever the shapes agree) and training seed s (same batch
-order and dequantisation noise); every evaluation uses the trainer's fixed evaluation noise.
-A difference is therefore measured seed by seed, which removes most of what the seeds share.
+it, changed by ``overrides``), what varies, a number of seeds, and one budget for every run.
+Runs are *paired*: seed s of every arm uses model seed s (every layer's initial weights
+derive from (s, its place), so they are the same wherever two arms' shapes agree) and
+training seed s (same batch order and dequantisation noise); every evaluation uses the
+trainer's fixed evaluation noise. Each run trains with a fixed number of CPU threads
+(``threads``) and torch's deterministic kernels, so the same arm and seed give bit-identical
+numbers on the same machine. Evaluations during training score validation images held out
+from the training split (what pruning and "best" read); the test split is scored once, at
+the end of each run, and that is the number a study reports.
 
 The learning rate and schedule come from the base configuration exactly as the Train page
 sets them (``PRESET_LR``, cosine). Warm-up is scaled to the budget, at most 10 % of it.
-The runs go through the run store's queue (``worker``), so a study started here shows in
-the app while it runs, and a study started in the app keeps running with no page open.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
-import statistics
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from flowlib.config import APP_TRAIN_DEFAULTS, PRESET_LR, PRESETS, FlowConfig, TrainConfig
 from flowlib.settings import ConfigError, Setting, settings_of
 
-from .stats import Summary, paired_difference, summarize
+from .space import SearchRange, parse_range
 
-__all__ = ["StudySpec", "StudyPreset", "STUDY_PRESETS", "Arm", "StudyPlan", "plan", "submit",
-           "answer", "answer_csv", "parse_assignment", "parse_value", "estimate_seconds",
-           "MAX_SEEDS", "MAX_STUDY_RUNS", "TIME_BUDGET_WARNING"]
+__all__ = ["StudySpec", "StudyPreset", "STUDY_PRESETS", "Arm", "StudyPlan", "SearchPlan", "plan",
+           "parse_assignment", "parse_value", "value_words", "arm_name", "dataset_shape", "default_threads",
+           "MAX_SEEDS", "MAX_STUDY_RUNS", "MAX_SEARCH_RUNS", "MAX_TRIALS", "TIME_BUDGET_WARNING",
+           "NOT_VARIABLE", "EVALS_PER_RUN"]
 
 MAX_SEEDS = 20
-MAX_STUDY_RUNS = 60
+MAX_STUDY_RUNS = 60        # a comparison: arms × seeds
+MAX_TRIALS = 100           # a search: configurations
+MAX_SEARCH_RUNS = 300      # a search: configurations × seeds
 MAX_VARIED = 2
+MAX_SEARCHED = 6
 WARMUP_SHARE = 0.10        # warm-up is at most this share of a step budget
-EVALS_PER_RUN = 10         # test evaluations along each run: the points of the curves
+SHORT_WARMUP = 100         # a scaled warm-up shorter than this gets a warning
+EVALS_PER_RUN = 10         # evaluations along each run: the points of the curves and of pruning
 
-# Settings a study may not vary: pairing, data and bookkeeping, not the thing compared.
+# Settings a study may not vary (nor set with --set, for the data ones): pairing, data and
+# bookkeeping, not the thing compared.
+DATA_SETTINGS = ("dataset", "dataset_options", "image_shape", "validation_images")
 NOT_VARIABLE = {
     "seed": "the seeds are the study's repeats; set the number of seeds instead",
     "dataset": "bits/dim on different test sets are not comparable; run one study per dataset",
@@ -54,6 +71,8 @@ NOT_VARIABLE = {
     "image_shape": "the image shape comes from the dataset",
     "max_steps": "every arm gets the same budget; set the study's budget instead",
     "max_minutes": "every arm gets the same budget; set the study's budget instead",
+    "validation_images": "every arm must be judged on the same validation images",
+    "threads": "runs of a study use one fixed thread count (--threads), so they are bit-identical when repeated",
 }
 for _name in ("log_every", "eval_every", "first_eval", "eval_subset", "epoch_size", "sample_temperatures",
               "samples_per_temperature", "checkpoint_every_minutes", "device"):
@@ -115,7 +134,7 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return key, value.strip()
 
 
-def _value_words(name: str, value) -> str:
+def value_words(name: str, value) -> str:
     _, s = _setting_of(name)
     if s.kind == "bool":
         return f"{name} {'on' if value else 'off'}"
@@ -178,6 +197,19 @@ class StudySpec:
     overrides: dict = field(default_factory=dict)   # base configuration changes (model or training)
     baseline: str | None = None          # an arm's name; default: the preset's, else the first arm
     preset: str | None = None            # the one-click study this came from, if any
+    search: tuple = ()                   # ((setting, "range text"), ...): a search instead of a comparison
+    trials: int = 10                     # a search: how many configurations to draw
+    prune: bool | None = None            # None: on for a search, off for a comparison
+    threads: int | None = None           # CPU threads of every run (None: chosen when planned, then fixed)
+    arms: tuple = ()                     # ((name, {setting: value}), ...): explicit arms (a re-run)
+
+    @property
+    def kind(self) -> str:
+        return "search" if self.search else "comparison"
+
+    @property
+    def pruning(self) -> bool:
+        return bool(self.search) if self.prune is None else bool(self.prune) and bool(self.search)
 
     @classmethod
     def from_preset(cls, name: str, **changes) -> "StudySpec":
@@ -191,14 +223,21 @@ class StudySpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["vary"] = [[name, list(values)] for name, values in self.vary]
+        d["search"] = [[name, str(text)] for name, text in self.search]
+        d["arms"] = [[name, dict(settings)] for name, settings in self.arms]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "StudySpec":
         d = dict(d)
         d["vary"] = tuple((name, tuple(values)) for name, values in d.get("vary", ()))
+        d["search"] = tuple((name, str(text)) for name, text in d.get("search", ()))
+        d["arms"] = tuple((name, dict(settings)) for name, settings in d.get("arms", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **changes) -> "StudySpec":
+        return StudySpec.from_dict({**self.to_dict(), **changes})
 
 
 @dataclass(frozen=True)
@@ -213,12 +252,35 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Base:
+    """The configuration every arm or trial starts from, and how to change it."""
+
+    config: FlowConfig
+    train: TrainConfig
+
+    def arm(self, settings: dict, name: str | None = None) -> Arm:
+        """The arm with ``settings`` (parsed values) applied; ConfigError naming the arm and setting."""
+        name = name or arm_name(settings)
+        flow = {k: v for k, v in settings.items() if k in _FLOW_SETTINGS}
+        train = {k: v for k, v in settings.items() if k in _TRAIN_SETTINGS}
+        try:
+            return Arm(name, dict(settings), self.config.replace(**flow), self.train.replace(**train))
+        except ConfigError as exc:
+            raise ConfigError(f"arm {name}: {exc}", exc.field or next(iter(settings), None)) from None
+
+
+@dataclass(frozen=True)
 class StudyPlan:
+    """A comparison: its arms, baseline and seeds."""
+
     spec: StudySpec
     arms: tuple[Arm, ...]
     baseline: str
     seeds: tuple[int, ...]
     warnings: tuple[str, ...]
+    base: Base | None = None
+
+    kind = "comparison"
 
     @property
     def n_runs(self) -> int:
@@ -227,12 +289,56 @@ class StudyPlan:
     def describe(self) -> dict:
         """What is stored with the study beside the spec: arms, baseline, warnings, paper order."""
         preset = STUDY_PRESETS.get(self.spec.preset or "")
-        return {"spec": self.spec.to_dict(), "baseline": self.baseline, "warnings": list(self.warnings),
-                "seeds": list(self.seeds),
+        return {"spec": self.spec.to_dict(), "kind": "comparison", "baseline": self.baseline,
+                "warnings": list(self.warnings), "seeds": list(self.seeds),
                 "arms": [{"name": a.name, "settings": a.settings, "config": a.config.to_dict(),
                           "train": a.train.to_dict()} for a in self.arms],
+                "base": {"config": self.base.config.to_dict(), "train": self.base.train.to_dict()} if self.base else None,
                 "paper_order": list(preset.paper_order) if preset else [],
                 "source": preset.source if preset else ""}
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A search: the base configuration (its baseline), the ranges, the seeds per configuration."""
+
+    spec: StudySpec
+    base: Base
+    ranges: tuple[SearchRange, ...]
+    seeds: tuple[int, ...]
+    warnings: tuple[str, ...]
+
+    kind = "search"
+    baseline = "base configuration"
+
+    @property
+    def n_runs(self) -> int:
+        """Runs if no configuration is pruned (a pruned one costs one run, not len(seeds))."""
+        return self.spec.trials * len(self.seeds)
+
+    @property
+    def arms(self) -> tuple[Arm, ...]:
+        """One arm: the base configuration, for estimates (every trial costs about as much)."""
+        return (self.base.arm({}, "base configuration"),)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec.to_dict(), "kind": "search", "baseline": self.baseline,
+                "warnings": list(self.warnings), "seeds": list(self.seeds),
+                "ranges": [[r.name, r.to_text()] for r in self.ranges],
+                "base": {"config": self.base.config.to_dict(), "train": self.base.train.to_dict()},
+                "arms": [], "paper_order": [], "source": ""}
+
+
+def arm_name(settings: dict) -> str:
+    """"coupling additive" style: the arm's varied values in words, in order."""
+    return ", ".join(value_words(k, v) for k, v in settings.items()) or "base configuration"
+
+
+def default_threads() -> int:
+    """CPU threads of a study's runs when the spec does not say: 2 where there are at least 2
+    cores (the thread count is fixed for a run and stored with the study, so every machine
+    trains it alike)."""
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def _budget(spec: StudySpec) -> dict:
@@ -252,15 +358,64 @@ def _budget(spec: StudySpec) -> dict:
     return out
 
 
-def plan(spec: StudySpec, image_shape: tuple[int, int, int]) -> StudyPlan:
-    """Check a spec and expand it into arms; ConfigError naming the field if anything is wrong."""
+def _check_common(spec: StudySpec) -> None:
     if not isinstance(spec.seeds, int) or isinstance(spec.seeds, bool) or not 1 <= spec.seeds <= MAX_SEEDS:
         raise ConfigError(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got {spec.seeds!r}", "seeds")
     if spec.model_preset not in PRESETS:
         raise ConfigError(f"unknown model preset {spec.model_preset!r}; choose one of {', '.join(PRESETS)}",
                           "model_preset")
-    if not spec.vary:
-        raise ConfigError("a study varies one or two settings; none given", "vary")
+    if spec.threads is not None and (not isinstance(spec.threads, int) or isinstance(spec.threads, bool)
+                                     or not 1 <= spec.threads <= 1024):
+        raise ConfigError(f"threads must be a whole number from 1 to 1024, got {spec.threads!r}", "threads")
+
+
+def _base(spec: StudySpec, image_shape: tuple[int, int, int]) -> Base:
+    flow_over, train_over = {}, {}
+    for key, value in spec.overrides.items():
+        where, _ = _setting_of(key)
+        if key in ("seed", "image_shape"):
+            raise ConfigError(f"{key} is set by the study itself", key)
+        if key in DATA_SETTINGS:
+            raise ConfigError(f"--set {key}: a study's data is its own setting (--dataset, --data-path); every "
+                              "run of a study reads the same data", key)
+        (flow_over if where == "flow" else train_over)[key] = parse_value(key, value)
+    if train_over.get("threads", 0) is None:
+        raise ConfigError("threads: a study's runs use a fixed thread count (so they repeat bit for bit); "
+                          "give a number", "threads")
+    try:
+        base_flow = PRESETS[spec.model_preset].replace(image_shape=tuple(image_shape), **flow_over)
+        train_defaults = {"dataset": spec.dataset, "dataset_options": dict(spec.dataset_options),
+                          "lr": PRESET_LR.get(spec.model_preset, APP_TRAIN_DEFAULTS.lr), **_budget(spec),
+                          "threads": spec.threads or train_over.get("threads") or default_threads()}
+        if "warmup_steps" in train_over and spec.steps is not None:
+            train_over["warmup_steps"] = min(train_over["warmup_steps"], train_defaults["warmup_steps"])
+        base_train = APP_TRAIN_DEFAULTS.replace(**{**train_defaults, **train_over})
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}", exc.field) from None
+    return Base(base_flow, base_train)
+
+
+def _warnings(spec: StudySpec, base: Base) -> list[str]:
+    out = [TIME_BUDGET_WARNING] if spec.minutes is not None else []
+    if spec.steps is not None and base.train.warmup_steps < SHORT_WARMUP:
+        out.append(f"The budget of {spec.steps:,} steps is short for the warm-up: it was cut to "
+                   f"{base.train.warmup_steps} steps (10 % of the budget; the Train page uses "
+                   f"{APP_TRAIN_DEFAULTS.warmup_steps}), so early non-finite losses are more likely and the "
+                   "answer is about the first minutes of training only.")
+    if spec.seeds == 1:
+        out.append("One seed gives no interval: every comparison will read 'no conclusion'.")
+    return out
+
+
+def plan(spec: StudySpec, image_shape: tuple[int, int, int]) -> StudyPlan | SearchPlan:
+    """Check a spec and expand it into arms (or ranges); ConfigError naming the field if anything is wrong."""
+    _check_common(spec)
+    if spec.search:
+        return _plan_search(spec, image_shape)
+    if spec.arms and spec.vary:
+        raise ConfigError("give either settings to vary or explicit arms, not both", "vary")
+    if not spec.vary and not spec.arms:
+        raise ConfigError("a study varies one or two settings (or searches ranges); none given", "vary")
     if len(spec.vary) > MAX_VARIED:
         raise ConfigError(f"a study varies at most {MAX_VARIED} settings at once; got {len(spec.vary)}", "vary")
     names = [name for name, _ in spec.vary]
@@ -272,39 +427,32 @@ def plan(spec: StudySpec, image_shape: tuple[int, int, int]) -> StudyPlan:
             raise ConfigError(f"a study cannot vary {name}: {NOT_VARIABLE[name]}", name)
         if not values:
             raise ConfigError(f"the value list of {name} is empty: give at least two values", name)
-    flow_over, train_over = {}, {}
-    for key, value in spec.overrides.items():
-        where, _ = _setting_of(key)
-        if key in ("seed", "image_shape"):
-            raise ConfigError(f"{key} is set by the study itself", key)
-        (flow_over if where == "flow" else train_over)[key] = parse_value(key, value)
-
-    base_flow = PRESETS[spec.model_preset].replace(image_shape=tuple(image_shape), **flow_over)
-    train_defaults = {"dataset": spec.dataset, "dataset_options": dict(spec.dataset_options),
-                      "lr": PRESET_LR.get(spec.model_preset, APP_TRAIN_DEFAULTS.lr), **_budget(spec)}
-    if "warmup_steps" in train_over and spec.steps is not None:
-        train_over["warmup_steps"] = min(train_over["warmup_steps"], train_defaults["warmup_steps"])
-    base_train = APP_TRAIN_DEFAULTS.replace(**{**train_defaults, **train_over})
-    warnings = [TIME_BUDGET_WARNING] if spec.minutes is not None else []
-
+        if len({str(v).strip().lower() for v in values}) < 2:
+            raise ConfigError(f"--vary {name} has one value ({values[0]}): a comparison needs at least two; "
+                              f"to change the base configuration use --set {name}={values[0]}", name)
+    base = _base(spec, image_shape)
+    if spec.arms:
+        combos = []
+        for arm_label, settings in spec.arms:
+            for key in settings:
+                _setting_of(key)
+                if key in NOT_VARIABLE:
+                    raise ConfigError(f"arm {arm_label}: a study cannot vary {key}: {NOT_VARIABLE[key]}", key)
+            combos.append((str(arm_label), {k: parse_value(k, v) for k, v in settings.items()}))
+        if len(combos) < 2:
+            raise ConfigError("a comparison needs at least two arms", "arms")
+    else:
+        combos = [(None, dict(c)) for c in itertools.product(
+            *[[(name, parse_value(name, v)) for v in values] for name, values in spec.vary])]
     arms, seen = [], {}
-    for combo in itertools.product(*[[(name, parse_value(name, v)) for v in values] for name, values in spec.vary]):
-        settings = dict(combo)
-        flow_changes = {k: v for k, v in settings.items() if k in _FLOW_SETTINGS}
-        train_changes = {k: v for k, v in settings.items() if k in _TRAIN_SETTINGS}
-        name = ", ".join(_value_words(k, v) for k, v in combo)
-        try:
-            cfg = base_flow.replace(**flow_changes)
-            tc = base_train.replace(**train_changes)
-        except ConfigError as exc:
-            raise ConfigError(f"arm {name}: {exc}", exc.field or names[0]) from None
-        key = (cfg.to_json(), tc.to_json())
+    for label, settings in combos:
+        arm = base.arm(settings, label)
+        key = (arm.config.to_json(), arm.train.to_json())
         if key in seen:
-            raise ConfigError(f"arms '{seen[key]}' and '{name}' have identical settings: give each arm a "
-                              "different value", names[0])
-        seen[key] = name
-        arms.append(Arm(name, {k: v for k, v in settings.items()}, cfg, tc))
-
+            raise ConfigError(f"arms '{seen[key]}' and '{arm.name}' have identical settings: give each arm a "
+                              "different value", names[0] if names else "arms")
+        seen[key] = arm.name
+        arms.append(arm)
     seeds = tuple(range(int(spec.first_seed), int(spec.first_seed) + spec.seeds))
     if len(arms) * len(seeds) > MAX_STUDY_RUNS:
         raise ConfigError(f"{len(arms)} arms × {len(seeds)} seeds = {len(arms) * len(seeds)} runs; a study "
@@ -313,222 +461,41 @@ def plan(spec: StudySpec, image_shape: tuple[int, int, int]) -> StudyPlan:
     baseline = spec.baseline if spec.baseline is not None else arm_names[0]
     if baseline not in arm_names:
         raise ConfigError(f"baseline {baseline!r} is not one of the arms ({', '.join(arm_names)})", "baseline")
-    if len(seeds) == 1:
-        warnings.append("One seed gives no interval: every difference will read as unresolved.")
-    return StudyPlan(spec, tuple(arms), baseline, seeds, tuple(warnings))
+    return StudyPlan(spec, tuple(arms), baseline, seeds, tuple(_warnings(spec, base)), base)
 
 
-# -- running ----------------------------------------------------------------------------------
-def submit(store, spec: StudySpec, image_shape: tuple[int, int, int], owner: str | None = None) -> int:
-    """Check the spec, store the study and queue every run (all or none); the study id.
+def _plan_search(spec: StudySpec, image_shape) -> SearchPlan:
+    if spec.vary or spec.arms:
+        raise ConfigError("a study either compares (--vary) or searches (--search), not both", "search")
+    if len(spec.search) > MAX_SEARCHED:
+        raise ConfigError(f"a search explores at most {MAX_SEARCHED} settings; got {len(spec.search)}", "search")
+    if not isinstance(spec.trials, int) or isinstance(spec.trials, bool) or not 2 <= spec.trials <= MAX_TRIALS:
+        raise ConfigError(f"trials must be a whole number from 2 to {MAX_TRIALS}, got {spec.trials!r}", "trials")
+    base = _base(spec, image_shape)
+    names = [name for name, _ in spec.search]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"setting {dup!r} is searched twice", dup)
+    ranges = []
+    for name, text in spec.search:
+        _, setting = _setting_of(name)
+        if name in NOT_VARIABLE:
+            raise ConfigError(f"a search cannot vary {name}: {NOT_VARIABLE[name]}", name)
 
-    Runs start at once when a training slot is free, otherwise as slots free up, whether or
-    not any page or this process is still there.
-    """
-    from flowlib.jobs import worker
-    from flowlib.store.request import RunRequest
-    from flowlib.store.studies import StudyStore
-
-    p = plan(spec, image_shape)
-    planned = []
-    for seed in p.seeds:                      # seed-major: a stopped study has whole seeds
-        for arm in p.arms:
-            cfg, tc = arm.run_configs(seed)
-            request = RunRequest(f"{spec.name or 'study'}-{arm.name}-s{seed}", cfg, tc, owner=owner,
-                                 preset=spec.model_preset)
-            planned.append((arm.name, seed, request))
-    # The store admits every run or none: each one's caps are checked before any is stored.
-    study_id = StudyStore(store).create(spec.name or spec.preset or "study", p.describe(), planned, owner=owner)
-    worker.start_waiting(store)
-    return study_id
-
-
-# -- estimates --------------------------------------------------------------------------------
-# Measured here (2-core VM): a worker process takes ~6 s from launch to its first step
-# (imports, MNIST from disk, model build) and evaluation runs ~3× faster per image than a
-# training step (forward only, no backward).
-RUN_OVERHEAD_S = 6.0
-EVAL_SPEEDUP = 3.0
-
-
-def estimate_seconds(p: StudyPlan, images_per_s: dict[str, float | None], test_images: int = 10_000) -> float | None:
-    """Seconds for the whole study run one after another, from each arm's training images/s;
-    None when any arm's speed is unknown. Includes each run's evaluations and start-up."""
-    total = 0.0
-    for arm in p.arms:
-        ips = images_per_s.get(arm.name)
-        if not ips or ips <= 0:
-            return None
-        tc = arm.train
-        if tc.max_steps is not None:
-            train_s = tc.max_steps * tc.batch_size / ips
-            evals = tc.max_steps // tc.eval_every
-        else:
-            train_s = tc.max_minutes * 60
-            evals = EVALS_PER_RUN
-        eval_s = (evals * tc.eval_subset + test_images) / (EVAL_SPEEDUP * ips)
-        if tc.max_minutes is not None:
-            train_s = min(train_s, tc.max_minutes * 60)
-        total += len(p.seeds) * (train_s + eval_s + RUN_OVERHEAD_S)
-    return total
-
-
-# -- the answer -------------------------------------------------------------------------------
-def _final_bpd(store, run: dict) -> float | None:
-    if run["status"] != "finished":
-        return None
-    curve = store.metrics(run["id"], keys=["test_bpd_full"]).get("test_bpd_full")
-    if not curve or curve["value"][-1] is None or not math.isfinite(curve["value"][-1]):
-        return None
-    return float(curve["value"][-1])
-
-
-def _curve_with_time(store, run_id: int) -> dict:
-    m = store.metrics(run_id, keys=["test_bpd", "test_bpd_full", "elapsed_s", "images_per_s"])
-    elapsed = m.get("elapsed_s", {"step": [], "value": []})
-    points = {}
-    for key in ("test_bpd", "test_bpd_full"):
-        c = m.get(key)
-        if c:
-            points.update({s: v for s, v in zip(c["step"], c["value"]) if v is not None})
-    steps = sorted(points)
-    times = []
-    for s in steps:   # the training time logged at (or just before) each evaluation
-        earlier = [v for st, v in zip(elapsed["step"], elapsed["value"]) if st <= s and v is not None]
-        times.append(earlier[-1] if earlier else 0.0)
-    ips = [v for v in m.get("images_per_s", {}).get("value", []) if v]
-    return {"step": steps, "time": times, "value": [points[s] for s in steps],
-            "images_per_s": statistics.median(ips) if ips else None}
-
-
-def answer(store, study_id: int, with_curves: bool = True) -> dict:
-    """Everything a study has found so far: arms, per-seed results, means with 95 % intervals,
-    paired differences to the baseline, the verdict in words, and the curves."""
-    from flowlib.size import parameter_count
-    from flowlib.store.studies import StudyStore
-
-    study = StudyStore(store).get(study_id)
-    if study is None:
-        raise KeyError(f"no study with id {study_id}")
-    described = study["spec"]
-    spec = StudySpec.from_dict(described.get("spec", {}))
-    baseline = described.get("baseline")
-    arms_out, by_arm = [], {}
-    for arm in described.get("arms", []):
-        runs = sorted((r for r in study["runs"] if r["arm"] == arm["name"]), key=lambda r: r["seed"])
-        run_rows, finals, speeds = [], {}, []
-        for r in runs:
-            final = _final_bpd(store, r)
-            curve = _curve_with_time(store, r["id"]) if with_curves or final is not None else None
-            row = {"seed": r["seed"], "run_id": r["id"], "status": r["status"], "final_test_bpd": final,
-                   "images_per_s": curve["images_per_s"] if curve else None, "message": r["message"]}
-            if with_curves:
-                row["curve"] = curve
-            run_rows.append(row)
-            if final is not None:
-                finals[r["seed"]] = final
-            if row["images_per_s"]:
-                speeds.append(row["images_per_s"])
-        s = summarize(finals.values())
-        by_arm[arm["name"]] = finals
-        arms_out.append({"name": arm["name"], "settings": arm["settings"], "runs": run_rows,
-                         "n": s.n, "mean": s.mean, "sd": s.sd,
-                         "ci95": None if s.low is None else [s.low, s.high],
-                         "images_per_s": statistics.median(speeds) if speeds else None,
-                         "parameters": parameter_count(FlowConfig.from_dict(arm["config"]))})
-    differences = []
-    for arm in arms_out:
-        if arm["name"] == baseline:
-            continue
-        d = paired_difference(by_arm[arm["name"]], by_arm.get(baseline, {}))
-        differences.append({"arm": arm["name"], "vs": baseline, "n": d.n, "mean": d.mean,
-                            "ci95": None if d.low is None else [d.low, d.high],
-                            "resolved": d.excludes_zero(), "verdict": _difference_words(arm["name"], baseline, d)})
-    verdict = [d["verdict"] for d in differences]
-    order_line = _paper_order_words(described.get("paper_order") or [], by_arm, described.get("source", ""))
-    if order_line:
-        verdict.append(order_line)
-    warnings = list(described.get("warnings", []))
-    for arm in arms_out:
-        failed = [r for r in arm["runs"] if r["status"] in ("failed", "lost")]
-        if arm["n"] < spec.seeds:
-            why = f"{len(failed)} failed" if failed else "the others have not finished"
-            warnings.append(f"{arm['name']}: based on {arm['n']} of {spec.seeds} seeds ({why}).")
-    return {"study": {"id": study["id"], "name": study["name"], "status": study["status"],
-                      "created": study["created"], "owner": study["owner"], "preset": spec.preset,
-                      "dataset": spec.dataset, "model_preset": spec.model_preset, "seeds": spec.seeds,
-                      "steps": spec.steps, "minutes": spec.minutes, "overrides": spec.overrides,
-                      "vary": [[n, list(v)] for n, v in spec.vary], "source": described.get("source", "")},
-            "arms": arms_out, "baseline": baseline, "differences": differences, "verdict": verdict,
-            "warnings": warnings}
-
-
-def _difference_words(arm: str, baseline: str, d: Summary) -> str:
-    if d.n == 0:
-        return f"{arm} vs {baseline}: no seed has finished in both arms yet."
-    if d.n == 1:
-        return (f"{arm} vs {baseline}: {d.mean:+.3f} bits/dim on one seed — no interval, so no difference "
-                "this study can resolve; run more seeds.")
-    size = f"{abs(d.mean):.3f} ± {d.half_width:.3f} bits/dim over {d.n} seeds"
-    if d.excludes_zero():
-        return f"{arm} beats {baseline} by {size}." if d.mean < 0 else f"{arm} is worse than {baseline} by {size}."
-    return (f"No difference this study can resolve between {arm} and {baseline}: {d.mean:+.3f} ± "
-            f"{d.half_width:.3f} bits/dim over {d.n} seeds (the interval contains 0).")
-
-
-def _paper_order_words(order: list, by_arm: dict, source: str) -> str:
-    order = [a for a in order if a in by_arm]
-    if len(order) < 2:
-        return ""
-    pairs = [(order[i], order[i + 1], paired_difference(by_arm[order[i]], by_arm[order[i + 1]]))
-             for i in range(len(order) - 1)]
-    paper = " < ".join(order)
-    if any(d.excludes_zero() and d.mean > 0 for _, _, d in pairs):
-        wrong = [f"{a} > {b}" for a, b, d in pairs if d.excludes_zero() and d.mean > 0]
-        return f"The paper's order ({paper}) is contradicted here: {', '.join(wrong)}. Source: {source}."
-    if all(d.excludes_zero() for _, _, d in pairs):
-        return f"The paper's order ({paper}) is reproduced, every step resolved. Source: {source}."
-    open_pairs = [f"{a} vs {b}" for a, b, d in pairs if not d.excludes_zero()]
-    return (f"The paper's order ({paper}) is not resolved at this budget: {', '.join(open_pairs)} "
-            f"within the noise. Source: {source}.")
-
-
-def answer_csv(result: dict) -> str:
-    """The results table as CSV: one row per arm, then one per paired difference."""
-    import csv
-    import io
-
-    out = io.StringIO()
-    w = csv.writer(out)
-    w.writerow(["row", "arm", "vs", "seeds", "mean_test_bpd", "ci95_low", "ci95_high", "sd",
-                "images_per_s", "parameters", "per_seed_test_bpd"])
-
-    def num(v, digits=5):
-        return "" if v is None else f"{v:.{digits}f}"
-    for a in result["arms"]:
-        low, high = a["ci95"] or (None, None)
-        per_seed = " ".join(f"s{r['seed']}={num(r['final_test_bpd'])}" if r["final_test_bpd"] is not None
-                            else f"s{r['seed']}={r['status']}" for r in a["runs"])
-        w.writerow(["arm", a["name"], "", a["n"], num(a["mean"]), num(low), num(high), num(a["sd"]),
-                    num(a["images_per_s"], 1), a["parameters"], per_seed])
-    for d in result["differences"]:
-        low, high = d["ci95"] or (None, None)
-        w.writerow(["difference", d["arm"], d["vs"], d["n"], num(d["mean"]), num(low), num(high),
-                    "", "", "", ""])
-    return out.getvalue()
-
-
-def json_result(result: dict) -> dict:
-    """The answer without curves and messages: the ``--json`` file's content."""
-    arms = [{"name": a["name"], "settings": a["settings"],
-             "runs": [{"seed": r["seed"], "run_id": r["run_id"], "status": r["status"],
-                       "final_test_bpd": r["final_test_bpd"]} for r in a["runs"]],
-             "n": a["n"], "mean": a["mean"], "ci95": a["ci95"], "sd": a["sd"],
-             "images_per_s": a["images_per_s"], "parameters": a["parameters"]} for a in result["arms"]]
-    diffs = [{k: d[k] for k in ("arm", "vs", "n", "mean", "ci95", "resolved", "verdict")}
-             for d in result["differences"]]
-    return {"study": result["study"], "arms": arms, "baseline": result["baseline"], "differences": diffs,
-            "verdict": result["verdict"], "warnings": result["warnings"]}
+        def check(key, value, _base=base):
+            parsed = parse_value(key, value)
+            try:
+                _base.arm({key: parsed}, key)   # does the setting allow this value?
+            except ConfigError as exc:
+                reason = str(exc).split(": ", 1)[-1]
+                raise ConfigError(f"search range of {key}: {reason}", key) from None
+            return parsed
+        ranges.append(parse_range(name, text, setting, check))
+    seeds = tuple(range(int(spec.first_seed), int(spec.first_seed) + spec.seeds))
+    if spec.trials * len(seeds) > MAX_SEARCH_RUNS:
+        raise ConfigError(f"{spec.trials} configurations × {len(seeds)} seeds = {spec.trials * len(seeds)} runs; "
+                          f"a search may have at most {MAX_SEARCH_RUNS}", "trials")
+    return SearchPlan(spec, base, tuple(ranges), seeds, tuple(_warnings(spec, base)))
 
 
 def dataset_shape(dataset: str, options: dict | None = None) -> tuple[int, int, int]:

@@ -1,17 +1,19 @@
 """Held-out bits/dim during training, the sample grids, the best score and early stopping.
 
     evaluation = Evaluation(model, eval_x, test_x, tc, run_dir, journal, dist)
-    bpd = evaluation.run(step)               # the fixed eval subset: a test_bpd row, an event, a grid
+    bpd = evaluation.run(step)               # the evaluation images: a test_bpd row, an event, a grid
     bpd = evaluation.run(step, full=True)    # the whole test split: test_bpd_full
     evaluation.live_grid(step)               # a grid between evaluations, when GridClock says so
 
-"Test bits/dim" has two meanings kept apart by their keys and words: ``test_bpd`` is every
-evaluation's score on the fixed held-out subset (comparable with each other; the best of
-them is the run's ``best_test_bpd``, named with its step), ``test_bpd_full`` the final
-score on the whole test split, once, at the end.
+What a periodic evaluation scores (``eval_x``): the validation images held out from the
+training split when ``tc.validation_images`` > 0 (:func:`flowlib.train.setup.place_data`), else
+a fixed subset of the test split. The metric key stays ``test_bpd`` for both (the pages' curve
+of held-out bits/dim, comparable point to point); the event says which. The best of them is
+the run's ``best_test_bpd``, named with its step. ``test_bpd_full`` is another measure: the
+whole test split, scored once, at the end, and never chosen by.
 
 Evaluations run in float32 (outside the bf16 networks of training) with fixed dequantisation
-noise (:func:`evaluate_bpd`), so successive test points are comparable with each other. Rank 0 evaluates and
+noise (:func:`evaluate_bpd`), so successive points are comparable with each other. Rank 0 evaluates and
 draws; under torchrun the other ranks skip both.
 """
 
@@ -106,12 +108,18 @@ class Evaluation:
         self.journal.metrics(step, [("test_bpd_full" if full else "test_bpd", bpd)])
         self.journal.flush()
         self.last_test = bpd
+        validation = self.tc.validation_images > 0
         if not full and math.isfinite(bpd) and (self.best is None or bpd < self.best):
             # the best of the comparable evaluations only: the full test split is another measure
             self.best, self.best_step = bpd, step
             self.journal.best_score(bpd)
-        what = f"the full test set ({images.shape[0]:,} images)" if full else f"{images.shape[0]:,} held-out images"
-        self.journal.event("eval", f"step {step}: test {bpd:.4f} bits/dim on {what}", step)
+        if full:
+            what = f"test {bpd:.4f} bits/dim on the full test set ({images.shape[0]:,} images)"
+        elif validation:
+            what = f"validation {bpd:.4f} bits/dim on {images.shape[0]:,} held-out training images"
+        else:
+            what = f"test {bpd:.4f} bits/dim on {images.shape[0]:,} held-out images"
+        self.journal.event("eval", f"step {step}: {what}", step)
         if self.tc.early_stop_evals and not full:
             self._track_early_stop(step, bpd)
         if self.last_grid_step != step:

@@ -37,8 +37,10 @@ What it logs (metric keys in the store, every ``log_every`` steps, means over th
 ``images_per_s``     training throughput over the window (eval and checkpoint time excluded)
 ``elapsed_s``        training wall time of the run so far, across resumes
 ``epoch``            images seen / epoch size
-``test_bpd``         every eval: bits/dim on a fixed held-out subset (fixed noise, comparable);
-                     every ``eval_every`` steps and, with a time budget, every 1/8 of it
+``test_bpd``         every eval: bits/dim on the held-out images, fixed noise (comparable): the
+                     validation images taken from the training split (``validation_images``),
+                     or with validation off a fixed subset of the test split; every
+                     ``eval_every`` steps and, with a time budget, every 1/8 of it
 ``test_bpd_full``    once, at the end: bits/dim on the whole test split
 ``grid_s``           each live sample grid (every ``grid_every_s`` of training): seconds it took
 ``startup_s``        each session's start: seconds from the process's start to its first step
@@ -120,6 +122,8 @@ class TrainingSession:
         self.dist = dist            # under torchrun: this rank; only rank 0 writes anything
         self.should_stop, self.on_log, self.collaborators = should_stop, on_log, collaborators
         self.tc = TrainConfig.from_dict(run["train"])
+        if "validation_images" not in run["train"]:   # stored before validation existed: as it trained
+            self.tc = self.tc.replace(validation_images=0)
         self.cfg = FlowConfig.from_dict(run["config"])
         self.run_dir = store.run_dir(self.run_id)
         self.stage = "while starting"

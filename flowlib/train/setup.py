@@ -32,8 +32,8 @@ from .distributed import Dist, shard_slice
 from .evaluation import EVAL_SEED
 from .step import BitsPerDimLoss, make_optimizer
 
-__all__ = ["Machine", "Data", "Learner", "choose_machine", "load_data", "place_data", "build_learner",
-           "start_actnorm", "wrap_for_ranks"]
+__all__ = ["Machine", "Data", "Learner", "choose_machine", "load_data", "place_data", "validation_split",
+           "build_learner", "start_actnorm", "wrap_for_ranks", "VALIDATION_SEED"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Data:
     """A session's images, uint8 ``[N, C, H, W]``, and their labels."""
 
     train_x: torch.Tensor       # the training split, on the device
-    eval_x: torch.Tensor        # the fixed held-out subset scored at every evaluation, on the device
+    eval_x: torch.Tensor        # what every evaluation scores (validation images, or a test subset), on the device
     test_x: torch.Tensor        # the whole test split (scored once, at the end), on the CPU
     images_per_epoch: int       # TrainConfig.epoch_size, or the training split's size
     train_y: torch.Tensor | None = None     # the training labels on the device (None without labels)
@@ -82,14 +82,18 @@ def choose_machine(tc: TrainConfig, dist: Dist) -> Machine:
         shared_cores = max(1, (os.cpu_count() or 1) // dist.world_size)   # ranks share the cores
     threads = configure_threads(device, tc.threads if shared_cores is None else shared_cores)
     # threads=None on a CPU of its own: the count follows the load (flowlib.machine.threads). A fixed
-    # count (a number, or the ranks' share under torchrun) stays put, which a bit-exact resume
-    # needs (tested with one thread in a single process).
+    # count (a number, or the ranks' share under torchrun) stays put, and with it torch's
+    # deterministic kernels: with 2 threads the scatter-add in the backward pass of learned
+    # dequantisation's table lookup otherwise differs in the last bits from run to run.
+    # So a fixed count gives bit-identical runs on the same machine (studies rely on it).
     governor = None
     if device.type == "cpu" and tc.threads is None and not dist.active and (os.cpu_count() or 1) > 1:
         # Beside other busy programs, start on one thread and probe more after: starting on
         # every core there made the first steps take seconds each (the first point at 30-43 s).
         busy = busy_beside(looks=10, gap_s=0.01) >= threads / 2
         governor = ThreadGovernor(cores=threads, start_threads=1 if busy else None)
+    if tc.threads is not None:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     use_bf16 = tc.bf16 and bf16_is_fast(device)
     if device.type == "cpu":
         tune_for_training()
@@ -120,16 +124,42 @@ def load_data(tc: TrainConfig, cfg: FlowConfig) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
+VALIDATION_SEED = 1          # one fixed draw per dataset: every run holds out the same images
+VALIDATION_SHARE = 0.1       # at most this share of the training split is held out
+
+
+def validation_split(n_train: int, wanted: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) of a training split of ``n_train`` images:
+    ``min(wanted, n_train // 10)`` images (at least 1 when ``wanted`` > 0), drawn once with
+    ``VALIDATION_SEED``, go to validation; the rest, in their original order, train."""
+    n_valid = 0 if wanted <= 0 or n_train < 2 else max(1, min(int(wanted), int(n_train * VALIDATION_SHARE)))
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held = torch.zeros(n_train, dtype=torch.bool)
+    held[order[:n_valid]] = True
+    return torch.nonzero(~held).flatten(), order[:n_valid].sort().values
+
+
 def place_data(train: ImageSet, test: ImageSet, tc: TrainConfig, device: torch.device) -> Data:
-    """The training split (and its labels, if any) and the eval subset (a fixed ``EVAL_SEED``
-    draw of ``tc.eval_subset`` test images) moved to ``device``."""
-    train_x = train.images.to(device).contiguous()
-    test_x = test.images
-    order = torch.randperm(test_x.shape[0], generator=torch.Generator().manual_seed(EVAL_SEED))
-    eval_x = test_x[order[:min(tc.eval_subset, test_x.shape[0])]].to(device)
-    train_y = None if train.labels is None else train.labels.to(device)
+    """The training split (and its labels, if any) and the images every evaluation scores,
+    moved to ``device``.
+
+    With ``tc.validation_images`` > 0 the evaluations score validation images taken out of the
+    training split (:func:`validation_split`), which then trains without them, and the test
+    split is read once, at the end. With 0: a fixed ``EVAL_SEED`` draw of ``tc.eval_subset``
+    test images, and the whole training split trains."""
+    images, labels, test_x = train.images, train.labels, test.images
+    if tc.validation_images > 0:
+        keep, valid = validation_split(images.shape[0], tc.validation_images)
+        train_x = images[keep].to(device).contiguous()
+        eval_x = images[valid].to(device)
+        labels = None if labels is None else labels[keep]
+    else:
+        train_x = images.to(device).contiguous()
+        order = torch.randperm(test_x.shape[0], generator=torch.Generator().manual_seed(EVAL_SEED))
+        eval_x = test_x[order[:min(tc.eval_subset, test_x.shape[0])]].to(device)
+    train_y = None if labels is None else labels.to(device)
     return Data(train_x, eval_x, test_x, tc.epoch_size or train_x.shape[0], train_y,
-                tuple(train.info.classes) if train.labels is not None else ())
+                tuple(train.info.classes) if labels is not None else ())
 
 
 def build_learner(cfg: FlowConfig, tc: TrainConfig, train_x: torch.Tensor, device: torch.device,

@@ -1,7 +1,12 @@
-"""A study's curves: each arm's mean test bits/dim across seeds, with the band of its seeds.
+"""A study's pictures: each arm's curve across seeds with its band; a search's progress and importance.
 
-    fig = study_curves_figure(result, axis="step")     # result: flowlib.study.spec.answer(...)
+    fig = study_curves_figure(result, axis="step")     # result: flowlib.study.api.answer(...)
     fig = study_curves_figure(result, axis="time")     # x: training seconds (mean over seeds)
+    fig = search_progress_figure(result)               # each configuration's first run, best so far, pruned ones
+    fig = importance_figure(result["importance"])      # each searched setting's share (Optuna's PED-ANOVA)
+
+The curves are the periodic evaluations on the validation images (held out from the training
+split); the numbers a study reports are each run's final test bits/dim, read once at the end.
 
 The band is min–max over the seeds that reached that evaluation: with three seeds an s.d.
 band would pretend to a precision three points do not have. Plotly's camera button in the
@@ -14,7 +19,7 @@ import statistics
 
 import plotly.graph_objects as go
 
-__all__ = ["study_curves_figure", "ARM_COLOURS"]
+__all__ = ["study_curves_figure", "search_progress_figure", "importance_figure", "ARM_COLOURS"]
 
 ARM_COLOURS = ["#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#1098ad", "#c92a2a", "#5c940d", "#495057"]
 
@@ -84,10 +89,57 @@ def study_curves_figure(result: dict, axis: str = "step", height: int = 440) -> 
                                   font=dict(size=15)))
     fig.update_xaxes(title=dict(text=x_title, font=dict(size=17)), tickfont=dict(size=15), showgrid=True)
     y_range = _y_range(bands)
-    fig.update_yaxes(title=dict(text="test bits/dim (lower is better)", font=dict(size=17)),
+    fig.update_yaxes(title=dict(text="validation bits/dim (lower is better)", font=dict(size=17)),
                      tickfont=dict(size=15), showgrid=True, range=y_range)
     if y_range is not None:
         fig.add_annotation(text="early evaluations above the top edge are cut off (zoom out to see them)",
                            xref="paper", yref="paper", x=1, y=1, xanchor="right", yanchor="top",
                            showarrow=False, font=dict(size=13, color="#495057"))
     return fig
+
+
+def _layout(fig: go.Figure, height: int, x_title: str, y_title: str) -> go.Figure:
+    fig.update_layout(height=height, font=dict(size=16), margin=dict(l=10, r=10, t=10, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, font=dict(size=15)))
+    fig.update_xaxes(title=dict(text=x_title, font=dict(size=17)), tickfont=dict(size=15), showgrid=True)
+    fig.update_yaxes(title=dict(text=y_title, font=dict(size=17)), tickfont=dict(size=15), showgrid=True)
+    return fig
+
+
+def search_progress_figure(result: dict, height: int = 380) -> go.Figure:
+    """Each configuration's first-seed run (its final validation bits/dim, or the last value
+    before it was pruned) by trial number, and the best so far as a step line."""
+    fig = go.Figure()
+    done_x, done_y, cut_x, cut_y, text_done, text_cut = [], [], [], [], [], []
+    for c in result.get("configurations", []):
+        lead = next((r for r in c["runs"] if r.get("trial") is not None), None)
+        if lead is None or lead.get("trial") is None:
+            continue
+        curve = lead.get("curve") or {}
+        if c["state"] == "pruned" and curve.get("value"):
+            cut_x.append(lead["trial"])
+            cut_y.append(curve["value"][-1])
+            text_cut.append(c["name"])
+        elif lead.get("valid_bpd") is not None and lead["status"] == "finished":
+            done_x.append(lead["trial"])
+            done_y.append(lead["valid_bpd"])
+            text_done.append(c["name"])
+    fig.add_trace(go.Scatter(x=done_x, y=done_y, mode="markers", name="finished", text=text_done,
+                             marker=dict(size=11, color=ARM_COLOURS[0]),
+                             hovertemplate="%{text}: %{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=cut_x, y=cut_y, mode="markers", name="pruned (value when cut)", text=text_cut,
+                             marker=dict(size=11, symbol="x", color=ARM_COLOURS[5]),
+                             hovertemplate="%{text}: pruned at %{y:.4f}<extra></extra>"))
+    progress = result.get("progress", [])
+    if progress:
+        fig.add_trace(go.Scatter(x=[p["trial"] for p in progress], y=[p["best_so_far"] for p in progress],
+                                 mode="lines", line=dict(shape="hv", width=3, color=ARM_COLOURS[2]),
+                                 name="best so far", hovertemplate="best so far: %{y:.4f}<extra></extra>"))
+    return _layout(fig, height, "trial (a configuration's first seed)", "validation bits/dim (lower is better)")
+
+
+def importance_figure(importance: dict, height: int = 260) -> go.Figure:
+    names = list(importance)[::-1]
+    fig = go.Figure(go.Bar(x=[importance[n] for n in names], y=names, orientation="h",
+                           marker=dict(color=ARM_COLOURS[0]), hovertemplate="%{y}: %{x:.2f}<extra></extra>"))
+    return _layout(fig, height, "importance for validation bits/dim (shares of 1)", "")

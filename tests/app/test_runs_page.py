@@ -52,7 +52,7 @@ def test_ticked_run_without_points_says_when_they_come_and_can_be_stopped(runs_d
     assert not at.exception, at.exception
     assert "Nothing ticked yet." not in [c.value for c in at.caption]     # the URL's tick counts at once
     info = " ".join(i.value for i in at.info)
-    assert "No test bits/dim (held-out images) points yet" in info and "step 50" in info
+    assert "No held-out bits/dim (validation images; test images in older runs) points yet" in info and "step 50" in info
     at.button(key=f"stop_{rid}").click().run()
     assert not at.exception, at.exception
     assert store().get_run(rid)["status"] == "stopping"

@@ -1,8 +1,11 @@
-"""AppTest for studies on the Runs page: one click queues a paired study, the answer reads as a
-verdict with intervals, a study is stopped and deleted as one unit, bad input names the setting."""
+"""AppTest for studies on the Runs page: one click queues a paired study in the study storage, a
+search starts from the page and shows its progress, best and importance as pictures, the answer
+reads as one plain sentence with the detail behind it, an older study (made before the Optuna
+engine) still opens, answers and is deleted as one unit, bad input names the setting."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -11,7 +14,10 @@ from streamlit.testing.v1 import AppTest
 from flowlib.env import REPO_ROOT
 from flowlib.store.request import RunRequest
 from flowlib.store.studies import StudyStore
+from flowlib.study import api, engine, work
 from flowlib.study.spec import StudySpec, plan
+from flowlib.study.storage import open_storage
+from optuna.trial import TrialState
 
 APP = str(REPO_ROOT / "app.py")
 
@@ -23,6 +29,8 @@ def runs_dir(runs_dir, monkeypatch):
     from flowlib.jobs.estimate import SpeedEstimator
     # queued, never trained here; the speed is "known" so no measuring process starts
     monkeypatch.setattr(worker, "start_waiting", lambda store, watch=True: [])
+    monkeypatch.setattr(api, "spawn_workers", lambda *a, **k: [])       # trials wait; the test trains them
+    monkeypatch.delenv("FLOWLAB_STUDY_STORAGE", raising=False)
     monkeypatch.setattr(SpeedEstimator, "estimate",
                         lambda self, request, store=None: {"images_per_s": 1000.0, "source": "history"})
     yield runs_dir
@@ -55,20 +63,45 @@ def test_one_click_permutation_study_queues_paired_runs_with_an_estimate(runs_di
     assert "for all 9 runs on this device" in text            # the time estimate, before starting
     at.button(key="study_start").click().run()
     assert not at.exception, at.exception
-    runs = sorted(store().list_runs(), key=lambda r: r["id"])
-    assert len(runs) == 9 and {r["status"] for r in runs} == {"waiting"}
-    assert {r["config"]["permutation"] for r in runs} == {"reverse", "shuffle", "conv1x1_lu"}
-    by_seed = {}
-    for r in runs:
-        assert r["config"]["seed"] == r["train"]["seed"]              # paired: model seed = data seed
-        by_seed.setdefault(r["train"]["seed"], []).append(r)
-    for group in by_seed.values():                                     # within a seed: only the permutation differs
-        strip = [{k: v for k, v in r["config"].items() if k != "permutation"} for r in group]
-        assert strip[0] == strip[1] == strip[2]
-        assert group[0]["train"] == group[1]["train"] == group[2]["train"]
-    (study,) = StudyStore(store()).list()
-    assert study["status"] == "waiting" and len(study["runs"]) == 9
-    assert "Study 1 · permutation-study" in text_of(at)
+    at.button(key="study_start").click().run()             # pressed twice: still one study
+    (study,) = open_storage(api.storage_url_of(store())).get_all_studies()
+    trials = engine.load(open_storage(api.storage_url_of(store())), study.study_name).get_trials()
+    assert len(trials) == 9 and {t.state for t in trials} == {TrialState.WAITING}
+    assert {t.system_attrs["fixed_params"]["arm"] for t in trials} == {"reverse", "shuffle", "conv1x1_lu"}
+    described = study.user_attrs["flowlab_plan"]
+    for arm in described["arms"]:                          # paired: only the permutation differs
+        cfg = {k: v for k, v in arm["config"].items() if k != "permutation"}
+        first = {k: v for k, v in described["arms"][0]["config"].items() if k != "permutation"}
+        assert cfg == first and arm["train"] == described["arms"][0]["train"]
+    assert study.study_name.startswith("permutation-study-")
+    assert f"{study.study_name}" in text_of(at)
+    assert store().list_runs() == []                       # no run until a worker takes a trial
+
+
+def test_a_search_starts_from_the_page_and_shows_progress_best_and_importance(runs_dir, monkeypatch):
+    from tests.study.fake_training import fake_train_run
+    monkeypatch.setattr("flowlib.train.loop.train_run", fake_train_run)
+    monkeypatch.setattr(work, "environment", lambda tc: {"machine": "test"})
+    at = runs_page()
+    at.run()
+    at.selectbox(key="study_kind").set_value("search").run()
+    at.number_input(key="study_steps").set_value(30).run()
+    at.number_input(key="study_search_trials").set_value(5).run()
+    at.number_input(key="study_seeds").set_value(2).run()
+    assert not at.exception, at.exception
+    assert "5 configurations × 2 seeds (up to 10 runs)" in text_of(at)
+    at.button(key="study_start").click().run()
+    assert not at.exception, at.exception
+    assert work.work(None, store().root, log=lambda line: None, poll_s=0.05) == 0
+    at.run()
+    assert not at.exception, at.exception
+    text = text_of(at)
+    assert "Best of" in text and "chosen by validation bits/dim" in text
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [c["layout"]["xaxis"]["title"]["text"] for c in charts]
+    assert "trial (a configuration's first seed)" in titles                     # progress
+    assert "importance for validation bits/dim (shares of 1)" in titles        # importance
+    assert any(c.value.startswith("optuna-dashboard sqlite:///") for c in at.code)
 
 
 def _study_with_results(seeds_bpd: dict[str, dict[int, float]]) -> int:
@@ -95,10 +128,12 @@ def test_the_answer_reads_as_a_verdict_with_intervals_and_exports(runs_dir):
     at.run()
     assert not at.exception, at.exception
     text = text_of(at)
-    assert "affine beats additive by 0.097 ±" in text and "over 3 seeds" in text
-    assert "reproduced" in text
+    assert "affine reached the lowest test bits/dim (1.7133)" in text          # one plain sentence first
+    assert "affine beats additive by 0.0967 ±" in text and "over 3 seeds" in text
+    assert "Same direction as the paper (which measured CIFAR-10" in text and "reproduced" not in text
     table = at.dataframe[1].value           # [0] the studies table, [1] the results
     assert list(table["arm"]) == ["additive (baseline)", "affine"]
+    assert table["test bits/dim"][1] == "1.7133"                              # the verdict's number
     low, high = (float(v) for v in table["95 % interval"][1].split(" to "))
     assert low < float(table["test bits/dim"][1]) < high and table["seeds"][1] == "3 of 3"
     assert len(at.get("plotly_chart")) == 1

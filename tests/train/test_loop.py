@@ -347,3 +347,54 @@ def test_a_gradient_spike_is_clipped_and_the_clip_state_survives_stop_and_resume
     assert b["grad_clip"] == a["grad_clip"] and a["grad_clip"]["count"] == 30
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+# -- the validation split ------------------------------------------------------------------------
+def test_validation_images_are_a_fixed_seeded_share_held_out_of_the_training_split():
+    from flowlib.train.setup import validation_split
+
+    keep, valid = validation_split(360, 500)
+    assert len(valid) == 36 and len(keep) == 324                  # at most a tenth of the split
+    assert set(keep.tolist()).isdisjoint(valid.tolist()) and len(set(keep.tolist()) | set(valid.tolist())) == 360
+    again_keep, again_valid = validation_split(360, 500)
+    assert torch.equal(valid, again_valid) and torch.equal(keep, again_keep)   # the same draw every run
+    assert len(validation_split(60_000, 500)[1]) == 500 and len(validation_split(360, 0)[1]) == 0
+    assert keep.tolist() == sorted(keep.tolist())                  # training keeps its order
+
+
+def test_evaluations_read_validation_images_and_the_test_split_once_at_the_end(store):
+    train = load_images("faces", "train").images
+    test = load_images("faces", "test").images
+    seen = []
+
+    def recording(model, images):
+        seen.append(images.clone())
+        return evaluate_bpd(model, images)
+    run_id = _queued_run(store, "valid", validation_images=500)
+    assert train_run(store, run_id, collaborators=Collaborators(evaluate=recording)).status == "finished"
+    *periodic, final = seen
+    assert len(periodic) == 2 and all(x.shape[0] == 36 for x in periodic)
+    train_rows = {bytes(x.numpy()) for x in train}
+    assert all(bytes(x.numpy()) in train_rows for x in periodic[0])   # validation images come from training
+    assert torch.equal(final, test)                                   # the test split: once, at the end
+    events = [e["message"] for e in store.events(run_id, kinds=["eval"])]
+    assert "validation" in events[0] and "full test set" in events[-1]
+    # the training batches never contain a validation image
+    from flowlib.train.setup import place_data
+    data = place_data(load_images("faces", "train"), load_images("faces", "test"),
+                      tiny_train(validation_images=500), torch.device("cpu"))
+    valid_rows = {bytes(x.numpy()) for x in data.eval_x}
+    assert data.train_x.shape[0] == 324 and not any(bytes(x.numpy()) in valid_rows for x in data.train_x)
+
+
+def test_a_run_stored_before_validation_existed_keeps_evaluating_on_test_images(store):
+    seen = []
+    train = tiny_train().to_dict()
+    train.pop("validation_images")
+    run_id = store.create_run(RunRequest.from_dicts("old", TINY.to_dict(), train))
+    store.transaction(lambda c: c.execute("UPDATE runs SET train=? WHERE id=?",
+                                          (__import__("json").dumps(train), run_id)))
+    store.request_start(run_id)
+    result = train_run(store, run_id, collaborators=Collaborators(
+        evaluate=lambda model, images: seen.append(images.shape[0]) or evaluate_bpd(model, images)))
+    assert result.status == "finished" and seen[:2] == [40, 40]        # eval_subset test images, as it trained
