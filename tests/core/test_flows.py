@@ -329,12 +329,14 @@ def test_temperature_zero_returns_the_prior_mean():
 
 
 def test_per_level_temperature_changes_only_what_it_should():
-    model = make_model((1, 4, 4), dtype=torch.float32)
+    # float64: the perturbed model stretches some values ~1000×, which float32 round-off
+    # would blur at the 1e-4 level; the claim is exact, so it is checked at 1e-8
+    model = make_model((1, 4, 4), dtype=torch.float64)
     eps = model.sample_eps(2, torch.Generator().manual_seed(0))
     a = model.sample(2, temperature=[0.0, 1.0], eps=eps)
     out = model.encode(a)
-    assert out.eps[0].abs().max() < 1e-4
-    assert torch.allclose(out.eps[1], eps[1], atol=1e-4)
+    assert out.eps[0].abs().max() < 1e-8
+    assert torch.allclose(out.eps[1], eps[1].double(), atol=1e-8)   # eps itself is float32 noise
     with pytest.raises(ValueError, match="one temperature per level"):
         model.sample(2, temperature=[0.5])
 
@@ -479,7 +481,10 @@ def test_each_level_inverts_exactly_and_its_terms_sum_to_the_models(mask, prior,
         assert torch.equal(out.z, whole.zs[i]) and torch.equal(out.eps, whole.eps[i])
         assert torch.equal(out.log_pz, whole.log_pz_levels[i])
         assert (out.h_next is None) == (i == len(model.levels) - 1)
-        assert torch.allclose(level.inverse(out.h_next, out.z), h, atol=1e-10, rtol=1e-10)
+        # exact up to float64 round-off of the largest value that passed through the level
+        # (the perturbed weights stretch some latents to ~1e4)
+        scale = max(float(h.abs().max()), float(out.z.abs().max()))
+        assert torch.allclose(level.inverse(out.h_next, out.z), h, atol=1e-13 * scale, rtol=0)
         logdet = logdet + out.logdet
         h = out.h_next
     assert torch.allclose(logdet, whole.logdet, atol=1e-10, rtol=0)
