@@ -30,6 +30,7 @@ becomes a study database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -200,7 +201,7 @@ def open_storage(url: str | None, runs_root: str | os.PathLike | None = None):
     StorageError in one sentence when it cannot be used; nothing is written then.
     """
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -224,11 +225,43 @@ def open_storage(url: str | None, runs_root: str | os.PathLike | None = None):
         path = Path(url[len("sqlite:///"):]).expanduser()
         if not path.parent.is_dir():
             raise StorageError(f"--storage: the folder {path.parent} does not exist.")
-        problem = _sqlite_problem(path)
-    else:
-        problem = _rdb_problem(url)
+        # One opener at a time on this machine: a second one checking the file while the first
+        # is creating Optuna's tables found some tables but not all and refused the database as
+        # "another program's" (two studies started at once from two tabs).
+        with _creation_lock(path):
+            problem = _sqlite_problem(path)
+            if problem:
+                raise StorageError(f"--storage: {problem}.")
+            return _open_rdb(url, scheme)
+    problem = _rdb_problem(url)
     if problem:
         raise StorageError(f"--storage: {problem}.")
+    return _open_rdb(url, scheme)
+
+
+@contextlib.contextmanager
+def _creation_lock(path: Path):
+    """An exclusive lock (``flock``) on ``PATH.lock`` beside an SQLite study database: threads
+    and processes of this machine open (and create) it one at a time."""
+    import fcntl
+
+    try:
+        lock = open(path.with_name(path.name + ".lock"), "a+b")   # noqa: SIM115 - held across the yield
+    except OSError:      # a folder we may read but not write: nothing can be created there anyway
+        yield
+        return
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _open_rdb(url: str, scheme: str):
+    """Optuna's RDBStorage on a checked database, with its heartbeat and stale-trial retry."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
     engine_kwargs = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
     for attempt in range(5):
         try:

@@ -280,3 +280,24 @@ def test_the_cli_exit_code_says_whether_the_study_finished(store, fake, capsys):
     assert run_all(store) == 0
     assert main(["--show", "cmp", *here]) == 0                 # finished
     assert main(["--show", "no-such-study", *here]) == 2       # refused
+
+
+def test_many_openers_of_a_new_study_database_at_once_all_get_it(tmp_path):
+    # Two tabs starting a study at once: the second opener looked at the file while the first
+    # was creating Optuna's tables and refused it as "another program's database".
+    from flowlib.study.storage import open_storage as open_study_storage
+
+    errors, barrier = [], threading.Barrier(6)
+
+    def open_it():
+        barrier.wait()
+        try:
+            open_study_storage(f"sqlite:///{tmp_path / 'studies.sqlite'}")
+        except Exception as exc:  # noqa: BLE001 - the test reports every one
+            errors.append(exc)
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
