@@ -44,7 +44,7 @@ links.begin_run()
 links.bind([style.PROJECTOR])  # ?projector=1 in a link
 ui.page_style()
 style.page_style()
-ui.visitor_id()
+ui.remember_visitor()   # who this browser is: a cookie, never the URL
 with st.sidebar:
     style.projector_switch()
 ui.render_sidebar_status()

@@ -58,12 +58,9 @@ def run_rows(store, runs: list[dict], study_of: dict[int, int]) -> pd.DataFrame:
             "training time": ui.fmt_duration(elapsed) if elapsed is not None else "–",
             "best test bits/dim": _dash(r.get("best_test_bpd"), ".3f"),
             "images/s": _dash(latest.get("images_per_s", (None, None))[1], ",.0f"),
-            "yours": (r.get("owner") == ui.visitor_id()) if ui.classroom_mode() else None,
+            "yours": r.get("owner") == ui.visitor_id(),   # started in this browser
         })
-    df = pd.DataFrame(rows)
-    if not ui.classroom_mode() and not df.empty:
-        df = df.drop(columns=["yours"])
-    return df
+    return pd.DataFrame(rows)
 
 
 def overlay_figure(store, runs: list[dict], key: str, axis: str):
@@ -88,9 +85,10 @@ def overlay_figure(store, runs: list[dict], key: str, axis: str):
 def single_run_actions(store, run: dict, study_id: int | None) -> None:
     rid = run["id"]
     st.markdown(f"##### Run {rid} · {run['name']}")
-    allowed = ui.may_modify(run)
+    allowed = ui.may_control(run)
     if not allowed:
-        st.caption("Someone else started this run: in classroom mode only they can rename or delete it.")
+        st.caption(ui.not_yours_words(run))
+    owner = ui.control_owner(run)
     a1, a2, a3, a4 = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
     with a1:
         new = st.text_input("New name", value=run["name"], key=f"rename_{rid}", max_chars=80,
@@ -99,7 +97,7 @@ def single_run_actions(store, run: dict, study_id: int | None) -> None:
         if st.button("Rename", icon=":material/edit:", key=f"do_rename_{rid}", width="stretch",
                      disabled=not allowed):
             try:
-                final = store.rename_run(rid, new, owner=ui.control_owner())
+                final = store.rename_run(rid, new, owner=owner)
                 st.session_state["runs_flash"] = ("success", f"Renamed to '{final}'.")
             except (PermissionError, ValueError, KeyError) as exc:
                 st.session_state["runs_flash"] = ("error", str(exc))
@@ -125,7 +123,7 @@ def single_run_actions(store, run: dict, study_id: int | None) -> None:
             st.caption("No checkpoint yet.")
     if st.session_state.get("runs_confirm_delete") == rid and allowed:
         def delete() -> str:
-            store.delete_run(rid, owner=ui.control_owner())
+            store.delete_run(rid, owner=owner)
             return f"Deleted run {rid} '{run['name']}'."
 
         ui.confirm_delete("runs_confirm_delete",
@@ -133,12 +131,12 @@ def single_run_actions(store, run: dict, study_id: int | None) -> None:
                           "are removed for good.",
                           f"Yes, delete run {rid}", f"confirm_delete_{rid}", f"cancel_delete_{rid}", delete)
     b1, b2, b3, _ = st.columns([1, 1, 1, 1])
-    if run["status"] in ("queued", "running") and b3.button(
-            "Stop this run", icon=":material/stop:", key=f"stop_{rid}", width="stretch", disabled=not allowed,
+    if run["status"] in ("queued", "running") and allowed and b3.button(
+            "Stop this run", icon=":material/stop:", key=f"stop_{rid}", width="stretch",
             help="Finishes the current step, saves a checkpoint and stops; Resume continues from it."):
         from flowlib.jobs import worker
         try:
-            asked = worker.stop_run(store, rid, owner=ui.control_owner())
+            asked = worker.stop_run(store, rid, owner=owner, by=ui.stopped_by(run))
             st.session_state["runs_flash"] = ("success" if asked else "info",
                                               f"Run {rid} is stopping: it saves a checkpoint first." if asked
                                               else f"Run {rid} was already stopping.")

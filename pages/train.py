@@ -2,7 +2,8 @@
 
 The page never trains in-process: Start asks ``flowlib.jobs.worker`` to launch a separate
 process, and the dashboard below (``pages.common.run_dashboard``) only reads the run store
-(an ``st.fragment`` that polls every 2 s while the run is active and stops polling when it is not).
+(an ``st.fragment`` that polls every 2 s while the run is active or waiting in the queue, and
+stops polling when it is neither).
 """
 
 from __future__ import annotations
@@ -477,7 +478,7 @@ if run_id is None:
             icon=":material/info:")
 else:
     shown = next(r for r in runs if r["id"] == run_id)
-    poll = shown["status"] in ui.ACTIVE_STATUSES
+    poll = shown["status"] in ui.ACTIVE_STATUSES or shown["status"] == ui.WAITING  # waiting: its place moves
 
     @st.fragment(run_every=2.0 if poll else None)
     def live_dashboard():

@@ -183,9 +183,12 @@ def other_runs_bar(store, run: dict) -> None:
     full = len(others) >= limit
     other = others[0]
     text = busy_words(others, limit)
+    may_stop = ui.may_control(other)
     if full and run["status"] in ("stopped", "failed", "lost", "finished"):
         text += (f" To continue run {run['id']}, stop run {other['id']} first, or wait until "
-                 "it finishes.")
+                 "it finishes." if may_stop else
+                 f" To continue run {run['id']}, wait until run {other['id']} finishes (it is "
+                 "someone else's to stop).")
     st.info(text, icon=":material/model_training:")
     c1, c2, _ = st.columns([1.3, 1.3, 2.4])
     if c1.button(f"Show run {other['id']}", icon=":material/monitoring:",
@@ -193,12 +196,12 @@ def other_runs_bar(store, run: dict) -> None:
         st.session_state["train_run"] = other["id"]
         st.query_params["run"] = str(other["id"])
         st.rerun(scope="app")
-    if full and c2.button(f"Stop run {other['id']}", icon=":material/stop:",
+    if full and may_stop and c2.button(f"Stop run {other['id']}", icon=":material/stop:",
                           key=f"stop_other_{run['id']}_{other['id']}", width="stretch",
                           help="Finishes its current step, saves a checkpoint and stops; it can "
                                "be resumed later."):
         try:
-            worker.stop_run(store, other["id"], owner=ui.control_owner())
+            worker.stop_run(store, other["id"], owner=ui.control_owner(other), by=ui.stopped_by(other))
         except (PermissionError, KeyError, ValueError) as exc:
             st.error(friendly(str(exc)), icon=":material/block:")
         else:
@@ -221,12 +224,18 @@ def controls(store, run: dict) -> None:
 
     status = run["status"]
     rid = run["id"]
+    mine = ui.may_control(run)
+    if not mine and status in ("queued", "running", "stopped", "failed", "lost", "finished"):
+        st.caption(ui.not_yours_words(run))
     b1, b2, b3, _ = st.columns([1, 1, 1.3, 1.7])
+    owner = ui.control_owner(run)
     try:
-        if status in ("queued", "running"):
+        if not mine:
+            pass   # anyone may watch; only the owner (or the teacher) stops, resumes or extends
+        elif status in ("queued", "running"):
             if b1.button("Stop", icon=":material/stop:", key=f"stop_{rid}", width="stretch",
                          help="Finishes the current step, saves a checkpoint, and stops. Resume continues."):
-                worker.stop_run(store, rid, owner=ui.control_owner())
+                worker.stop_run(store, rid, owner=owner, by=ui.stopped_by(run))
                 st.rerun()
         elif status in ("stopped", "failed", "lost"):
             fits = fitting_batch(store, run)
@@ -236,12 +245,12 @@ def controls(store, run: dict) -> None:
                              key=f"resume_{rid}", width="stretch",
                              help=f"Continue from the last checkpoint with batch size {fits}, which "
                                   "fitted in memory when it was tried; every other setting stays."):
-                    worker.resume_run(store, rid, owner=ui.control_owner(), batch_size=fits)
+                    worker.resume_run(store, rid, owner=owner, batch_size=fits)
                     st.session_state["train_run"] = rid
                     st.rerun(scope="app")
             elif b1.button("Resume", icon=":material/play_arrow:", type="primary", key=f"resume_{rid}",
                            width="stretch", help="Continue from the last checkpoint with the same settings."):
-                worker.resume_run(store, rid, owner=ui.control_owner())
+                worker.resume_run(store, rid, owner=owner)
                 st.session_state["train_run"] = rid
                 st.rerun(scope="app")
         elif status == "finished":
@@ -250,18 +259,20 @@ def controls(store, run: dict) -> None:
             if b1.button(label, icon=":material/add:", key=f"more_{rid}", width="stretch",
                          help="Raise the budget and continue from the final checkpoint."):
                 if more:
-                    worker.resume_run(store, rid, owner=ui.control_owner(),
+                    worker.resume_run(store, rid, owner=owner,
                                       max_steps=run["train"]["max_steps"] + more)
                 else:
-                    worker.resume_run(store, rid, owner=ui.control_owner(),
+                    worker.resume_run(store, rid, owner=owner,
                                       max_minutes=run["train"]["max_minutes"] + 5)
                 st.rerun(scope="app")
     except RunLimitError:
         # The store's message ends "…or raise FLOWLAB_MAX_CONCURRENT": a server setting a
         # teacher at a projector cannot act on. Say it in words, naming the run in the way.
         others = [r for r in store.list_runs() if r["status"] in ui.ACTIVE_STATUSES and r["id"] != rid]
-        st.error(busy_words(others, store.limits.max_concurrent) + " Stop it first (the button "
-                 "above), or wait until it finishes; then press Resume again."
+        st.error(busy_words(others, store.limits.max_concurrent)
+                 + (" Stop it first (the button above), or wait until it finishes; then press Resume "
+                    "again." if ui.may_control(others[0]) else " Wait until it finishes (it is someone "
+                    "else's to stop); then press Resume again.")
                  if others else "Every training slot is taken; wait until a run finishes.",
                  icon=":material/block:")
     except (RunStateError, PermissionError, ValueError, KeyError) as exc:
@@ -311,6 +322,15 @@ def status_note(run: dict) -> None:
         st.success(run["message"], icon=":material/check_circle:")
     elif status in ("queued", "stopping", "stopped"):
         st.info(friendly(run["message"]), icon=":material/info:")
+
+
+def queue_note(store, run: dict) -> None:
+    """A waiting run's place, from the store: '2nd in the queue, 1 run training: it starts by
+    itself when a training slot frees up.'"""
+    words = ui.queue_words(store, run)
+    if words:
+        st.info(f"{words}: it starts by itself when a training slot frees up.",
+                icon=":material/hourglass_top:")
 
 
 def run_images_per_s(m: dict, batch: int) -> float | None:
@@ -521,7 +541,7 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
     if run is None:
         st.info("This run was deleted. Start a new one above, or pick one on the Runs page.")
         return
-    if was_active and run["status"] not in ui.ACTIVE_STATUSES:
+    if was_active and run["status"] not in ui.ACTIVE_STATUSES + (ui.WAITING,):
         st.rerun(scope="app")  # the run ended: update the buttons and switch the timer off
     header(run)
     if run["damaged"]:   # its settings are unknown: nothing below could be drawn truthfully
@@ -530,6 +550,7 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
     other_runs_bar(store, run)
     controls(store, run)
     status_note(run)
+    queue_note(store, run)
 
     m = store.metrics(run_id)
     events = store.events(run_id)

@@ -345,30 +345,31 @@ def _actions(store, row: dict) -> None:
     key = sid if sid is not None else row["name"]
     ref = sid if row["storage"] is None or sid is not None else row["name"]
     active = row["status"] in ("running", "waiting")
-    allowed = not ui.classroom_mode() or ui.may_modify({"owner": row["owner"]})
+    allowed = ui.may_control({"owner": row["owner"]})
+    owner = ui.control_owner({"owner": row["owner"]})
     a1, a2, a3 = st.columns(3, vertical_alignment="bottom")
     if a1.button("Stop", icon=":material/stop:", key=f"study_stop_{key}", width="stretch",
                  disabled=not allowed or not active,
                  help="No new run starts; the training ones save a checkpoint. Finished runs keep their results."):
         try:
             st.session_state["runs_flash"] = ("success", f"Study {row['name']}: "
-                                              f"{api.stop(store, ref, owner=ui.control_owner())}.")
+                                              f"{api.stop(store, ref, owner=owner)}.")
         except (PermissionError, KeyError, ValueError) as exc:
             st.session_state["runs_flash"] = ("error", str(exc))
         st.rerun(scope="app")
     if row["storage"] is not None and a2.button("Resume", icon=":material/play_arrow:", key=f"study_resume_{key}",
                                                 width="stretch", disabled=not allowed or row["status"] != "stopped"):
         try:
-            queued = api.resume(store, ref, owner=ui.control_owner())
+            queued = api.resume(store, ref, owner=owner)
             st.session_state["runs_flash"] = ("success", f"Study {row['name']} resumed: {queued} run(s) queued again.")
         except (PermissionError, KeyError, ValueError) as exc:
             st.session_state["runs_flash"] = ("error", str(exc))
         st.rerun(scope="app")
     if row["storage"] is None and sid is not None:
-        _delete_older(store, row, a3, allowed)
+        _delete_older(store, row, a3, allowed, owner)
 
 
-def _delete_older(store, row: dict, col, allowed: bool) -> None:
+def _delete_older(store, row: dict, col, allowed: bool, owner: str | None) -> None:
     """An older study (all in the run store) is deleted as one unit, after one confirmation."""
     studies, sid = StudyStore(store), row["local_id"]
     if col.button("Delete…", icon=":material/delete:", key=f"study_delete_{sid}", width="stretch",
@@ -378,7 +379,7 @@ def _delete_older(store, row: dict, col, allowed: bool) -> None:
         st.session_state["study_confirm_delete"] = sid
     if st.session_state.get("study_confirm_delete") == sid and allowed:
         def delete() -> str:
-            count = studies.delete(sid, ui.control_owner())
+            count = studies.delete(sid, owner)
             st.session_state.pop("study_selected", None)
             return f"Deleted study {sid} and its {count} runs."
 

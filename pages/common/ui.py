@@ -5,8 +5,10 @@ Everything a page needs from the outside world goes through here, so the pages s
     from pages.common import ui
     with ui.guard("loading the runs"):      # an error becomes a sentence, not a stack trace
         store = ui.get_store()
-    ui.visitor_id()                         # who "owns" the runs this browser starts
-    ui.classroom_mode()                     # FLOWLAB_CLASSROOM=1: caps, no foreign deletes
+    ui.visitor_id()                         # who "owns" the runs this browser starts (a cookie)
+    ui.may_control(run)                     # may this browser stop/rename/delete it (anyone may watch)
+    ui.control_owner(run)                   # the owner= the store checks that against
+    ui.classroom_mode()                     # FLOWLAB_CLASSROOM=1: caps, no paths
 
 Pages never train in-process: they ask ``flowlib.jobs.worker`` to start a separate process and
 then only read the store.
@@ -25,7 +27,7 @@ import streamlit as st
 
 from flowlib import env
 from flowlib.config import TrainConfig
-from flowlib.store.runs import ACTIVE_STATUSES, WAITING
+from flowlib.store.runs import ACTIVE_STATUSES, TERMINAL_OWNER, WAITING
 
 log = logging.getLogger("flowlab.app")
 
@@ -57,7 +59,8 @@ STATUS_WORDS = {
     "lost": "lost (its process stopped answering)",
 }
 
-VISITOR_PARAM = "visitor"
+VISITOR_PARAM = "visitor"   # the URL parameter old links carried: dropped, never adopted
+VISITOR_COOKIE = "flowlab_visitor"
 # A checkpoint path that the Runs page and a run's dashboard put here before switching to the
 # Latents page; the model picker of the pages that open a model (pages/common/explore.py)
 # selects it once and removes it.
@@ -161,7 +164,8 @@ def run_page(navigation) -> None:
 
 # -- classroom mode ------------------------------------------------------------------------
 def classroom_mode() -> bool:
-    """FLOWLAB_CLASSROOM=1: one GPU served to a class (caps, no foreign deletes, no paths)."""
+    """FLOWLAB_CLASSROOM=1: one GPU served to a class (caps, no server paths, and the runs started
+    from the terminal are the teacher's to control)."""
     return env.flag("FLOWLAB_CLASSROOM")
 
 
@@ -171,19 +175,52 @@ def upload_cap_mb() -> int:
 
 
 def visitor_id() -> str:
-    """This browser's identity: kept in session state and in the URL (?visitor=…).
+    """This browser's identity: a random id kept in session state and in a first-party cookie.
 
-    The URL copy survives a refresh, so a student still owns the runs they started. It is a
-    classroom convenience, not a password: anyone given the URL is the same visitor.
+    The cookie (:data:`VISITOR_COOKIE`, set by :func:`remember_visitor`) is read back when a
+    tab opens (``st.context.cookies``), so a refresh or a new tab of the same browser is the
+    same visitor and still owns the runs it started; a private window or another browser is
+    another visitor. The id is never in the URL: a ``?visitor=`` of an old link is ignored and
+    dropped, never adopted, so sharing a link does not hand over who you are. A convenience,
+    not a password: whoever holds the browser's cookies is the same visitor.
     """
     vid = st.session_state.get("visitor_id")
-    from_url = st.query_params.get(VISITOR_PARAM)
-    if not vid:
-        vid = from_url if _valid_visitor(from_url) else secrets.token_hex(6)
+    if not _valid_visitor(vid):
+        from_cookie = _visitor_cookie()
+        vid = from_cookie if _valid_visitor(from_cookie) else secrets.token_hex(8)
         st.session_state["visitor_id"] = vid
-    if from_url != vid:
-        st.query_params[VISITOR_PARAM] = vid
+    if VISITOR_PARAM in st.query_params:
+        del st.query_params[VISITOR_PARAM]
     return vid
+
+
+def _visitor_cookie() -> str | None:
+    """The visitor cookie this tab's connection arrived with (None in AppTest or without one)."""
+    try:
+        return st.context.cookies.get(VISITOR_COOKIE)
+    except Exception:  # noqa: BLE001 - no server behind this script run (bare mode, AppTest)
+        return None
+
+
+def remember_visitor() -> None:
+    """Keep :func:`visitor_id` in the browser's cookie, until the tab's own connection shows it.
+
+    A tiny script in a ``components.html`` frame (same origin: Streamlit lets its frames reach
+    their page) writes the cookie on the app's page for a year, ``SameSite=Strict``. Streamlit
+    reads cookies only when a tab connects, so the first tab of a browser writes it and the
+    tabs opened after it read it. The frame and its container's wrapper are taken out of the
+    layout (no gap above the page's title).
+    """
+    vid = visitor_id()
+    if _visitor_cookie() == vid:
+        return
+    from streamlit.components.v1 import html
+    script = ("<script>window.parent.document.cookie = "
+              f"'{VISITOR_COOKIE}={vid}; path=/; max-age=31536000; SameSite=Strict';</script>")
+    st.html("<style>div:has(> .st-key-flowlab_visitor_cookie), .st-key-flowlab_visitor_cookie "
+            "{ position: absolute; width: 0; height: 0; overflow: hidden; }</style>")
+    with st.container(key="flowlab_visitor_cookie"):
+        html(script, height=0)
 
 
 def _valid_visitor(value) -> bool:
@@ -191,7 +228,7 @@ def _valid_visitor(value) -> bool:
 
 
 def is_teacher() -> bool:
-    """Classroom mode's override: this session typed the key set in FLOWLAB_TEACHER_KEY.
+    """The teacher's override: this session typed the key set in FLOWLAB_TEACHER_KEY.
 
     The key is typed into a password box in the sidebar and kept only in this tab's session,
     never in the URL, so it does not show on a projected screen.
@@ -201,12 +238,69 @@ def is_teacher() -> bool:
     return bool(key) and isinstance(given, str) and hmac.compare_digest(given.encode(), key.encode())
 
 
-def may_modify(run) -> bool:
-    """Rename/delete rights: everyone outside classroom mode; the starter or the teacher inside it."""
-    if not classroom_mode() or is_teacher():
+def _ownerless(run) -> bool:
+    """Started from the terminal (``TERMINAL_OWNER``) or with no recorded owner."""
+    return _get(run, "owner") in (None, "", TERMINAL_OWNER)
+
+
+def may_control(run) -> bool:
+    """Whether this browser may stop, resume, rename, delete or extend ``run`` (anyone may
+    watch it): the teacher always; a visitor the runs it started itself; and, outside
+    classroom mode, the runs started from the terminal or with no owner (one person on their
+    own machine stops a run they started in a terminal). In classroom mode those need the
+    teacher's key."""
+    if is_teacher():
         return True
     owner = _get(run, "owner")
-    return bool(owner) and owner == visitor_id()
+    if _ownerless(run):
+        return not classroom_mode()
+    return owner == visitor_id()
+
+
+def control_owner(run=None) -> str | None:
+    """The owner passed to the store's start/stop/rename/delete of ``run``, which refuses a
+    run of another owner (:func:`flowlib.store.rows.check_owner`): this visitor's id, or None
+    (trusted) for the teacher and, outside classroom mode, for a run from the terminal or with
+    no owner (see :func:`may_control`)."""
+    if is_teacher():
+        return None
+    if run is not None and _ownerless(run) and not classroom_mode():
+        return None
+    return visitor_id()
+
+
+def stopped_by(run) -> str | None:
+    """Who asks to stop ``run``, in words for its owner, when it is not the owner: "the teacher"."""
+    if is_teacher() and not _ownerless(run) and _get(run, "owner") != visitor_id():
+        return "the teacher"
+    return None
+
+
+def not_yours_words(run) -> str:
+    """Why the controls of ``run`` are not offered, in one sentence."""
+    if _ownerless(run):
+        return ("This run was started from the terminal: in classroom mode only the teacher can "
+                "stop, resume, rename or delete it; you can watch it.")
+    return ("Someone else started this run: you can watch it; only they (or the teacher) can "
+            "stop, resume, rename or delete it.")
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 21st, ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def queue_words(store, run) -> str | None:
+    """'2nd in the queue, 1 run training' for a waiting run, from the store; else None."""
+    if _get(run, "status") != WAITING:
+        return None
+    place = store.queue_position(_get(run, "id"))
+    if place is None:
+        return None
+    training = sum(1 for r in store.list_runs() if r["status"] in ACTIVE_STATUSES)
+    return (f"{ordinal(place)} in the queue, {training} run{'' if training == 1 else 's'} "
+            "training")
 
 
 def _get(run, name, default=None):
@@ -304,17 +398,17 @@ def render_sidebar_status() -> None:
     """Device in use, classroom mode, and the active run with a link to its dashboard."""
     with st.sidebar:
         st.markdown(f"**Device** · {device_line()}")
-        if classroom_mode():
-            if is_teacher():
-                st.caption("Classroom mode · **teacher**: you can stop, rename or delete any run.")
-            else:
-                st.caption("Classroom mode: runs are capped; you can stop, rename or delete only "
-                           "the runs you started.")
-            if env.read("FLOWLAB_TEACHER_KEY"):
-                with st.expander("Teacher"):
-                    st.text_input("Teacher key", type="password", key="teacher_key",
-                                  help="The value of FLOWLAB_TEACHER_KEY on the server: lets "
-                                       "this tab stop, rename and delete every run.")
+        mode = "Classroom mode · " if classroom_mode() else ""
+        if is_teacher():
+            st.caption(f"{mode}**teacher**: you can stop, rename or delete any run.")
+        elif classroom_mode():
+            st.caption("Classroom mode: runs are capped; you can stop, rename or delete only "
+                       "the runs you started.")
+        if env.read("FLOWLAB_TEACHER_KEY"):
+            with st.expander("Teacher"):
+                st.text_input("Teacher key", type="password", key="teacher_key",
+                              help="The value of FLOWLAB_TEACHER_KEY on the server: lets "
+                                   "this tab stop, rename and delete every run.")
         try:
             store = get_store()
             runs = store.list_runs()  # one SELECT
@@ -388,13 +482,6 @@ def get_store():
     except StoreUnavailableError as exc:
         st.error(f"The run store cannot be used: {exc}", icon=":material/database:")
         st.stop()
-
-
-def control_owner() -> str | None:
-    """The owner passed to start/stop/rename/delete: the visitor in classroom mode, else
-    None (a single-user server trusts every tab, so a restarted server can stop any run;
-    the teacher, once the key is typed, is trusted the same way)."""
-    return visitor_id() if classroom_mode() and not is_teacher() else None
 
 
 # -- charts --------------------------------------------------------------------------------

@@ -47,8 +47,9 @@ def test_home_explains_and_offers_quick_paths(runs_dir):
     labels = [b.label for b in at.button]
     assert "Train MNIST now" in labels and "Explore a trained model" in labels
     assert "Device" in text
-    # the visitor id goes into the URL so a refresh keeps ownership in classroom mode
-    assert at.query_params.get("visitor")
+    # who this browser is lives in a cookie and the session, never in the URL (a shared link
+    # would hand it over)
+    assert at.session_state["visitor_id"] and "visitor" not in at.query_params
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -366,9 +367,10 @@ def test_classroom_mode_caps_and_ownership(runs_dir, monkeypatch):
     assert at.button(key=f"delete_{theirs}").disabled
 
     mine = _finished_run("mine", owner="myvisitor1")
-    at2 = app("pages/runs.py", compare=str(mine), visitor="myvisitor1")
+    at2 = app("pages/runs.py", compare=str(mine))
+    at2.session_state["visitor_id"] = "myvisitor1"         # what this browser's cookie gives
     at2.run()
-    assert not at2.button(key=f"delete_{mine}").disabled   # the same visitor (URL) owns it
+    assert not at2.button(key=f"delete_{mine}").disabled   # the same visitor owns it
 
 
 @pytest.mark.slow
