@@ -14,7 +14,7 @@ import torch
 
 from flowlib import FlowConfig, FlowModel
 from flowlib.analysis.walk import coupling_parts, fresh_model, state_image, walk_backward, walk_forward
-from flowlib.core.model import Level
+from flowlib.core.level import Level
 from flowlib.core.ops import fold_to_image
 from flowlib.env import REPO_ROOT
 

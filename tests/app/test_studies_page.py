@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+from optuna.trial import TrialState
 from streamlit.testing.v1 import AppTest
 
 from flowlib.env import REPO_ROOT
@@ -17,7 +18,6 @@ from flowlib.store.studies import StudyStore
 from flowlib.study import api, engine, work
 from flowlib.study.spec import StudySpec, plan
 from flowlib.study.storage import open_storage
-from optuna.trial import TrialState
 
 APP = str(REPO_ROOT / "app.py")
 
