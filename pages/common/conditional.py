@@ -85,15 +85,21 @@ def class_grid(path: str, mtime: float, seed: int, temperature: float, classes: 
 
 
 def _offer_the_conditional_demo(key: str, loaded) -> None:
-    path = ec.DEMOS.get(COND_DEMO)
+    faces = loaded.dataset == "faces"
+    path = ec.DEMOS.get(ec.FACES_COND_DEMO if faces else COND_DEMO)
     if path is None or not path.is_file() or loaded.path == path:
         return
     left, right = st.columns([3, 1], vertical_alignment="center")
-    left.info("**Pick a digit** needs a *class-conditional* flow, one trained on the digits with "
-              "their labels. This model learnt p(x) only, so it cannot be asked for a 3.",
-              icon=":material/info:")
-    if right.button("Use the conditional MNIST demo", key=f"{key}_use_cond", type="primary",
-                    icon=":material/pin:"):
+    if faces:
+        left.info("**Pick a person** needs a *class-conditional* flow, one trained on the faces with "
+                  "the person each photo shows. This model learnt p(x) only, so it cannot be asked for "
+                  "person 12.", icon=":material/info:")
+    else:
+        left.info("**Pick a digit** needs a *class-conditional* flow, one trained on the digits with "
+                  "their labels. This model learnt p(x) only, so it cannot be asked for a 3.",
+                  icon=":material/info:")
+    if right.button(f"Use the conditional {'faces' if faces else 'MNIST'} demo", key=f"{key}_use_cond",
+                    type="primary", icon=":material/pin:"):
         st.session_state[EXPLORE_KEY] = str(path)     # the model picker selects it on the rerun
         st.rerun()
 

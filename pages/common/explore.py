@@ -35,12 +35,15 @@ DEMO_DIR = ROOT / "checkpoints"
 MNIST_DEMO = "MNIST digits demo (Glow, L=2, K=8, width 128)"
 FACES_DEMO = "Faces demo (Glow, L=3, K=4, width 64)"
 MNIST_COND_DEMO = "MNIST conditional demo: pick a digit (Glow, L=2, K=8, width 128)"
+FACES_COND_DEMO = "Faces conditional demo: pick a person (Glow, L=3, K=4, width 64)"
 DEMOS = {  # label -> file: the pretrained models that ship with the app (checkpoints/README.md)
     MNIST_DEMO: DEMO_DIR / "mnist-fast.pt",
     FACES_DEMO: DEMO_DIR / "faces-fast.pt",
 }
 if (DEMO_DIR / "mnist-cond.pt").is_file():   # class-conditional: Sampling's "pick a digit"
     DEMOS[MNIST_COND_DEMO] = DEMO_DIR / "mnist-cond.pt"
+if (DEMO_DIR / "faces-cond.pt").is_file():   # class-conditional: Sampling's "pick a person"
+    DEMOS[FACES_COND_DEMO] = DEMO_DIR / "faces-cond.pt"
 # Torch threads for the pages' maths. One thread is the robust choice: these small models
 # decode 64 samples in ~0.1 s on one core, and on a busy 2-core machine (a trainer running
 # beside the app) two OpenMP threads were measured 5-9x slower than one.

@@ -106,6 +106,20 @@ def test_the_conditional_demo_is_one_click_away_and_draws_the_digit_asked_for():
 
 
 @pytest.mark.slow
+def test_the_faces_demo_offers_the_conditional_faces_demo_and_it_draws_the_person_asked_for():
+    at = AppTest.from_file(SAMPLING, default_timeout=180)
+    at.session_state["explore_checkpoint"] = str(ROOT / "checkpoints" / "faces-fast.pt")
+    at.run()
+    assert_ok(at)
+    assert any("Pick a person" in i.value for i in at.info)
+    widget(at.button, "sampling_model_use_cond").click().run()
+    assert_ok(at)
+    assert "Faces conditional" in at.selectbox[0].value
+    assert any(h.value == "Pick a person" for h in at.header)
+    assert image_urls(at)
+
+
+@pytest.mark.slow
 def test_the_train_form_takes_the_number_of_classes_from_the_dataset():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.switch_page("pages/train.py").run()
