@@ -8,6 +8,7 @@ stops polling when it is neither).
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -229,8 +230,13 @@ def start_new_run(store, cfg: FlowConfig, tc: TrainConfig, name: str, preset_nam
     from flowlib.store.runs import RunLimitError
 
     label = name.strip() or f"{tc.dataset}-{preset_name}"
+    # The same name and settings while their run is still waiting or training: that run, not a
+    # second one (a double click sends Start twice before the page can disable it).
+    submit_key = hashlib.sha256(json.dumps([label, cfg.to_dict(), tc.to_dict(), preset_name],
+                                           sort_keys=True, default=str).encode()).hexdigest()[:32]
     try:
-        run_id = worker.submit(store, RunRequest(label, cfg, tc, owner=ui.visitor_id(), preset=preset_name))
+        run_id = worker.submit(store, RunRequest(label, cfg, tc, owner=ui.visitor_id(), preset=preset_name),
+                               submit_key=submit_key)
     except RunLimitError:  # every slot taken (a race: Start is disabled while blocked)
         others = [r for r in store.list_runs() if r["status"] in ui.ACTIVE_STATUSES]
         st.session_state["train_flash"] = ("error", busy_words(others, store.limits.max_concurrent)

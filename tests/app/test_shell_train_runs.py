@@ -196,6 +196,26 @@ def test_start_tiny_run_reaches_finished_with_points_in_the_chart(runs_dir):
 
 
 @pytest.mark.slow
+def test_start_pressed_twice_with_two_free_slots_starts_one_run(runs_dir, monkeypatch):
+    # A probe: a double click on Start with 2 free slots made two identical runs, both training.
+    # Both clicks reach the server before the page can rerun; here, two sessions of one browser
+    # (one visitor) press Start on the same settings.
+    monkeypatch.setenv("FLOWLAB_MAX_CONCURRENT", "2")
+    pages = []
+    for _ in range(2):
+        at = app("pages/train.py")
+        at.session_state["visitor_id"] = "a1b2c3d4e5f6"
+        at.run()
+        tiny_settings(at, steps=100000, eval_every=1000)
+        pages.append(at)
+    for at in pages:
+        at.button(key="tr_start").click().run()
+        assert not at.exception, at.exception
+    runs = store().list_runs()
+    assert len(runs) == 1, [(r["id"], r["status"]) for r in runs]
+
+
+@pytest.mark.slow
 def test_stop_and_resume(runs_dir):
     at = train_page()
     tiny_settings(at, steps=100000, eval_every=1000)
