@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         "print('sidebar:', [m.value for m in at.sidebar.markdown])\n"
         "print('form batch size:', at.session_state['tr_batch_size'])\n"
         "import time\n"
-        "time.sleep(20)   # the estimate is measured in the background, then polled\n"
+        f"time.sleep({20 if device == 'cuda' else 4})   # the estimate is measured in the background, then polled\n"
         "at.run()\n"
         "texts = [e.value for kind in (at.markdown, at.caption, at.info, at.success) for e in kind]\n"
         "print('estimate:', [t for t in texts if 'images/s' in t or '≈' in t][:4])\n")

@@ -82,7 +82,7 @@ def test_home_to_live_curve_to_runs(streamlit_server, page, artifacts_dir):
     page.get_by_text("parameters").first.wait_for(timeout=60_000)   # count + measured estimate
     set_number(page, "Training steps", 400)
     set_number(page, "Evaluate every (steps)", 50)
-    page.get_by_text("images/s here").first.wait_for(timeout=60_000)
+    page.get_by_text("of training time here").first.wait_for(timeout=60_000)   # the measured pace
     tall_screenshot(page, artifacts_dir / "02-train-setup.png")
 
     page.get_by_role("button", name="Start").click()
