@@ -12,19 +12,11 @@ import time
 import pytest
 
 from tests.browser.conftest import VIEWPORT
+from tests.browser.test_browser_train import wait_for_app
 
 pytestmark = pytest.mark.browser
 
 COOKIE = "flowlab_visitor"
-
-
-def wait_for_app(page) -> None:
-    """Streamlit has finished the current script run (no 'running' indicator)."""
-    page.wait_for_selector("[data-testid='stApp']")
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=60_000)
 
 
 def visitor_cookie(context, timeout_s: float = 30.0) -> str:
