@@ -37,7 +37,7 @@ def test_home_replay_then_a_live_run_on_a_minutes_budget(streamlit_server, page,
     page.get_by_role("button", name="Play").click()
     time.sleep(4.0)                                   # a few frames at ~0.7 s each
     shown = page.inner_text("[data-testid='stMain']")
-    assert re.search(r"Step [\d,]+ · \d+ s of training", shown), shown[-600:]
+    assert re.search(r"Step [\d,]+ · (\d+ min )?\d+ s of training", shown), shown[-600:]
     page.screenshot(path=str(artifacts_dir / "lecture-home-playing-1600.png"))
 
     page.get_by_role("button", name="Train MNIST now").click()
