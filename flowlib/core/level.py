@@ -1,6 +1,6 @@
 """One scale of the multi-scale flow: its steps, its split and its latent's prior.
 
-    level = Level(index, in_shape, cfg, last=False)
+    level = Level(cfg, in_shape, index)       # index 0 = finest; the last index is the top level
     out = level(h, labels)                  # LevelOutput(h_next, z, logdet, log_pz, eps)
     h = level.inverse(out.h_next, out.z)    # exact inverse
     level.flat_layers()                     # [LayerPlace(layer, step, stage)], the order of forward
