@@ -165,7 +165,7 @@ study_list, study_problem = studies.study_rows(store)
 with st.expander("**Start a study**: the same model under two or more settings, or a search over ranges, "
                  "several seeds each, answered with intervals", icon=":material/science:", expanded=not study_list):
     st.markdown(
-        "One click reproduces a paper's comparison (the Glow paper's reverse vs shuffle vs 1×1 "
+        "One click runs a paper's comparison at this budget (the Glow paper's reverse vs shuffle vs 1×1 "
         "convolution, additive vs affine coupling, ...), choose what to vary, or search ranges of settings "
         "(Optuna's TPE sampler, losing configurations pruned). Every arm trains the same model with the "
         "same budget; seed *s* of every arm starts from the same weights and sees the same batches, so "
