@@ -45,7 +45,7 @@ def test_home_replay_then_a_live_run_on_a_minutes_budget(streamlit_server, page,
     page.get_by_text("60,000").first.wait_for(timeout=60_000)
     page.get_by_text("minutes", exact=True).click()   # the budget switch
     wait_for_app(page)
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout   # the fixture has it, or skipped
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # the fixture has it, or skipped
 
     box = page.get_by_label("Minutes of training", exact=True)
     estimate = page.get_by_text(re.compile(r"about [\d,]+ steps in 0\.5 minutes")).first
