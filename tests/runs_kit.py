@@ -74,6 +74,17 @@ def queued_fault_run(store, **changes) -> int:
     return run_id
 
 
+def wait_until(predicate, timeout: float = 60.0, what: str = "condition", poll: float = 0.05):
+    """``predicate()``'s first truthy value, polled every ``poll`` s; TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(what)
+
+
 def stop_training(runs_dir: Path, timeout: float = 30.0) -> None:
     """Stop every run still training in this store (workers outlive the server by design)."""
     from flowlib.store.runs import ACTIVE_STATUSES, RunStore

@@ -16,18 +16,13 @@ from flowlib.store.request import RunRequest
 from flowlib.store.runs import new_token
 from flowlib.train.heartbeat import Monitor
 from tests.jobs.test_worker import TINY, _gone, _train, _wait_step
+from tests.runs_kit import wait_until
 
 pytestmark = pytest.mark.store_limits(stale_after_s=3.0, start_timeout_s=60)
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
+def _wait(predicate, timeout=60.0, what="condition"):
+    return wait_until(predicate, timeout, what, poll=0.1)
 
 
 def _pause(pid, store):

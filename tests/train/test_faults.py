@@ -25,7 +25,7 @@ from flowlib.store.runs import RunLimitError, RunStateError, RunStore, StoreBusy
 from flowlib.train.collaborators import Collaborators
 from flowlib.train.loop import train_run
 from flowlib.train.step import batch_terms
-from tests.runs_kit import TINY
+from tests.runs_kit import TINY, wait_until
 from tests.runs_kit import fault_train as _tc
 from tests.runs_kit import queued_fault_run as _queued
 
@@ -36,13 +36,7 @@ def _tmp_files(folder: Path):
 
 
 def _wait(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(what)
+    return wait_until(predicate, timeout, what, poll=0.02)
 
 
 # -- kill -9 at random moments, including mid-checkpoint-write ---------------------------------
