@@ -75,3 +75,12 @@ def test_the_gpu_check_script_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert summary.startswith("**CPU dry run")
     steps = [line for line in summary.splitlines() if line[:2] in {f"{i}." for i in range(1, 10)}]
     assert len(steps) == 7 and all("exit 0" in s or "skipped" in s for s in steps), summary
+
+
+def test_the_study_estimate_benchmark_reads_back_what_the_study_cli_printed():
+    from benchmarks.study_estimates import parse_estimate
+    from flowlib.cli.study import _duration
+
+    for seconds in (7, 89, 90, 245, 3725):
+        assert parse_estimate(f"  time: about {_duration(seconds)} for up to 4 runs") == seconds
+    assert parse_estimate("  time: not known yet on this device") is None

@@ -241,7 +241,9 @@ def _speeds(store, p, wait_s: float) -> dict:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    """``45 s``, ``4 min 05 s`` (to the second: benchmarks/study_estimates.py reads it back)."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
 def _estimate_line(p, speeds: dict, workers: int) -> str:
