@@ -7,9 +7,13 @@ coupling networks.
 
 For each shape and precision, in a fresh process:
 
-* the chip's peak: the median time of a 2048×2048 by 2048×2048 matmul in that precision
-  (float32, or bfloat16, which oneDNN runs on AMX tiles where the CPU has them), in the same
-  process and thread count as the step, as 2·n³ / time;
+* the chip's peak in that precision (float32, or bfloat16: AMX tiles or AVX-512 BF16 dot
+  products where the CPU has them), in the same process and thread count as the step: the
+  faster of two large, well-shaped products, each as 2·m·n·k / its median time — a 2048×2048
+  by 2048×2048 ``torch.matmul`` and a 1×1 convolution of 512 to 512 channels over a
+  16×512×32×32 channels-last batch (oneDNN). Both are reported: on the AMD EPYC (Zen 4) this
+  project moved to, MKL's float32 matmul reached 73 GFLOP/s per core where oneDNN's
+  convolution reached 104, so a matmul alone would flatter every share;
 * the step's FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` over one
   forward and backward pass (the optimizer's few elementwise FLOPs are not counted);
 * the step's time: the median of ``--repeats`` timed training steps after ``--warmup``
@@ -59,8 +63,7 @@ def _median_s(fn, warmup: int, repeats: int, sync) -> float:
 
 
 def matmul_peak(dtype, device, sync) -> float:
-    """FLOP/s of a MATMUL_N² by MATMUL_N² matmul in ``dtype`` here: the chip's own peak, as
-    near as one large, well-shaped product gets to it (median of 7 after 2 untimed)."""
+    """FLOP/s of a MATMUL_N² by MATMUL_N² matmul in ``dtype`` here (median of 7 after 2 untimed)."""
     import torch
 
     a = torch.randn(MATMUL_N, MATMUL_N, device=device, dtype=dtype)
@@ -68,7 +71,20 @@ def matmul_peak(dtype, device, sync) -> float:
     return 2 * MATMUL_N ** 3 / _median_s(lambda: torch.matmul(a, b), 2, 7, sync)
 
 
-def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int) -> dict:
+def conv_peak(dtype, device, sync) -> float:
+    """FLOP/s of a 512→512 1×1 convolution over [16, 512, 32, 32] channels-last in ``dtype``:
+    the same product as a 16,384×512 by 512×512 matmul, through the library the coupling
+    networks use (oneDNN on the CPU, cuDNN on CUDA); median of 7 after 2 untimed."""
+    import torch
+
+    x = torch.randn(16, 512, 32, 32, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(512, 512, 1, bias=False).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        seconds = _median_s(lambda: conv(x), 2, 7, sync)
+    return 2 * 16 * 32 * 32 * 512 * 512 / seconds
+
+
+def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int, threads: int | None = None) -> dict:
     """One shape and precision, in this process: peak, FLOPs, step time and share."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -79,8 +95,12 @@ def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int)
     device = torch.device(device_name)
     if device.type == "cpu":
         tune_for_training()
+        if threads:
+            torch.set_num_threads(threads)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, device, sync)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    peaks = {"matmul": matmul_peak(dtype, device, sync), "conv1x1": conv_peak(dtype, device, sync)}
+    peak = max(peaks.values())
 
     _, spec, batch = SHAPES[shape]
     spec = dict(spec)
@@ -105,7 +125,9 @@ def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int)
     return {"shape": shape, "precision": "bf16 networks" if bf16 else "float32", "device": device.type,
             "threads": torch.get_num_threads(), "batch": batch, "gflop_per_step": flops / 1e9,
             "step_ms": step_s * 1000, "images_per_s": batch / step_s, "achieved_gflops": achieved / 1e9,
-            "peak_gflops": peak / 1e9, "share": achieved / peak}
+            "peak_gflops": peak / 1e9, "peak_by": max(peaks, key=peaks.get),
+            "peak_matmul_gflops": peaks["matmul"] / 1e9, "peak_conv1x1_gflops": peaks["conv1x1"] / 1e9,
+            "share": achieved / peak}
 
 
 def _machine() -> str:
@@ -128,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu, and cuda too when present)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the trainer's choice)")
     parser.add_argument("--json", default=None, help="write the rows here as well")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -135,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup must be ≥ 0 and --repeats ≥ 1")
     if args.child:
         shape, precision, device = args.child.split(",")
-        print(json.dumps(measure(shape, precision == "bf16", device, args.warmup, args.repeats)))
+        print(json.dumps(measure(shape, precision == "bf16", device, args.warmup, args.repeats, args.threads)))
         return 0
     import torch
     devices = [args.device] if args.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -148,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             for precision in args.precision or ["float32", "bf16"]:
                 proc = subprocess.run([sys.executable, "-m", "benchmarks.peak", "--child",
                                        f"{shape},{precision},{device}", "--warmup", str(args.warmup),
-                                       "--repeats", str(args.repeats)], cwd=REPO_ROOT, capture_output=True,
+                                       "--repeats", str(args.repeats),
+                                       *(["--threads", str(args.threads)] if args.threads else [])], cwd=REPO_ROOT, capture_output=True,
                                       text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
                 if proc.returncode != 0:
                     print(f"{shape} {precision} {device}: failed\n{proc.stderr[-1500:]}", file=sys.stderr)

@@ -58,6 +58,7 @@ def test_the_share_of_peak_benchmark_counts_flops_and_times_the_trainers_step():
     row = peak.measure("mnist-fast", bf16=False, device_name="cpu", warmup=0, repeats=1)
     assert row["gflop_per_step"] > 1.0 and row["step_ms"] > 0 and row["peak_gflops"] > 0
     assert row["share"] == pytest.approx(row["achieved_gflops"] / row["peak_gflops"])
+    assert row["peak_gflops"] == max(row["peak_matmul_gflops"], row["peak_conv1x1_gflops"])   # the faster product
     assert row["images_per_s"] == pytest.approx(64 / (row["step_ms"] / 1000))
 
 
