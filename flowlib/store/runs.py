@@ -163,7 +163,7 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise self._file.os_unavailable(exc, f"the runs folder {self.root} could not be created") from None
+            raise self._file.os_unavailable(exc, "the runs folder could not be created") from None
         existed = self.db_path.is_file() and self.db_path.stat().st_size > 0
         self._retry(self._file.check_is_ours)   # read-only: nothing is written to a file that is not ours
         version = migrated_from = None
@@ -268,7 +268,8 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
         ``last_words``: on a full disk, give up the reserve once and try again (a run's final
         status must land, or the run would read ``lost`` instead of why it failed).
         """
-        deadline = time.monotonic() + self.limits.db_timeout_s
+        patience = self.limits.db_timeout_s
+        deadline = time.monotonic() + patience
         delay = 0.02
         while True:
             try:
@@ -284,8 +285,8 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
                     raise error from None
                 if time.monotonic() >= deadline:
                     raise StoreBusyError(
-                        f"the run database {self.db_path} stayed locked by another program for "
-                        f"{self.limits.db_timeout_s:g} s; try again") from None
+                        f"the run store is busy: another process held the write lock of {self._file.db_name} "
+                        f"for {patience:g} s; try again") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
