@@ -75,3 +75,9 @@ def test_the_gpu_check_script_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert summary.startswith("**CPU dry run")
     steps = [line for line in summary.splitlines() if line[:2] in {f"{i}." for i in range(1, 10)}]
     assert len(steps) == 7 and all("exit 0" in s or "skipped" in s for s in steps), summary
+
+
+def test_poll_cost_times_both_reads_and_they_agree():
+    from benchmarks import poll_cost
+    r = poll_cost.measure(rows=500, polls=3)     # it asserts each incremental poll equals a full read
+    assert r["full_reads"] == 1 and r["full_ms"] > 0 and r["incremental_ms"] > 0
