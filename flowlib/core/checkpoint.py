@@ -40,6 +40,7 @@ from flowlib import env
 from flowlib.config import FlowConfig
 from flowlib.fileio import atomic_write
 from flowlib.size import parameter_count
+from flowlib.zipdir import NotAZip, ZipTooLarge, check_zip_directory
 
 from .model import FlowModel, align_legacy_optimizer_state
 from .tensor_bounds import TensorBoundsError, check_tensor_bounds
@@ -52,6 +53,10 @@ VERSION = 1
 # The largest model a checkpoint may describe: 4.5x the biggest preset (glow, 44 M), 800 MB
 # of float32 weights.  Beyond it a hand-edited config could ask for gigabytes.
 MAX_CHECKPOINT_PARAMETERS = 200_000_000
+# A checkpoint's zip holds one entry per tensor storage (a few thousand for the largest
+# model); its list of entries is refused beyond these before zipfile parses it.
+MAX_CHECKPOINT_ENTRIES = 100_000
+MAX_CHECKPOINT_DIRECTORY_BYTES = 16 * 1024**2
 
 
 class CheckpointError(ValueError):
@@ -121,6 +126,14 @@ class _WriteErrors:
 def _check_container(path: Path, name: str) -> None:
     """Refuse, before torch.load reads it, a file that would cost more than it holds: not the zip
     torch.save writes, a compressed entry, or tensors that claim more than the file stores."""
+    try:   # its list of entries is sized from the file's tail before zipfile parses all of it
+        with open(path, "rb") as handle:
+            check_zip_directory(handle, MAX_CHECKPOINT_ENTRIES, MAX_CHECKPOINT_DIRECTORY_BYTES)
+    except ZipTooLarge as exc:
+        raise CheckpointError(f"{name}: {exc}, which no checkpoint of a model this size needs, so it "
+                              "was refused before its entries were read") from None
+    except (NotAZip, OSError):
+        raise CheckpointError(f"{name}: {_not_a_zip(path)}") from None
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError):
