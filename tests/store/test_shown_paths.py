@@ -8,6 +8,7 @@ never by the server's absolute path. Each test provokes one and looks for ``tmp_
 
 import errno
 import json
+import os
 import random
 
 import pytest
@@ -138,3 +139,22 @@ def test_a_failed_file_write_is_described_without_the_server_path(tmp_path):
         text = describe_failure(exc, "while saving samples")
         assert "samples_step0000010.png" in text
         _clean(text, tmp_path)
+
+
+def test_an_unreadable_upload_or_cache_folder_is_named_without_the_server_path(tmp_path, monkeypatch):
+    from flowlib.data.sources import listing
+    from flowlib.data.sources.common import DatasetError, ensure_cache_dir, uploads_dir
+
+    monkeypatch.setenv("FLOWLAB_CACHE_DIR", str(tmp_path / "cache"))
+    upload = uploads_dir() / "0123abcd.zip"
+    upload.parent.mkdir(parents=True)
+    os.mkfifo(upload)                  # not a regular file: it is refused, not read
+    with pytest.raises(DatasetError) as info:
+        listing._list_zip(upload, "", listing.Listing())
+    assert "your upload 0123abcd.zip" in str(info.value)
+    _clean(str(info.value), tmp_path)
+    (tmp_path / "blocker").write_text("a file where the cache folder should go")
+    monkeypatch.setenv("FLOWLAB_CACHE_DIR", str(tmp_path / "blocker" / "cache"))
+    with pytest.raises(DatasetError) as info:
+        ensure_cache_dir()
+    _clean(str(info.value), tmp_path)
