@@ -20,7 +20,7 @@ floors (the worker answering a stop request, the CLI's ``--help``) never loads t
 """
 
 FLOORS = (
-    ("settings", "env", "fileio"),         # how a setting is declared and checked; the environment; atomic files
+    ("settings", "env", "fileio", "zipdir"),   # settings; the environment; atomic files; a zip's size before parsing
     ("config", "size"),                    # every setting of a model and a run, the presets; size arithmetic
     ("machine",),                          # the device, NVIDIA GPUs, threads, allocator tuning
     ("core", "data"),                      # the flows themselves; the datasets

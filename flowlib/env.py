@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Variable", "VARIABLES", "LIMIT_VARIABLES", "REPO_ROOT", "HEARTBEAT_S", "MIN_BEATS_PER_WINDOW",
-           "read", "flag", "snapshot", "runs_root", "cache_root", "is_set"]
+           "read", "flag", "snapshot", "runs_root", "cache_root", "is_set", "shown_path", "shown_error"]
 
 # The checkout this package lives in: the default home of the run store and the data cache,
 # and the working directory of the processes the server launches.
@@ -182,3 +182,48 @@ def runs_root() -> Path:
 def cache_root() -> Path:
     """Where dataset caches and uploads live: $FLOWLAB_CACHE_DIR, else <repo>/.cache/datasets."""
     return read("FLOWLAB_CACHE_DIR") or REPO_ROOT / ".cache" / "datasets"
+
+
+def shown_path(path: str | os.PathLike, *roots: str | os.PathLike) -> str:
+    """How a server file is named in a message a browser may show: never its absolute path.
+
+    Relative to the first of ``roots`` that holds it, else to the runs folder, the data cache
+    or the checkout (``run-00001/checkpoint.pt``, ``checkpoints/mnist_demo.pt``), else only its
+    name. Pass a store's own root first when it is not the default one. Server logs (stderr)
+    may still print the whole path; what a page shows goes through here.
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    bases: list[Path] = [Path(r) for r in roots]
+    for default in (runs_root, cache_root):
+        try:
+            bases.append(default())
+        except ValueError:    # a malformed variable is reported where it is read, not here
+            pass
+    bases.append(REPO_ROOT)
+    for base in bases:
+        for a, b in ((p, base), (p, _resolved(base)), (_resolved(p), _resolved(base))):
+            try:
+                rel = a.relative_to(b)
+            except ValueError:
+                continue
+            return rel.as_posix() if rel.parts else (p.name or "the folder")
+    return p.name or "the folder"
+
+
+def shown_error(exc: BaseException, *roots: str | os.PathLike) -> str:
+    """``str(exc)``, except that an OSError names its files by :func:`shown_path` (Python's
+    own text for one is ``[Errno 13] Permission denied: '/srv/…/run-00001/worker.log'``)."""
+    if isinstance(exc, OSError) and (exc.filename or exc.filename2):
+        names = [shown_path(os.fsdecode(f), *roots) for f in (exc.filename, exc.filename2)
+                 if isinstance(f, (str, bytes, os.PathLike)) and f]
+        return f"{exc.strerror or type(exc).__name__}: {' -> '.join(names)}"
+    return str(exc)
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):
+        return p

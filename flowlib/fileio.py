@@ -10,6 +10,7 @@ forever, or stream without end (``/dev/zero``).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -76,7 +77,7 @@ def open_regular(path: str | os.PathLike) -> IO[bytes]:
     fd = os.open(path, flags)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(f"{path} is not a regular file")
+            raise NotRegularFile(errno.EINVAL, "not a regular file", os.fspath(path))
         # Regular files ignore O_NONBLOCK, but clear it so the flag cannot surprise a reader
         # that hands the descriptor on.
         if hasattr(os, "set_blocking"):

@@ -85,3 +85,9 @@ def test_the_study_estimate_benchmark_reads_back_what_the_study_cli_printed():
     for seconds in (7, 89, 90, 245, 3725):
         assert parse_estimate(f"  time: about {_duration(seconds)} for up to 4 runs") == seconds
     assert parse_estimate("  time: not known yet on this device") is None
+
+
+def test_poll_cost_times_both_reads_and_they_agree():
+    from benchmarks import poll_cost
+    r = poll_cost.measure(rows=500, polls=3)     # it asserts each incremental poll equals a full read
+    assert r["full_reads"] == 1 and r["full_ms"] > 0 and r["incremental_ms"] > 0

@@ -36,9 +36,11 @@ from pathlib import Path
 
 import torch
 
+from flowlib import env
 from flowlib.config import FlowConfig
 from flowlib.fileio import atomic_write
 from flowlib.size import parameter_count
+from flowlib.zipdir import NotAZip, ZipTooLarge, check_zip_directory
 
 from .model import FlowModel, align_legacy_optimizer_state
 from .tensor_bounds import TensorBoundsError, check_tensor_bounds
@@ -51,6 +53,10 @@ VERSION = 1
 # The largest model a checkpoint may describe: 4.5x the biggest preset (glow, 44 M), 800 MB
 # of float32 weights.  Beyond it a hand-edited config could ask for gigabytes.
 MAX_CHECKPOINT_PARAMETERS = 200_000_000
+# A checkpoint's zip holds one entry per tensor storage (a few thousand for the largest
+# model); its list of entries is refused beyond these before zipfile parses it.
+MAX_CHECKPOINT_ENTRIES = 100_000
+MAX_CHECKPOINT_DIRECTORY_BYTES = 16 * 1024**2
 
 
 class CheckpointError(ValueError):
@@ -117,24 +123,32 @@ class _WriteErrors:
             raise
 
 
-def _check_container(path: Path) -> None:
+def _check_container(path: Path, name: str) -> None:
     """Refuse, before torch.load reads it, a file that would cost more than it holds: not the zip
     torch.save writes, a compressed entry, or tensors that claim more than the file stores."""
+    try:   # its list of entries is sized from the file's tail before zipfile parses all of it
+        with open(path, "rb") as handle:
+            check_zip_directory(handle, MAX_CHECKPOINT_ENTRIES, MAX_CHECKPOINT_DIRECTORY_BYTES)
+    except ZipTooLarge as exc:
+        raise CheckpointError(f"{name}: {exc}, which no checkpoint of a model this size needs, so it "
+                              "was refused before its entries were read") from None
+    except (NotAZip, OSError):
+        raise CheckpointError(f"{name}: {_not_a_zip(path)}") from None
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError):
-        raise CheckpointError(f"{path}: {_not_a_zip(path)}") from None
+        raise CheckpointError(f"{name}: {_not_a_zip(path)}") from None
     with archive:
         compressed = [info.filename for info in archive.infolist()
                       if info.compress_type != zipfile.ZIP_STORED]
         if compressed:
             raise CheckpointError(
-                f"{path}: its entry {compressed[0]!r} is compressed, which torch.save never does; "
+                f"{name}: its entry {compressed[0]!r} is compressed, which torch.save never does; "
                 "such a file can unpack to far more memory than its size, so it was refused")
         try:
             check_tensor_bounds(archive)
         except TensorBoundsError as exc:
-            raise CheckpointError(f"{path}: {exc}, so it was refused before anything was allocated") from None
+            raise CheckpointError(f"{name}: {exc}, so it was refused before anything was allocated") from None
 
 
 # What torch.save wrote before PyTorch 1.6: a pickle that starts with this number.
@@ -161,14 +175,18 @@ def _first_non_finite(state: dict) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint dict safely. Raises :class:`CheckpointError` with a plain reason."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", shown: str | None = None) -> dict:
+    """Read a checkpoint dict safely. Raises :class:`CheckpointError` with a plain reason.
+
+    ``shown``: what the reason calls the file (default :func:`flowlib.env.shown_path`: never
+    a server's absolute path, since pages show these sentences)."""
     path = Path(path)
+    name = shown if shown is not None else env.shown_path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{name}: no such checkpoint file")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the file is empty")
-    _check_container(path)
+        raise CheckpointError(f"{name}: the file is empty")
+    _check_container(path, name)
     try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of files it then refuses; the refusal says enough.
@@ -189,54 +207,55 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         else:
             first_line = text.splitlines()[0][:200] if text else ""
             reason = f"it is not a readable PyTorch checkpoint ({type(exc).__name__}: {first_line})"
-        raise CheckpointError(f"{path}: {reason}") from None
+        raise CheckpointError(f"{name}: {reason}") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a Flow Lab checkpoint (no 'config' and 'model' entries)")
+        raise CheckpointError(f"{name}: not a Flow Lab checkpoint (no 'config' and 'model' entries)")
     if not isinstance(ckpt["model"], dict):
-        raise CheckpointError(f"{path}: its 'model' entry is not a dict of weights")
+        raise CheckpointError(f"{name}: its 'model' entry is not a dict of weights")
     bad = _first_non_finite(ckpt["model"])
     if bad is not None:
-        raise CheckpointError(f"{path}: its weights contain NaN or infinite values (first in "
+        raise CheckpointError(f"{name}: its weights contain NaN or infinite values (first in "
                               f"{bad!r}), so the model would compute nothing; use an earlier "
                               "checkpoint or train again")
     align_legacy_optimizer_state(ckpt)
     return ckpt
 
 
-def _check_size_before_building(path: Path, config: FlowConfig, state: dict) -> None:
+def _check_size_before_building(name: str, config: FlowConfig, state: dict) -> None:
     """Compare the model the config describes with the weights in the file, by arithmetic."""
     expected = parameter_count(config)
     if expected > MAX_CHECKPOINT_PARAMETERS:
         raise CheckpointError(
-            f"{path}: its config describes a model of {expected:,} parameters, more than the "
+            f"{name}: its config describes a model of {expected:,} parameters, more than the "
             f"{MAX_CHECKPOINT_PARAMETERS:,} a checkpoint may have here, so it was not built")
     stored = sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
     if stored < expected:  # the state dict holds every parameter, plus buffers
         raise CheckpointError(
-            f"{path}: the weights do not match the model its config describes ({config.summary()} "
+            f"{name}: the weights do not match the model its config describes ({config.summary()} "
             f"needs {expected:,} parameters, the file holds {stored:,} values), so it was not built")
 
 
-def load_model(path: str | os.PathLike, device="cpu") -> tuple[FlowModel, dict]:
+def load_model(path: str | os.PathLike, device="cpu", shown: str | None = None) -> tuple[FlowModel, dict]:
     """Rebuild the model a checkpoint describes, load its weights, and put it in eval mode.
 
     Returns ``(model, checkpoint_dict)``. Any mismatch between the recorded config and the
     weights (a checkpoint of another architecture, a hand-edited file) is a CheckpointError.
     """
     path = Path(path)
-    ckpt = load_checkpoint(path, map_location=device)
+    name = shown if shown is not None else env.shown_path(path)
+    ckpt = load_checkpoint(path, map_location=device, shown=name)
     try:
         config = FlowConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: its model config is invalid: {exc}") from None
-    _check_size_before_building(path, config, ckpt["model"])
+        raise CheckpointError(f"{name}: its model config is invalid: {exc}") from None
+    _check_size_before_building(name, config, ckpt["model"])
     model = FlowModel(config)
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, KeyError) as exc:
         first = str(exc).splitlines()
         detail = " ".join(line.strip() for line in first[:3])[:300]
-        raise CheckpointError(f"{path}: the weights do not match the model its config describes "
+        raise CheckpointError(f"{name}: the weights do not match the model its config describes "
                               f"({detail})") from None
     model.to(device).eval()
     return model, ckpt

@@ -60,6 +60,7 @@ import threading
 import time
 import traceback
 
+from flowlib import env
 from flowlib.store.dbfile import StoreUnavailableError
 from flowlib.store.request import RunRequest
 from flowlib.store.runs import RunLimitError, RunStateError, RunStore
@@ -120,9 +121,10 @@ def _launch_claimed(store: RunStore, run_id: int, watch: bool = True) -> int:
         proc = _launch(store, run_id)
     except Exception as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            reason = f"the disk is full (no space left on device for {store.log_path(run_id)})"
+            reason = ("the disk is full (no space left on device for "
+                      f"{env.shown_path(store.log_path(run_id), store.root)})")
         else:
-            reason = str(exc)
+            reason = env.shown_error(exc, store.root)
         store.finish_run(run_id, "failed", f"Could not start the training process: {reason}.")
         raise
     proc._flowlab_run_id = int(run_id)  # type: ignore[attr-defined]
@@ -331,7 +333,7 @@ def _train_one(store: RunStore, run_id: int) -> int:
         if isinstance(exc, StoreUnavailableError):
             message = str(exc)   # one sentence already: a full disk, a damaged database ...
         else:
-            message = f"The training process failed to start ({type(exc).__name__}: {str(exc)[:300]})."
+            message = f"The training process failed to start ({type(exc).__name__}: {env.shown_error(exc, store.root)[:300]})."
         try:
             store.finish_run(run_id, "failed", message)
         except Exception:

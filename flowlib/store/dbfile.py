@@ -50,6 +50,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
+from flowlib import env
+
 __all__ = ["DatabaseFile", "StoreUnavailableError", "APPLICATION_ID", "RESERVE_NAME", "RESERVE_BYTES",
            "RESERVE_MIN_FREE", "is_busy", "storage_code"]
 
@@ -75,9 +77,10 @@ class StoreUnavailableError(RuntimeError):
     ``"disk_full"``, or ``"io"`` (any other disk error).
     """
 
-    def __init__(self, message: str, reason: str = "io"):
+    def __init__(self, message: str, reason: str = "io", path: str | os.PathLike | None = None):
         super().__init__(message)
         self.reason = reason
+        self.path = None if path is None else str(path)   # the whole path, for server logs only
 
 
 def is_busy(exc: sqlite3.Error) -> bool:
@@ -111,6 +114,9 @@ class DatabaseFile:
         self.db_path = Path(db_path)
         self.reserve_path = Path(reserve_path)
         self.timeout_s = timeout_s
+        # What messages call the database: its name in the runs folder, never the server's
+        # path to it (a page shows these sentences, in classroom mode too).
+        self.db_name = env.shown_path(self.db_path, self.root)
 
     def __repr__(self) -> str:
         return f"DatabaseFile({str(self.db_path)!r})"
@@ -123,36 +129,36 @@ class DatabaseFile:
         except FileNotFoundError:
             return                                    # a new store
         except OSError as exc:
-            raise self.os_unavailable(exc, f"the run database {path} could not be read") from None
-        where = f"The run database {path}"
+            raise self.os_unavailable(exc, f"the run database {self.db_name} could not be read") from None
+        where = f"The run database {self.db_name}"
         advice = (" It was left untouched: move it away (or restore it from a backup) or point "
                   "FLOWLAB_RUNS_DIR / --runs-dir at another folder.")
         if not stat.S_ISREG(info.st_mode):
-            raise StoreUnavailableError(f"{where} is not a regular file.{advice}", "damaged")
+            raise StoreUnavailableError(f"{where} is not a regular file.{advice}", "damaged", path)
         if info.st_size == 0:
             return                                    # SQLite's own empty database
         try:
             with open(path, "rb") as f:
                 head = f.read(100)
         except OSError as exc:
-            raise self.os_unavailable(exc, f"the run database {path} could not be read") from None
+            raise self.os_unavailable(exc, f"the run database {self.db_name} could not be read") from None
         if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
             raise StoreUnavailableError(
                 f"{where} is not an SQLite database (its first bytes are wrong: it was replaced, "
-                f"truncated or damaged).{advice}", "damaged")
+                f"truncated or damaged).{advice}", "damaged", path)
         page_size = int.from_bytes(head[16:18], "big")
         page_size = 65536 if page_size == 1 else page_size
         pages = int.from_bytes(head[28:32], "big")
         if head[24:28] == head[92:96] and pages and info.st_size < page_size * pages:
             raise StoreUnavailableError(
                 f"{where} is truncated ({info.st_size:,} of its {page_size * pages:,} bytes are "
-                f"left).{advice}", "damaged")
+                f"left).{advice}", "damaged", path)
         app_id = int.from_bytes(head[68:72], "big")
         if app_id == APPLICATION_ID:
             return
         if app_id != 0:
             raise StoreUnavailableError(f"{where} belongs to another program (its application id "
-                                        f"is {app_id:#x}), not Flow Lab.{advice}", "foreign")
+                                        f"is {app_id:#x}), not Flow Lab.{advice}", "foreign", path)
         uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=self.timeout_s)
@@ -167,14 +173,14 @@ class DatabaseFile:
                 raise
             code = storage_code(exc)
             if code in (None, _SQLITE_CORRUPT, _SQLITE_NOTADB):
-                raise StoreUnavailableError(f"{where} is damaged ({exc}).{advice}", "damaged") from None
+                raise StoreUnavailableError(f"{where} is damaged ({exc}).{advice}", "damaged", path) from None
             raise self.sqlite_unavailable(exc) from None
         finally:
             conn.close()
         if tables and not _OUR_COLUMNS <= columns:
             shown = ", ".join(tables[:6]) + (" ..." if len(tables) > 6 else "")
             raise StoreUnavailableError(f"{where} holds another program's tables ({shown}), not "
-                                        f"Flow Lab's runs.{advice}", "foreign")
+                                        f"Flow Lab's runs.{advice}", "foreign", path)
 
     def free_bytes(self) -> int | None:
         try:
@@ -197,21 +203,22 @@ class DatabaseFile:
 
     def read_only_error(self) -> StoreUnavailableError:
         return StoreUnavailableError(
-            f"The runs folder {self.root} is read-only for this program, so runs cannot be "
-            "recorded there; make it writable or point FLOWLAB_RUNS_DIR / --runs-dir at another "
-            "folder.", "read_only")
+            "The runs folder is read-only for this program, so runs cannot be recorded there; "
+            "make it writable or point FLOWLAB_RUNS_DIR / --runs-dir at another folder.", "read_only",
+            self.root)
 
     def disk_full_error(self) -> StoreUnavailableError:
         return StoreUnavailableError(
-            f"The disk holding the run store {self.root} is full (no space left on device); free "
-            "some space, then try again.", "disk_full")
+            "The disk holding the run store is full (no space left on device); free some space, "
+            "then try again.", "disk_full", self.root)
 
     def os_unavailable(self, exc: OSError, what: str) -> StoreUnavailableError:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return self.disk_full_error()
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return self.read_only_error()
-        return StoreUnavailableError(f"{what[:1].upper()}{what[1:]} ({exc.strerror or exc}).", "io")
+        return StoreUnavailableError(f"{what[:1].upper()}{what[1:]} ({exc.strerror or exc.__class__.__name__}).",
+                                     "io", exc.filename or self.root)
 
     def sqlite_unavailable(self, exc: sqlite3.Error) -> StoreUnavailableError:
         """The one-sentence error for an SQLite failure that blames the file or the disk."""
@@ -223,13 +230,14 @@ class DatabaseFile:
             return self.read_only_error()
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
             return StoreUnavailableError(
-                f"The run database {self.db_path} is damaged ({exc}); move it away or restore it "
-                "from a backup.", "damaged")
+                f"The run database {self.db_name} is damaged ({exc}); move it away or restore it "
+                "from a backup.", "damaged", self.db_path)
         if code == _SQLITE_IOERR:
             return StoreUnavailableError(
-                f"The run database {self.db_path} could not be written (disk I/O error): the disk "
-                "may be full or failing; free some space, then try again.", "io")
-        return StoreUnavailableError(f"The run database {self.db_path} could not be used ({exc}).", "io")
+                f"The run database {self.db_name} could not be written (disk I/O error): the disk "
+                "may be full or failing; free some space, then try again.", "io", self.db_path)
+        return StoreUnavailableError(f"The run database {self.db_name} could not be used ({exc}).", "io",
+                                     self.db_path)
 
     def make_reserve(self) -> None:
         """Keep RESERVE_BYTES allocated in runs.reserve while the disk has room (best effort)."""

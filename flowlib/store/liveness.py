@@ -48,6 +48,8 @@ from .rows import ACTIVE_STATUSES, TERMINAL_OWNER, FencedOutError, StoreBusyErro
 
 __all__ = ["Clock", "Observations", "RunLiveness", "new_token", "OVERTAKEN_MESSAGE"]
 
+# How long a read waits for the write lock to reap lost runs on the side (then the next read tries).
+REAP_WAIT_S = 0.05
 OVERTAKEN_MESSAGE = ("This run's training process stopped answering for longer than the heartbeat window, so "
                      "its training slot went to another run; when it answered again it stopped at step {step:,} "
                      "with a checkpoint. Resume to continue.")
@@ -143,10 +145,11 @@ class RunLiveness:
                          (r["id"], r["step"], now, msg))
         return lost
 
-    def reap_lost(self) -> list[int]:
+    def reap_lost(self, wait_s: float | None = None) -> list[int]:
         """Mark active runs whose heartbeat stopped changing as ``lost``, hand their slots on;
-        returns their ids."""
-        lost = self.transaction(self._mark_lost)
+        returns their ids. ``wait_s``: how long to wait for the write lock (default: the
+        store's busy timeout)."""
+        lost = self.transaction(self._mark_lost, wait_s=wait_s)
         self._slots_freed(lost)
         return lost
 
@@ -159,7 +162,9 @@ class RunLiveness:
                                                  "status IN ('queued', 'running', 'stopping')").fetchall())
         if self._stale_ids(rows):
             try:
-                return bool(self.reap_lost())
+                # A glance at the lock, not a wait: the run that stopped beating may be a worker
+                # stopped (SIGSTOP) while it holds the write lock, and reads must not wait on it.
+                return bool(self.reap_lost(wait_s=REAP_WAIT_S))
             except (StoreBusyError, StoreUnavailableError):
                 return False   # reading still works; the next read reaps
         return False

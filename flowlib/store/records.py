@@ -5,6 +5,7 @@
     store.events(run_id)                     # start / resume / nan_skip / rollback / eval / checkpoint / ...
     store.latest_samples(run_id)             # {"step", "path", "wall"} of the newest sample grid, or None
     delta, cursor = store.metrics_since(run_id, cursor)     # only the rows written since (a page's poll)
+    follower = CurveFollower(run_id); follower.refresh(store)   # what metrics() reads, kept up to date
 
 Kept apart from :mod:`flowlib.store.runs` (runs, their status and the concurrency slots) because
 these are append-mostly rows that only the trainer writes and the pages read. Sample grid
@@ -21,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["RunRecords", "EVENT_KINDS"]
+__all__ = ["RunRecords", "CurveFollower", "EVENT_KINDS"]
 
 EVENT_KINDS = ("start", "resume", "nan_skip", "rollback", "lr_drop", "eval", "checkpoint",
                "samples", "warning", "error", "stop", "finish", "lost", "early_stop")
@@ -62,7 +63,7 @@ class RunRecords:
         if after_step is not None:
             sql += " AND step > ?"
             params.append(int(after_step))
-        sql += " ORDER BY key, step"
+        sql += " ORDER BY key, step, rowid"   # rowid: rows of one step in the order written
         out: dict[str, dict[str, list]] = {}
         for key, step, wall, value in self.read(lambda c: c.execute(sql, params).fetchall()):
             curve = out.get(key)
@@ -78,8 +79,18 @@ class RunRecords:
         next time: ``(curves, cursor)``, curves shaped like :meth:`metrics` and meant to be
         appended to the ones read before. ``curves`` is None when rows were dropped since
         (a resume or a rollback re-trains from a checkpoint): read everything again with
-        ``metrics_since(run_id)``. A cursor is ``(curve revision, last row id)``."""
+        ``metrics_since(run_id)``. A cursor is ``(curve revision, last row id)``.
+
+        The revision and the rows are read in one transaction (one snapshot), so a truncation
+        committed between them cannot slip in unseen."""
         def read(conn):
+            conn.execute("BEGIN")
+            try:
+                return snapshot(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        def snapshot(conn):
             row = conn.execute("SELECT curve_rev FROM runs WHERE id=?", (int(run_id),)).fetchone()
             rev = row[0] if row is not None else 0
             if cursor is not None and cursor[0] != rev:
@@ -205,3 +216,49 @@ class RunRecords:
             "SELECT step, wall, path FROM samples WHERE run_id=? ORDER BY step DESC, id DESC LIMIT 1",
             (int(run_id),)).fetchone())
         return None if row is None else {**dict(row), "path": self._sample_path(run_id, row["path"])}
+
+
+class CurveFollower:
+    """One run's curves as :meth:`RunRecords.metrics` reads them, kept up to date by reading
+    only the rows written since the last refresh (a page polling a live run keeps one per tab).
+
+        follower = CurveFollower(run_id)
+        curves = follower.refresh(store)     # the first time: every row; then only the new ones
+
+    ``refresh`` returns exactly what ``store.metrics(run_id)`` would return now: when rows
+    were dropped (a resume or a rollback raises the run's curve revision), or when a new row
+    of a curve lies before the curve's last step, it reads the run afresh instead of appending.
+    Its cost per refresh follows the rows written since the last one, not the run's length.
+    """
+
+    def __init__(self, run_id: int):
+        self.run_id = int(run_id)
+        self.cursor: tuple | None = None
+        self.curves: dict[str, dict[str, list]] = {}
+        self.full_reads = 0        # how many refreshes read everything (tests and benchmarks look)
+
+    def refresh(self, store) -> dict[str, dict[str, list]]:
+        delta, cursor = store.metrics_since(self.run_id, self.cursor)
+        if self.cursor is not None and delta is not None and self._extend(delta):
+            self.cursor = cursor
+            return self.curves
+        if self.cursor is not None:        # rows were dropped, or one came out of order: read afresh
+            delta, cursor = store.metrics_since(self.run_id)
+        self.curves, self.cursor = delta, cursor
+        self.full_reads += 1
+        return self.curves
+
+    def _extend(self, delta: dict[str, dict[str, list]]) -> bool:
+        """Append the new rows; False (nothing changed) when one would go before its curve's end."""
+        for key, new in delta.items():
+            held = self.curves.get(key)
+            if held is not None and held["step"] and new["step"][0] < held["step"][-1]:
+                return False
+        for key, new in delta.items():
+            held = self.curves.get(key)
+            if held is None:
+                self.curves[key] = new
+            else:
+                for column in ("step", "wall", "value"):
+                    held[column].extend(new[column])
+        return True

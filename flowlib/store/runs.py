@@ -66,7 +66,11 @@ Concurrency: every call opens its own short-lived connection (safe from any thre
 to leak), sets ``busy_timeout``, and keeps transactions to a few statements. WAL means readers
 never block the trainer's writes. A write that still finds the database locked is retried
 with back-off for a bounded time, then raises :class:`StoreBusyError`; the trainer treats that
-as "try again at the next flush", never as a reason to die.
+as "try again at the next flush", never as a reason to die, and a page shows it as "the run
+store is busy; try again" (``pages.common.ui.guard``). A process stopped (SIGSTOP) inside a
+write transaction keeps the lock until it runs again: nothing here can take it back, so every
+transaction's fn is SQL only (nothing slow inside ``BEGIN IMMEDIATE``), reads go on under WAL,
+and the reaping a read does on the side only glances at the lock (``wait_s``) instead of waiting.
 
 Environment: ``FLOWLAB_RUNS_DIR`` is where the store lives (default
 ``<repo>/checkpoints/runs``); the caps and timing windows (``FLOWLAB_MAX_CONCURRENT``,
@@ -163,7 +167,7 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise self._file.os_unavailable(exc, f"the runs folder {self.root} could not be created") from None
+            raise self._file.os_unavailable(exc, "the runs folder could not be created") from None
         existed = self.db_path.is_file() and self.db_path.stat().st_size > 0
         self._retry(self._file.check_is_ours)   # read-only: nothing is written to a file that is not ours
         version = migrated_from = None
@@ -205,7 +209,8 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
                     pass   # a read-only folder: the run can still be read, not resumed
 
     # -- transactions and reads: the store's own methods and its neighbours use these ----
-    def transaction(self, fn: Callable[[sqlite3.Connection], Any], last_words: bool = False) -> Any:
+    def transaction(self, fn: Callable[[sqlite3.Connection], Any], last_words: bool = False,
+                    wait_s: float | None = None) -> Any:
         """``fn(conn)`` inside one short ``BEGIN IMMEDIATE`` transaction; returns what fn returns.
 
         The transaction holds the write lock from its first statement, so what fn reads is
@@ -217,9 +222,14 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
         the file or its disk is a :class:`StoreUnavailableError` in one sentence.
         ``last_words=True`` (a run's final status, its error event): on a full disk, spend
         the reserve (``runs.reserve``) and try once more. Rows come back as ``sqlite3.Row``.
+        ``wait_s``: how long to wait for another writer's lock instead (a chore a read does on
+        the side, such as reaping lost runs, passes a fraction of a second: a worker stopped
+        while it holds the lock must not make every page read wait).
         """
         def attempt():
             conn = self._connect()
+            if wait_s is not None:
+                conn.execute(f"PRAGMA busy_timeout={max(0, int(wait_s * 1000))}")
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -234,7 +244,7 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
                 return result
             finally:
                 conn.close()
-        return self._retry(attempt, last_words)
+        return self._retry(attempt, last_words, wait_s)
 
     def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """``fn(conn)`` on a connection of its own, for reads; returns what fn returns.
@@ -262,13 +272,14 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
         finally:
             conn.close()
 
-    def _retry(self, fn: Callable[[], Any], last_words: bool = False) -> Any:
+    def _retry(self, fn: Callable[[], Any], last_words: bool = False, wait_s: float | None = None) -> Any:
         """fn(), retried while the database is locked; storage faults become StoreUnavailableError.
 
         ``last_words``: on a full disk, give up the reserve once and try again (a run's final
         status must land, or the run would read ``lost`` instead of why it failed).
         """
-        deadline = time.monotonic() + self.limits.db_timeout_s
+        patience = self.limits.db_timeout_s if wait_s is None else wait_s
+        deadline = time.monotonic() + patience
         delay = 0.02
         while True:
             try:
@@ -284,8 +295,8 @@ class RunStore(RunSlots, RunLiveness, RunRecords, RunFolders):
                     raise error from None
                 if time.monotonic() >= deadline:
                     raise StoreBusyError(
-                        f"the run database {self.db_path} stayed locked by another program for "
-                        f"{self.limits.db_timeout_s:g} s; try again") from None
+                        f"the run store is busy: another process held the write lock of {self._file.db_name} "
+                        f"for {patience:g} s; try again") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 

@@ -200,9 +200,10 @@ def refuse_newer(version: int, db_path: Path) -> None:
     """StoreUnavailableError (``reason == "newer"``) when ``version`` is newer than this code knows."""
     if version > SCHEMA_VERSION:
         raise StoreUnavailableError(
-            f"The run database {db_path} was written by a newer version of Flow Lab (store layout "
-            f"{version}; this version knows layouts up to {SCHEMA_VERSION}) and was left untouched; "
-            "update Flow Lab, or point FLOWLAB_RUNS_DIR / --runs-dir at another folder.", "newer")
+            f"The run database {Path(db_path).name} was written by a newer version of Flow Lab (store "
+            f"layout {version}; this version knows layouts up to {SCHEMA_VERSION}) and was left "
+            "untouched; update Flow Lab, or point FLOWLAB_RUNS_DIR / --runs-dir at another folder.",
+            "newer", db_path)
 
 
 def migrate(conn: sqlite3.Connection, db_path: Path) -> int:

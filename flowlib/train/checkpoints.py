@@ -44,6 +44,8 @@ class Checkpoints:
                  write: Callable[[Path, dict], None] = save_checkpoint,
                  clock: Callable[[], float] = time.monotonic):
         self.path, self.run_id, self.tc, self.cfg, self.dist = path, run_id, tc, cfg, dist
+        # What messages call it: run-00003/checkpoint.pt, never the server's path to it.
+        self.shown = f"{Path(path).parent.name}/{Path(path).name}"
         self.write, self.clock = write, clock
         self.last_step: int | None = None
         self.last_time = clock()
@@ -84,7 +86,7 @@ class Checkpoints:
         return self.clock() - self.last_time >= self.tc.checkpoint_every_minutes * 60
 
     def read(self, device: torch.device) -> dict:
-        return load_checkpoint(self.path, map_location=device)
+        return load_checkpoint(self.path, map_location=device, shown=self.shown)
 
     def restore(self, ckpt: dict, learner: Learner, evaluation: Evaluation) -> None:
         """Put the learner and the evaluation back to a checkpoint (and torch's generators).
@@ -92,7 +94,7 @@ class Checkpoints:
         The budget is not touched: a resume loads its part (``Budget.load``), a rollback keeps
         the time running and lowers the learning rate instead."""
         if FlowConfig.from_dict(ckpt["config"]) != self.cfg:
-            raise CheckpointError(f"{self.path}: its model config differs from this run's")
+            raise CheckpointError(f"{self.shown}: its model config differs from this run's")
         learner.model.load_state_dict(ckpt["model"])
         learner.optimizer.load_state_dict(ckpt["optimizer"])
         learner.step = int(ckpt["step"])
@@ -113,6 +115,6 @@ class Checkpoints:
         trained = stored["step"] if stored is not None else 0
         if trained or store.latest_metrics(self.run_id):
             raise CheckpointError(
-                f"{self.path}: this run trained to step {trained:,} but its checkpoint is "
+                f"{self.shown}: this run trained to step {trained:,} but its checkpoint is "
                 "missing (was its folder deleted?); it was not restarted from step 0, which "
                 "would mix two trainings in one curve. Start a new run instead.")

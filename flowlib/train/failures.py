@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+from flowlib import env
 from flowlib.core.checkpoint import CheckpointError
 from flowlib.data.sources.common import DatasetError
 from flowlib.store.dbfile import StoreUnavailableError
@@ -85,7 +86,7 @@ def describe_failure(exc: BaseException, during: str = "", batch_size: int | Non
         if cause is not None:
             exc = cause
         else:   # torch.save's writer lost bytes: nearly always a full disk
-            return (f"Writing a file failed{where} (the disk may be full: {str(exc).strip()[:200]})."
+            return (f"Writing a file failed{where} (the disk may be full: {env.shown_error(exc).strip()[:200]})."
                     f"{kept} Free some space, then resume.")
     if isinstance(exc, (OutOfMemoryAtBatch, PeerLost)):
         return f"{exc}{kept}"
@@ -96,7 +97,7 @@ def describe_failure(exc: BaseException, during: str = "", batch_size: int | Non
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"The disk is full (no space left on device){where}.{kept} Free some space, then resume."
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"Permission denied{where} ({exc.filename or exc}).{kept}"
+        return f"Permission denied{where} ({env.shown_path(exc.filename) if exc.filename else exc.strerror}).{kept}"
     if isinstance(exc, TrainingDiverged):
         return str(exc)
     if isinstance(exc, (DatasetError, CheckpointError)):
@@ -105,7 +106,7 @@ def describe_failure(exc: BaseException, during: str = "", batch_size: int | Non
         return f"The run database stayed locked{where}: {exc}"
     if isinstance(exc, ValueError):
         return f"Invalid setting{where}: {exc}"
-    text = str(exc).strip().splitlines()
+    text = env.shown_error(exc).strip().splitlines()
     detail = f": {text[0][:300]}" if text else ""
     return f"Training failed{where} ({type(exc).__name__}{detail}).{kept}"
 

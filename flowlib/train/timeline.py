@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowlib import env
 from flowlib.fileio import atomic_write
 
 __all__ = ["Frame", "Timeline", "timeline_of_run", "save_timeline", "load_timeline", "CURVE_KEYS", "main"]
@@ -139,9 +140,10 @@ def load_timeline(folder: str | Path) -> Timeline:
     try:
         doc = json.loads((folder / "timeline.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{folder} holds no readable timeline.json ({exc})") from exc
+        raise ValueError(f"{env.shown_path(folder)} holds no readable timeline.json "
+                         f"({env.shown_error(exc)})") from exc
     if doc.get("format") != FORMAT:
-        raise ValueError(f"{folder / 'timeline.json'} is not a Flow Lab timeline")
+        raise ValueError(f"{env.shown_path(folder / 'timeline.json')} is not a Flow Lab timeline")
     frames = [Frame(int(f["step"]), folder / f["file"]) for f in doc.get("frames", [])
               if (folder / f["file"]).is_file()]
     return Timeline(doc.get("info", {}), doc.get("curves", {}), sorted(frames, key=lambda f: f.step))

@@ -150,7 +150,7 @@ def cached_model(path: str, version: float):
     except CheckpointError as exc:
         return None, None, str(exc)
     except Exception as exc:  # noqa: BLE001 - anything else a hostile file can cause
-        return None, None, f"{path}: {type(exc).__name__}: {exc}"
+        return None, None, f"{env.shown_path(path)}: {type(exc).__name__}: {env.shown_error(exc)}"
     ckpt = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "rng")}
     return model, ckpt, None
 

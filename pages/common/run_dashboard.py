@@ -18,6 +18,7 @@ import streamlit as st
 
 from flowlib.config import TrainConfig
 from flowlib.jobs.forecast import pace_so_far
+from flowlib.store.records import CurveFollower
 from pages.common import reference, ui
 
 __all__ = ["render_dashboard", "busy_words", "friendly"]
@@ -534,6 +535,20 @@ def charts(store, run: dict, m: dict, events: list) -> None:
             st.plotly_chart(fig, key=f"lr_chart_{run_id}", config={"displaylogo": False})
 
 
+CURVES_KEY = "dashboard_curves"   # this tab's CurveFollower of the run on show
+
+
+def run_curves(store, run_id: int) -> dict:
+    """The run's curves, as ``store.metrics(run_id)`` reads them, for this tab: each poll reads
+    only the rows written since the last one (a tab watching a long run costs what the run
+    writes, not its whole curve, every 2 s). One follower per tab, of the run on show."""
+    key = (str(store.root), int(run_id))
+    held = st.session_state.get(CURVES_KEY)
+    if held is None or held[0] != key:
+        held = st.session_state[CURVES_KEY] = (key, CurveFollower(run_id))
+    return held[1].refresh(store)
+
+
 def render_dashboard(store, run_id: int, was_active: bool) -> None:
     """The whole dashboard of run ``run_id``; ``was_active``: whether the page polls it (when it
     has ended since, the app reruns once to update the buttons and stop the timer)."""
@@ -552,7 +567,7 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
     status_note(run)
     queue_note(store, run)
 
-    m = store.metrics(run_id)
+    m = run_curves(store, run_id)
     events = store.events(run_id)
     frac, words = progress(run, m)
     st.progress(frac, text=words)

@@ -139,6 +139,11 @@ def keep_media_files_a_while(grace_s: float = MEDIA_GRACE_S) -> None:
 
 
 # -- errors --------------------------------------------------------------------------------
+BUSY_MESSAGE = ("The run store is busy (another process holds its write lock: perhaps a training process "
+                "that is paused or stuck), so this was not done; try again in a moment. Reading runs still "
+                "works meanwhile.")
+
+
 @contextlib.contextmanager
 def guard(what: str):
     """Turn an unexpected error into one sentence on screen and a traceback in the server log.
@@ -146,8 +151,12 @@ def guard(what: str):
     Streamlit's own control flow (st.rerun, st.switch_page, st.stop) derives from
     BaseException and passes through untouched.
     """
+    from flowlib.store.rows import StoreBusyError
     try:
         yield
+    except StoreBusyError:
+        log.warning("Flow Lab: the run store was busy while %s\n%s", what, traceback.format_exc())
+        st.warning(BUSY_MESSAGE, icon=":material/hourglass_top:")
     except Exception as exc:  # noqa: BLE001 - this is the last line of defence on screen
         log.error("Flow Lab: error while %s\n%s", what, traceback.format_exc())
         message = str(exc).strip() or type(exc).__name__
@@ -477,10 +486,14 @@ def get_store():
     is left untouched, and the next rerun tries again (a failure is not cached).
     """
     from flowlib.store.dbfile import StoreUnavailableError
+    from flowlib.store.rows import StoreBusyError
     try:
         return _store(str(env.runs_root()), env.snapshot(env.LIMIT_VARIABLES))
     except StoreUnavailableError as exc:
         st.error(f"The run store cannot be used: {exc}", icon=":material/database:")
+        st.stop()
+    except StoreBusyError:
+        st.warning(BUSY_MESSAGE, icon=":material/hourglass_top:")
         st.stop()
 
 

@@ -76,7 +76,7 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     save_checkpoint(path, model_payload(_small_model()))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=str(path)):
+    with pytest.raises(CheckpointError, match="^ck.pt: "):   # named, not by the server's path
         load_model(path)
 
 
@@ -157,7 +157,7 @@ def test_plain_pickle_is_refused_in_one_sentence_of_our_own(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     message = str(info.value)
-    assert message == (f"{path}: it is a plain Python pickle, not a PyTorch checkpoint, and such files "
+    assert message == ("plain.pt: it is a plain Python pickle, not a PyTorch checkpoint, and such files "
                        "can run code when loaded, so it was refused")
     assert "Weights only" not in message and "\n" not in message
 

@@ -134,7 +134,7 @@ def test_store_writes_retry_while_locked_then_give_up_with_a_bound(tmp_path):
     timer.join()
     blocker.execute("BEGIN EXCLUSIVE")
     t0 = time.monotonic()
-    with pytest.raises(StoreBusyError, match="locked by another program"):
+    with pytest.raises(StoreBusyError, match="run store is busy: another process held the write lock of runs.sqlite"):
         store.add_event(run_id, "warning", "never")
     assert time.monotonic() - t0 < 3.0
     assert store.get_run(run_id)["name"] == "x"              # readers are not blocked (WAL)

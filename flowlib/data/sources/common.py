@@ -85,7 +85,7 @@ def ensure_cache_dir() -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DatasetError(
-            f"Cannot create the dataset cache folder {directory}: {exc.strerror or exc}. "
+            f"Cannot create the dataset cache folder ({exc.strerror or type(exc).__name__}). "
             "Set FLOWLAB_CACHE_DIR to a writable folder."
         ) from None
     return directory

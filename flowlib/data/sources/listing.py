@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable
 
 from flowlib.fileio import NotRegularFile, open_regular
+from flowlib.zipdir import NotAZip, ZipTooLarge, check_zip_directory
 
 from .common import DatasetError, shown_path
 from .images import MAX_IMAGE_PIXELS, Skip, is_picture_name
@@ -26,6 +27,7 @@ from .images import MAX_IMAGE_PIXELS, Skip, is_picture_name
 MAX_FILE_BYTES = 256 * 1024**2  # a single picture file bigger than this is not a photo we want
 MAX_ZIP_MEMBER_BYTES = 64 * 1024**2  # inflated size of one zip member; it is held in memory
 MAX_ZIP_MEMBERS = 200_000
+MAX_ZIP_DIRECTORY_BYTES = 64 * 1024**2  # the zip's list of entries, read whole by zipfile (~320 B an entry)
 MAX_ZIP_BYTES = 2 * 1024**3  # total inflated size of the image members we would read
 READ_CHUNK = 1 << 16
 
@@ -162,12 +164,20 @@ def _list_zip(zip_path: Path, prefix: str, listing: Listing) -> None:
     try:
         handle = open_regular(zip_path)
     except OSError as exc:
-        raise DatasetError(f"{shown_path(zip_path)} cannot be read ({exc}).") from None
+        raise DatasetError(f"{shown_path(zip_path)} cannot be read ({_said(exc)}).") from None
     listing.closers.append(handle.close)
+    try:   # from the file's tail, before zipfile parses (and holds) every entry it lists
+        check_zip_directory(handle, MAX_ZIP_MEMBERS, MAX_ZIP_DIRECTORY_BYTES)
+    except ZipTooLarge as exc:
+        raise DatasetError(f"{shown_path(zip_path)} was refused before reading its entries: {exc}. Split "
+                           "it into smaller zips or unzip it and point 'path' at the folder.") from None
+    except (NotAZip, OSError) as exc:
+        raise DatasetError(f"{shown_path(zip_path)} is not a readable zip ({_said(exc)}). Re-create the zip.") from None
     try:
+        handle.seek(0)
         archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DatasetError(f"{shown_path(zip_path)} is not a readable zip ({exc}). Re-create the zip.") from None
+        raise DatasetError(f"{shown_path(zip_path)} is not a readable zip ({_said(exc)}). Re-create the zip.") from None
     listing.closers.append(archive.close)
     members = archive.infolist()
     if len(members) > MAX_ZIP_MEMBERS:
@@ -208,6 +218,13 @@ def _list_zip(zip_path: Path, prefix: str, listing: Listing) -> None:
         listing.entries.append(Entry(prefix + member.filename, member.compress_size, read))
 
 
+def _said(exc: BaseException) -> str:
+    """An error's words without the server's path to the file (an upload is named as one)."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or type(exc).__name__}: {shown_path(Path(os.fsdecode(exc.filename)))}"
+    return str(exc)
+
+
 # ----------------------------------------------------------------------------- folders
 
 
@@ -232,7 +249,7 @@ def _list_single_file(root: Path, listing: Listing) -> None:
             is_zip = zipfile.is_zipfile(handle)
             identity = _file_identity(os.fstat(handle.fileno()))
     except OSError as exc:
-        raise DatasetError(f"{shown_path(root)} cannot be read ({exc}).") from None
+        raise DatasetError(f"{shown_path(root)} cannot be read ({_said(exc)}).") from None
     if is_zip:
         _list_zip(root, "", listing)
     elif is_picture_name(root.name):
