@@ -54,7 +54,12 @@ def test_inverse_and_logdet_match_brute_force(shape, coupling, permutation, mask
     out = model.encode(x)
     assert out.logdet.shape == (3,) and out.log_pz.shape == (3,)
     assert [tuple(z.shape[1:]) for z in out.zs] == model.latent_shapes
-    assert torch.allclose(model.decode(out.zs), x, atol=1e-10)
+    # The perturbed weights make some combinations stretch x by 10^4 (latents up to ~3·10^4 with
+    # the RealNVP masks), so float64 rounding in the latents alone comes back as ~10^-9 in x, and
+    # how much depends on the CPU's BLAS kernels. Bound the error relative to the latents' size:
+    # measured here ≤ 5·10^-13 of it; a wrong inverse is off by O(0.1), far above.
+    latent_scale = max(1.0, max(float(z.detach().abs().max()) for z in out.zs))
+    assert (model.decode(out.zs) - x).abs().max() <= 1e-11 * latent_scale
     assert torch.allclose(sum(out.log_pz_levels), out.log_pz)
 
     # log|det J| of x -> concat(zs), by autograd, for each example separately.
