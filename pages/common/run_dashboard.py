@@ -191,14 +191,15 @@ def other_runs_bar(store, run: dict) -> None:
                  f" To continue run {run['id']}, wait until run {other['id']} finishes (it is "
                  "someone else's to stop).")
     st.info(text, icon=":material/model_training:")
-    c1, c2, _ = st.columns([1.3, 1.3, 2.4])
+    # One row of buttons as wide as their labels (fixed columns cut "Stop run 12" at 1280 px)
+    c1 = c2 = st.container(horizontal=True, gap="small")
     if c1.button(f"Show run {other['id']}", icon=":material/monitoring:",
-                 key=f"show_other_{run['id']}_{other['id']}", width="stretch"):
+                 key=f"show_other_{run['id']}_{other['id']}", width="content"):
         st.session_state["train_run"] = other["id"]
         st.query_params["run"] = str(other["id"])
         st.rerun(scope="app")
     if full and may_stop and c2.button(f"Stop run {other['id']}", icon=":material/stop:",
-                          key=f"stop_other_{run['id']}_{other['id']}", width="stretch",
+                          key=f"stop_other_{run['id']}_{other['id']}", width="content",
                           help="Finishes its current step, saves a checkpoint and stops; it can "
                                "be resumed later."):
         try:
@@ -228,13 +229,15 @@ def controls(store, run: dict) -> None:
     mine = ui.may_control(run)
     if not mine and status in ("queued", "running", "stopped", "failed", "lost", "finished"):
         st.caption(ui.not_yours_words(run))
-    b1, b2, b3, _ = st.columns([1, 1, 1.3, 1.7])
+    # One row, each button as wide as its label, wrapping onto a second line on a narrow screen:
+    # fixed columns cut "Train 5 more minutes" and "Compare in Runs" at 1280×720.
+    b1 = b2 = b3 = st.container(horizontal=True, gap="small")
     owner = ui.control_owner(run)
     try:
         if not mine:
             pass   # anyone may watch; only the owner (or the teacher) stops, resumes or extends
         elif status in ("queued", "running"):
-            if b1.button("Stop", icon=":material/stop:", key=f"stop_{rid}", width="stretch",
+            if b1.button("Stop", icon=":material/stop:", key=f"stop_{rid}", width="content",
                          help="Finishes the current step, saves a checkpoint, and stops. Resume continues."):
                 worker.stop_run(store, rid, owner=owner, by=ui.stopped_by(run))
                 st.rerun()
@@ -243,21 +246,21 @@ def controls(store, run: dict) -> None:
             if fits is not None:
                 # out of memory: resuming with the same batch would fail again at once
                 if b1.button(f"Resume with batch {fits}", icon=":material/play_arrow:", type="primary",
-                             key=f"resume_{rid}", width="stretch",
+                             key=f"resume_{rid}", width="content",
                              help=f"Continue from the last checkpoint with batch size {fits}, which "
                                   "fitted in memory when it was tried; every other setting stays."):
                     worker.resume_run(store, rid, owner=owner, batch_size=fits)
                     st.session_state["train_run"] = rid
                     st.rerun(scope="app")
             elif b1.button("Resume", icon=":material/play_arrow:", type="primary", key=f"resume_{rid}",
-                           width="stretch", help="Continue from the last checkpoint with the same settings."):
+                           width="content", help="Continue from the last checkpoint with the same settings."):
                 worker.resume_run(store, rid, owner=owner)
                 st.session_state["train_run"] = rid
                 st.rerun(scope="app")
         elif status == "finished":
             more = 1000 if run["train"].get("max_steps") else None
             label = "Train 1,000 more steps" if more else "Train 5 more minutes"
-            if b1.button(label, icon=":material/add:", key=f"more_{rid}", width="stretch",
+            if b1.button(label, icon=":material/add:", key=f"more_{rid}", width="content",
                          help="Raise the budget and continue from the final checkpoint."):
                 if more:
                     worker.resume_run(store, rid, owner=owner,
@@ -279,12 +282,12 @@ def controls(store, run: dict) -> None:
     except (RunStateError, PermissionError, ValueError, KeyError) as exc:
         st.error(friendly(str(exc)), icon=":material/block:")
     if b2.button("Compare in Runs", icon=":material/stacked_line_chart:", key=f"compare_{rid}",
-                 width="stretch"):
+                 width="content"):
         st.switch_page("pages/runs.py", query_params={"compare": str(rid)})
     ckpt = store.checkpoint_path(rid)
     if status in ("stopped", "finished", "failed", "lost") and ckpt.is_file():
         if b3.button("Look inside this model", icon=":material/layers:", key=f"explore_{rid}",
-                     width="stretch"):
+                     width="content"):
             st.session_state[ui.EXPLORE_KEY] = str(ckpt)
             st.switch_page("pages/latents.py")
 
@@ -370,7 +373,7 @@ def metric_cards(run: dict, m: dict) -> None:
     # Short labels: at 1280 px five cards are ~145 px wide; which test and which step go under the value.
     test, full = m.get("test_bpd") or {}, m.get("test_bpd_full") or {}
     if full.get("value"):
-        k2.metric("Test bits/dim", f"{full['value'][-1]:.4f}", delta="final · whole test set",
+        k2.metric("Test bits/dim", f"{full['value'][-1]:.4f}", delta="final",
                   delta_color="off", delta_arrow="off", border=True,
                   help="The finished model on the whole test set. " + ui.BPD_HELP)
     elif test.get("value"):

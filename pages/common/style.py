@@ -89,9 +89,11 @@ BASE_CSS = """
    its title. */
 [data-testid="stPlotlyChart"] .modebar { background: transparent !important; }
 [data-testid="stPlotlyChart"] .modebar-btn path { fill: #495057 !important; }
-/* A rerun that takes more than a second says so at the top of the screen. */
+/* A rerun that takes more than a second says so at the top of the screen. Streamlit marks the
+   app root with its script's state (data-test-script-state); its own "Running…" status widget
+   never showed in Chromium with this app's config (toolbarMode = "minimal"). */
 @keyframes flowlab-busy { from { opacity: 0; } to { opacity: 1; } }
-[data-testid="stStatusWidget"]::after {
+[data-testid="stApp"][data-test-script-state="running"]::after {
     content: "Working… the page updates when this is done";
     position: fixed; top: 0; left: 50%; transform: translateX(-50%); z-index: 1000000;
     padding: 6px 18px; border-radius: 0 0 10px 10px; background: #3b5bdb; color: white;

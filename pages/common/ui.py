@@ -214,22 +214,21 @@ def _visitor_cookie() -> str | None:
 def remember_visitor() -> None:
     """Keep :func:`visitor_id` in the browser's cookie, until the tab's own connection shows it.
 
-    A tiny script in a ``components.html`` frame (same origin: Streamlit lets its frames reach
-    their page) writes the cookie on the app's page for a year, ``SameSite=Strict``. Streamlit
-    reads cookies only when a tab connects, so the first tab of a browser writes it and the
-    tabs opened after it read it. The frame and its container's wrapper are taken out of the
-    layout (no gap above the page's title).
+    A one-line script put into the page itself (``st.html`` with JavaScript allowed; the
+    ``components.v1.html`` frame it replaces is deprecated) writes the cookie for a year,
+    ``SameSite=Strict``. Streamlit reads cookies only when a tab connects, so the first tab of a
+    browser writes it and the tabs opened after it read it. The script's element and its
+    container's wrapper are taken out of the layout (no gap above the page's title).
     """
     vid = visitor_id()
     if _visitor_cookie() == vid:
         return
-    from streamlit.components.v1 import html
-    script = ("<script>window.parent.document.cookie = "
-              f"'{VISITOR_COOKIE}={vid}; path=/; max-age=31536000; SameSite=Strict';</script>")
+    # vid passed _valid_visitor (letters and digits only), so it cannot break out of the string
+    script = f"<script>document.cookie = '{VISITOR_COOKIE}={vid}; path=/; max-age=31536000; SameSite=Strict';</script>"
     st.html("<style>div:has(> .st-key-flowlab_visitor_cookie), .st-key-flowlab_visitor_cookie "
             "{ position: absolute; width: 0; height: 0; overflow: hidden; }</style>")
     with st.container(key="flowlab_visitor_cookie"):
-        html(script, height=0)
+        st.html(script, unsafe_allow_javascript=True)
 
 
 def _valid_visitor(value) -> bool:

@@ -65,7 +65,7 @@ def test_finished_run_cards_show_the_final_test_and_the_whole_runs_images_per_se
     rid = _lecture_run()
     at = _page("pages/train.py", run=str(rid))
     cards = _cards(at)
-    assert cards["Test bits/dim"] == ("1.3709", "final · whole test set")   # not the step-150 (or 50) point
+    assert cards["Test bits/dim"] == ("1.3709", "final")   # not the step-150 (or 50) point
     assert cards["Images/s"][0] == f"{207 * 64 / 180:,.0f}" == "74"           # steps × batch ÷ time, not 228
     assert cards["Learning rate"][1] == "peak 0.01"
     words = " ".join(c.value for c in at.caption)

@@ -75,6 +75,9 @@ def test_a_copied_link_opens_as_another_visitor_in_another_browser(streamlit_ser
         assert "visitor=" not in other.url
         assert visitor_cookie(b) != vid_a
         other.screenshot(path=str(artifacts_dir / "identity-other-browser.png"))
+        # The cookie is written without Streamlit's deprecated components.v1.html frame, which
+        # logs "components.v1.html … deprecated" on every page that uses it.
+        assert "deprecated" not in streamlit_server.log_path.read_text(errors="replace").lower()
     finally:
         a.close()
         b.close()

@@ -20,9 +20,10 @@ LIVE = re.compile(r"Step (\d[\d,]*)(?: of [\d,]+)? · ([\d.]+) bits/dim at step 
 def wait_for_app(page) -> None:
     """Streamlit has finished the current script run (no 'running' indicator)."""
     page.wait_for_selector("[data-testid='stApp']")
+    # Streamlit marks its root with the script's state. Its "Running…" status widget never showed
+    # in Chromium with this app's config (a 20 s page load watched), so waiting for it never waited.
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        "() => document.querySelector('[data-testid=\"stApp\"]').dataset.testScriptState !== 'running'",
         timeout=60_000)
 
 
