@@ -212,13 +212,15 @@ class StudySpec:
         return bool(self.search) if self.prune is None else bool(self.prune) and bool(self.search)
 
     @classmethod
-    def from_preset(cls, name: str, **changes) -> "StudySpec":
-        if name not in STUDY_PRESETS:
-            raise ConfigError(f"unknown study preset {name!r}; choose one of {', '.join(STUDY_PRESETS)}",
+    def from_preset(cls, preset: str, /, **changes) -> "StudySpec":
+        """The study preset ``preset``; ``changes`` may name the study (``name=``, default
+        "<preset>-study") and set any other field."""
+        if preset not in STUDY_PRESETS:
+            raise ConfigError(f"unknown study preset {preset!r}; choose one of {', '.join(STUDY_PRESETS)}",
                               "preset")
-        p = STUDY_PRESETS[name]
-        changes.setdefault("name", f"{name}-study")
-        return cls(vary=p.vary, baseline=p.baseline, preset=name, **changes)
+        p = STUDY_PRESETS[preset]
+        changes.setdefault("name", f"{preset}-study")
+        return cls(vary=p.vary, baseline=p.baseline, preset=preset, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

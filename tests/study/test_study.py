@@ -331,3 +331,15 @@ def test_cli_refuses_a_json_path_it_could_not_write_before_training(tmp_path, ta
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and words in proc.stderr
     assert not (tmp_path / "runs").exists() or RunStore(tmp_path / "runs").list_runs() == []
+
+
+@pytest.mark.parametrize("argv, name, preset", [
+    (["--preset", "coupling", "--name", "my-coupling"], "my-coupling", "coupling"),   # was a TypeError
+    (["--preset", "coupling"], "coupling-study", "coupling"),
+    (["--vary", "hidden=32,64", "--name", "widths"], "widths", None),
+])
+def test_cli_names_a_study_of_a_preset_or_a_vary(argv, name, preset):
+    from flowlib.cli.study import _spec, build_parser
+
+    spec = _spec(build_parser().parse_args([*argv, "--steps", "3"]))
+    assert (spec.name, spec.preset) == (name, preset)
