@@ -80,7 +80,9 @@ def trial_timings(runs_dir: Path, name: str) -> list[dict]:
 
 def run_study(runs_dir: Path, label: str, args: list[str], beside: bool) -> dict:
     name = f"sest-{label}-{'beside' if beside else 'quiet'}-{int(time.time())}"
-    cmd = [sys.executable, "-m", "flowlib.study", *args, "--threads", "1", "--workers", "2",
+    # The CLI's own number of workers (one per training slot): extra workers would only wait for
+    # a slot, and Optuna would count that wait in their trials' time.
+    cmd = [sys.executable, "-m", "flowlib.study", *args, "--threads", "1",
            "--runs-dir", str(runs_dir), "--name", name]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
@@ -96,6 +98,7 @@ def run_study(runs_dir: Path, label: str, args: list[str], beside: bool) -> dict
             "engine_s_median": round(statistics.median(engine), 2) if engine else None,
             "engine_s_max": round(max(engine), 2) if engine else None,
             "startup_s_median": round(statistics.median(startup), 2) if startup else None,
+            "estimate_line": next((line.strip() for line in proc.stdout.splitlines() if "time:" in line), None),
             "stderr": proc.stderr[-800:] if proc.returncode else ""}
 
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 
 from flowlib.config import PRESETS
@@ -249,14 +251,14 @@ def _duration(seconds: float) -> str:
 def _estimate_line(p, speeds: dict, workers: int) -> str:
     from flowlib.study.estimate import load_share, study_seconds
 
-    seconds = study_seconds(p, speeds, workers)
+    share = load_share(p.arms[0].train.threads)
+    seconds = study_seconds(p, speeds, workers, share=share)   # workers: the runs that train at once here
     if seconds is None:
         return ("time: not known yet on this device (no earlier run of these settings; the measurement did not "
                 "finish); the estimate follows the first finished run")
-    share = load_share(p.arms[0].train.threads)
     busy = f", the machine's load leaving {share:.0%} of the cores" if share < 0.99 else ""
     what = "every configuration at the base configuration's speed" if p.kind == "search" else "one after another"
-    return (f"time: about {_duration(seconds)} for up to {p.n_runs} runs with {workers} worker(s) here "
+    return (f"time: about {_duration(seconds)} for up to {p.n_runs} runs, {workers} at a time here "
             f"({what}; training at {min(speeds.values()):,.0f} images/s{busy}), corrected as runs finish")
 
 
@@ -268,6 +270,8 @@ def _watch(store, ref, p, per_run: dict, workers: int) -> str:
     seen: dict = {}
     try:
         while True:
+            if _CTRL_C.is_set():
+                return "detached"
             result = api.answer(store, ref, with_curves=False)
             records = [(a, r) for a in result["arms"] for r in a["runs"]]
             for arm, r in records:
@@ -285,9 +289,25 @@ def _watch(store, ref, p, per_run: dict, workers: int) -> str:
                           f"{eta}", flush=True)
             if result["study"]["status"] not in ("waiting", "running"):
                 return result["study"]["status"]
-            time.sleep(1.0)
+            _CTRL_C.wait(1.0)
     except KeyboardInterrupt:
         return "detached"
+
+
+# Ctrl-C while a study is followed detaches. A handler sets this flag instead of letting
+# KeyboardInterrupt fly: Python raises that wherever the main thread happens to be, and inside a
+# garbage collector's weakref callback it is printed and dropped ("Exception ignored in ..."),
+# so the CLI went on watching to the end (seen in tests/study/test_study.py's Ctrl-C test).
+_CTRL_C = threading.Event()
+
+
+_BEFORE_CTRL_C: list = []   # the SIGINT handler _detach_on_ctrl_c replaced, put back by _follow
+
+
+def _detach_on_ctrl_c() -> None:
+    """Until :func:`_follow` returns, Ctrl-C (SIGINT) only sets :data:`_CTRL_C` (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        _BEFORE_CTRL_C.append(signal.signal(signal.SIGINT, lambda signum, frame: _CTRL_C.set()))
 
 
 def _records_for_estimate(store, ref) -> list:
@@ -353,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             ref = api.resolve(store, args.resume, args.storage)
             queued = api.resume(store, ref, workers=args.workers)
+            _detach_on_ctrl_c()
             print(f"Study '{ref.name}' resumed: {queued} interrupted trial(s) queued again; workers started here.")
             return _follow(args, store, ref, None, {}, args.workers or 1)
         if args.rerun_best is not None:
@@ -390,18 +411,25 @@ def _start(args, store, spec) -> int:
           f"{tc.batch_size}, {tc.threads} thread(s) per run, validation every {tc.eval_every} steps on "
           f"{tc.validation_images} held-out training images, the full test set once at the end")
     workers = args.workers or max(1, min(p.n_runs, store.limits.max_concurrent))
+    # Workers beyond the training slots wait for one: the estimate counts the runs that train at once.
+    at_once = max(1, min(workers, p.n_runs, store.limits.max_concurrent))
     speeds = _speeds(store, p, 0.0 if args.no_estimate else 45.0)
-    print(f"  {_estimate_line(p, speeds, workers)}", flush=True)
+    print(f"  {_estimate_line(p, speeds, at_once)}", flush=True)
+    if at_once < workers:
+        print(f"  note: {workers} workers, but this machine trains {at_once} run(s) at a time "
+              "(FLOWLAB_MAX_CONCURRENT); the others wait for a slot", flush=True)
     per_run = {a.name: run_seconds(a.train, speeds[a.name]) for a in p.arms if speeds.get(a.name)}
     for w in p.warnings:
         print(f"  warning: {w}")
     ref = api.start(store, spec, shape, storage_url=args.storage, workers=workers)
+    if not args.no_wait:
+        _detach_on_ctrl_c()
     print(f"Study {ref.local_id} '{ref.name}' queued in {api.redact(ref.storage_url)} with {workers} worker(s) "
           f"here; it shows on the app's Runs page. Other machines join with: python -m flowlib.study work "
           f"--storage URL --study {ref.name}", flush=True)
     if args.no_wait:
         return EXIT_DETACHED
-    return _follow(args, store, ref, p, per_run, workers)
+    return _follow(args, store, ref, p, per_run, at_once)
 
 
 def _follow(args, store, ref, p, per_run: dict, workers: int) -> int:
@@ -414,7 +442,12 @@ def _follow(args, store, ref, p, per_run: dict, workers: int) -> int:
         described = engine.stored_plan(study)
         spec_dict = described["spec"]
         p = engine.plan_from_stored(described, dataset_shape(spec_dict["dataset"], spec_dict.get("dataset_options")))
-    status = _watch(store, ref, p, per_run, workers)
+    try:
+        status = _watch(store, ref, p, per_run, workers)
+    finally:
+        while _BEFORE_CTRL_C:
+            signal.signal(signal.SIGINT, _BEFORE_CTRL_C.pop())
+        _CTRL_C.clear()
     result = api.answer(store, ref, with_curves=False)
     print_answer(result)
     _exports(args, result)

@@ -30,16 +30,18 @@ RUN_OVERHEAD_S = 6.0
 EVAL_SPEEDUP = 3.0
 
 
-def load_share(threads: int | None) -> float:
+def load_share(threads: int | None, busy: float | None = None) -> float:
     """The share of a run's threads this machine's cores can give it now: 1 on a quiet machine,
-    less when other processes keep the cores busy (the 1-minute load average, less our own)."""
+    less when other processes keep the cores busy. ``busy``: threads of other programs ready to
+    run (default :func:`flowlib.machine.load.busy_lately`, over the last seconds; the 1-minute
+    load average it replaces still counted a run that had ended a minute ago, and a study
+    started after one was estimated about twice too long)."""
+    from flowlib.machine.load import busy_lately
+
     cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return 1.0
+    busy = busy_lately() if busy is None else busy
     want = threads or cores
-    free = max(0.25, cores - load)
+    free = max(0.25, cores - busy)
     return max(0.2, min(1.0, free / want))
 
 
@@ -62,7 +64,9 @@ def run_seconds(train, images_per_s: float, test_images: int = 10_000, validatio
 def study_seconds(p, images_per_s: dict, workers: int = 1, test_images: int = 10_000,
                   share: float | None = None) -> float | None:
     """The whole study's seconds here, from each arm's training images/s (None when one is
-    unknown), shared among ``workers`` and slowed by the current load."""
+    unknown), shared among ``workers`` and slowed by the current load. ``workers``: the runs
+    that train at once here (workers beyond the store's training slots wait for a slot, so
+    callers pass at most ``store.limits.max_concurrent``)."""
     total = 0.0
     for arm in p.arms:
         ips = images_per_s.get(arm.name)

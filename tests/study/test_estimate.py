@@ -45,3 +45,18 @@ def test_the_rest_is_corrected_by_the_runs_that_ended():
     assert remaining_seconds(P, records, first, workers=1) == pytest.approx(1 * 21.0 + 2.5 * 21.0)
     assert remaining_seconds(P, records, first, workers=2) == pytest.approx((21.0 + 2.5 * 21.0) / 2)
     assert remaining_seconds(P, [record("additive", 0, "waiting")], {}, workers=1) is None
+
+
+def test_the_load_share_is_what_other_programs_leave_of_the_cores_now(monkeypatch):
+    from flowlib.study import estimate
+
+    monkeypatch.setattr(estimate.os, "cpu_count", lambda: 2)
+    assert estimate.load_share(2, busy=0.0) == 1.0
+    assert estimate.load_share(2, busy=1.0) == 0.5          # one of two cores taken by a run beside
+    assert estimate.load_share(1, busy=1.0) == 1.0          # a one-thread run still gets a whole core
+    assert estimate.load_share(2, busy=6.0) == 0.2          # never below a fifth
+    # by default it reads the machine's runnable threads of the last seconds, not the 1-minute
+    # load average (which still counts a run that ended a minute ago)
+    monkeypatch.setattr("flowlib.machine.load.busy_lately", lambda: 1.0)
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert estimate.load_share(2) == 0.5
