@@ -408,7 +408,7 @@ def _start(args, store, spec) -> int:
               f"on {spec.dataset} ({spec.model_preset}); baseline {p.baseline}")
         print(f"  arms: {'; '.join(a.name for a in p.arms)}")
     print(f"  training: lr {tc.lr:g}, {tc.lr_schedule} schedule, warm-up {tc.warmup_steps} steps, batch "
-          f"{tc.batch_size}, {tc.threads} thread(s) per run, validation every {tc.eval_every} steps on "
+          f"{tc.batch_size}, {tc.threads} thread(s) per run{', bf16 coupling networks' if tc.bf16 else ''}, validation every {tc.eval_every} steps on "
           f"{tc.validation_images} held-out training images, the full test set once at the end")
     workers = args.workers or max(1, min(p.n_runs, store.limits.max_concurrent))
     # Workers beyond the training slots wait for one: the estimate counts the runs that train at once.

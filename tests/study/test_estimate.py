@@ -52,11 +52,12 @@ def test_the_load_share_is_what_other_programs_leave_of_the_cores_now(monkeypatc
 
     monkeypatch.setattr(estimate.os, "cpu_count", lambda: 2)
     assert estimate.load_share(2, busy=0.0) == 1.0
-    assert estimate.load_share(2, busy=1.0) == 0.5          # one of two cores taken by a run beside
     assert estimate.load_share(1, busy=1.0) == 1.0          # a one-thread run still gets a whole core
-    assert estimate.load_share(2, busy=6.0) == 0.2          # never below a fifth
+    assert estimate.load_share(2, busy=1.0) == pytest.approx(2 / 3)   # three threads ready, two cores
+    assert estimate.load_share(1, busy=2.0) == pytest.approx(2 / 3)   # beside a two-thread run
+    assert estimate.load_share(2, busy=12.0) == 0.2         # never below a fifth
     # by default it reads the machine's runnable threads of the last seconds, not the 1-minute
     # load average (which still counts a run that ended a minute ago)
     monkeypatch.setattr("flowlib.machine.load.busy_lately", lambda: 1.0)
     monkeypatch.setattr(estimate.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
-    assert estimate.load_share(2) == 0.5
+    assert estimate.load_share(2) == pytest.approx(2 / 3)
