@@ -248,10 +248,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def _estimate_line(p, speeds: dict, workers: int) -> str:
-    from flowlib.study.estimate import load_share, study_seconds
+def _estimate_line(p, speeds: dict, workers: int, share: float) -> str:
+    from flowlib.study.estimate import study_seconds
 
-    share = load_share(p.arms[0].train.threads)
     seconds = study_seconds(p, speeds, workers, share=share)   # workers: the runs that train at once here
     if seconds is None:
         return ("time: not known yet on this device (no earlier run of these settings; the measurement did not "
@@ -390,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _start(args, store, spec) -> int:
     from flowlib.study import api
-    from flowlib.study.estimate import run_seconds
+    from flowlib.study.estimate import load_share, run_seconds
     from flowlib.study.spec import dataset_shape, plan
 
     shape = dataset_shape(spec.dataset, spec.dataset_options)
@@ -413,8 +412,11 @@ def _start(args, store, spec) -> int:
     workers = args.workers or max(1, min(p.n_runs, store.limits.max_concurrent))
     # Workers beyond the training slots wait for one: the estimate counts the runs that train at once.
     at_once = max(1, min(workers, p.n_runs, store.limits.max_concurrent))
+    # The load before measuring speeds: the measuring process, still exiting, counted as a run
+    # beside and made a quiet machine look a third busy.
+    share = load_share(tc.threads) if not args.no_estimate else 1.0
     speeds = _speeds(store, p, 0.0 if args.no_estimate else 45.0)
-    print(f"  {_estimate_line(p, speeds, at_once)}", flush=True)
+    print(f"  {_estimate_line(p, speeds, at_once, share)}", flush=True)
     if at_once < workers:
         print(f"  note: {workers} workers, but this machine trains {at_once} run(s) at a time "
               "(FLOWLAB_MAX_CONCURRENT); the others wait for a slot", flush=True)
