@@ -21,6 +21,7 @@ The target is estimate/actual within 0.7–1.3 for both numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -123,6 +124,27 @@ def start_beside(folder: Path, minutes: float) -> subprocess.Popen:
     return proc
 
 
+@contextlib.contextmanager
+def beside_run(folder: Path, minutes: float, wanted: bool = True):
+    """With ``wanted``: a faces-fast run (:func:`start_beside`) trains while the block runs and is
+    stopped at its end, however the block ends; yields its process, or None when not wanted."""
+    proc = start_beside(folder, minutes) if wanted else None
+    try:
+        yield proc
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def emit(row: dict, json_path: str | None) -> None:
+    """Print one benchmark row as JSON, and append it to ``json_path`` (JSON lines) when given."""
+    print(json.dumps(row), flush=True)
+    if json_path:
+        with open(json_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.estimates", description=__doc__.split("\n")[0])
     parser.add_argument("--runs-dir", required=True, help="run store whose history the estimates learn from")
@@ -134,21 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     from flowlib.store.runs import RunStore
 
     store = RunStore(args.runs_dir)
-    beside = start_beside(Path(args.runs_dir) / "beside", 30.0) if args.beside else None
     rows = []
-    try:
+    with beside_run(Path(args.runs_dir) / "beside", 30.0, args.beside):
         for name in args.settings:
             row = run_once(store, name, args.minutes)
-            row["load"] = "beside a run" if beside else "quiet"
+            row["load"] = "beside a run" if args.beside else "quiet"
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-    finally:
-        if beside is not None:
-            os.killpg(beside.pid, signal.SIGTERM)
-            beside.wait(timeout=60)
+            emit(row, args.json)
     print("\n| setting | load | first point est. / actual, s | ratio | steps est. / actual | ratio |")
     print("|---|---|---|---|---|---|")
     for r in rows:

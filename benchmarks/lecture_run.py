@@ -21,14 +21,11 @@ and stops it at the end: a class sharing the machine.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.estimates import start_beside
+from benchmarks.estimates import beside_run, emit
 
 
 def lecture_configs(minutes: float, batch: int, changes: dict, bf16: bool):
@@ -103,19 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     from flowlib.store.runs import RunStore
 
     store = RunStore(args.runs_dir)
-    beside = start_beside(Path(args.runs_dir) / "beside", 60.0) if args.beside else None
-    try:
+    with beside_run(Path(args.runs_dir) / "beside", 60.0, args.beside):
         row = run_lecture(store, args.minutes, args.batch, changes, not args.no_bf16, args.n)
-    finally:
-        if beside is not None:
-            os.killpg(beside.pid, signal.SIGTERM)
-            beside.wait(timeout=60)
-    row["load"] = "beside a run" if beside else "quiet"
+    row["load"] = "beside a run" if args.beside else "quiet"
     row["minutes"] = args.minutes
-    print(json.dumps(row), flush=True)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    emit(row, args.json)
     return 0 if row["status"] == "finished" else 1
 
 

@@ -23,17 +23,15 @@ The target is estimate / actual within 0.7–1.3.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.estimates import start_beside
+from benchmarks.estimates import beside_run, emit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,20 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs_dir = Path(args.runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    beside = start_beside(runs_dir / "beside", 60.0) if args.beside else None
     rows = []
-    try:
+    with beside_run(runs_dir / "beside", 60.0, args.beside):
         for label in args.studies:
-            row = run_study(runs_dir, label, STUDIES[label], beside is not None)
+            row = run_study(runs_dir, label, STUDIES[label], args.beside)
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-    finally:
-        if beside is not None:
-            os.killpg(beside.pid, signal.SIGTERM)
-            beside.wait(timeout=60)
+            emit(row, args.json)
     print("\n| study | load | estimate / actual, s | ratio | trials | engine per trial, median (max) s | run start-up, s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

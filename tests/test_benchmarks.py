@@ -1,5 +1,6 @@
 """The benchmark harnesses run and refuse bad input clearly (their numbers live in RESULTS.md)."""
 
+import json
 import textwrap
 
 import pytest
@@ -91,3 +92,21 @@ def test_poll_cost_times_both_reads_and_they_agree():
     from benchmarks import poll_cost
     r = poll_cost.measure(rows=500, polls=3)     # it asserts each incremental poll equals a full read
     assert r["full_reads"] == 1 and r["full_ms"] > 0 and r["incremental_ms"] > 0
+
+
+def test_the_lecture_run_starts_homes_configuration_and_rows_append_as_json_lines(tmp_path, capsys):
+    from benchmarks.estimates import beside_run, emit
+    from benchmarks.lecture_run import lecture_configs
+    from flowlib.config import PRESET_LR, PRESETS
+
+    cfg, tc = lecture_configs(3.0, 64, {"hidden": 96}, True)
+    assert cfg == PRESETS["mnist-fast"].replace(hidden=96)
+    assert (tc.dataset, tc.batch_size, tc.max_steps, tc.max_minutes, tc.lr, tc.bf16) == \
+        ("mnist", 64, None, 3.0, PRESET_LR["mnist-fast"], True)
+    with beside_run(tmp_path / "beside", 1.0, wanted=False) as proc:
+        assert proc is None and not (tmp_path / "beside").exists()
+    rows = tmp_path / "rows.jsonl"
+    emit({"steps": 1}, str(rows))
+    emit({"steps": 2}, str(rows))
+    assert [json.loads(line)["steps"] for line in rows.read_text().splitlines()] == [1, 2]
+    assert capsys.readouterr().out.count('"steps"') == 2
