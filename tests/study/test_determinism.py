@@ -51,12 +51,18 @@ def test_different_seeds_start_from_different_weights_and_a_seed_rebuilds_the_sa
 
 
 @pytest.mark.slow
-def test_the_same_arm_and_seed_train_bit_identically_with_two_fixed_threads(store):
+@pytest.mark.parametrize("bf16", [False, pytest.param(True, id="bf16")])
+def test_the_same_arm_and_seed_train_bit_identically_with_two_fixed_threads(store, bf16):
     # learned dequantisation (mnist-fast): its table's scatter-add backward differed in the last bits
-    # with 2 threads before deterministic kernels; the thread governor changed the count mid-run
+    # with 2 threads before deterministic kernels; the thread governor changed the count mid-run.
+    # bf16: studies use it where the planning machine has native bf16 (spec.fast_bf16_here)
+    from flowlib.machine.device import bf16_is_fast
+
+    if bf16 and not bf16_is_fast("cpu"):
+        pytest.skip("this CPU has no native bf16 (avx512_bf16): a bf16 run would train in float32")
     cfg = PRESETS["mnist-fast"].replace(hidden=16, steps=2, seed=1)
     tc = TrainConfig(max_steps=30, max_minutes=None, threads=2, eval_every=10, first_eval=0, lr=1e-2,
-                     warmup_steps=3, seed=1, validation_images=200)
+                     warmup_steps=3, seed=1, validation_images=200, bf16=bf16)
     results = []
     for i in range(2):
         run_id = store.create_run(RunRequest(f"same-{i}", cfg, tc), status="queued")
