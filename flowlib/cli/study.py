@@ -261,6 +261,22 @@ def _estimate_line(p, speeds: dict, workers: int, share: float) -> str:
             f"({what}; training at {min(speeds.values()):,.0f} images/s{busy}), corrected as runs finish")
 
 
+# Ctrl-C while a study is followed detaches. A handler sets this flag instead of letting
+# KeyboardInterrupt fly: Python raises that wherever the main thread happens to be, and inside a
+# garbage collector's weakref callback it is printed and dropped ("Exception ignored in ..."),
+# so the CLI went on watching to the end (seen in tests/study/test_study.py's Ctrl-C test).
+_CTRL_C = threading.Event()
+
+
+_BEFORE_CTRL_C: list = []   # the SIGINT handler _detach_on_ctrl_c replaced, put back by _follow
+
+
+def _detach_on_ctrl_c() -> None:
+    """Until :func:`_follow` returns, Ctrl-C (SIGINT) only sets :data:`_CTRL_C` (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        _BEFORE_CTRL_C.append(signal.signal(signal.SIGINT, lambda signum, frame: _CTRL_C.set()))
+
+
 def _watch(store, ref, p, per_run: dict, workers: int) -> str:
     """Print each trial as it ends until the study is done; the final state ('detached' on Ctrl-C)."""
     from flowlib.study import api
@@ -291,22 +307,6 @@ def _watch(store, ref, p, per_run: dict, workers: int) -> str:
             _CTRL_C.wait(1.0)
     except KeyboardInterrupt:
         return "detached"
-
-
-# Ctrl-C while a study is followed detaches. A handler sets this flag instead of letting
-# KeyboardInterrupt fly: Python raises that wherever the main thread happens to be, and inside a
-# garbage collector's weakref callback it is printed and dropped ("Exception ignored in ..."),
-# so the CLI went on watching to the end (seen in tests/study/test_study.py's Ctrl-C test).
-_CTRL_C = threading.Event()
-
-
-_BEFORE_CTRL_C: list = []   # the SIGINT handler _detach_on_ctrl_c replaced, put back by _follow
-
-
-def _detach_on_ctrl_c() -> None:
-    """Until :func:`_follow` returns, Ctrl-C (SIGINT) only sets :data:`_CTRL_C` (main thread only)."""
-    if threading.current_thread() is threading.main_thread():
-        _BEFORE_CTRL_C.append(signal.signal(signal.SIGINT, lambda signum, frame: _CTRL_C.set()))
 
 
 def _records_for_estimate(store, ref) -> list:

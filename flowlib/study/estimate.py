@@ -7,8 +7,9 @@
 Before: each arm's training speed on this device (``flowlib.jobs.estimate``: the median speed of
 earlier runs of the same configuration here, else a short measurement), times the budget, plus
 each run's evaluations (about 3× faster per image than a training step), its final pass over
-the test split, and a worker's start-up per run; divided among the workers, and slowed by the
-machine's current load (:func:`load_share`: the share of the cores other processes leave free).
+the test split, and a worker's start-up per run; divided among the runs that train at once,
+and slowed by the machine's current load (:func:`load_share`: each thread's fair share of the
+cores among all the threads ready to run now).
 During: every finished trial says how long a run of its arm really took here (wall time
 from its start to its end); the rest of the study is re-estimated from those (the
 median of the arm's finished runs, else the first estimate scaled by how far the finished
@@ -68,7 +69,8 @@ def study_seconds(p, images_per_s: dict, workers: int = 1, test_images: int = 10
     """The whole study's seconds here, from each arm's training images/s (None when one is
     unknown), shared among ``workers`` and slowed by the current load. ``workers``: the runs
     that train at once here (workers beyond the store's training slots wait for a slot, so
-    callers pass at most ``store.limits.max_concurrent``)."""
+    callers pass at most ``store.limits.max_concurrent``; more workers than runs leave the
+    extra ones idle, so at most ``p.n_runs`` count)."""
     total = 0.0
     for arm in p.arms:
         ips = images_per_s.get(arm.name)
@@ -77,7 +79,7 @@ def study_seconds(p, images_per_s: dict, workers: int = 1, test_images: int = 10
         runs = p.n_runs if p.kind == "search" else len(p.seeds)
         total += runs * run_seconds(arm.train, ips, test_images)
     share = load_share(p.arms[0].train.threads) if share is None else share
-    return total / max(1, workers) / share
+    return total / max(1, min(workers, p.n_runs)) / share
 
 
 def remaining_seconds(p, records: list[dict], first_estimate: dict, workers: int = 1) -> float | None:

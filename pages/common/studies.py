@@ -141,7 +141,7 @@ def _estimate_text(store, p) -> tuple[str, bool]:
         return "Time estimate unavailable: " + "; ".join(errors), False
     if pending:
         return "Measuring this device's speed for each arm (a few seconds each) …", True
-    workers = max(1, store.limits.max_concurrent)
+    workers = max(1, min(store.limits.max_concurrent, p.n_runs))   # the runs that train at once
     seconds = study_seconds(p, speeds, workers)
     slowest = min(speeds.values())
     up_to = "up to " if p.kind == "search" else ""

@@ -27,6 +27,8 @@ def test_the_study_is_shared_among_workers_slowed_by_load_and_unknown_without_ev
     assert study_seconds(P, speeds, workers=1, share=1.0) == pytest.approx(whole)
     assert study_seconds(P, speeds, workers=2, share=1.0) == pytest.approx(whole / 2)
     assert study_seconds(P, speeds, workers=2, share=0.5) == pytest.approx(whole)       # a busy machine
+    # the Studies page passes the store's training slots: beyond the study's runs they stay idle
+    assert study_seconds(P, speeds, workers=64, share=1.0) == pytest.approx(whole / P.n_runs)
     assert study_seconds(P, {"additive": 400.0}, share=1.0) is None
 
 
