@@ -7,14 +7,17 @@ Writes under OUT_DIR (each step's output in its own file, and ``summary.md`` las
 
 1. ``tests.txt``      the suite's CUDA-marked tests (``pytest -m cuda``)
 2. ``bench.md``       the benchmark table on CUDA (images/s, ms per 64-sample grid, peak memory)
-3. ``mnist_run.txt``  a fixed-time MNIST run (mnist-fast, 3 minutes): test bits/dim against
+3. ``peak.md``        the share of the GPU's own matmul peak a training step reaches, float32
+                      and bf16 networks, for the demo shape, mnist-fast and the MNIST demo shape
+                      (``benchmarks/peak.py``; ``peak.json`` has every column)
+4. ``mnist_run.txt``  a fixed-time MNIST run (mnist-fast, 3 minutes): test bits/dim against
                       wall time, read back from the run store
-4. ``worker.txt``     a run started through ``flowlib.jobs.worker`` and read back from the store
-5. ``torchrun.txt``   a 2-process ``torchrun`` smoke run, if the machine has 2 or more GPUs
+5. ``worker.txt``     a run started through ``flowlib.jobs.worker`` and read back from the store
+6. ``torchrun.txt``   a 2-process ``torchrun`` smoke run, if the machine has 2 or more GPUs
                       and the trainer supports it (``--help`` mentions torchrun)
-6. ``train_page.txt`` the Train page through AppTest: the sidebar's device and GPU lines, the
+7. ``train_page.txt`` the Train page through AppTest: the sidebar's device and GPU lines, the
                       form's default batch size, the time estimate
-7. ``oom.txt``        a run with a batch far too large for the GPU: it must fail with a
+8. ``oom.txt``        a run with a batch far too large for the GPU: it must fail with a
                       message naming the batch size that fits (CUDA only)
 
 Every step has its own time limit and a failure is written down, not raised, so one broken
@@ -113,6 +116,17 @@ def main(argv=None) -> int:
     code, secs = _run(bench, out / "bench.md", timeout=150)
     lines.append(f"2. benchmark table: exit {code} in {secs:.0f} s (bench.md)")
 
+    peak = [py, "-m", "benchmarks.peak", "--device", device, "--json", str(out / "peak.json")]
+    if device == "cpu":
+        peak += ["--only", "mnist-fast", "--precision", "float32", "--warmup", "0", "--repeats", "1",
+                 "--profile-steps", "0"]
+    code, secs = _run(peak, out / "peak.md", timeout=240)
+    shares = ""
+    if (out / "peak.json").exists():
+        rows = json.loads((out / "peak.json").read_text())["rows"]
+        shares = "; ".join(f"{r['shape']} {r['precision']} {100 * r['share']:.0f} %" for r in rows)
+    lines.append(f"3. share of peak: exit {code} in {secs:.0f} s: {shares or 'no rows'} (peak.md)")
+
     runs_dir = out / "runs"
     minutes = args.minutes if device == "cuda" else 0.2
     batch = "256" if device == "cuda" else "32"
@@ -128,7 +142,7 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001 - written down, the other steps still run
         result = {"error": f"{type(exc).__name__}: {exc}"}
     (out / "mnist_run.json").write_text(json.dumps(result, indent=1, default=str))
-    lines.append(f"3. MNIST {minutes:g}-minute run, batch {batch}: exit {code}; full test set "
+    lines.append(f"4. MNIST {minutes:g}-minute run, batch {batch}: exit {code}; full test set "
                  f"{result.get('test_bpd_full')} bits/dim; median {result.get('median_images_per_s')} "
                  f"img/s (mnist_run.json has bits/dim against seconds)")
 
@@ -148,7 +162,7 @@ def main(argv=None) -> int:
         "print(json.dumps({k: run[k] for k in ('id', 'status', 'step', 'message')}))\n"
         "sys.exit(0 if run['status'] == 'finished' else 1)\n")
     code, secs = _run([py, "-c", worker_script], out / "worker.txt", timeout=180)
-    lines.append(f"4. run through the worker: exit {code} in {secs:.0f} s (worker.txt)")
+    lines.append(f"5. run through the worker: exit {code} in {secs:.0f} s (worker.txt)")
 
     n_gpus = torch.cuda.device_count() if device == "cuda" else 0
     help_text = subprocess.run([py, "-m", "flowlib.train", "--help"], cwd=REPO,
@@ -159,10 +173,10 @@ def main(argv=None) -> int:
                            "--steps", "100", "--device", "cuda", "--quiet",
                            "--runs-dir", str(out / "ddp_runs")],
                           out / "torchrun.txt", timeout=150)
-        lines.append(f"5. torchrun, 2 processes: exit {code} in {secs:.0f} s (torchrun.txt)")
+        lines.append(f"6. torchrun, 2 processes: exit {code} in {secs:.0f} s (torchrun.txt)")
     else:
         why = "fewer than 2 GPUs" if n_gpus < 2 else "the trainer has no torchrun support yet"
-        lines.append(f"5. torchrun: skipped ({why})")
+        lines.append(f"6. torchrun: skipped ({why})")
     page_script = (
         "from streamlit.testing.v1 import AppTest\n"
         "at = AppTest.from_file('app.py', default_timeout=180)\n"
@@ -178,7 +192,7 @@ def main(argv=None) -> int:
         "print('estimate:', [t for t in texts if 'images/s' in t or '≈' in t][:4])\n")
     code, secs = _run([py, "-c", page_script], out / "train_page.txt", timeout=240,
                       env=dict(os.environ, FLOWLAB_RUNS_DIR=str(out / "page_runs")))
-    lines.append(f"6. Train page (AppTest): exit {code} in {secs:.0f} s: sidebar, batch default and "
+    lines.append(f"7. Train page (AppTest): exit {code} in {secs:.0f} s: sidebar, batch default and "
                  "time estimate in train_page.txt")
 
     if device == "cuda":
@@ -200,10 +214,10 @@ def main(argv=None) -> int:
             oom = _read_run(out / "oom_runs")
         except Exception as exc:  # noqa: BLE001
             oom = {"error": f"{type(exc).__name__}: {exc}"}
-        lines.append(f"7. out of memory at batch {huge}: exit {code} in {secs:.0f} s; "
+        lines.append(f"8. out of memory at batch {huge}: exit {code} in {secs:.0f} s; "
                      f"{oom.get('status')}: {oom.get('message') or oom.get('error')}")
     else:
-        lines.append("7. out of memory: skipped on the CPU (it would exhaust this machine's RAM)")
+        lines.append("8. out of memory: skipped on the CPU (it would exhaust this machine's RAM)")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -18,7 +18,12 @@ For each shape and precision, in a fresh process:
   forward and backward pass (the optimizer's few elementwise FLOPs are not counted);
 * the step's time: the median of ``--repeats`` timed training steps after ``--warmup``
   untimed ones, each the trainer's own step (forward, backward, clipping, Adam);
-* achieved = FLOPs / step time, and share = achieved / peak.
+* achieved = FLOPs / step time, and share = achieved / peak;
+* on the CPU, the time a step spends inside its convolutions (forward and backward kernels,
+  from ``torch.profiler`` over ``--profile-steps`` more steps) and the **ceiling**: the share
+  the step would reach if everything else (the flow's own ops, casts, Adam, Python) took no
+  time at all. When the ceiling itself is under a goal, no work outside the convolution
+  kernels can reach that goal; only faster kernels or a larger problem can.
 
 The shapes: the article's demo (1×32×32, L=3, K=6, affine, LU 1×1, width 512, batch 16), the
 ``mnist-fast`` preset at the Train form's default batch of 64 (what Home's "Train MNIST now"
@@ -47,6 +52,10 @@ SHAPES = {
                    dict(preset="mnist-fast", hidden=128, steps=8), 32),
 }
 MATMUL_N = 2048
+# The profiler's names for the convolution kernels themselves (oneDNN on the CPU): the
+# forward and the backward (input and weight gradients). Their self time excludes the casts
+# and layout copies they call.
+CONV_KERNELS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 
 
 def _median_s(fn, warmup: int, repeats: int, sync) -> float:
@@ -84,8 +93,22 @@ def conv_peak(dtype, device, sync) -> float:
     return 2 * 16 * 32 * 32 * 512 * 512 / seconds
 
 
-def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int, threads: int | None = None) -> dict:
-    """One shape and precision, in this process: peak, FLOPs, step time and share."""
+def conv_ms_per_step(step, steps: int) -> float:
+    """Milliseconds per step spent inside the convolution kernels (CPU): their self time
+    under ``torch.profiler`` over ``steps`` steps, divided by ``steps``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    inside = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in CONV_KERNELS)
+    return inside / 1000 / steps
+
+
+def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int, threads: int | None = None,
+            profile_steps: int = 3) -> dict:
+    """One shape and precision, in this process: peak, FLOPs, step time and share (and on the
+    CPU, the time inside the convolutions and the share that leaves as a ceiling)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -122,12 +145,15 @@ def measure(shape: str, bf16: bool, device_name: str, warmup: int, repeats: int,
     flops = counter.get_total_flops()
     step_s = _median_s(step, warmup, repeats, sync)
     achieved = flops / step_s
+    # The profiler's CPU times say nothing about CUDA kernels, which run asynchronously.
+    conv_ms = conv_ms_per_step(step, profile_steps) if device.type == "cpu" and profile_steps > 0 else None
     return {"shape": shape, "precision": "bf16 networks" if bf16 else "float32", "device": device.type,
             "threads": torch.get_num_threads(), "batch": batch, "gflop_per_step": flops / 1e9,
             "step_ms": step_s * 1000, "images_per_s": batch / step_s, "achieved_gflops": achieved / 1e9,
             "peak_gflops": peak / 1e9, "peak_by": max(peaks, key=peaks.get),
             "peak_matmul_gflops": peaks["matmul"] / 1e9, "peak_conv1x1_gflops": peaks["conv1x1"] / 1e9,
-            "share": achieved / peak}
+            "share": achieved / peak, "conv_ms": conv_ms,
+            "ceiling_share": flops / (conv_ms / 1000) / peak if conv_ms else None}
 
 
 def _machine() -> str:
@@ -151,27 +177,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the trainer's choice)")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="steps profiled for the time inside the convolutions (CPU; 0: skip)")
     parser.add_argument("--json", default=None, help="write the rows here as well")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.warmup < 0 or args.repeats < 1:
-        parser.error("--warmup must be ≥ 0 and --repeats ≥ 1")
+    if args.warmup < 0 or args.repeats < 1 or args.profile_steps < 0:
+        parser.error("--warmup and --profile-steps must be ≥ 0 and --repeats ≥ 1")
     if args.child:
         shape, precision, device = args.child.split(",")
-        print(json.dumps(measure(shape, precision == "bf16", device, args.warmup, args.repeats, args.threads)))
+        print(json.dumps(measure(shape, precision == "bf16", device, args.warmup, args.repeats, args.threads,
+                                 args.profile_steps)))
         return 0
     import torch
     devices = [args.device] if args.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = []
     print(f"# {_machine()}, torch {torch.__version__}", flush=True)
     print(f"{'shape':<11} {'precision':<14} {'dev':<5} {'GFLOP/step':>10} {'step ms':>8} {'img/s':>7} "
-          f"{'GFLOP/s':>8} {'peak':>7} {'share':>6}", flush=True)
+          f"{'GFLOP/s':>8} {'peak':>7} {'share':>6} {'conv ms':>8} {'ceiling':>8}", flush=True)
     for device in devices:
         for shape in args.only or list(SHAPES):
             for precision in args.precision or ["float32", "bf16"]:
                 proc = subprocess.run([sys.executable, "-m", "benchmarks.peak", "--child",
                                        f"{shape},{precision},{device}", "--warmup", str(args.warmup),
-                                       "--repeats", str(args.repeats),
+                                       "--repeats", str(args.repeats), "--profile-steps", str(args.profile_steps),
                                        *(["--threads", str(args.threads)] if args.threads else [])], cwd=REPO_ROOT, capture_output=True,
                                       text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
                 if proc.returncode != 0:
@@ -181,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"{shape:<11} {row['precision']:<14} {device:<5} {row['gflop_per_step']:>10.1f} "
                       f"{row['step_ms']:>8.1f} {row['images_per_s']:>7.0f} {row['achieved_gflops']:>8.0f} "
-                      f"{row['peak_gflops']:>7.0f} {100 * row['share']:>5.0f}%", flush=True)
+                      f"{row['peak_gflops']:>7.0f} {100 * row['share']:>5.0f}% "
+                      + (f"{row['conv_ms']:>8.1f} {100 * row['ceiling_share']:>7.0f}%" if row["conv_ms"] else
+                         f"{'–':>8} {'–':>8}"), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": _machine(), "rows": rows}, f, indent=1)
