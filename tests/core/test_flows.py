@@ -488,7 +488,7 @@ def test_each_level_inverts_exactly_and_its_terms_sum_to_the_models(mask, prior,
         assert (out.h_next is None) == (i == len(model.levels) - 1)
         # exact up to float64 round-off of the largest value that passed through the level
         # (the perturbed weights stretch some latents to ~1e4)
-        scale = max(float(h.abs().max()), float(out.z.abs().max()))
+        scale = max(float(h.detach().abs().max()), float(out.z.detach().abs().max()))
         assert torch.allclose(level.inverse(out.h_next, out.z), h, atol=1e-13 * scale, rtol=0)
         logdet = logdet + out.logdet
         h = out.h_next
