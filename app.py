@@ -47,7 +47,7 @@ style.page_style()
 ui.remember_visitor()   # who this browser is: a cookie, never the URL
 with st.sidebar:
     style.projector_switch()
-ui.render_sidebar_status()
+ui.render_sidebar_status(steps=navigation.url_path != "train")   # the Train page shows them fresher
 try:
     ui.run_page(navigation)
 finally:  # also after st.stop(): the URL holds the page's state, ?hide= hides its controls

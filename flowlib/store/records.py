@@ -25,7 +25,7 @@ from typing import Iterable
 __all__ = ["RunRecords", "CurveFollower", "EVENT_KINDS"]
 
 EVENT_KINDS = ("start", "resume", "nan_skip", "rollback", "lr_drop", "eval", "checkpoint",
-               "samples", "warning", "error", "stop", "finish", "lost", "early_stop")
+               "samples", "warning", "error", "stop", "finish", "lost", "early_stop", "precision")
 
 
 class RunRecords:

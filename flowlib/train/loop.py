@@ -177,6 +177,8 @@ class TrainingSession:
         if tc.bf16 and not machine.use_bf16:
             self.event("warning", f"bf16 would be slower than float32 on this {machine.device.type}; "
                                   "training in float32")
+        # What this process computes with; a resume elsewhere may differ, so at every start.
+        self.event("precision", machine.precision)
         if self.step == 0 and self.dist.is_main:
             # A grid before the first step: the page shows what an untrained flow samples
             # (noise) at once, instead of an empty panel until the first evaluation.

@@ -45,6 +45,12 @@ class Machine:
     governor: ThreadGovernor | None     # moves the thread count with the machine's load, if it may
     use_bf16: bool                      # coupling networks in bf16: asked for, and fast here
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic this session trains with, in the words the Train page's run header
+        shows (the trainer records them as a "precision" event at every start and resume)."""
+        return "bf16 coupling networks" if self.use_bf16 else "float32"
+
 
 @dataclass(frozen=True)
 class Data:

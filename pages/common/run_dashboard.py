@@ -300,19 +300,23 @@ STATUS_COLOURS = {"running": "green", "queued": "blue", "stopping": "orange", "s
                   "finished": "green", "failed": "red", "lost": "orange"}
 
 
-def header(run: dict) -> None:
-    """The run's title with its status badge, and its settings in one line (unless damaged)."""
+def header(run: dict, events: list = ()) -> None:
+    """The run's title with its status badge, and its settings in one line (unless damaged),
+    ending with the arithmetic its trainer last said it uses (``precision`` events; none
+    before the trainer has started, nor in runs older than those events)."""
     status = run["status"]
     st.markdown(f"### Run {run['id']} · {run['name']} &nbsp; :{STATUS_COLOURS.get(status, 'gray')}-badge["
                 f"{STATUS_ICONS.get(status, '')} {ui.STATUS_WORDS.get(status, status)}]")
     if run["damaged"]:   # its settings are unknown: no line of them can be written truthfully
         return
     cfgd = run["config"]
+    precision = [e["message"] for e in events if e["kind"] == "precision"]
     st.caption(f"{run['dataset']} · preset {run.get('preset') or 'custom'} · "
                f"L={cfgd.get('levels')}, K={cfgd.get('steps')}, hidden {cfgd.get('hidden')}, "
                f"{cfgd.get('coupling')}, {cfgd.get('permutation')}, {cfgd.get('mask')} mask · "
                f"batch {run['train'].get('batch_size')}, lr {run['train'].get('lr'):g} "
-               f"({run['train'].get('lr_schedule', 'constant')})")
+               f"({run['train'].get('lr_schedule', 'constant')})"
+               + (f" · {precision[-1]}" if precision else ""))
 
 
 def status_note(run: dict) -> None:
@@ -561,7 +565,8 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
         return
     if was_active and run["status"] not in ui.ACTIVE_STATUSES + (ui.WAITING,):
         st.rerun(scope="app")  # the run ended: update the buttons and switch the timer off
-    header(run)
+    events = store.events(run_id)
+    header(run, events)
     if run["damaged"]:   # its settings are unknown: nothing below could be drawn truthfully
         st.error(friendly(run["damaged"]), icon=":material/error:")
         return
@@ -571,7 +576,6 @@ def render_dashboard(store, run_id: int, was_active: bool) -> None:
     queue_note(store, run)
 
     m = run_curves(store, run_id)
-    events = store.events(run_id)
     frac, words = progress(run, m)
     st.progress(frac, text=words)
     metric_cards(run, m)

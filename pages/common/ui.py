@@ -402,8 +402,12 @@ def page_style() -> None:
     st.html(PAGE_CSS)
 
 
-def render_sidebar_status() -> None:
-    """Device in use, classroom mode, and the active run with a link to its dashboard."""
+def render_sidebar_status(steps: bool = True) -> None:
+    """Device in use, classroom mode, and the active run with a link to its dashboard.
+
+    ``steps=False`` leaves out the active runs' step counts: app.py passes it on the Train page,
+    whose dashboard shows the step fresher (every 2 s against the sidebar's 5 s), so the two
+    never show a teacher different steps of the same run side by side."""
     with st.sidebar:
         st.markdown(f"**Device** · {device_line()}")
         mode = "Classroom mode · " if classroom_mode() else ""
@@ -425,10 +429,10 @@ def render_sidebar_status() -> None:
             st.caption("The run store cannot be read right now.")
             return
         busy = any(r["status"] in ACTIVE_STATUSES or r["status"] == WAITING for r in runs)
-        st.fragment(_sidebar_runs, run_every=5.0 if busy else None)(busy)
+        st.fragment(_sidebar_runs, run_every=5.0 if busy else None)(busy, steps)
 
 
-def _sidebar_runs(was_busy: bool) -> None:
+def _sidebar_runs(was_busy: bool, steps: bool = True) -> None:
     """The active run(s), refreshed every 5 s while something trains."""
     store = get_store()
     try:
@@ -445,8 +449,8 @@ def _sidebar_runs(was_busy: bool) -> None:
         st.markdown(f"**GPU** · {gpu}")
     if active:
         for r in active[:3]:
-            st.markdown(f"**Training** · {STATUS_WORDS.get(r['status'], r['status'])}, "
-                        f"step {r['step'] or 0:,}")
+            st.markdown(f"**Training** · {STATUS_WORDS.get(r['status'], r['status'])}"
+                        + (f", step {r['step'] or 0:,}" if steps else ""))
             st.page_link("pages/train.py", label=f"Run {r['id']} · {r['name']}",
                          icon=":material/monitoring:", query_params={"run": str(r["id"])})
     elif runs:

@@ -183,6 +183,12 @@ def test_start_tiny_run_reaches_finished_with_points_in_the_chart(runs_dir):
     assert not at.exception, at.exception
     assert chart_points(at, "train (batches)") >= 2
     assert chart_points(at, "test (held-out images)") >= 2
+    # The run's header ends with the arithmetic its trainer used: the form asks for bf16
+    # networks exactly where this CPU does bf16 natively, and the trainer agrees.
+    from flowlib.machine.device import bf16_is_fast
+    precision = "bf16 coupling networks" if bf16_is_fast("cpu") else "float32"
+    assert any(c.value.startswith("mnist · preset mnist-fast") and c.value.endswith(f"· {precision}")
+               for c in at.caption), [c.value for c in at.caption]
     assert any("finished" in b.proto.label.lower() for b in at.get("badge")) or \
         any("Finished" in s.value for s in at.success)
     # the Runs page lists it with its best test bits/dim
@@ -223,6 +229,14 @@ def test_stop_and_resume(runs_dir):
     run_id = store().list_runs()[0]["id"]
     wait_status(run_id, ("running",))
     at.run()
+    # The sidebar names the training run everywhere, but its step only away from the Train
+    # page, whose dashboard shows a fresher one (two different steps side by side confused).
+    # Fresh sessions: AppTest keeps a sidebar only in a session's first run.
+    for page, steps in (("pages/train.py", False), ("pages/home.py", True)):
+        other = app(page)
+        other.run()
+        training = [m.value for m in other.sidebar.markdown if m.value.startswith("**Training**")]
+        assert training and all((", step " in t) == steps for t in training), (page, training)
     at.button(key=f"stop_{run_id}").click().run()
     assert not at.exception, at.exception
     run = wait_status(run_id, ("stopped",), timeout=120)

@@ -56,7 +56,8 @@ def test_thirty_step_run_writes_metrics_events_samples_and_a_reloadable_checkpoi
         assert parts == pytest.approx(m["train_bpd"]["value"][s], abs=1e-4)
         assert m["loss_nats"]["value"][s] == pytest.approx(m["train_bpd"]["value"][s] * 32 * 32 * math.log(2))
     assert m["lr"]["value"][0] == pytest.approx(1e-3)         # warm-up over 5 steps is done by step 5
-    assert [e["kind"] for e in store.events(run_id)][:2] == ["start", "eval"]
+    assert [e["kind"] for e in store.events(run_id)][:3] == ["start", "precision", "eval"]
+    assert store.events(run_id, kinds=["precision"])[0]["message"] == "float32"   # bf16 not asked
     assert [s["step"] for s in store.samples(run_id)] == [0, 10, 20, 30]   # a grid before the first step too
     # The reloaded model is the trained one: its full-test bpd matches the logged one exactly.
     model, ckpt = load_model(store.checkpoint_path(run_id))
