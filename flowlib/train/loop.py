@@ -432,7 +432,8 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     store cannot be used before training begins (a full disk, a damaged database). The
     server's minutes cap (``FLOWLAB_MAX_MINUTES``) ends any run, whatever its own budget.
     ``should_stop`` is polled at most every 0.5 s; ``on_log`` gets each metrics row as a dict;
-    ``handle_signals`` turns SIGINT/SIGTERM into a clean stop (main thread only). ``dist``:
+    ``handle_signals`` turns SIGINT/SIGTERM into a clean stop (main thread only), up to the
+    moment the run's end is recorded. ``dist``:
     rank 0 of a torchrun group (the other ranks run :func:`follow_run`); see
     flowlib.train.distributed. ``collaborators``: what the session calls out to (see
     :class:`Collaborators`; the defaults are the real ones).
@@ -461,33 +462,37 @@ def train_run(store: RunStore, run_id: int, *, should_stop: Callable[[], bool] |
     monitor.start()
     session = None
     try:
+        # The handlers stay until the end is recorded: when another rank dies, torchrun sends
+        # rank 0 a SIGTERM at once, and under the default handler that killed rank 0 between
+        # its error event and its "failed", leaving a run the store later called lost.
         with stop_signals(monitor.stop_event, handle_signals):
-            _claim_folder(lease, store, run_id)
-            session = TrainingSession(lease, run, monitor, should_stop=should_stop, on_log=on_log, dist=dist,
-                                      collaborators=collaborators)
-            session.setup()
-            result = session.run()
-    except BaseException as exc:  # noqa: BLE001 — every failure becomes a status and a message
-        if isinstance(exc, FencedOutError) or monitor.fenced:
-            result = RunResult("fenced", str(exc) if isinstance(exc, FencedOutError) else
-                               f"run {run_id} is now trained by another process", run["step"])
-        else:
-            result = _failed(lease, run, session, exc)
+            try:
+                _claim_folder(lease, store, run_id)
+                session = TrainingSession(lease, run, monitor, should_stop=should_stop, on_log=on_log, dist=dist,
+                                          collaborators=collaborators)
+                session.setup()
+                result = session.run()
+            except BaseException as exc:  # noqa: BLE001 — every failure becomes a status and a message
+                if isinstance(exc, FencedOutError) or monitor.fenced:
+                    result = RunResult("fenced", str(exc) if isinstance(exc, FencedOutError) else
+                                       f"run {run_id} is now trained by another process", run["step"])
+                else:
+                    result = _failed(lease, run, session, exc)
+            finally:
+                monitor.close()
+            try:
+                if result.status != "fenced":
+                    persist(lambda: lease.finish_run(run_id, result.status, result.message, result.step))
+            except FencedOutError as exc:
+                result = RunResult("fenced", str(exc), result.step)
+            except StoreUnavailableError as exc:
+                # Even the reserve could not record it: say so here; the store will read "lost".
+                append_log(store.log_path(run_id), f"could not record the run's end in the store: {exc}\n")
+                result = RunResult(result.status, f"{result.message} (Not recorded in the run store: {exc})",
+                                   result.step)
     finally:
-        monitor.close()
-    try:
-        if result.status != "fenced":
-            persist(lambda: lease.finish_run(run_id, result.status, result.message, result.step))
-    except FencedOutError as exc:
-        result = RunResult("fenced", str(exc), result.step)
-    except StoreUnavailableError as exc:
-        # Even the reserve could not record it: say so here; the store will read "lost".
-        append_log(store.log_path(run_id), f"could not record the run's end in the store: {exc}\n")
-        result = RunResult(result.status, f"{result.message} (Not recorded in the run store: {exc})",
-                           result.step)
-    finally:
-        if session is not None:   # after the end is recorded: a torn process group can hang here
-            session.release()
+        if session is not None:   # after the end is recorded (and the handlers are back: a SIGTERM
+            session.release()     # may end a release that a torn process group hangs in)
     if result.status == "fenced":
         print(f"run {run_id}: {result.message}", flush=True)
     return result

@@ -79,6 +79,55 @@ def test_kill_9_at_random_moments_including_mid_checkpoint_write(store):
     print(f"kill -9 landed mid-checkpoint-write in {mid_write_hits} of 3 rounds")
 
 
+# -- a SIGTERM while the failure is recorded ------------------------------------------------------
+_SIGTERM_DURING_THE_RECORD = """
+import os, signal, sys, threading
+from flowlib.store.runs import RunStore
+from flowlib.train.collaborators import Collaborators
+from flowlib.train.loop import train_run
+from flowlib.train.step import batch_terms
+
+calls = 0
+
+
+def sigterm_once_the_handler_is_gone():
+    ours = signal.getsignal(signal.SIGTERM)       # the session's stop handler, installed now
+    while signal.getsignal(signal.SIGTERM) is ours:
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)          # as torchrun does when another rank dies
+
+
+def terms(model, x, uniform):
+    global calls
+    calls += 1
+    if calls < 3:
+        return batch_terms(model, x, uniform)
+    threading.Thread(target=sigterm_once_the_handler_is_gone, daemon=True).start()
+    raise RuntimeError("a collective step failed (injected)")
+
+
+result = train_run(RunStore(sys.argv[1]), int(sys.argv[2]), handle_signals=True,
+                   collaborators=Collaborators(terms=terms))
+print("returned", result.status, flush=True)
+"""
+
+
+def test_a_sigterm_as_the_session_fails_waits_until_the_failure_is_recorded(store):
+    # CI saw it under torchrun: rank 1 was killed, torchrun sent rank 0 a SIGTERM at once, and
+    # rank 0 died between its error event and its "failed", because the stop handler was put back
+    # before the end was recorded; the store called the run lost 10 s later. Here the SIGTERM
+    # comes the moment the handler is gone.
+    from flowlib.env import REPO_ROOT
+    run_id = _queued(store)
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_DURING_THE_RECORD, str(store.root), str(run_id)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    run = store.get_run(run_id)
+    assert run["status"] == "failed", (run["status"], run["message"], proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "injected" in run["message"] and run["step"] == 2
+    assert proc.returncode == -signal.SIGTERM     # and the SIGTERM still ended the process
+
+
 # -- disk full -----------------------------------------------------------------------------------
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
