@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _start(args, store, spec) -> int:
     from flowlib.study import api
-    from flowlib.study.estimate import load_share, run_seconds
+    from flowlib.study.estimate import load_share, run_seconds, runs_at_once
     from flowlib.study.spec import dataset_shape, plan
 
     shape = dataset_shape(spec.dataset, spec.dataset_options)
@@ -410,8 +410,7 @@ def _start(args, store, spec) -> int:
           f"{tc.batch_size}, {tc.threads} thread(s) per run{', bf16 coupling networks' if tc.bf16 else ''}, validation every {tc.eval_every} steps on "
           f"{tc.validation_images} held-out training images, the full test set once at the end")
     workers = args.workers or max(1, min(p.n_runs, store.limits.max_concurrent))
-    # Workers beyond the training slots wait for one: the estimate counts the runs that train at once.
-    at_once = max(1, min(workers, p.n_runs, store.limits.max_concurrent))
+    at_once = runs_at_once(p, store.limits.max_concurrent, workers)   # what the estimate divides by
     # The load before measuring speeds: the measuring process, still exiting, counted as a run
     # beside and made a quiet machine look a third busy.
     share = load_share(tc.threads) if not args.no_estimate else 1.0

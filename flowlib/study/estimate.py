@@ -64,6 +64,13 @@ def run_seconds(train, images_per_s: float, test_images: int = 10_000, validatio
     return train_s + eval_s + RUN_OVERHEAD_S
 
 
+def runs_at_once(p, max_concurrent: int, workers: int | None = None) -> int:
+    """How many of a study's runs train at once here: no more than its workers (all the store's
+    training slots when not given), than the slots (workers beyond them wait for one) or than
+    the study's runs (extra workers stay idle)."""
+    return max(1, min(max_concurrent if workers is None else workers, max_concurrent, p.n_runs))
+
+
 def study_seconds(p, images_per_s: dict, workers: int = 1, test_images: int = 10_000,
                   share: float | None = None) -> float | None:
     """The whole study's seconds here, from each arm's training images/s (None when one is

@@ -30,7 +30,7 @@ from flowlib.store.runs import RunLimitError
 from flowlib.store.studies import StudyStore
 from flowlib.study import api
 from flowlib.study.answer import answer_csv, fmt_bpd
-from flowlib.study.estimate import study_seconds
+from flowlib.study.estimate import runs_at_once, study_seconds
 from flowlib.study.spec import MAX_SEEDS, MAX_TRIALS, NOT_VARIABLE, STUDY_PRESETS, StudySpec, plan
 from flowlib.study.storage import StorageError
 from flowlib.viz.study_figures import importance_figure, search_progress_figure, study_curves_figure
@@ -141,7 +141,7 @@ def _estimate_text(store, p) -> tuple[str, bool]:
         return "Time estimate unavailable: " + "; ".join(errors), False
     if pending:
         return "Measuring this device's speed for each arm (a few seconds each) …", True
-    workers = max(1, min(store.limits.max_concurrent, p.n_runs))   # the runs that train at once
+    workers = runs_at_once(p, store.limits.max_concurrent)
     seconds = study_seconds(p, speeds, workers)
     slowest = min(speeds.values())
     up_to = "up to " if p.kind == "search" else ""
