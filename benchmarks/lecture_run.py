@@ -43,10 +43,10 @@ def run_lecture(store, minutes: float, batch: int, changes: dict, bf16: bool, n:
     from flowlib.core.checkpoint import load_model
     from flowlib.data import load_images
     from flowlib.jobs import worker
-    from flowlib.machine.device import bf16_is_fast, pick_device
+    from flowlib.machine.device import fast_bf16_here
     from flowlib.store.request import RunRequest
 
-    use_bf16 = bf16 and bf16_is_fast(pick_device("auto"))
+    use_bf16 = bf16 and fast_bf16_here()
     cfg, tc = lecture_configs(minutes, batch, changes, use_bf16)
     t0 = time.time()
     run_id = worker.submit(store, RunRequest("lecture", cfg, tc, preset="mnist-fast"))
@@ -71,15 +71,6 @@ def run_lecture(store, minutes: float, batch: int, changes: dict, bf16: bool, n:
             "real_a": round(shares["A"][1], 3), "real_b": round(shares["B"][1], 3)}
 
 
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lecture_run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", required=True)
@@ -91,12 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beside", action="store_true", help="with a faces-fast run training beside it")
     parser.add_argument("--json", default=None, help="append the row to this JSON-lines file")
     args = parser.parse_args(argv)
+    from flowlib.settings import ConfigError
+    from flowlib.study.spec import parse_assignment, parse_value
+
     changes = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item}: expected KEY=VALUE")
-        changes[key] = _value(value)
+    for item in args.set:   # the study CLI's --set parsing: known settings, values of their kind
+        try:
+            key, text = parse_assignment(item)
+            changes[key] = parse_value(key, text)
+        except ConfigError as exc:
+            parser.error(f"--set {item}: {exc}")
     from flowlib.store.runs import RunStore
 
     store = RunStore(args.runs_dir)

@@ -28,7 +28,7 @@ from flowlib.data import list_datasets, load_images, resize_choices, store_uploa
 from flowlib.data.sources.common import DatasetError
 from flowlib.jobs.estimate import SpeedEstimator, SpeedRequest
 from flowlib.jobs.forecast import Forecast, forecast
-from flowlib.machine.device import bf16_is_fast, pick_device
+from flowlib.machine.device import fast_bf16_here as device_fast_bf16_here
 from flowlib.settings import ConfigError, field_errors, form_fields, settings_of
 from flowlib.size import parameter_count
 from pages.common import settings_form, ui
@@ -56,10 +56,8 @@ CLASSROOM_DATASETS = ("mnist", "faces", "folder")
 PATH_DATASETS = ("celeba", "cifar10", "folder", "fashion-mnist")   # datasets that read a path
 
 
-@st.cache_resource
-def fast_bf16_here() -> bool:
-    """Whether this machine's training device does bf16 natively (checked once per server)."""
-    return bf16_is_fast(pick_device("auto"))
+# Whether this machine's training device does bf16 natively, checked once per server.
+fast_bf16_here = st.cache_resource(device_fast_bf16_here)
 
 
 # -- cached measurements ---------------------------------------------------------------------

@@ -123,3 +123,9 @@ def bf16_is_fast(device: torch.device | str) -> bool:
         except OSError:
             return False
     return False
+
+
+def fast_bf16_here() -> bool:
+    """Whether the device training picks here (``pick_device("auto")``) does bf16 natively:
+    where it does, the Train form, Home's run and a study's runs default to bf16 networks."""
+    return bf16_is_fast(pick_device("auto"))

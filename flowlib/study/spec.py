@@ -371,19 +371,9 @@ def _check_common(spec: StudySpec) -> None:
         raise ConfigError(f"threads must be a whole number from 1 to 1024, got {spec.threads!r}", "threads")
 
 
-def fast_bf16_here() -> bool:
-    """A study's runs use bf16 coupling networks where the machine that plans it does bf16
-    natively (the Train page's default; ``--set bf16=false`` turns it off). Measured on MNIST
-    (benchmarks/RESULTS.md, "bf16 in studies"): 5 paired seeds of 600 steps, bf16 − float32 =
-    +0.0005 bits/dim (95 % interval −0.001 to +0.002), 22 % more images/s. The choice is stored
-    with the study, so workers on other machines train the same configuration (on a machine
-    where bf16 is not fast, the trainer runs those networks in float32 instead)."""
-    from flowlib.machine.device import bf16_is_fast, pick_device  # torch: only when planning
-
-    return bf16_is_fast(pick_device("auto"))
-
-
 def _base(spec: StudySpec, image_shape: tuple[int, int, int]) -> Base:
+    from flowlib.machine.device import fast_bf16_here  # torch: only when planning
+
     flow_over, train_over = {}, {}
     for key, value in spec.overrides.items():
         where, _ = _setting_of(key)
@@ -401,6 +391,13 @@ def _base(spec: StudySpec, image_shape: tuple[int, int, int]) -> Base:
         train_defaults = {"dataset": spec.dataset, "dataset_options": dict(spec.dataset_options),
                           "lr": PRESET_LR.get(spec.model_preset, APP_TRAIN_DEFAULTS.lr), **_budget(spec),
                           "threads": spec.threads or train_over.get("threads") or default_threads(),
+                          # bf16 coupling networks where the planning machine does bf16 natively
+                          # (`--set bf16=false` turns them off). Measured on MNIST (benchmarks/
+                          # RESULTS.md, "bf16 in studies"): 5 paired seeds of 600 steps, bf16 −
+                          # float32 = +0.0005 bits/dim (95 % interval −0.001 to +0.002), 22 % more
+                          # images/s. The choice is stored with the study, so workers elsewhere train
+                          # the same configuration (where bf16 is not fast, the trainer runs those
+                          # networks in float32 instead).
                           "bf16": fast_bf16_here()}
         if "warmup_steps" in train_over and spec.steps is not None:
             train_over["warmup_steps"] = min(train_over["warmup_steps"], train_defaults["warmup_steps"])

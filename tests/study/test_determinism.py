@@ -55,7 +55,7 @@ def test_different_seeds_start_from_different_weights_and_a_seed_rebuilds_the_sa
 def test_the_same_arm_and_seed_train_bit_identically_with_two_fixed_threads(store, bf16):
     # learned dequantisation (mnist-fast): its table's scatter-add backward differed in the last bits
     # with 2 threads before deterministic kernels; the thread governor changed the count mid-run.
-    # bf16: studies use it where the planning machine has native bf16 (spec.fast_bf16_here)
+    # bf16: studies use it where the planning machine has native bf16 (flowlib.machine.device.fast_bf16_here)
     from flowlib.machine.device import bf16_is_fast
 
     if bf16 and not bf16_is_fast("cpu"):
